@@ -1,0 +1,104 @@
+"""The Typer app and its error policy: a one-line message and an exit code, never a traceback.
+
+Exit codes: 0 done, 1 a runtime failure, 2 bad usage, 130 interrupted (Ctrl-C), 143 terminated.
+Nothing here imports torch: `purestep --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+DEBUG_ENV = "PURESTEP_DEBUG"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(143)
+
+
+class _Group(TyperGroup):
+    """Runs commands with click's non-standalone mode and maps every failure to one line."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        from typer._click.exceptions import Abort, ClickException
+
+        from purestep.core.errors import PurestepError
+
+        code = 0
+        try:
+            rv = super().main(
+                args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
+            )
+            code = rv if isinstance(rv, int) else 0
+        except ClickException as e:
+            typer.echo(f"Error: {_one_line(e.format_message())}", err=True)
+            code = e.exit_code
+        except Abort:
+            code = 130
+        except KeyboardInterrupt:
+            typer.echo("Interrupted.", err=True)
+            code = 130
+        except (PurestepError, ValueError, OSError) as e:
+            if _debug():
+                traceback.print_exc()
+            typer.echo(f"Error: {_one_line(str(e)) or type(e).__name__}", err=True)
+            code = 1
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except Exception as e:  # a bug: still one line, the traceback behind --debug
+            if _debug():
+                traceback.print_exc()
+            typer.echo(
+                f"Error: {type(e).__name__}: {_one_line(str(e))} (set {DEBUG_ENV}=1 for the traceback)",
+                err=True,
+            )
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="purestep",
+    help="The PyTorch tutorial's MLP, trained by pure functions, checked and tuned.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of failures."),
+) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+def main() -> None:
+    """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _sigterm)
+    app()

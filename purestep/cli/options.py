@@ -1,0 +1,72 @@
+"""Options shared by several commands, declared once with their validation."""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class DatasetName(str, Enum):
+    fashion_mnist = "fashion-mnist"
+    mnist = "mnist"
+    kmnist = "kmnist"
+    digits = "digits"
+
+
+class OptimizerName(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+def _positive(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"must be a finite number > 0, got {value}")
+    return value
+
+
+def _non_negative(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"must be a finite number >= 0, got {value}")
+    return value
+
+
+def _momentum(value: float) -> float:
+    if not math.isfinite(value) or not 0 <= value < 1:
+        raise typer.BadParameter(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        raise typer.BadParameter(f"must be cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+Dataset = Annotated[
+    DatasetName,
+    typer.Option("--dataset", help="Dataset; digits is bundled with scikit-learn and works offline."),
+]
+DataDir = Annotated[
+    Path,
+    typer.Option("--data-dir", help="Where torchvision datasets live (downloaded when missing).", file_okay=False),
+]
+Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training set.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per step.")]
+LearningRate = Annotated[float, typer.Option("--lr", callback=_positive, help="Learning rate (> 0).")]
+Optimizer = Annotated[OptimizerName, typer.Option("--optimizer", help="Optimizer.")]
+Momentum = Annotated[float, typer.Option("--momentum", callback=_momentum, help="SGD momentum in [0, 1).")]
+Nesterov = Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (SGD).")]
+WeightDecay = Annotated[
+    float, typer.Option("--weight-decay", callback=_non_negative, help="Weight decay (>= 0).")
+]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the init and the batch order.")]
+Shuffle = Annotated[
+    bool, typer.Option("--shuffle/--no-shuffle", help="Seeded permutation per epoch, or file order.")
+]
+Device = Annotated[str, typer.Option("--device", callback=_device, help="cpu, cuda or cuda:N.")]

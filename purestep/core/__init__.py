@@ -1,0 +1,1 @@
+"""Pure functions over tensors. Nothing here imports optuna, typer or jax."""

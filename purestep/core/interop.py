@@ -1,0 +1,49 @@
+"""Parameter exchange without pickle: safetensors files with JSON metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from purestep.core.errors import PurestepError
+
+META_KEY = "purestep"
+
+
+def save(path: str | os.PathLike[str], params: dict[str, Tensor], meta: dict[str, Any] | None = None) -> Path:
+    """Write `params` to a safetensors file, `meta` as JSON under the `purestep` metadata key.
+
+    The file is written next to its target and renamed into place, so a crash never
+    leaves a half-written file under `path`.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in params.items()}
+    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta or {})})
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read `(params, meta)` written by `save` (or any safetensors file: meta is then `{}`)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            raw = (f.metadata() or {}).get(META_KEY, "{}")
+            params = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except (SafetensorError, OSError) as e:
+        raise PurestepError(f"cannot read {path} as safetensors: {e}") from None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        meta = {}
+    return params, meta

@@ -1,0 +1,184 @@
+"""Epochs over a pure step: batch order, evaluation, metrics history and callbacks.
+
+The loop never synchronises with the device per step: losses stay tensors, and
+`.item()` runs only every `log_every` batches (as the tutorial prints) and once
+per epoch for the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from purestep.core.data import batches, epoch_order
+from purestep.core.errors import PurestepError
+from purestep.core.model import MLP, Params
+from purestep.core.optim import Optimizer, State
+from purestep.core.step import EvalStep, TrainStep, compile_step, make_eval_step, make_train_step
+
+
+class NonFiniteLoss(PurestepError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, value: float) -> None:
+        super().__init__(f"training loss became {value} in epoch {epoch + 1}")
+        self.epoch = epoch
+        self.value = value
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """The tutorial's test metrics: mean of per-batch mean losses, and accuracy in [0, 1]."""
+
+    loss: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One row of the history."""
+
+    epoch: int
+    train_loss: float
+    eval_loss: float
+    eval_accuracy: float
+    seconds: float
+
+
+@dataclass
+class Callbacks:
+    """Hooks into `fit`; each may raise to stop training (a pruner does)."""
+
+    on_epoch_start: Callable[[int], None] = lambda epoch: None
+    on_log: Callable[[int, float, int, int], None] = lambda batch, loss, current, size: None
+    on_batch: Callable[[int], None] = lambda batch: None
+    on_eval: Callable[[EvalMetrics], None] = lambda metrics: None
+    on_epoch_end: Callable[[EpochMetrics], None] = lambda metrics: None
+
+
+@dataclass
+class FitResult:
+    """Final params and optimizer state, and one `EpochMetrics` per epoch."""
+
+    params: Params
+    state: State
+    history: list[EpochMetrics] = field(default_factory=list)
+
+
+_STEPS: dict[tuple[MLP, object, bool], tuple[TrainStep, EvalStep]] = {}
+
+
+def steps_for(model: MLP, optimizer: Optimizer, compiled: bool) -> tuple[TrainStep, EvalStep]:
+    """The (train, eval) steps of a model and optimizer family, built once per process.
+
+    Every `sgd(...)` shares one `update`, so the key is the update function: a new
+    trial or learning rate reuses the same step, and so the same compiled graphs.
+    """
+    key = (model, optimizer.update, compiled)
+    if key not in _STEPS:
+        train_step, eval_step = make_train_step(model, optimizer), make_eval_step(model)
+        if compiled:
+            train_step, eval_step = compile_step(train_step), compile_step(eval_step)
+        _STEPS[key] = train_step, eval_step
+    return _STEPS[key]
+
+
+def train_epoch(
+    train_step: TrainStep,
+    params: Params,
+    state: State,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    order: Tensor | None = None,
+    log_every: int = 100,
+    callbacks: Callbacks | None = None,
+) -> tuple[Params, State, Tensor]:
+    """One pass over `(x, y)`; returns params, state and the per-batch losses as one tensor."""
+    callbacks = callbacks or Callbacks()
+    losses = []
+    for i, (xb, yb) in enumerate(batches(x, y, batch_size, order)):
+        params, state, loss = train_step(params, state, xb, yb)
+        losses.append(loss)
+        if log_every and i % log_every == 0:
+            callbacks.on_log(i, loss.item(), i * len(yb), len(y))
+        callbacks.on_batch(i)
+    return params, state, torch.stack(losses)
+
+
+def evaluate(eval_step: EvalStep, params: Params, x: Tensor, y: Tensor, batch_size: int) -> EvalMetrics:
+    """The tutorial's `test_loop` numbers: per-batch mean losses averaged, and accuracy."""
+    sums, correct = [], []
+    for xb, yb in batches(x, y, batch_size):
+        loss_sum, n_correct = eval_step(params, xb, yb)
+        sums.append(loss_sum / len(yb))
+        correct.append(n_correct)
+    means = torch.stack(sums).tolist()
+    test_loss = 0.0
+    for m in means:
+        test_loss += m
+    return EvalMetrics(test_loss / len(means), torch.stack(correct).sum().item() / len(y))
+
+
+def fit(
+    model: MLP,
+    optimizer: Optimizer,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    eval_data: tuple[Tensor, Tensor] | None = None,
+    eval_batch_size: int | None = None,
+    state: State | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    compiled: bool = True,
+    log_every: int = 100,
+    callbacks: Callbacks | None = None,
+) -> FitResult:
+    """Train for `epochs` and evaluate after each one, as the tutorial's main loop.
+
+    Args:
+        model, optimizer: the model and optimizer families.
+        params: initial params (e.g. `model.init(seed)`); state defaults to `optimizer.init(params)`.
+        x, y: training tensors, already on the device.
+        eval_data: tensors to evaluate on after every epoch (the test set in `train`,
+            a validation split in tuning); defaults to the training set.
+        shuffle, seed: file order, or a permutation per epoch seeded by `(seed, epoch)`.
+        compiled: use `torch.compile`d steps (eager otherwise).
+    Raises:
+        NonFiniteLoss: an epoch's mean training loss is NaN or infinite.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError("epochs and batch_size must be >= 1")
+    callbacks = callbacks or Callbacks()
+    state = optimizer.init(params) if state is None else state
+    train_step, eval_step = steps_for(model, optimizer, compiled)
+    ex, ey = eval_data if eval_data is not None else (x, y)
+    result = FitResult(params, state)
+    for epoch in range(epochs):
+        callbacks.on_epoch_start(epoch)
+        start = time.perf_counter()
+        order = epoch_order(len(y), epoch, seed, y.device) if shuffle else None
+        params, state, losses = train_epoch(
+            train_step, params, state, x, y, batch_size, order, log_every, callbacks
+        )
+        train_loss = losses.mean().item()
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(epoch, train_loss)
+        metrics = evaluate(eval_step, params, ex, ey, eval_batch_size or batch_size)
+        callbacks.on_eval(metrics)
+        row = EpochMetrics(
+            epoch, train_loss, metrics.loss, metrics.accuracy, time.perf_counter() - start
+        )
+        result.params, result.state = params, state
+        result.history.append(row)
+        callbacks.on_epoch_end(row)
+    return result

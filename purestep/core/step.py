@@ -1,0 +1,108 @@
+"""Pure train/eval steps, their compilation, and their batching over trials."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+from torch.utils import _pytree as pytree
+
+from purestep.core.model import MLP, Params
+from purestep.core.optim import Optimizer, State
+
+TrainStep = Callable[[Params, State, Tensor, Tensor], tuple[Params, State, Tensor]]
+EvalStep = Callable[[Params, Tensor, Tensor], tuple[Tensor, Tensor]]
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+def make_loss(model: MLP) -> Callable[[Params, Tensor, Tensor], Tensor]:
+    """Mean cross-entropy of `model` on a batch, as the tutorial's `nn.CrossEntropyLoss()`."""
+
+    def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(model.apply(params, x), y)
+
+    return loss
+
+
+def make_train_step(model: MLP, optimizer: Optimizer) -> TrainStep:
+    """`train_step(params, state, x, y) -> (params, state, loss)`: one SGD-style update, pure."""
+    grad_fn = grad_and_value(make_loss(model))
+
+    def train_step(params: Params, state: State, x: Tensor, y: Tensor):
+        grads, loss = grad_fn(params, x, y)
+        params, state = optimizer.update(grads, state, params)
+        return params, state, loss
+
+    return train_step
+
+
+def make_eval_step(model: MLP) -> EvalStep:
+    """`eval_step(params, x, y) -> (loss_sum, n_correct)` over one batch, both 0-d tensors."""
+
+    def eval_step(params: Params, x: Tensor, y: Tensor):
+        logits = model.apply(params, x)
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        n_correct = (logits.argmax(1) == y).sum()
+        return loss_sum, n_correct
+
+    return eval_step
+
+
+def default_compile_cache() -> Path:
+    """`$PURESTEP_COMPILE_CACHE`, else `$XDG_CACHE_HOME/purestep/inductor` (`~/.cache/...`)."""
+    if os.environ.get("PURESTEP_COMPILE_CACHE"):
+        return Path(os.environ["PURESTEP_COMPILE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "purestep" / "inductor"
+
+
+def set_compile_cache(path: str | os.PathLike[str] | None = None) -> Path:
+    """Point inductor's on-disk cache at `path` (default `default_compile_cache()`).
+
+    Every process that uses the same directory after the first compiles warm.
+    """
+    path = Path(path if path is not None else default_compile_cache()).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return path
+
+
+def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None) -> Fn:
+    """`torch.compile(fn, fullgraph=True)` with static shapes.
+
+    Static shapes give one specialised graph for full batches and one for the
+    epoch's short tail batch; hyperparameters and step counts are tensors, so
+    nothing else recompiles. The recompile limit is raised so that a search over
+    several batch sizes and widths keeps every graph compiled.
+    """
+    if cache_dir is not None:
+        set_compile_cache(cache_dir)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+def stack(trees: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack same-structured trees leaf by leaf along a new leading trial axis."""
+    return pytree.tree_map(lambda *leaves: torch.stack(leaves), *trees)
+
+
+def unstack(tree: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+    """Split a stacked tree back into one tree per trial (views, no copies)."""
+    n = len(next(iter(tree.values())))
+    return [pytree.tree_map(lambda leaf, i=i: leaf[i], tree) for i in range(n)]
+
+
+def batch_over_trials(train_step: TrainStep) -> TrainStep:
+    """K trials in one call: params and state stacked on axis 0, one batch of data shared."""
+    return vmap(train_step, in_dims=(0, 0, None, None))
+
+
+def batch_eval_over_trials(eval_step: EvalStep) -> EvalStep:
+    """The eval step for stacked params: returns per-trial `(loss_sum, n_correct)`."""
+    return vmap(eval_step, in_dims=(0, None, None))

@@ -1,0 +1,26 @@
+"""Shared test set-up: a hypothesis CI profile and one inductor cache for the whole run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=15,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile("dev", deadline=None, max_examples=10)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# One compile cache for every test (and every subprocess the tests start): warm after the first.
+COMPILE_CACHE = Path(os.environ.setdefault(
+    "PURESTEP_COMPILE_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "inductor")
+))
+COMPILE_CACHE.mkdir(parents=True, exist_ok=True)
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(COMPILE_CACHE)
