@@ -83,8 +83,12 @@ def _module_params(module: nn.Module) -> Params:
 
 
 def reference_vs_eager(
-    spec: MLP, config: OptimizerConfig, seed: int, train: tuple[Tensor, Tensor],
-    test: tuple[Tensor, Tensor], batch_size: int,
+    spec: MLP,
+    config: OptimizerConfig,
+    seed: int,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    batch_size: int,
 ) -> tuple[Row, list[str], list[str]]:
     """The tutorial's loop against the eager functional step on the same batches.
 
@@ -93,7 +97,13 @@ def reference_vs_eager(
     ref_lines: list[str] = []
     model = reference_model(spec, seed, train[0].device)
     loss_fn = nn.CrossEntropyLoss()
-    train_loop(loader(*train, batch_size), model, loss_fn, torch_optimizer(config, model.parameters()), ref_lines.append)
+    train_loop(
+        loader(*train, batch_size),
+        model,
+        loss_fn,
+        torch_optimizer(config, model.parameters()),
+        ref_lines.append,
+    )
     _, ref_loss = test_loop(loader(*test, batch_size), model, loss_fn, ref_lines.append)
 
     eager_lines: list[str] = []
@@ -101,7 +111,9 @@ def reference_vs_eager(
     train_step, eval_step = steps_for(spec, optimizer, compiled=False)
     params = spec.init(seed, train[0].device)
     log = Callbacks(on_log=lambda b, loss, cur, size: eager_lines.append(train_line(loss, cur, size)))
-    params, _, losses = train_epoch(train_step, params, optimizer.init(params), *train, batch_size, callbacks=log)
+    params, _, losses = train_epoch(
+        train_step, params, optimizer.init(params), *train, batch_size, callbacks=log
+    )
     metrics = evaluate(eval_step, params, *test, batch_size)
     eager_lines.append(test_report(metrics.accuracy, metrics.loss))
 
@@ -122,14 +134,21 @@ def compiled_vs_eager(
     for compiled in (False, True):
         train_step, _ = steps_for(spec, optimizer, compiled)
         params = spec.init(seed, train[0].device)
-        results.append(train_epoch(train_step, params, optimizer.init(params), *train, batch_size, log_every=0))
+        results.append(
+            train_epoch(train_step, params, optimizer.init(params), *train, batch_size, log_every=0)
+        )
     (eager, _, eager_losses), (comp, _, comp_losses) = results
     loss_diff = (eager_losses.double() - comp_losses.double()).abs().max().item()
     return _row("compiled vs eager", len(eager_losses), comp, eager, loss_diff, 1e-5, True)
 
 
 def batched_vs_alone(
-    spec: MLP, config: OptimizerConfig, seed: int, train: tuple[Tensor, Tensor], batch_size: int, trials: int = 3
+    spec: MLP,
+    config: OptimizerConfig,
+    seed: int,
+    train: tuple[Tensor, Tensor],
+    batch_size: int,
+    trials: int = 3,
 ) -> Row:
     """K trials (own seed, own learning rate) through `vmap` against each one run alone."""
     configs = [OptimizerConfig(**{**config.to_dict(), "lr": config.lr * 2.0**k}) for k in range(trials)]
@@ -154,12 +173,18 @@ def batched_vs_alone(
     stacked_alone = torch.stack([torch.stack(ls) for ls in alone_losses], 1)
     loss_diff = (torch.stack(losses).double() - stacked_alone.double()).abs().max().item()
     rows = [
-        _row("", n, mine, theirs[0], loss_diff, 1e-5, True)
-        for mine, theirs in zip(unstack(params), alone)
+        _row("", n, mine, theirs[0], loss_diff, 1e-5, True) for mine, theirs in zip(unstack(params), alone)
     ]
     worst = max(rows, key=lambda r: r.error)
-    return Row(f"batched ({trials} trials) vs alone", n, max(r.max_abs_param_diff for r in rows),
-               loss_diff, worst.error, 1e-5, True)
+    return Row(
+        f"batched ({trials} trials) vs alone",
+        n,
+        max(r.max_abs_param_diff for r in rows),
+        loss_diff,
+        worst.error,
+        1e-5,
+        True,
+    )
 
 
 def safetensors_round_trip(spec: MLP, seed: int) -> Row:

@@ -19,8 +19,10 @@ settings.register_profile("dev", deadline=None, max_examples=10)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 # One compile cache for every test (and every subprocess the tests start): warm after the first.
-COMPILE_CACHE = Path(os.environ.setdefault(
-    "PURESTEP_COMPILE_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "inductor")
-))
+COMPILE_CACHE = Path(
+    os.environ.setdefault(
+        "PURESTEP_COMPILE_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "inductor")
+    )
+)
 COMPILE_CACHE.mkdir(parents=True, exist_ok=True)
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(COMPILE_CACHE)

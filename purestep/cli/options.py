@@ -54,7 +54,9 @@ Dataset = Annotated[
 ]
 DataDir = Annotated[
     Path,
-    typer.Option("--data-dir", help="Where torchvision datasets live (downloaded when missing).", file_okay=False),
+    typer.Option(
+        "--data-dir", help="Where torchvision datasets live (downloaded when missing).", file_okay=False
+    ),
 ]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training set.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per step.")]

@@ -63,8 +63,9 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tu
             ) from None
         raise DataError(f"cannot read {name} from {raw}: {_first_line(e)}") from None
     except (AssertionError, TypeError, ValueError, OSError) as e:
+        cause = _first_line(e) or type(e).__name__
         raise DataError(
-            f"cannot read {name} from {raw} (truncated or corrupt file: {_first_line(e) or type(e).__name__}); "
+            f"cannot read {name} from {raw} (truncated or corrupt file: {cause}); "
             "delete the files to download them again"
         ) from None
     if len(ds.data) != len(ds.targets) or ds.data.ndim != 3:
@@ -119,14 +120,10 @@ def load_dataset(
         x_test, y_test = _torchvision_split(name, root, False, download)
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return Dataset(
-        name, *(t.to(device) for t in (x_train, y_train, x_test, y_test))
-    )
+    return Dataset(name, *(t.to(device) for t in (x_train, y_train, x_test, y_test)))
 
 
-def split(
-    x: Tensor, y: Tensor, fraction: float, seed: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def split(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Seeded split of `(x, y)` into `(x_a, y_a, x_b, y_b)` with `fraction` of the rows in b."""
     if not 0 < fraction < 1:
         raise ValueError(f"split fraction must be in (0, 1), got {fraction}")

@@ -32,7 +32,9 @@ def save(path: str | os.PathLike[str], params: dict[str, Tensor], meta: dict[str
     return path
 
 
-def load(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
+def load(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read `(params, meta)` written by `save` (or any safetensors file: meta is then `{}`)."""
     from safetensors import SafetensorError, safe_open
 

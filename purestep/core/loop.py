@@ -175,9 +175,7 @@ def fit(
             raise NonFiniteLoss(epoch, train_loss)
         metrics = evaluate(eval_step, params, ex, ey, eval_batch_size or batch_size)
         callbacks.on_eval(metrics)
-        row = EpochMetrics(
-            epoch, train_loss, metrics.loss, metrics.accuracy, time.perf_counter() - start
-        )
+        row = EpochMetrics(epoch, train_loss, metrics.loss, metrics.accuracy, time.perf_counter() - start)
         result.params, result.state = params, state
         result.history.append(row)
         callbacks.on_epoch_end(row)

@@ -24,12 +24,12 @@ def train_line(loss: float, current: int, size: int) -> str:
 
 def test_report(correct: float, test_loss: float) -> str:
     """The tutorial's end-of-epoch report (two lines and a blank one)."""
-    return f"Test Error: \n Accuracy: {(100*correct):>0.1f}%, Avg loss: {test_loss:>8f} \n"
+    return f"Test Error: \n Accuracy: {(100 * correct):>0.1f}%, Avg loss: {test_loss:>8f} \n"
 
 
 def epoch_header(t: int) -> str:
     """The tutorial's `Epoch t+1` banner."""
-    return f"Epoch {t+1}\n-------------------------------"
+    return f"Epoch {t + 1}\n-------------------------------"
 
 
 def train_loop(dataloader, model, loss_fn, optimizer, log: Callable[[str], None] = print) -> None:
@@ -81,9 +81,7 @@ def torch_optimizer(config: OptimizerConfig, parameters: Iterator[nn.Parameter])
             weight_decay=config.weight_decay,
         )
     cls = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
-    return cls(
-        parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
-    )
+    return cls(parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
 
 
 def loader(x: Tensor, y: Tensor, batch_size: int, order: Tensor | None = None) -> DataLoader:
