@@ -42,8 +42,6 @@ class _Group(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        from typer._click.exceptions import Abort, ClickException
-
         from purestep.core.errors import PurestepError
 
         code = 0
@@ -52,10 +50,10 @@ class _Group(TyperGroup):
                 args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
             )
             code = rv if isinstance(rv, int) else 0
-        except ClickException as e:
+        except typer.TyperException as e:
             typer.echo(f"Error: {_one_line(e.format_message())}", err=True)
             code = e.exit_code
-        except Abort:
+        except typer.Abort:
             code = 130
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)

@@ -55,7 +55,10 @@ Dataset = Annotated[
 DataDir = Annotated[
     Path,
     typer.Option(
-        "--data-dir", help="Where torchvision datasets live (downloaded when missing).", file_okay=False
+        "--data-dir",
+        envvar="PURESTEP_DATA",
+        help="Where torchvision datasets live (downloaded when missing).",
+        file_okay=False,
     ),
 ]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training set.")]
@@ -72,3 +75,27 @@ Shuffle = Annotated[
     bool, typer.Option("--shuffle/--no-shuffle", help="Seeded permutation per epoch, or file order.")
 ]
 Device = Annotated[str, typer.Option("--device", callback=_device, help="cpu, cuda or cuda:N.")]
+
+
+class Impl(str, Enum):
+    reference = "reference"
+    eager = "eager"
+    compiled = "compiled"
+
+
+def _hidden(value: str) -> str:
+    parts = [p.strip() for p in value.split(",")]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise typer.BadParameter(f"must be positive widths separated by commas, e.g. 512,512; got {value!r}")
+    return value
+
+
+def parse_hidden(value: str) -> tuple[int, ...]:
+    """`"512,512"` to `(512, 512)` (the option's callback has already validated it)."""
+    return tuple(int(p) for p in value.split(","))
+
+
+Hidden = Annotated[str, typer.Option("--hidden", callback=_hidden, help="Hidden layer widths, e.g. 512,512.")]
+ImplOpt = Annotated[
+    Impl, typer.Option("--impl", help="The tutorial's nn.Module loop, or the functional step eager or compiled.")
+]

@@ -55,14 +55,12 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tu
     raw = root / cls.__name__ / "raw"
     try:
         ds = cls(str(root), train=train, download=download)
-    except RuntimeError as e:
-        if "not found" in str(e) or "Error downloading" in str(e):
+    except (RuntimeError, AssertionError, TypeError, ValueError, OSError) as e:
+        if isinstance(e, RuntimeError) and ("not found" in str(e) or "Error downloading" in str(e)):
             raise DataError(
                 f"{name} is not in {raw} and could not be downloaded; "
                 "connect to the internet once, or use --dataset digits to work offline"
             ) from None
-        raise DataError(f"cannot read {name} from {raw}: {_first_line(e)}") from None
-    except (AssertionError, TypeError, ValueError, OSError) as e:
         cause = _first_line(e) or type(e).__name__
         raise DataError(
             f"cannot read {name} from {raw} (truncated or corrupt file: {cause}); "
@@ -99,7 +97,7 @@ def load_dataset(
     name: str,
     root: str | os.PathLike[str] | None = None,
     device: torch.device | str = "cpu",
-    download: bool = True,
+    download: bool | None = None,
 ) -> Dataset:
     """Load a dataset once into tensors on `device`.
 
@@ -108,7 +106,8 @@ def load_dataset(
             `digits`, scikit-learn's bundled 8x8 digits, offline).
         root: directory of the torchvision files (downloaded there when missing).
         device: where the tensors live for the whole run.
-        download: fetch missing torchvision files, as the tutorial does.
+        download: fetch missing torchvision files, as the tutorial does; by default
+            yes unless `$PURESTEP_OFFLINE` is set (to anything but 0).
     Raises:
         DataError: unknown name, no data and no network, or unreadable files.
     """
@@ -116,6 +115,8 @@ def load_dataset(
         x_train, y_train, x_test, y_test = _digits()
     elif name in TORCHVISION:
         root = Path(root) if root is not None else default_data_dir()
+        if download is None:
+            download = os.environ.get("PURESTEP_OFFLINE", "0") in ("", "0")
         x_train, y_train = _torchvision_split(name, root, True, download)
         x_test, y_test = _torchvision_split(name, root, False, download)
     else:
@@ -154,3 +155,32 @@ def batches(
 def num_batches(n: int, batch_size: int) -> int:
     """How many batches `batches` yields for `n` rows."""
     return -(-n // batch_size)
+
+
+_IDX_TYPES = {torch.uint8: 0x08, torch.int8: 0x09, torch.int16: 0x0B, torch.int32: 0x0C}
+
+
+def write_idx(path: str | os.PathLike[str], tensor: Tensor) -> Path:
+    """Write an integer tensor in the IDX layout of (Fashion-)MNIST's files (big-endian header).
+
+    For synthetic stand-ins of those datasets: torchvision reads the result as the real thing.
+    """
+    path = Path(path)
+    if tensor.dtype not in _IDX_TYPES:
+        raise ValueError(f"IDX holds uint8/int8/int16/int32, not {tensor.dtype}")
+    header = bytes([0, 0, _IDX_TYPES[tensor.dtype], tensor.ndim])
+    header += b"".join(int(d).to_bytes(4, "big") for d in tensor.shape)
+    body = tensor.contiguous().cpu().numpy().astype(tensor.numpy().dtype.newbyteorder(">")).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + body)
+    return path
+
+
+def write_fake_mnist(root: str | os.PathLike[str], name: str, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Random images and labels in `root/<Name>/raw/` under the real file names; returns that folder."""
+    raw = Path(root) / TORCHVISION[name] / "raw"
+    g = torch.Generator().manual_seed(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8))
+    return raw

@@ -1,0 +1,46 @@
+"""Helpers shared by commands: turning validated options into core objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from purestep.core.data import Dataset
+    from purestep.core.optim import OptimizerConfig
+
+
+def optimizer_config(
+    name: str, lr: float, momentum: float, nesterov: bool, weight_decay: float
+) -> OptimizerConfig:
+    """A validated `OptimizerConfig`; an impossible combination is a usage error (exit 2)."""
+    from purestep.core.optim import OptimizerConfig
+
+    if name != "sgd" and (momentum or nesterov):
+        raise typer.BadParameter("--momentum and --nesterov apply to --optimizer sgd only")
+    config = OptimizerConfig(name, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    try:
+        config.build()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    return config
+
+
+def resolve_device(device: str) -> str:
+    """The device string, checked against what this machine has (exit 1 if it lacks it)."""
+    import torch
+
+    from purestep.core.errors import PurestepError
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PurestepError(f"--device {device} was asked for, but no CUDA device is available here")
+    return device
+
+
+def load_data(dataset: str, data_dir: Path, device: str) -> Dataset:
+    """The dataset's tensors on `device` (downloaded into `data_dir` when missing)."""
+    from purestep.core.data import load_dataset
+
+    return load_dataset(dataset, data_dir, resolve_device(device))

@@ -1,0 +1,136 @@
+"""The CLI: the tutorial's lines, JSON and safetensors output, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from purestep.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, list(args), env=env)
+
+
+def _python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+
+
+def test_help_does_not_import_torch():
+    out = _python(
+        "import sys\n"
+        "from purestep.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH', 'torch' in sys.modules)"
+    )
+    assert "train" in out and "check" in out
+    assert "TORCH False" in out
+
+
+def test_import_purestep_imports_neither_optuna_nor_jax():
+    out = _python(
+        "import sys, purestep\n"
+        "[getattr(purestep, name) for name in purestep.__all__]\n"
+        "print(sorted(m for m in ('optuna', 'jax', 'matplotlib', 'typer') if m in sys.modules))"
+    )
+    assert out.strip() == "[]"
+
+
+def test_reference_and_eager_print_identical_tutorial_lines():
+    args = ["train", "--dataset", "digits", "--epochs", "2", "--lr", "0.05", "--impl"]
+    reference, eager = run(*args, "reference"), run(*args, "eager")
+    assert reference.exit_code == 0 and eager.exit_code == 0, reference.output + eager.output
+    assert reference.stdout == eager.stdout
+    lines = eager.stdout.splitlines()
+    assert lines[:3] == ["Epoch 1", "-------------------------------", lines[2]]
+    assert lines[2].startswith("loss: ") and lines[2].endswith("[    0/ 1437]")
+    assert lines[3] == "Test Error: " and lines[4].startswith(" Accuracy: ") and ", Avg loss: " in lines[4]
+    assert lines[-1] == "Done!"
+
+
+def test_json_and_save_write_params_with_config_and_metrics(tmp_path):
+    from safetensors import safe_open
+
+    from purestep import load, mlp
+
+    out = tmp_path / "model.safetensors"
+    result = run("train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--json", "--save", str(out))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["config"]["optimizer"]["lr"] == 1e-3 and summary["config"]["batch_size"] == 64
+    assert len(summary["history"]) == 1 and 0 <= summary["test_accuracy"] <= 1
+    params, meta = load(out)
+    assert set(params) == set(mlp(64).init(0))
+    assert meta["config"]["dataset"] == "digits" and meta["history"][0]["eval_accuracy"] == summary["test_accuracy"]
+    with safe_open(str(out), framework="numpy") as f:
+        assert "purestep" in f.metadata()
+
+
+def test_missing_data_offline_is_one_line_exit_1(tmp_path):
+    result = run("train", "--data-dir", str(tmp_path / "empty"), env={"PURESTEP_OFFLINE": "1"})
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "--dataset digits" in result.stderr and "Traceback" not in result.output
+
+
+def test_corrupt_data_is_one_line_exit_1(tmp_path):
+    from purestep.core.data import write_fake_mnist
+
+    raw = write_fake_mnist(tmp_path, "fashion-mnist", 20, 5)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08")
+    result = run("train", "--data-dir", str(tmp_path), "--epochs", "1", env={"PURESTEP_OFFLINE": "1"})
+    assert result.exit_code == 1 and result.stderr.startswith("Error: cannot read fashion-mnist")
+
+
+BAD_VALUES = {
+    "--lr": st.sampled_from(["0", "-1", "nan", "inf", "abc", "-1e-9"]),
+    "--batch-size": st.sampled_from(["0", "-5", "1.5", "x"]),
+    "--epochs": st.sampled_from(["0", "-1", "two"]),
+    "--momentum": st.sampled_from(["-0.1", "1", "1.5", "nan"]),
+    "--weight-decay": st.sampled_from(["-1", "inf", "nan"]),
+    "--dataset": st.sampled_from(["cifar10", "", "MNIST!"]),
+    "--optimizer": st.sampled_from(["rmsprop", "SGD2"]),
+    "--impl": st.sampled_from(["jit", "fast"]),
+    "--device": st.sampled_from(["tpu", "cuda:x", "gpu"]),
+    "--hidden": st.sampled_from(["", "0", "512,", "a,b", "-3"]),
+    "--seed": st.sampled_from(["-1", "x"]),
+}
+
+
+@given(data=st.data(), command=st.sampled_from(["train", "check"]))
+def test_every_bad_value_is_one_line_and_exit_2(data, command):
+    options = [o for o in BAD_VALUES if command == "train" or o not in ("--epochs", "--optimizer", "--impl")]
+    option = data.draw(st.sampled_from(options))
+    value = data.draw(BAD_VALUES[option])
+    result = run(command, "--dataset", "digits", option, value)
+    assert result.exit_code == 2, (option, value, result.output)
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["train", "--nesterov"], ["train", "--optimizer", "adam", "--momentum", "0.5"], ["train", "--bogus"], ["fly"]],
+)
+def test_impossible_combinations_and_unknown_words_exit_2(args):
+    result = run(*args)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+
+
+@pytest.mark.compile
+def test_check_passes_every_pair_on_digits():
+    result = run("check", "--dataset", "digits", "--steps", "6", "--momentum", "0.9", "--nesterov", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["printed_lines_identical"]
+    rows = {r["pair"].split(" (")[0]: r for r in report["rows"]}
+    assert rows["eager vs reference"]["max_abs_param_diff"] == 0.0
+    assert rows["compiled vs eager"]["error"] <= 1e-5
+    assert all(r["steps"] == 6 for r in report["rows"] if r["pair"] != "safetensors round trip")

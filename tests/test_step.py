@@ -1,0 +1,94 @@
+"""Step contracts: purity, compiled == eager, no recompiles after warm-up, batched == alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from purestep import (
+    batch_eval_over_trials,
+    batch_over_trials,
+    fit,
+    make_eval_step,
+    make_train_step,
+    mlp,
+    sgd,
+    stack,
+    steps_for,
+    unstack,
+)
+from purestep.check import compiled_vs_eager, max_rel_diff
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from purestep import load_dataset
+
+    return load_dataset("digits")
+
+
+def test_eval_step_counts_loss_sum_and_correct():
+    model = mlp(6, (4,), 3)
+    params = model.init(0)
+    x, y = torch.rand(10, 6), torch.randint(0, 3, (10,))
+    loss_sum, n_correct = make_eval_step(model)(params, x, y)
+    logits = model.apply(params, x)
+    assert torch.equal(loss_sum / 10, torch.nn.functional.cross_entropy(logits, y))
+    assert n_correct.item() == (logits.argmax(1) == y).sum().item()
+
+
+@given(k=st.integers(1, 4), seed=st.integers(0, 1000), lr=st.floats(1e-3, 0.3), momentum=st.floats(0, 0.95))
+def test_batched_trials_equal_each_trial_alone(k, seed, lr, momentum):
+    model = mlp(12, (8,), 3)
+    optimizers = [sgd(lr * (i + 1), momentum=momentum, weight_decay=1e-3 * i) for i in range(k)]
+    params = [model.init(seed + i) for i in range(k)]
+    states = [o.init(p) for o, p in zip(optimizers, params)]
+    step = make_train_step(model, optimizers[0])
+    g = torch.Generator().manual_seed(seed)
+    bp, bs = stack(params), stack(states)
+    for _ in range(5):
+        x, y = torch.rand(7, 12, generator=g), torch.randint(0, 3, (7,), generator=g)
+        bp, bs, losses = batch_over_trials(step)(bp, bs, x, y)
+        for i in range(k):
+            params[i], states[i], loss = step(params[i], states[i], x, y)
+            assert torch.allclose(losses[i], loss, rtol=1e-5, atol=1e-6)
+    for mine, alone in zip(unstack(bp), params):
+        assert max_rel_diff(mine, alone) <= 1e-5
+    sums, correct = batch_eval_over_trials(make_eval_step(model))(bp, x, y)
+    assert sums.shape == correct.shape == (k,)
+
+
+@pytest.mark.compile
+def test_compiled_epoch_is_within_1e5_of_eager(digits):
+    row = compiled_vs_eager(mlp(64, (512, 512), 10), sgd_config(), 0, (digits.x_train, digits.y_train), 64)
+    assert row.steps == 23
+    assert row.error <= 1e-5 and row.max_abs_loss_diff <= 1e-5, row
+
+
+def sgd_config():
+    from purestep import OptimizerConfig
+
+    return OptimizerConfig("sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+@pytest.mark.compile
+def test_no_recompile_across_epochs_trials_and_learning_rates(digits):
+    """After one warm-up fit, new trials, learning rates and epochs reuse the two graphs per shape."""
+    model = mlp(64, (512, 512), 10)
+    x, y, ex, ey = digits.x_train, digits.y_train, digits.x_test, digits.y_test
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    fit(model, sgd(0.01), model.init(0), x, y, epochs=1, eval_data=(ex, ey))
+    # train and eval steps, each one graph for full batches and one for the short tail batch
+    assert counters["stats"]["unique_graphs"] == 4
+    torch.compiler.set_stance("fail_on_recompile")
+    try:
+        for seed, optimizer in enumerate([sgd(0.1), sgd(0.02, momentum=0.9, nesterov=True, weight_decay=1e-3)]):
+            result = fit(model, optimizer, model.init(seed + 1), x, y, epochs=2, eval_data=(ex, ey), shuffle=True)
+            assert len(result.history) == 2
+    finally:
+        torch.compiler.set_stance("default")
+    assert counters["stats"]["unique_graphs"] == 4
