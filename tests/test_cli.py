@@ -62,14 +62,19 @@ def test_json_and_save_write_params_with_config_and_metrics(tmp_path):
     from purestep import load, mlp
 
     out = tmp_path / "model.safetensors"
-    result = run("train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--json", "--save", str(out))
+    result = run(
+        "train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--json", "--save", str(out)
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["config"]["optimizer"]["lr"] == 1e-3 and summary["config"]["batch_size"] == 64
     assert len(summary["history"]) == 1 and 0 <= summary["test_accuracy"] <= 1
     params, meta = load(out)
     assert set(params) == set(mlp(64).init(0))
-    assert meta["config"]["dataset"] == "digits" and meta["history"][0]["eval_accuracy"] == summary["test_accuracy"]
+    assert (
+        meta["config"]["dataset"] == "digits"
+        and meta["history"][0]["eval_accuracy"] == summary["test_accuracy"]
+    )
     with safe_open(str(out), framework="numpy") as f:
         assert "purestep" in f.metadata()
 
@@ -77,7 +82,11 @@ def test_json_and_save_write_params_with_config_and_metrics(tmp_path):
 def test_missing_data_offline_is_one_line_exit_1(tmp_path):
     result = run("train", "--data-dir", str(tmp_path / "empty"), env={"PURESTEP_OFFLINE": "1"})
     assert result.exit_code == 1
-    assert result.stderr.count("\n") == 1 and "--dataset digits" in result.stderr and "Traceback" not in result.output
+    assert (
+        result.stderr.count("\n") == 1
+        and "--dataset digits" in result.stderr
+        and "Traceback" not in result.output
+    )
 
 
 def test_corrupt_data_is_one_line_exit_1(tmp_path):
@@ -117,7 +126,12 @@ def test_every_bad_value_is_one_line_and_exit_2(data, command):
 
 @pytest.mark.parametrize(
     "args",
-    [["train", "--nesterov"], ["train", "--optimizer", "adam", "--momentum", "0.5"], ["train", "--bogus"], ["fly"]],
+    [
+        ["train", "--nesterov"],
+        ["train", "--optimizer", "adam", "--momentum", "0.5"],
+        ["train", "--bogus"],
+        ["fly"],
+    ],
 )
 def test_impossible_combinations_and_unknown_words_exit_2(args):
     result = run(*args)

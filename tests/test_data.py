@@ -30,7 +30,7 @@ def test_idx_files_load_through_torchvision_with_totensor_values(tmp_path, name)
 def test_digits_is_offline_and_split_1437_360():
     data = load_dataset("digits")
     assert data.x_train.shape == (1437, 1, 8, 8) and data.x_test.shape == (360, 1, 8, 8)
-    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    assert data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
     assert set(data.y_train.tolist()) == set(range(10))
 
 

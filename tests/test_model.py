@@ -12,7 +12,9 @@ from purestep import NeuralNetwork, mlp
 widths = st.lists(st.integers(1, 48), min_size=0, max_size=3).map(tuple)
 
 
-@given(seed=st.integers(0, 2**31 - 1), hidden=widths, in_features=st.integers(1, 40), classes=st.integers(2, 12))
+@given(
+    seed=st.integers(0, 2**31 - 1), hidden=widths, in_features=st.integers(1, 40), classes=st.integers(2, 12)
+)
 def test_init_is_bitwise_the_tutorials_module(seed, hidden, in_features, classes):
     params = mlp(in_features, hidden, classes).init(seed)
     torch.manual_seed(seed)

@@ -16,7 +16,6 @@ from purestep import (
     mlp,
     sgd,
     stack,
-    steps_for,
     unstack,
 )
 from purestep.check import compiled_vs_eager, max_rel_diff
@@ -86,8 +85,12 @@ def test_no_recompile_across_epochs_trials_and_learning_rates(digits):
     assert counters["stats"]["unique_graphs"] == 4
     torch.compiler.set_stance("fail_on_recompile")
     try:
-        for seed, optimizer in enumerate([sgd(0.1), sgd(0.02, momentum=0.9, nesterov=True, weight_decay=1e-3)]):
-            result = fit(model, optimizer, model.init(seed + 1), x, y, epochs=2, eval_data=(ex, ey), shuffle=True)
+        for seed, optimizer in enumerate(
+            [sgd(0.1), sgd(0.02, momentum=0.9, nesterov=True, weight_decay=1e-3)]
+        ):
+            result = fit(
+                model, optimizer, model.init(seed + 1), x, y, epochs=2, eval_data=(ex, ey), shuffle=True
+            )
             assert len(result.history) == 2
     finally:
         torch.compiler.set_stance("default")

@@ -123,5 +123,7 @@ def _print_table(rows, same_lines: bool) -> None:
             r.bound_text(),
             "pass" if r.passed else "FAIL",
         )
-    table.add_row("printed lines, reference vs eager", "", "", "", "identical", "pass" if same_lines else "FAIL")
+    table.add_row(
+        "printed lines, reference vs eager", "", "", "", "identical", "pass" if same_lines else "FAIL"
+    )
     Console(width=120).print(table)

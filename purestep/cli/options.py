@@ -97,5 +97,6 @@ def parse_hidden(value: str) -> tuple[int, ...]:
 
 Hidden = Annotated[str, typer.Option("--hidden", callback=_hidden, help="Hidden layer widths, e.g. 512,512.")]
 ImplOpt = Annotated[
-    Impl, typer.Option("--impl", help="The tutorial's nn.Module loop, or the functional step eager or compiled.")
+    Impl,
+    typer.Option("--impl", help="The tutorial's nn.Module loop, or the functional step eager or compiled."),
 ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -33,11 +35,16 @@ from purestep.cli.options import (
     parse_hidden,
 )
 
+if TYPE_CHECKING:
+    from purestep.core.data import Dataset as Data
+    from purestep.core.model import MLP
+    from purestep.core.optim import OptimizerConfig
 
-def _progress(enabled: bool, total: int):
-    """A rich progress bar on stderr, or None when stderr is not a terminal."""
-    if not enabled:
-        return None
+Say = Callable[[str], None]
+
+
+def _progress(total: int):
+    """A transient rich progress bar on stderr."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -51,6 +58,120 @@ def _progress(enabled: bool, total: int):
     )
     progress.add_task("train", total=total, epoch=1)
     return progress
+
+
+def _run_reference(spec: MLP, config: OptimizerConfig, data: Data, run: dict[str, Any], say: Say):
+    from purestep.core.reference import fit_reference
+
+    model, tests = fit_reference(
+        spec,
+        config,
+        (data.x_train, data.y_train),
+        (data.x_test, data.y_test),
+        epochs=run["epochs"],
+        batch_size=run["batch_size"],
+        seed=run["seed"],
+        shuffle=run["shuffle"],
+        log=say,
+    )
+    history = [
+        {"epoch": t, "train_loss": None, "eval_loss": loss, "eval_accuracy": acc}
+        for t, (acc, loss) in enumerate(tests)
+    ]
+    return {k: v.detach() for k, v in model.named_parameters()}, history
+
+
+def _run_functional(
+    spec: MLP,
+    config: OptimizerConfig,
+    data: Data,
+    run: dict[str, Any],
+    say: Say,
+    checkpoint: Path | None,
+    resume: bool,
+    show_progress: bool,
+):
+    from purestep.core.checkpoint import load_checkpoint, save_checkpoint
+    from purestep.core.data import num_batches
+    from purestep.core.errors import PurestepError
+    from purestep.core.loop import Callbacks, NonFiniteLoss, fit
+    from purestep.core.reference import epoch_header, test_report, train_line
+    from purestep.core.step import set_compile_cache
+
+    optimizer = config.build()
+    device = data.x_train.device
+    params, state, history, start = spec.init(run["seed"], device), None, [], 0
+    if resume and checkpoint is not None:
+        found = load_checkpoint(checkpoint, device)
+        if found is not None:
+            _check_resumable(found.meta, run, checkpoint)
+            params, state, history, start = found.params, found.state, found.meta["history"], found.epoch + 1
+    if run["impl"] == Impl.compiled.value:
+        set_compile_cache()
+
+    progress = _progress(num_batches(len(data.y_train), run["batch_size"]) * (run["epochs"] - start))
+    progress = progress if show_progress else None
+
+    def epoch_start(t: int) -> None:
+        say(epoch_header(t))
+        if progress is not None:
+            progress.update(0, epoch=t + 1)
+
+    def keep(row, p, s) -> None:
+        history.append(asdict(row))
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, row.epoch, p, s, {"run": run, "history": history})
+
+    callbacks = Callbacks(
+        on_epoch_start=epoch_start,
+        on_log=lambda batch, loss, current, size: say(train_line(loss, current, size)),
+        on_batch=lambda batch: progress.advance(0) if progress is not None else None,
+        on_eval=lambda m: say(test_report(m.accuracy, m.loss)),
+        on_epoch_state=keep,
+    )
+    if progress is not None:
+        progress.start()
+    try:
+        result = fit(
+            spec,
+            optimizer,
+            params,
+            data.x_train,
+            data.y_train,
+            epochs=run["epochs"],
+            batch_size=run["batch_size"],
+            eval_data=(data.x_test, data.y_test),
+            state=state,
+            shuffle=run["shuffle"],
+            seed=run["seed"],
+            compiled=run["impl"] == Impl.compiled.value,
+            callbacks=callbacks,
+            start_epoch=start,
+        )
+    except NonFiniteLoss as e:
+        if checkpoint is not None and history:
+            kept = f"the last good checkpoint, epoch {len(history)}, is kept in {checkpoint}"
+            raise PurestepError(f"{e}; {kept}") from None
+        raise
+    finally:
+        if progress is not None:
+            progress.stop()
+    return result.params, history
+
+
+RESUME_KEYS = ("dataset", "hidden", "batch_size", "seed", "shuffle", "optimizer")
+
+
+def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Path) -> None:
+    """A checkpoint resumes only the run that wrote it (more epochs and another impl are fine)."""
+    before = saved.get("run", {})
+    now = json.loads(json.dumps(run))
+    changed = [k for k in RESUME_KEYS if before.get(k) != now[k]]
+    if changed:
+        raise typer.BadParameter(
+            f"the checkpoint in {checkpoint} was written with other settings ({', '.join(changed)}); "
+            "use another --checkpoint directory or the same settings"
+        )
 
 
 @app.command()
@@ -71,117 +192,67 @@ def train(
     device: Device = "cpu",
     save: Annotated[
         Path | None,
-        typer.Option("--save", help="Write the trained params as safetensors, config and metrics as metadata."),
+        typer.Option(
+            "--save", help="Write the trained params as safetensors, config and metrics as metadata."
+        ),
     ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", file_okay=False, help="Write params and optimizer state every epoch here."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint.")
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON document instead of the tutorial's lines.")
     ] = False,
 ) -> None:
     """Train the tutorial's MLP (defaults: the tutorial's) and print the tutorial's lines."""
     config = optimizer_config(optimizer.value, lr, momentum, nesterov, weight_decay)
+    if (checkpoint or resume) and impl is Impl.reference:
+        raise typer.BadParameter("--checkpoint and --resume need --impl eager or compiled")
+    if resume and checkpoint is None:
+        raise typer.BadParameter("--resume needs --checkpoint DIR")
     widths = parse_hidden(hidden)
+    run: dict[str, Any] = {
+        "dataset": dataset.value,
+        "hidden": list(widths),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "shuffle": shuffle,
+        "impl": impl.value,
+        "device": device,
+        "optimizer": config.to_dict(),
+    }
     start = time.perf_counter()
     data = load_data(dataset.value, data_dir, device)
 
     from purestep.core.model import MLP
-    from purestep.core.reference import epoch_header, test_report, train_line
 
     spec = MLP(data.in_features, widths, data.classes)
     lines: list[str] = []
     say = lines.append if json_output else print
-
     if impl is Impl.reference:
-        from purestep.core.reference import fit_reference
-
-        model, tests = fit_reference(
-            spec,
-            config,
-            (data.x_train, data.y_train),
-            (data.x_test, data.y_test),
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            shuffle=shuffle,
-            log=say,
-        )
-        params = {k: v.detach() for k, v in model.named_parameters()}
-        history = [
-            {"epoch": t, "train_loss": None, "eval_loss": loss, "eval_accuracy": acc}
-            for t, (acc, loss) in enumerate(tests)
-        ]
+        params, history = _run_reference(spec, config, data, run, say)
     else:
-        from dataclasses import asdict
-
-        from purestep.core.data import num_batches
-        from purestep.core.loop import Callbacks, fit
-        from purestep.core.step import set_compile_cache
-
-        if impl is Impl.compiled:
-            set_compile_cache()
-        steps_per_epoch = num_batches(len(data.y_train), batch_size)
-        progress = _progress(sys.stderr.isatty() and not json_output, steps_per_epoch * epochs)
-
-        def advance(batch: int) -> None:
-            if progress is not None:
-                progress.advance(0)
-
-        def epoch_start(t: int) -> None:
-            say(epoch_header(t))
-            if progress is not None:
-                progress.update(0, epoch=t + 1)
-
-        callbacks = Callbacks(
-            on_epoch_start=epoch_start,
-            on_log=lambda batch, loss, current, size: say(train_line(loss, current, size)),
-            on_batch=advance,
-            on_eval=lambda m: say(test_report(m.accuracy, m.loss)),
-        )
-        if progress is not None:
-            progress.start()
-        try:
-            result = fit(
-                spec,
-                config.build(),
-                spec.init(seed, data.x_train.device),
-                data.x_train,
-                data.y_train,
-                epochs=epochs,
-                batch_size=batch_size,
-                eval_data=(data.x_test, data.y_test),
-                shuffle=shuffle,
-                seed=seed,
-                compiled=impl is Impl.compiled,
-                callbacks=callbacks,
-            )
-        finally:
-            if progress is not None:
-                progress.stop()
+        show = sys.stderr.isatty() and not json_output
+        params, history = _run_functional(spec, config, data, run, say, checkpoint, resume, show)
         say("Done!")
-        params = result.params
-        history = [asdict(row) for row in result.history]
 
-    seconds = time.perf_counter() - start
     summary: dict[str, Any] = {
-        "config": {
-            "dataset": dataset.value,
-            "hidden": list(widths),
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "seed": seed,
-            "shuffle": shuffle,
-            "impl": impl.value,
-            "device": device,
-            "optimizer": config.to_dict(),
-        },
+        "config": run,
         "history": history,
-        "test_accuracy": history[-1]["eval_accuracy"],
-        "test_loss": history[-1]["eval_loss"],
-        "seconds": seconds,
+        "test_accuracy": history[-1]["eval_accuracy"] if history else None,
+        "test_loss": history[-1]["eval_loss"] if history else None,
+        "seconds": time.perf_counter() - start,
     }
     if save is not None:
         from purestep.core.interop import save as save_params
 
-        save_params(save, params, {k: summary[k] for k in ("config", "history")})
+        save_params(save, params, {"config": run, "history": history})
         summary["saved"] = str(save)
     if json_output:
         print(json.dumps(summary))

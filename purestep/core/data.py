@@ -176,11 +176,16 @@ def write_idx(path: str | os.PathLike[str], tensor: Tensor) -> Path:
     return path
 
 
-def write_fake_mnist(root: str | os.PathLike[str], name: str, n_train: int, n_test: int, seed: int = 0) -> Path:
+def write_fake_mnist(
+    root: str | os.PathLike[str], name: str, n_train: int, n_test: int, seed: int = 0
+) -> Path:
     """Random images and labels in `root/<Name>/raw/` under the real file names; returns that folder."""
     raw = Path(root) / TORCHVISION[name] / "raw"
     g = torch.Generator().manual_seed(seed)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8))
+        images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(
+            raw / f"{prefix}-labels-idx1-ubyte", torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
+        )
     return raw

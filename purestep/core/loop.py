@@ -59,6 +59,7 @@ class Callbacks:
     on_batch: Callable[[int], None] = lambda batch: None
     on_eval: Callable[[EvalMetrics], None] = lambda metrics: None
     on_epoch_end: Callable[[EpochMetrics], None] = lambda metrics: None
+    on_epoch_state: Callable[[EpochMetrics, Params, State], None] = lambda metrics, params, state: None
 
 
 @dataclass
@@ -142,6 +143,7 @@ def fit(
     compiled: bool = True,
     log_every: int = 100,
     callbacks: Callbacks | None = None,
+    start_epoch: int = 0,
 ) -> FitResult:
     """Train for `epochs` and evaluate after each one, as the tutorial's main loop.
 
@@ -153,17 +155,19 @@ def fit(
             a validation split in tuning); defaults to the training set.
         shuffle, seed: file order, or a permutation per epoch seeded by `(seed, epoch)`.
         compiled: use `torch.compile`d steps (eager otherwise).
+        start_epoch: resume at this epoch (params and state as they were after the one before):
+            batch order depends on `(seed, epoch)` alone, so a resumed run equals an unbroken one.
     Raises:
         NonFiniteLoss: an epoch's mean training loss is NaN or infinite.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be >= 1")
+    if epochs < 1 or batch_size < 1 or not 0 <= start_epoch <= epochs:
+        raise ValueError("epochs and batch_size must be >= 1, and 0 <= start_epoch <= epochs")
     callbacks = callbacks or Callbacks()
     state = optimizer.init(params) if state is None else state
     train_step, eval_step = steps_for(model, optimizer, compiled)
     ex, ey = eval_data if eval_data is not None else (x, y)
     result = FitResult(params, state)
-    for epoch in range(epochs):
+    for epoch in range(start_epoch, epochs):
         callbacks.on_epoch_start(epoch)
         start = time.perf_counter()
         order = epoch_order(len(y), epoch, seed, y.device) if shuffle else None
@@ -178,5 +182,6 @@ def fit(
         row = EpochMetrics(epoch, train_loss, metrics.loss, metrics.accuracy, time.perf_counter() - start)
         result.params, result.state = params, state
         result.history.append(row)
+        callbacks.on_epoch_state(row, params, state)
         callbacks.on_epoch_end(row)
     return result

@@ -1,0 +1,83 @@
+"""Per-epoch checkpoints: params and optimizer state as safetensors, the rest as JSON.
+
+A checkpoint is a directory `epoch-NNNN/` written under a temporary name and renamed
+into place; `latest.json` is then replaced atomically to point at it. A crash at any
+moment leaves `latest.json` naming a complete checkpoint (or none yet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from purestep.core.errors import PurestepError
+from purestep.core.interop import load, save
+
+LATEST = "latest.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What resuming needs: the epoch just finished, params, optimizer state, and free-form meta."""
+
+    epoch: int
+    params: dict[str, Tensor]
+    state: dict[str, Tensor]
+    meta: dict[str, Any]
+
+
+def _write_json(path: Path, value: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    epoch: int,
+    params: dict[str, Tensor],
+    state: dict[str, Tensor],
+    meta: dict[str, Any],
+) -> Path:
+    """Write the checkpoint of `epoch` (0-based, finished) and make it the latest; returns its folder."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"epoch-{epoch + 1:04d}"
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}."))
+    save(tmp / "params.safetensors", params)
+    save(tmp / "state.safetensors", state)
+    _write_json(tmp / "meta.json", {"epoch": epoch, **meta})
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_json(directory / LATEST, {"checkpoint": final.name, "epoch": epoch})
+    return final
+
+
+def load_checkpoint(
+    directory: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> Checkpoint | None:
+    """The latest complete checkpoint in `directory`, or None if there is none yet."""
+    directory = Path(directory)
+    pointer = directory / LATEST
+    if not pointer.exists():
+        return None
+    try:
+        folder = directory / json.loads(pointer.read_text())["checkpoint"]
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError, KeyError) as e:
+        raise PurestepError(f"cannot read the checkpoint in {directory}: {e}") from None
+    params, _ = load(folder / "params.safetensors", device)
+    state, _ = load(folder / "state.safetensors", device)
+    return Checkpoint(int(meta.pop("epoch")), params, state, meta)

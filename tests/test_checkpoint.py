@@ -1,0 +1,74 @@
+"""Resumable training: per-epoch checkpoints, atomic writes, bitwise resume, NaN keeps the last good one."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from purestep import load, mlp, sgd
+from purestep.cli import app
+from purestep.core.checkpoint import LATEST, load_checkpoint, save_checkpoint
+
+runner = CliRunner()
+BASE = ["train", "--dataset", "digits", "--impl", "eager", "--lr", "0.05", "--momentum", "0.9", "--shuffle"]
+
+
+def test_resume_ends_bitwise_equal_to_an_unbroken_run(tmp_path):
+    full, resumed, ckpt = tmp_path / "full.safetensors", tmp_path / "resumed.safetensors", tmp_path / "ckpt"
+    assert runner.invoke(app, [*BASE, "--epochs", "3", "--save", str(full)]).exit_code == 0
+    assert runner.invoke(app, [*BASE, "--epochs", "2", "--checkpoint", str(ckpt)]).exit_code == 0
+    assert json.loads((ckpt / LATEST).read_text())["epoch"] == 1
+    result = runner.invoke(
+        app, [*BASE, "--epochs", "3", "--checkpoint", str(ckpt), "--resume", "--save", str(resumed)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Epoch 3\n")
+    a, _ = load(full)
+    b, meta = load(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["epoch"] for h in meta["history"]] == [0, 1, 2]
+
+
+def test_resume_with_other_settings_is_refused_and_the_checkpoint_kept(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert runner.invoke(app, [*BASE, "--epochs", "1", "--checkpoint", str(ckpt)]).exit_code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in ckpt.rglob("*")}
+    result = runner.invoke(
+        app, [*BASE, "--epochs", "2", "--lr", "0.1", "--checkpoint", str(ckpt), "--resume"]
+    )
+    assert result.exit_code == 2 and "other settings (optimizer)" in result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in ckpt.rglob("*")} == before
+
+
+def test_a_crash_mid_write_leaves_the_previous_checkpoint_latest(tmp_path):
+    params = mlp(4, (3,), 2).init(0)
+    state = sgd(0.1, momentum=0.9).init(params)
+    save_checkpoint(tmp_path, 0, params, state, {"history": []})
+    # what a crash leaves behind: a half-written folder and pointer under temporary names
+    (tmp_path / ".epoch-0002.abc").mkdir()
+    (tmp_path / ".epoch-0002.abc" / "params.safetensors").write_bytes(b"\x00" * 5)
+    (tmp_path / f".{LATEST}.xyz").write_text('{"checkpoint": "epo')
+    found = load_checkpoint(tmp_path)
+    assert found is not None and found.epoch == 0
+    assert all(torch.equal(found.params[k], params[k]) for k in params)
+    assert all(
+        torch.equal(found.state[k], state[k]) and found.state[k].dtype == state[k].dtype for k in state
+    )
+    save_checkpoint(tmp_path, 1, params, state, {"history": []})
+    assert load_checkpoint(tmp_path).epoch == 1
+
+
+def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    args = ["train", "--dataset", "digits", "--impl", "eager", "--lr", "100", "--momentum", "0.5"]
+    result = runner.invoke(app, [*args, "--batch-size", "256", "--epochs", "4", "--checkpoint", str(ckpt)])
+    assert result.exit_code == 1
+    assert (
+        result.stderr.count("\n") == 1
+        and "became nan in epoch 2" in result.stderr
+        and str(ckpt) in result.stderr
+    )
+    found = load_checkpoint(ckpt)
+    assert found.epoch == 0 and all(torch.isfinite(v).all() for v in found.params.values())
