@@ -56,8 +56,8 @@ class Row:
         return self.error <= self.bound and self.max_abs_loss_diff <= max(self.bound, 1e-5)
 
     def bound_text(self) -> str:
-        """`0`, `1e-05` or `1e-06 rel`."""
-        return f"{self.bound:g}" + (" rel" if self.relative else "")
+        """`0`, `1e-05 rel` or `0.000254 rel`."""
+        return f"{self.bound:.3g}" + (" rel" if self.relative else "")
 
 
 def max_abs_diff(a: Params, b: Params) -> float:

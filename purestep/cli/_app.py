@@ -6,6 +6,7 @@ Nothing here imports torch: `purestep --help` stays fast.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -99,4 +100,6 @@ def _root(
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _sigterm)
+    # torch warns on every compile that a CUDA toolkit without a GPU is "no CUDA runtime"
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     app()

@@ -62,9 +62,7 @@ def check(
 
     from purestep.check import run_checks
 
-    extra = None
-    if against:
-        extra = _jax_rows(config)
+    extra = _jax_rows(config, batch_size) if against else None
     rows, same_lines = run_checks(
         data, config, seed=seed, batch_size=batch_size, steps=steps, hidden=parse_hidden(hidden), extra=extra
     )
@@ -97,14 +95,14 @@ def check(
         raise typer.Exit(1)
 
 
-def _jax_rows(config):
+def _jax_rows(config, batch_size: int):
     from purestep.core.errors import PurestepError
 
     try:
         from purestep.jax_interop import jax_rows
     except ImportError as e:
         raise PurestepError(f"--against jax needs jax and optax: pip install 'purestep[jax]' ({e})") from None
-    return lambda spec, train, seed: jax_rows(spec, train, seed, config=config)
+    return lambda spec, train, seed: jax_rows(spec, train, seed, config=config, batch_size=batch_size)
 
 
 def _print_table(rows, same_lines: bool) -> None:
@@ -112,7 +110,8 @@ def _print_table(rows, same_lines: bool) -> None:
     from rich.table import Table
 
     table = Table(title="purestep check")
-    for column in ("pair", "steps", "max abs param diff", "max abs loss diff", "bound", "result"):
+    columns = ("pair", "steps", "max abs param diff", "max abs loss diff", "error", "bound", "result")
+    for column in columns:
         table.add_column(column, justify="left" if column == "pair" else "right")
     for r in rows:
         table.add_row(
@@ -120,10 +119,13 @@ def _print_table(rows, same_lines: bool) -> None:
             str(r.steps),
             f"{r.max_abs_param_diff:.3g}",
             f"{r.max_abs_loss_diff:.3g}",
+            f"{r.error:.3g}" + (" rel" if r.relative else ""),
             r.bound_text(),
             "pass" if r.passed else "FAIL",
         )
-    table.add_row(
-        "printed lines, reference vs eager", "", "", "", "identical", "pass" if same_lines else "FAIL"
+    verdict = "pass" if same_lines else "FAIL"
+    table.add_row("printed lines, reference vs eager", "", "", "", "", "identical", verdict)
+    Console(width=140).print(table)
+    print(
+        "error: what the bound applies to (for a relative bound, the max abs diff over the largest |param|)"
     )
-    Console(width=120).print(table)

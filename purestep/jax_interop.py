@@ -1,0 +1,333 @@
+"""purestep's params in JAX and back, the tutorial's MLP in flax, and its steps in optax.
+
+Tensors cross through DLPack: zero-copy where JAX can address the tensor's memory
+(same device, compact strides, aligned), a copy otherwise. Either way the values
+are bitwise the same, for every float and integer dtype: 64-bit leaves stay 64-bit
+even when `jax_enable_x64` is off (computing on them in JAX then needs it on).
+
+Zero-copy means shared memory: a tensor from `from_jax` aliases a JAX buffer, and
+an array from `to_jax` aliases the tensor. purestep never writes in place; code
+that does should `.clone()` first.
+
+Needs the `jax` extra (jax, optax, flax); `purestep` itself never imports this module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from itertools import islice
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+import torch
+from torch import Tensor
+
+from purestep.check import Row, max_abs_diff, max_rel_diff
+from purestep.core.data import batches
+from purestep.core.model import MLP, Params
+from purestep.core.optim import OptimizerConfig
+from purestep.core.step import make_train_step
+
+FlaxParams = dict[str, dict[str, jax.Array]]
+FlaxVariables = dict[str, FlaxParams]
+JaxTrainStep = Callable[
+    [FlaxParams, optax.OptState, jax.Array, jax.Array], tuple[FlaxParams, optax.OptState, jax.Array]
+]
+
+JAX_BOUND = 1e-4
+_LINEAR = re.compile(r"linear_relu_stack\.(\d+)\.(weight|bias)")
+_DENSE = re.compile(r"Dense_(\d+)")
+_DLPACK_ERRORS = (BufferError, RuntimeError, TypeError, ValueError)
+
+
+def _x64() -> AbstractContextManager[Any]:
+    enable = getattr(jax, "enable_x64", None)
+    if enable is not None:
+        return enable(True)
+    from jax.experimental import enable_x64
+
+    return enable_x64()
+
+
+def tensor_to_jax(tensor: Tensor) -> jax.Array:
+    """One tensor as a JAX array with the same dtype and bits (DLPack; zero-copy when possible).
+
+    A layout JAX cannot take (gaps between elements) is made contiguous on its device; a
+    device JAX cannot address goes through the host to JAX's default device.
+    """
+    tensor = tensor.detach()
+    with _x64():
+        try:
+            return jnp.from_dlpack(tensor)
+        except _DLPACK_ERRORS:
+            pass
+        try:
+            return jnp.from_dlpack(tensor.contiguous())
+        except _DLPACK_ERRORS:
+            return jax.device_put(jnp.from_dlpack(tensor.contiguous().cpu()))
+
+
+def jax_to_tensor(array: jax.Array) -> Tensor:
+    """One JAX array as a tensor with the same dtype and bits (DLPack; zero-copy when possible)."""
+    try:
+        return torch.from_dlpack(array)
+    except _DLPACK_ERRORS:
+        return torch.from_dlpack(jax.device_put(array, jax.devices("cpu")[0]))
+
+
+def to_jax(params: Mapping[str, Tensor]) -> dict[str, jax.Array]:
+    """purestep params (or any flat dict of tensors) as JAX arrays under the same keys."""
+    return {k: tensor_to_jax(v) for k, v in params.items()}
+
+
+def from_jax(tree: Mapping[str, jax.Array]) -> dict[str, Tensor]:
+    """A flat dict of JAX arrays as tensors under the same keys: the inverse of `to_jax`."""
+    return {k: jax_to_tensor(v) for k, v in tree.items()}
+
+
+class FlaxMLP(nn.Module):
+    """The tutorial's MLP as a flax `Dense` stack: flatten, then Dense-ReLU per hidden width, then Dense.
+
+    `precision` defaults to full float32 matmuls, which torch uses too (JAX would
+    otherwise take TF32/bf16 passes on GPU/TPU).
+    """
+
+    hidden: Sequence[int] = (512, 512)
+    classes: int = 10
+    precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape((x.shape[0], -1))
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width, precision=self.precision)(x))
+        return nn.Dense(self.classes, precision=self.precision)(x)
+
+
+def flax_model(spec: MLP) -> FlaxMLP:
+    """The flax module of the same shape as `spec` (its input width comes from the data)."""
+    return FlaxMLP(hidden=spec.hidden, classes=spec.classes)
+
+
+def _as_jax(leaf: Any) -> jax.Array:
+    return tensor_to_jax(leaf) if isinstance(leaf, Tensor) else jnp.asarray(leaf)
+
+
+def _transpose(array: jax.Array) -> jax.Array:
+    with _x64():
+        return jnp.transpose(array)
+
+
+def to_flax(params: Mapping[str, Any]) -> FlaxVariables:
+    """purestep params as the variables `FlaxMLP.apply` takes: `{"params": {"Dense_i": ...}}`.
+
+    Leaves may be tensors, JAX or NumPy arrays (e.g. from `safetensors.flax.load_file`).
+    A torch `Linear` weight `(out, in)` becomes a flax kernel `(in, out)`; biases pass as they are.
+    """
+    layers: dict[int, dict[str, Any]] = {}
+    for key, leaf in params.items():
+        match = _LINEAR.fullmatch(key)
+        if match is None:
+            raise ValueError(f"{key!r} is not an MLP parameter (linear_relu_stack.<i>.weight|bias)")
+        layers.setdefault(int(match[1]), {})[match[2]] = leaf
+    dense: FlaxParams = {}
+    for j, i in enumerate(sorted(layers)):
+        if set(layers[i]) != {"weight", "bias"}:
+            raise ValueError(f"linear_relu_stack.{i} needs both a weight and a bias")
+        dense[f"Dense_{j}"] = {
+            "kernel": _transpose(_as_jax(layers[i]["weight"])),
+            "bias": _as_jax(layers[i]["bias"]),
+        }
+    return {"params": dense}
+
+
+def from_flax(variables: Mapping[str, Any]) -> Params:
+    """A `FlaxMLP`'s variables (or their `"params"` entry) as purestep params: the inverse of `to_flax`."""
+    tree = variables.get("params", variables)
+    layers: dict[int, Mapping[str, jax.Array]] = {}
+    for name, layer in tree.items():
+        match = _DENSE.fullmatch(name)
+        if match is None or set(layer) != {"kernel", "bias"}:
+            raise ValueError(f"{name!r} is not a flax Dense layer with a kernel and a bias")
+        layers[int(match[1])] = layer
+    if sorted(layers) != list(range(len(layers))):
+        raise ValueError(f"Dense layers must be numbered 0..{len(layers) - 1}, got {sorted(layers)}")
+    params: Params = {}
+    for j in range(len(layers)):
+        params[f"linear_relu_stack.{2 * j}.weight"] = jax_to_tensor(_transpose(layers[j]["kernel"]))
+        params[f"linear_relu_stack.{2 * j}.bias"] = jax_to_tensor(layers[j]["bias"])
+    return params
+
+
+class ScaleByTorchAdamState(NamedTuple):
+    """Step count and the first and second moments, as `torch.optim.Adam` keeps them."""
+
+    count: jax.Array
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def _bias_correction(beta: float, count: jax.Array) -> jax.Array:
+    return -jnp.expm1(count.astype(jnp.float32) * jnp.log1p(jnp.float32(-(1.0 - beta))))
+
+
+def scale_by_torch_adam(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> optax.GradientTransformation:
+    """Adam's rescaling with `torch.optim.Adam`'s arithmetic: `(m / bc1) / (sqrt(v) / sqrt(bc2) + eps)`.
+
+    Unlike `optax.scale_by_adam`, the bias corrections `1 - b**t` are computed as
+    `-expm1(t * log1p(-(1 - b)))`. `optax` rounds `b2 = 0.999` to float32 before the power,
+    which makes `1 - b2**t` up to 1.3e-5 too small and every early update ~6.5e-6 too small
+    (relative); torch computes them in float64, and this matches that to float32 accuracy.
+    """
+
+    def init(params: optax.Params) -> ScaleByTorchAdamState:
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return ScaleByTorchAdamState(jnp.zeros([], jnp.int32), zeros, jax.tree.map(jnp.zeros_like, params))
+
+    def update(
+        updates: optax.Updates, state: ScaleByTorchAdamState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ScaleByTorchAdamState]:
+        count = state.count + 1
+        mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, updates)
+        nu = jax.tree.map(lambda v, g: v * b2 + g * (1 - b2) * g, state.nu, updates)
+        bc1, bc2_sqrt = _bias_correction(b1, count), jnp.sqrt(_bias_correction(b2, count))
+        scaled = jax.tree.map(lambda m, v: (m / bc1) / (jnp.sqrt(v) / bc2_sqrt + eps), mu, nu)
+        return scaled, ScaleByTorchAdamState(count, mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def optax_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+    """The optax transformation that does what `config.build()` does in purestep (same validation).
+
+    SGD: `add_decayed_weights` (torch's L2 term), then `optax.sgd`, whose trace is torch's
+    momentum buffer (dampening 0). Adam: `add_decayed_weights`, `scale_by_torch_adam`, the
+    learning rate. AdamW: decay after the rescaling, as `optax.adamw`, which equals torch's
+    `p * (1 - lr * wd)`.
+    """
+    config.build()
+    decay = optax.add_decayed_weights(config.weight_decay)
+    if config.name == "sgd":
+        return optax.chain(decay, optax.sgd(config.lr, config.momentum or None, nesterov=config.nesterov))
+    adam = scale_by_torch_adam(*config.betas, config.eps)
+    lr = optax.scale_by_learning_rate(config.lr)
+    return optax.chain(decay, adam, lr) if config.name == "adam" else optax.chain(adam, decay, lr)
+
+
+def make_jax_train_step(model: FlaxMLP, tx: optax.GradientTransformation) -> JaxTrainStep:
+    """`train_step(params, opt_state, x, y) -> (params, opt_state, loss)`, jitted: purestep's step in JAX.
+
+    The loss is the mean softmax cross-entropy over integer labels, as `F.cross_entropy`.
+    """
+
+    def loss_fn(params: FlaxParams, x: jax.Array, y: jax.Array) -> jax.Array:
+        logits = model.apply({"params": params}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def train_step(params: FlaxParams, opt_state: optax.OptState, x: jax.Array, y: jax.Array):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return train_step
+
+
+def _label(config: OptimizerConfig) -> str:
+    parts = [config.name]
+    if config.name == "sgd" and config.momentum:
+        parts.append(f"momentum {config.momentum:g}")
+    if config.name == "sgd" and config.nesterov:
+        parts.append("nesterov")
+    if config.weight_decay:
+        parts.append(f"wd {config.weight_decay:g}")
+    return f"jax/optax vs eager ({', '.join(parts)})"
+
+
+def jax_vs_eager(
+    spec: MLP,
+    config: OptimizerConfig,
+    seed: int,
+    train: tuple[Tensor, Tensor],
+    *,
+    batch_size: int = 64,
+    steps: int = 200,
+) -> Row:
+    """purestep's eager step and the flax/optax step from the same init on the same batches.
+
+    Runs one step per batch of `train` in file order, at most `steps` of them (fewer when
+    `train` has fewer batches: the row says how many). The row holds the final params'
+    max abs and relative difference and the largest per-step loss difference.
+
+    The bound is `JAX_BOUND` (1e-4 relative) or twice float32's own rounding floor on this
+    run, whichever is larger; the floor is how far purestep's float32 run ends from the same
+    run in float64. Adam rescales every gradient to about `lr`, so rounding noise in small
+    gradients becomes parameter movement whatever library computes it: over 200 steps of the
+    tutorial's MLP that floor alone is 1.3e-4 to 1.9e-4, and no float32 Adam can promise 1e-4.
+    """
+    x, y = train
+    if len(y) == 0 or steps < 1:
+        raise ValueError("need at least one batch and steps >= 1")
+    params = spec.init(seed, x.device)
+    optimizer = config.build()
+    torch_step = make_train_step(spec, optimizer)
+    tx = optax_optimizer(config)
+    jax_step = make_jax_train_step(flax_model(spec), tx)
+    jax_params = to_flax(params)["params"]
+    (device,) = jax_params["Dense_0"]["kernel"].devices()
+    exact = {k: v.double() for k, v in params.items()}
+    state, exact_state = optimizer.init(params), optimizer.init(exact)
+    opt_state = jax.device_put(tx.init(jax_params), device)
+    torch_losses, jax_losses = [], []
+    for xb, yb in islice(batches(x, y, batch_size), steps):
+        params, state, loss = torch_step(params, state, xb, yb)
+        exact, exact_state, _ = torch_step(exact, exact_state, xb.double(), yb)
+        torch_losses.append(loss)
+        jax_params, opt_state, jax_loss = jax_step(
+            jax_params, opt_state, tensor_to_jax(xb), tensor_to_jax(yb.to(torch.int32))
+        )
+        jax_losses.append(jax_loss)
+    back = {k: v.to(x.device) for k, v in from_flax({"params": jax_params}).items()}
+    jax_loss_tensor = jax_to_tensor(jnp.stack(jax_losses)).to(x.device)
+    loss_diff = (torch.stack(torch_losses).double() - jax_loss_tensor.double()).abs().max().item()
+    floor = max_rel_diff(params, exact)
+    return Row(
+        _label(config),
+        len(torch_losses),
+        max_abs_diff(back, params),
+        loss_diff,
+        max_rel_diff(back, params),
+        max(JAX_BOUND, 2 * floor),
+        True,
+    )
+
+
+def jax_rows(
+    spec: MLP,
+    train: tuple[Tensor, Tensor],
+    seed: int,
+    *,
+    config: OptimizerConfig | None = None,
+    batch_size: int = 64,
+    steps: int = 200,
+) -> list[Row]:
+    """The JAX/optax rows of `purestep check`: one for SGD as `config` sets it, one for Adam.
+
+    As in `run_checks`, Adam takes `config`'s learning rate and weight decay; `config`
+    defaults to the tutorial's SGD (lr 1e-3, no momentum). Each row runs the first `steps`
+    batches of `train` (all of them if fewer); see `jax_vs_eager`.
+    """
+    config = config or OptimizerConfig()
+    sgd_config = OptimizerConfig(**{**config.to_dict(), "name": "sgd"})
+    adam_config = OptimizerConfig("adam", lr=config.lr, weight_decay=config.weight_decay)
+    return [
+        jax_vs_eager(spec, c, seed, train, batch_size=batch_size, steps=steps)
+        for c in (sgd_config, adam_config)
+    ]
