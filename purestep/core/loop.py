@@ -19,7 +19,17 @@ from purestep.core.data import batches, epoch_order
 from purestep.core.errors import PurestepError
 from purestep.core.model import MLP, Params
 from purestep.core.optim import Optimizer, State
-from purestep.core.step import EvalStep, TrainStep, compile_step, make_eval_step, make_train_step
+from purestep.core.step import (
+    EvalStep,
+    TrainStep,
+    batch_eval_over_trials,
+    batch_over_trials,
+    compile_step,
+    make_eval_step,
+    make_train_step,
+    stack,
+    unstack,
+)
 
 
 class NonFiniteLoss(PurestepError):
@@ -64,25 +74,31 @@ class Callbacks:
 
 @dataclass
 class FitResult:
-    """Final params and optimizer state, and one `EpochMetrics` per epoch."""
+    """Final params and optimizer state, one `EpochMetrics` per epoch, and why it stopped early."""
 
     params: Params
     state: State
     history: list[EpochMetrics] = field(default_factory=list)
+    stopped: str | None = None
 
 
-_STEPS: dict[tuple[MLP, object, bool], tuple[TrainStep, EvalStep]] = {}
+_STEPS: dict[tuple[MLP, object, bool, bool], tuple[TrainStep, EvalStep]] = {}
 
 
-def steps_for(model: MLP, optimizer: Optimizer, compiled: bool) -> tuple[TrainStep, EvalStep]:
+def steps_for(
+    model: MLP, optimizer: Optimizer, compiled: bool, batched: bool = False
+) -> tuple[TrainStep, EvalStep]:
     """The (train, eval) steps of a model and optimizer family, built once per process.
 
     Every `sgd(...)` shares one `update`, so the key is the update function: a new
     trial or learning rate reuses the same step, and so the same compiled graphs.
+    `batched` gives the steps over stacked trials (`vmap` on a leading trial axis).
     """
-    key = (model, optimizer.update, compiled)
+    key = (model, optimizer.update, compiled, batched)
     if key not in _STEPS:
         train_step, eval_step = make_train_step(model, optimizer), make_eval_step(model)
+        if batched:
+            train_step, eval_step = batch_over_trials(train_step), batch_eval_over_trials(eval_step)
         if compiled:
             train_step, eval_step = compile_step(train_step), compile_step(eval_step)
         _STEPS[key] = train_step, eval_step
@@ -112,18 +128,39 @@ def train_epoch(
     return params, state, torch.stack(losses)
 
 
-def evaluate(eval_step: EvalStep, params: Params, x: Tensor, y: Tensor, batch_size: int) -> EvalMetrics:
-    """The tutorial's `test_loop` numbers: per-batch mean losses averaged, and accuracy."""
-    sums, correct = [], []
+def _eval_batches(eval_step: EvalStep, params: Params, x: Tensor, y: Tensor, batch_size: int):
+    """Per-batch mean losses `(B, ...)` and total correct `(...)`; `...` is the trial axis if any."""
+    means, correct = [], []
     for xb, yb in batches(x, y, batch_size):
         loss_sum, n_correct = eval_step(params, xb, yb)
-        sums.append(loss_sum / len(yb))
+        means.append(loss_sum / len(yb))
         correct.append(n_correct)
-    means = torch.stack(sums).tolist()
-    test_loss = 0.0
-    for m in means:
-        test_loss += m
-    return EvalMetrics(test_loss / len(means), torch.stack(correct).sum().item() / len(y))
+    return torch.stack(means), torch.stack(correct).sum(0)
+
+
+def _tutorial_loss(batch_means: list[float]) -> float:
+    """`test_loss += batch_mean` in Python floats, then `/ num_batches`, as the tutorial does."""
+    total = 0.0
+    for m in batch_means:
+        total += m
+    return total / len(batch_means)
+
+
+def evaluate(eval_step: EvalStep, params: Params, x: Tensor, y: Tensor, batch_size: int) -> EvalMetrics:
+    """The tutorial's `test_loop` numbers: per-batch mean losses averaged, and accuracy."""
+    means, correct = _eval_batches(eval_step, params, x, y, batch_size)
+    return EvalMetrics(_tutorial_loss(means.tolist()), correct.item() / len(y))
+
+
+def evaluate_trials(
+    eval_step: EvalStep, params: Params, x: Tensor, y: Tensor, batch_size: int
+) -> list[EvalMetrics]:
+    """`evaluate` for stacked trials and a batched eval step: one `EvalMetrics` per trial."""
+    means, correct = _eval_batches(eval_step, params, x, y, batch_size)
+    return [
+        EvalMetrics(_tutorial_loss(column), c / len(y))
+        for column, c in zip(means.T.tolist(), correct.tolist())
+    ]
 
 
 def fit(
@@ -185,3 +222,69 @@ def fit(
         callbacks.on_epoch_state(row, params, state)
         callbacks.on_epoch_end(row)
     return result
+
+
+def fit_trials(
+    model: MLP,
+    optimizer: Optimizer,
+    params: list[Params],
+    states: list[State],
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    eval_data: tuple[Tensor, Tensor] | None = None,
+    eval_batch_size: int | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    compiled: bool = True,
+    keep: Callable[[int, EpochMetrics], bool] = lambda trial, metrics: True,
+    drop: bool = True,
+) -> list[FitResult]:
+    """Train K trials of one model and optimizer family in lockstep: one `vmap`ped step per batch.
+
+    Each trial has its own params and state (so its own init and hyperparameters); all see
+    the same batches. After every epoch each trial is evaluated and `keep(k, metrics)` asked
+    whether it goes on (a pruner says no); a trial whose training loss is not finite stops
+    with the reason in `stopped`. With `drop`, stopped trials leave the stack, which costs a
+    compile for the smaller stack but no more compute; without, they ride along unused.
+    Trial k's history equals `fit` of that trial alone (within float rounding).
+    """
+    if not params or len(params) != len(states):
+        raise ValueError("need as many states as params, and at least one trial")
+    train_step, eval_step = steps_for(model, optimizer, compiled, batched=True)
+    ex, ey = eval_data if eval_data is not None else (x, y)
+    results = [FitResult(p, s) for p, s in zip(params, states)]
+    active = list(range(len(params)))
+    stacked_params, stacked_state = stack(params), stack(states)
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        order = epoch_order(len(y), epoch, seed, y.device) if shuffle else None
+        stacked_params, stacked_state, losses = train_epoch(
+            train_step, stacked_params, stacked_state, x, y, batch_size, order, log_every=0
+        )
+        train_losses = losses.mean(0).tolist()
+        metrics = evaluate_trials(eval_step, stacked_params, ex, ey, eval_batch_size or batch_size)
+        seconds = time.perf_counter() - start
+        for i, (k, p, s) in enumerate(zip(active, unstack(stacked_params), unstack(stacked_state))):
+            result = results[k]
+            if result.stopped is not None:
+                continue
+            if not math.isfinite(train_losses[i]):
+                result.stopped = str(NonFiniteLoss(epoch, train_losses[i]))
+                continue
+            result.params, result.state = p, s
+            row = EpochMetrics(epoch, train_losses[i], metrics[i].loss, metrics[i].accuracy, seconds)
+            result.history.append(row)
+            if not keep(k, row):
+                result.stopped = f"stopped after epoch {epoch + 1}"
+        going = [i for i, k in enumerate(active) if results[k].stopped is None]
+        if not going:
+            break
+        if drop and len(going) < len(active):
+            index = torch.tensor(going, device=y.device)
+            stacked_params = {k: v.index_select(0, index) for k, v in stacked_params.items()}
+            stacked_state = {k: v.index_select(0, index) for k, v in stacked_state.items()}
+            active = [active[i] for i in going]
+    return results

@@ -1,0 +1,94 @@
+"""Batched trials: trial k of a vmapped group equals that trial run alone; a new group never recompiles."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from purestep import fit, load_dataset, mlp, sgd
+from purestep.core.loop import fit_trials
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_dataset("digits")
+    return data.x_train[:400], data.y_train[:400], data.x_test[:100], data.y_test[:100]
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
+
+
+hyper = st.tuples(st.floats(1e-3, 0.3), st.floats(0.0, 0.95), st.sampled_from([0.0, 1e-4, 1e-2]))
+
+
+@given(trials=st.lists(hyper, min_size=1, max_size=5), seed=st.integers(0, 1000), shuffle=st.booleans())
+def test_trial_k_of_a_batch_equals_it_alone(digits, trials, seed, shuffle):
+    x, y, ex, ey = digits
+    model = mlp(64, (32,), 10)
+    optimizers = [sgd(lr, momentum=m, weight_decay=wd) for lr, m, wd in trials]
+    inits = [model.init(seed + k) for k in range(len(trials))]
+    common = dict(epochs=2, batch_size=48, eval_data=(ex, ey), shuffle=shuffle, seed=seed, compiled=False)
+    batched = fit_trials(
+        model, optimizers[0], inits, [o.init(p) for o, p in zip(optimizers, inits)], x, y, **common
+    )
+    for k, (optimizer, init) in enumerate(zip(optimizers, inits)):
+        alone = fit(model, optimizer, init, x, y, **common).history
+        mine = batched[k].history
+        assert len(mine) == len(alone) == 2 and batched[k].stopped is None
+        for a, b in zip(mine, alone):
+            assert close(a.eval_loss, b.eval_loss) and close(a.train_loss, b.train_loss), (k, a, b)
+            assert a.eval_accuracy == pytest.approx(b.eval_accuracy, abs=1 / len(ey))
+
+
+@pytest.mark.parametrize("drop", [True, False])
+def test_pruned_and_diverged_trials_stop_and_the_rest_go_on(digits, drop):
+    x, y, ex, ey = digits
+    model = mlp(64, (32,), 10)
+    optimizers = [sgd(0.05), sgd(0.05), sgd(0.1)]
+    inits = [model.init(0), {k: v * float("nan") for k, v in model.init(1).items()}, model.init(2)]
+    states = [o.init(p) for o, p in zip(optimizers, inits)]
+    results = fit_trials(
+        model,
+        optimizers[0],
+        inits,
+        states,
+        x,
+        y,
+        epochs=3,
+        eval_data=(ex, ey),
+        compiled=False,
+        keep=lambda k, row: not (k == 2 and row.epoch == 0),
+        drop=drop,
+    )
+    assert results[1].stopped == "training loss became nan in epoch 1" and not results[1].history
+    assert results[2].stopped == "stopped after epoch 1" and len(results[2].history) == 1
+    assert results[0].stopped is None and len(results[0].history) == 3
+    alone = fit(model, optimizers[0], inits[0], x, y, epochs=3, eval_data=(ex, ey), compiled=False)
+    assert close(results[0].history[-1].eval_loss, alone.history[-1].eval_loss)
+
+
+@pytest.mark.compile
+def test_a_new_group_of_the_same_shape_does_not_recompile(digits):
+    x, y, ex, ey = digits
+    model = mlp(64, (32,), 10)
+    common = dict(epochs=1, batch_size=64, eval_data=(ex, ey), compiled=True)
+
+    def group(lrs, seed):
+        optimizers = [sgd(lr, momentum=0.9) for lr in lrs]
+        inits = [model.init(seed + k) for k in range(len(lrs))]
+        return fit_trials(
+            model, optimizers[0], inits, [o.init(p) for o, p in zip(optimizers, inits)], x, y, **common
+        )
+
+    group([0.01, 0.02, 0.03, 0.04], 0)
+    torch.compiler.set_stance("fail_on_recompile")
+    try:
+        results = group([0.2, 0.1, 0.05, 0.3], 7)
+    finally:
+        torch.compiler.set_stance("default")
+    assert all(len(r.history) == 1 for r in results)
