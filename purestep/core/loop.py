@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -181,6 +181,7 @@ def fit(
     log_every: int = 100,
     callbacks: Callbacks | None = None,
     start_epoch: int = 0,
+    lr_at: Callable[[int], float] | None = None,
 ) -> FitResult:
     """Train for `epochs` and evaluate after each one, as the tutorial's main loop.
 
@@ -194,6 +195,8 @@ def fit(
         compiled: use `torch.compile`d steps (eager otherwise).
         start_epoch: resume at this epoch (params and state as they were after the one before):
             batch order depends on `(seed, epoch)` alone, so a resumed run equals an unbroken one.
+        lr_at: a schedule, `epoch -> learning rate`, written into the state's 0-d `lr` before
+            each epoch: new data for the step, not a new graph. None keeps the state's.
     Raises:
         NonFiniteLoss: an epoch's mean training loss is NaN or infinite.
     """
@@ -207,6 +210,8 @@ def fit(
     for epoch in range(start_epoch, epochs):
         callbacks.on_epoch_start(epoch)
         start = time.perf_counter()
+        if lr_at is not None:
+            state = {**state, "lr": torch.full_like(state["lr"], lr_at(epoch))}
         order = epoch_order(len(y), epoch, seed, y.device) if shuffle else None
         params, state, losses = train_epoch(
             train_step, params, state, x, y, batch_size, order, log_every, callbacks
@@ -241,6 +246,7 @@ def fit_trials(
     compiled: bool = True,
     keep: Callable[[int, EpochMetrics], bool] = lambda trial, metrics: True,
     drop: bool = True,
+    lr_at: Sequence[Callable[[int], float]] | None = None,
 ) -> list[FitResult]:
     """Train K trials of one model and optimizer family in lockstep: one `vmap`ped step per batch.
 
@@ -249,7 +255,8 @@ def fit_trials(
     whether it goes on (a pruner says no); a trial whose training loss is not finite stops
     with the reason in `stopped`. With `drop`, stopped trials leave the stack, which costs a
     compile for the smaller stack but no more compute; without, they ride along unused.
-    Trial k's history equals `fit` of that trial alone (within float rounding).
+    `lr_at[k]` is trial k's schedule, as in `fit`. Trial k's history equals `fit` of that
+    trial alone (within float rounding).
     """
     if not params or len(params) != len(states):
         raise ValueError("need as many states as params, and at least one trial")
@@ -260,6 +267,9 @@ def fit_trials(
     stacked_params, stacked_state = stack(params), stack(states)
     for epoch in range(epochs):
         start = time.perf_counter()
+        if lr_at is not None:
+            lrs = stacked_state["lr"].new_tensor([lr_at[k](epoch) for k in active])
+            stacked_state = {**stacked_state, "lr": lrs}
         order = epoch_order(len(y), epoch, seed, y.device) if shuffle else None
         stacked_params, stacked_state, losses = train_epoch(
             train_step, stacked_params, stacked_state, x, y, batch_size, order, log_every=0

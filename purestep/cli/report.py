@@ -1,0 +1,124 @@
+"""`purestep report`: a study's top trials, best trial, parameter importances and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from purestep.cli._app import app
+from purestep.cli.tune import DEFAULT_STORAGE, Storage
+
+if TYPE_CHECKING:
+    from purestep.search.report import Report, Row
+
+
+@app.command()
+def report(
+    storage: Storage = DEFAULT_STORAGE,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study name (default: the storage's only study).")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="How many of the best trials to list.")] = 10,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", file_okay=False, help="Where the PNG plots go (default: ./STUDY)."),
+    ] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the plots with matplotlib.")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Summarise a study: top trials, the best against the tutorial's baseline, importances, plots.
+
+    Plots: history.png (optimization history), intermediate.png (validation accuracy per epoch)
+    and importance.png.
+    """
+    from purestep.search.storage import StorageURLError, open_storage, parse_storage, storage_errors
+    from purestep.search.study import NoStudy, load_existing, study_names
+    from purestep.search.tune import default_out, quiet_optuna
+
+    quiet_optuna()
+    try:
+        url = parse_storage(storage)
+    except StorageURLError as e:
+        raise typer.BadParameter(str(e), param_hint="--storage") from None
+    opened = open_storage(url, create=False)
+    with storage_errors(url):
+        if study is None:
+            names = study_names(opened)
+            if len(names) != 1:
+                there = ", ".join(names) if names else "none"
+                raise typer.BadParameter(
+                    f"the storage holds {len(names)} studies ({there}); name one", param_hint="--study"
+                )
+            study = names[0]
+        try:
+            loaded = load_existing(opened, study)
+        except NoStudy as e:
+            raise typer.BadParameter(str(e), param_hint="--study") from None
+        from purestep.search.report import build_report, write_plots
+
+        summary = build_report(loaded, top)
+        if plots:
+            target = out if out is not None else default_out(study)
+            summary.files = [str(p) for p in write_plots(loaded, target, summary.importances is not None)]
+    if json_output:
+        import json
+
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        typer.echo(render(summary, url.shown))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _cells(r: Row, keys: list[str]) -> list[str]:
+    value = "-" if r.value is None else f"{r.value:.2%}"
+    seconds = "-" if r.seconds is None else f"{r.seconds:.1f}"
+    return [str(r.number), r.state.lower(), value, seconds, *(_fmt(r.config.get(k)) for k in keys)]
+
+
+def render(summary: Report, storage: str) -> str:
+    """The report as text."""
+    c = summary.counts
+    lines = [
+        f"study {summary.study} in {storage}: {c['complete']} complete, {c['pruned']} pruned, "
+        f"{c['fail']} failed, {c['running']} running, {c['waiting']} waiting"
+    ]
+    header = ["trial", "state", "val acc", "seconds", *summary.keys]
+    if summary.top:
+        lines.append(f"top {len(summary.top)} by validation accuracy:")
+        lines += _table([header] + [_cells(r, summary.keys) for r in summary.top])
+    if summary.best is not None:
+        lines.append(f"best: trial {summary.best.number}, validation accuracy {summary.best.value:.2%}")
+    if summary.baseline is not None and summary.baseline.value is not None:
+        gain = ""
+        if summary.best is not None and summary.best.value is not None:
+            gain = f"; tuning gained {100 * (summary.best.value - summary.baseline.value):+.2f} points"
+        lines.append(
+            f"baseline (the tutorial's configuration): trial {summary.baseline.number}, "
+            f"validation accuracy {summary.baseline.value:.2%}{gain}"
+        )
+    if summary.importances is not None:
+        lines.append("parameter importances (PED-ANOVA):")
+        width = max(len(k) for k in summary.importances)
+        for name, value in summary.importances.items():
+            lines.append(f"  {name.ljust(width)}  {value:.3f}  {'#' * round(40 * value)}".rstrip())
+    elif summary.note:
+        lines.append(summary.note)
+    if summary.files:
+        lines.append("wrote " + ", ".join(summary.files))
+    return "\n".join(lines)

@@ -1,0 +1,296 @@
+"""`purestep tune`: an Optuna study over the tutorial's hyperparameters (see `purestep.search`)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from purestep.cli._app import app
+from purestep.cli.options import DataDir, Dataset, DatasetName, Device, Epochs, Seed
+
+if TYPE_CHECKING:
+    from purestep.search.space import Space
+    from purestep.search.tune import Outcome, Progress
+
+DEFAULT_STORAGE = "sqlite:///purestep.db"
+
+
+class SamplerName(str, Enum):
+    tpe = "tpe"
+    random = "random"
+    cmaes = "cmaes"
+    gp = "gp"
+
+
+class PrunerName(str, Enum):
+    median = "median"
+    hyperband = "hyperband"
+    halving = "halving"
+    none = "none"
+
+
+class TuneImpl(str, Enum):
+    auto = "auto"
+    eager = "eager"
+    compiled = "compiled"
+
+
+def _fraction(value: float) -> float:
+    if not math.isfinite(value) or not 0 < value < 1:
+        raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def _timeout(value: float | None) -> float | None:
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise typer.BadParameter(f"must be a number of seconds > 0, got {value}")
+    return value
+
+
+def _study_name(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise typer.BadParameter("must not be empty")
+    return value
+
+
+NTrials = Annotated[
+    int,
+    typer.Option(
+        "--n-trials", min=1, help="Finished trials the study holds in total; a re-run resumes up to it."
+    ),
+]
+Timeout = Annotated[
+    float | None,
+    typer.Option("--timeout", callback=_timeout, help="Start no trial after this many seconds."),
+]
+Sampler = Annotated[SamplerName, typer.Option("--sampler", help="Optuna sampler, seeded by --seed.")]
+Pruner = Annotated[PrunerName, typer.Option("--pruner", help="Stops poor trials after an epoch.")]
+SpaceFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--space",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="TOML file merged over the default search space (see --show-space).",
+    ),
+]
+Storage = Annotated[
+    str,
+    typer.Option(
+        "--storage",
+        envvar="PURESTEP_STORAGE",
+        help="Optuna storage: sqlite:///FILE, postgresql://..., mysql://... or journal:FILE.",
+    ),
+]
+Study = Annotated[
+    str | None,
+    typer.Option("--study", callback=_study_name, help="Study name (default: purestep-DATASET)."),
+]
+ValFraction = Annotated[
+    float,
+    typer.Option(
+        "--val-fraction", callback=_fraction, help="Share of the training set held out to score trials."
+    ),
+]
+Out = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", file_okay=False, help="Where best.json and best.safetensors go (default: ./STUDY)."
+    ),
+]
+
+
+@app.command()
+def tune(
+    dataset: Dataset = DatasetName.fashion_mnist,
+    data_dir: DataDir = Path("data"),
+    epochs: Epochs = 10,
+    n_trials: NTrials = 30,
+    timeout: Timeout = None,
+    sampler: Sampler = SamplerName.tpe,
+    pruner: Pruner = PrunerName.median,
+    seed: Seed = 0,
+    space: SpaceFile = None,
+    show_space: Annotated[
+        bool,
+        typer.Option("--show-space", help="Print the search space as TOML (with --space merged) and exit."),
+    ] = False,
+    storage: Storage = DEFAULT_STORAGE,
+    study: Study = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="Processes running trials on the one storage.")
+    ] = 1,
+    val_fraction: ValFraction = 0.2,
+    impl: Annotated[
+        TuneImpl, typer.Option("--impl", help="Train eager or compiled; auto compiles only long trials.")
+    ] = TuneImpl.auto,
+    threads: Annotated[
+        int,
+        typer.Option("--threads", min=1, help="Torch threads per process (for parallel trials: --workers)."),
+    ] = 1,
+    device: Device = "cpu",
+    out: Out = None,
+    final: Annotated[
+        bool, typer.Option("--final/--no-final", help="Re-train the best configuration and test it once.")
+    ] = True,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print best.json instead of the table.")
+    ] = False,
+) -> None:
+    """Tune the tutorial's hyperparameters with Optuna on a validation split; re-running resumes.
+
+    Trial 0 is the tutorial's own configuration. At the end: the best trial, best.json, and the
+    best configuration re-trained on the whole training set and tested once.
+    """
+    from purestep.search.space import SpaceError, load_space
+
+    try:
+        search_space = load_space(space)
+    except SpaceError as e:
+        raise typer.BadParameter(str(e), param_hint="--space") from None
+    if show_space:
+        typer.echo(search_space.to_toml(), nl=False)
+        return
+
+    from purestep.search.storage import StorageURLError, parse_storage
+    from purestep.search.study import IncompatibleStudy
+    from purestep.search.tune import TuneOptions, default_out, finish
+    from purestep.search.tune import tune as run
+
+    try:
+        parse_storage(storage)
+    except StorageURLError as e:
+        raise typer.BadParameter(str(e), param_hint="--storage") from None
+    name = study or f"purestep-{dataset.value}"
+    options = TuneOptions(
+        dataset=dataset.value,
+        data_dir=str(data_dir),
+        device=device,
+        epochs=epochs,
+        n_trials=n_trials,
+        seed=seed,
+        val_fraction=val_fraction,
+        sampler=sampler.value,
+        pruner=pruner.value,
+        storage=storage,
+        study=name,
+        space_json=search_space.to_json(),
+        timeout=timeout,
+        workers=workers,
+        impl=impl.value,
+        threads=threads,
+    )
+    line = _LiveLine(sys.stderr.isatty())
+    try:
+        outcome, data = run(options, progress=line.show, on_ready=_announce)
+    except IncompatibleStudy as e:
+        raise typer.BadParameter(str(e), param_hint="--study") from None
+    finally:
+        line.close()
+    if outcome.complete + outcome.pruned < n_trials:
+        _note(_short_of(outcome, n_trials))
+    best = finish(outcome, data, options, out if out is not None else default_out(name), final)
+    if json_output:
+        import json
+
+        typer.echo(json.dumps(best, indent=2))
+    else:
+        typer.echo(_summary(outcome, search_space))
+
+
+class _LiveLine:
+    """The progress line on stderr: rewritten in place on a terminal, one line per trial otherwise."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.width = 0
+        self.last: tuple[int | None, int] | None = None
+
+    def show(self, p: Progress) -> None:
+        key = (p.running, p.finished)
+        if key == self.last:
+            return
+        self.last = key
+        best = (
+            f"best {p.best_value:.2%} (trial {p.best_number})" if p.best_value is not None else "no best yet"
+        )
+        if p.running is not None:
+            head = f"trial {p.finished + 1} of {p.n_trials} running (number {p.running})"
+        else:
+            head = f"{p.finished} of {p.n_trials} finished"
+        text = f"{head} | {best} | {p.elapsed:.1f}s"
+        if self.tty:
+            sys.stderr.write("\r" + text.ljust(self.width))
+            sys.stderr.flush()
+            self.width = len(text)
+        elif p.running is None:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty and self.width:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _announce(outcome: Outcome) -> None:
+    done = outcome.complete + outcome.pruned
+    how = "new study" if outcome.created else f"resuming: {done} finished"
+    impl = "compiled" if outcome.compiled else "eager"
+    _note(f"study {outcome.study} in {outcome.storage} ({how}); {impl} steps, {outcome.threads} thread(s)")
+    if not outcome.baseline_queued:
+        _note("the search space does not contain the tutorial's configuration: no baseline trial")
+
+
+def _note(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def _short_of(outcome: Outcome, n_trials: int) -> str:
+    done = outcome.complete + outcome.pruned
+    why = f"; {outcome.running} still running elsewhere" if outcome.running else ""
+    return f"the study has {done} of {n_trials} finished trials{why}; re-run the command to continue"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _summary(outcome: Outcome, space: Space) -> str:
+    """The end-of-run table: the baseline and the best trial, the final test, and the files written."""
+    keys = list(dict.fromkeys(p.key for p in space.params))
+    header = ["", "trial", "val acc", *keys]
+    rows = [header]
+    for label, trial in (("baseline", outcome.baseline), ("best", outcome.best)):
+        if trial is None:
+            continue
+        config = trial.user_attrs.get("config") or {}
+        value = "-" if trial.value is None else f"{trial.value:.2%}"
+        if trial.state.name == "PRUNED":
+            value += " (pruned)"
+        rows.append([label, str(trial.number), value, *(_fmt(config.get(k, "-")) for k in keys)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    done = outcome.complete + outcome.pruned
+    lines = [
+        f"study {outcome.study}: {done} finished ({outcome.complete} complete, {outcome.pruned} pruned), "
+        f"{outcome.failed} failed; {outcome.seconds:.1f}s"
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if outcome.final:
+        f = outcome.final
+        lines.append(
+            f"final: trained on all {f['train_images']} training images for {f['epochs']} epochs; "
+            f"test accuracy {f['test_accuracy']:.2%} (loss {f['test_loss']:.4f}) on {f['test_images']} images"
+        )
+    lines.append("wrote " + ", ".join(outcome.files))
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""The objective: one configuration trained on the fit split, scored on the validation split.
+
+A trial's value is its validation accuracy at the end of training (see `score`; the number
+of epochs is the budget, as in the final re-train). Accuracy is reported after every epoch
+so that a pruner can stop a poor trial early. The test set is never touched here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from purestep.search.space import Choices, Range, Sample, Scalar, Space, sample
+
+if TYPE_CHECKING:
+    import optuna
+    from torch import Tensor
+
+    from purestep.core.data import Dataset
+    from purestep.core.loop import EpochMetrics, FitResult
+    from purestep.core.optim import OptimizerConfig
+
+VAL_FRACTION = 0.2
+"""Share of the training set held out for validation: 287 of digits' 1437 images, 12000 of 60000."""
+
+EVAL_BATCH_SIZE = 4096
+"""Validation batch: all of digits' split in one call; one compiled graph whatever the trial's batch."""
+
+
+def score(history: list[EpochMetrics]) -> float:
+    """Mean validation accuracy over the last third of the epochs (at most 3, at least 1).
+
+    The last epoch's accuracy alone swings by a point or two from one epoch to the next on a
+    small split; the mean of the final epochs estimates what the last model scores with less
+    noise, so the search does not chase a lucky epoch.
+    """
+    tail = history[-max(1, min(3, len(history) // 3)) :]
+    return sum(m.eval_accuracy for m in tail) / len(tail)
+
+
+class ConfigError(ValueError):
+    """A sampled combination the optimizer rejects: the space allows something it should not."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything a trial trains with, as plain data (JSON-ready through `to_dict`)."""
+
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    batch_size: int = 64
+    hidden: int = 512
+    layers: int = 2
+    shuffle: bool = False
+    schedule: str = "constant"
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Scalar]) -> TrialConfig:
+        """The config of a space's settings (unknown keys are an error, missing ones the tutorial's)."""
+        return cls(**settings)  # type: ignore[arg-type]
+
+    def optimizer_config(self) -> OptimizerConfig:
+        """The core optimizer description, validated (raises `ConfigError`)."""
+        from purestep.core.optim import OptimizerConfig
+
+        config = OptimizerConfig(
+            self.optimizer,  # type: ignore[arg-type]
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            weight_decay=self.weight_decay,
+            betas=(self.beta1, self.beta2),
+            eps=self.eps,
+        )
+        try:
+            config.build()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return config
+
+    def hidden_layers(self) -> tuple[int, ...]:
+        """Hidden widths of the MLP: `layers` layers of `hidden` units (the tutorial: 512, 512)."""
+        return (self.hidden,) * self.layers
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The fit and validation tensors of a study, and the model's input and output widths."""
+
+    x_fit: Tensor
+    y_fit: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    in_features: int
+    classes: int
+
+
+def make_splits(data: Dataset, val_fraction: float, seed: int) -> Splits:
+    """Hold out `val_fraction` of the training set (seeded: every worker and re-run gets the same)."""
+    from purestep.core.data import split
+
+    x_fit, y_fit, x_val, y_val = split(data.x_train, data.y_train, val_fraction, seed)
+    return Splits(x_fit, y_fit, x_val, y_val, data.in_features, data.classes)
+
+
+def lr_at(config: TrialConfig, epoch: int, epochs: int) -> float:
+    """The learning rate of `epoch` (0-based): constant, or cosine-decayed once per epoch towards 0.
+
+    Without decay the last epochs of a high learning rate bounce by a point or more of
+    accuracy, so what a re-train ends at is luck; the decay makes the final model settle.
+    """
+    if config.schedule == "cosine":
+        return config.lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
+    return config.lr
+
+
+def train(
+    config: TrialConfig,
+    x: Tensor,
+    y: Tensor,
+    eval_data: tuple[Tensor, Tensor],
+    *,
+    in_features: int,
+    classes: int,
+    epochs: int,
+    seed: int,
+    compiled: bool,
+    on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+) -> FitResult:
+    """Train `config` from `mlp(...).init(seed)` for `epochs`, evaluating on `eval_data` each epoch.
+
+    Raises:
+        ConfigError: the optimizer rejects the combination.
+        NonFiniteLoss: the training loss became NaN or infinite.
+    """
+    from purestep.core.loop import Callbacks, fit
+    from purestep.core.model import mlp
+
+    optimizer = config.optimizer_config().build()
+    model = mlp(in_features, config.hidden_layers(), classes)
+    return fit(
+        model,
+        optimizer,
+        model.init(seed, x.device),
+        x,
+        y,
+        epochs=epochs,
+        batch_size=config.batch_size,
+        eval_data=eval_data,
+        eval_batch_size=EVAL_BATCH_SIZE,
+        shuffle=config.shuffle,
+        seed=seed,
+        compiled=compiled,
+        log_every=0,
+        callbacks=Callbacks(on_epoch_end=on_epoch_end or (lambda row: None)),
+        lr_at=lambda epoch: lr_at(config, epoch, epochs),
+    )
+
+
+def optuna_suggest(trial: optuna.Trial) -> Callable[[str, Choices | Range], Scalar]:
+    """`suggest(name, domain)` for `space.sample`, through an Optuna trial."""
+
+    def suggest(name: str, domain: Choices | Range) -> Scalar:
+        if isinstance(domain, Choices):
+            return trial.suggest_categorical(name, list(domain.values))
+        if domain.integer:
+            return trial.suggest_int(
+                name, int(domain.low), int(domain.high), step=int(domain.step or 1), log=domain.log
+            )
+        return trial.suggest_float(name, domain.low, domain.high, step=domain.step, log=domain.log)
+
+    return suggest
+
+
+def suggest_config(space: Space, trial: optuna.Trial) -> tuple[Sample, TrialConfig]:
+    """Draw a trial's parameters from `space`; its config is stored as the user attribute `config`."""
+    drawn = sample(space, optuna_suggest(trial))
+    config = TrialConfig.from_settings(drawn.settings)
+    trial.set_user_attr("config", config.to_dict())
+    return drawn, config
+
+
+def make_objective(
+    space: Space,
+    splits: Splits,
+    *,
+    epochs: int,
+    seed: int,
+    compiled: bool,
+    guard: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> Callable[[optuna.Trial], float]:
+    """An Optuna objective: validation accuracy after `epochs`, reported after each one.
+
+    Every trial starts from the same init (`seed`) and batch order, so trials differ by their
+    hyperparameters alone. `guard()` wraps each write to the storage (so an interrupt
+    cannot cut one in half). A pruned or diverged trial raises `optuna.TrialPruned` with the
+    reason as its message.
+    """
+    import optuna
+
+    from purestep.core.loop import NonFiniteLoss
+
+    def objective(trial: optuna.Trial) -> float:
+        with guard():
+            _, config = suggest_config(space, trial)
+
+        def on_epoch_end(metrics: EpochMetrics) -> None:
+            with guard():
+                trial.report(metrics.eval_accuracy, metrics.epoch + 1)
+            if trial.should_prune():
+                epoch, accuracy = metrics.epoch + 1, metrics.eval_accuracy
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} at validation accuracy {accuracy:.4f}")
+
+        try:
+            result = train(
+                config,
+                splits.x_fit,
+                splits.y_fit,
+                (splits.x_val, splits.y_val),
+                in_features=splits.in_features,
+                classes=splits.classes,
+                epochs=epochs,
+                seed=seed,
+                compiled=compiled,
+                on_epoch_end=on_epoch_end,
+            )
+        except NonFiniteLoss as e:
+            raise optuna.TrialPruned(f"diverged: {e}") from None
+        last = result.history[-1]
+        with guard():
+            trial.set_user_attr("val_accuracy_last", last.eval_accuracy)
+            trial.set_user_attr("val_loss", last.eval_loss)
+            trial.set_user_attr("train_loss", last.train_loss)
+        return score(result.history)
+
+    return objective

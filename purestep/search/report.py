@@ -1,0 +1,172 @@
+"""What a study found: its top trials, the best one against the tutorial's baseline, parameter
+importances (Optuna's default evaluator, PED-ANOVA, which handles conditional parameters),
+and the optimization history, intermediate values and importances drawn to PNG files.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from purestep.search.study import baseline_trial, best_trial, stored_spec
+
+PLOTS = ("history.png", "intermediate.png", "importance.png")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One trial as the report shows it."""
+
+    number: int
+    state: str
+    value: float | None
+    seconds: float | None
+    params: dict[str, Any]
+    config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {
+            "trial": self.number,
+            "state": self.state,
+            "value": self.value,
+            "seconds": self.seconds,
+            "params": self.params,
+            "config": self.config,
+        }
+
+
+@dataclass
+class Report:
+    """A study's summary; `importances` is None when they cannot be computed (`note` says why)."""
+
+    study: str
+    counts: dict[str, int]
+    top: list[Row]
+    best: Row | None
+    baseline: Row | None
+    importances: dict[str, float] | None
+    note: str | None
+    keys: list[str]
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {
+            "study": self.study,
+            "trials": self.counts,
+            "top": [r.to_dict() for r in self.top],
+            "best": self.best.to_dict() if self.best else None,
+            "baseline": self.baseline.to_dict() if self.baseline else None,
+            "importances": self.importances,
+            "importances_note": self.note,
+            "files": self.files,
+        }
+
+
+def row(trial: FrozenTrial) -> Row:
+    """A trial's report row; its config is the one it stored when it ran."""
+    seconds = trial.duration.total_seconds() if trial.duration is not None else None
+    return Row(
+        trial.number,
+        trial.state.name,
+        trial.value,
+        seconds,
+        dict(trial.params),
+        trial.user_attrs.get("config", {}),
+    )
+
+
+def build_report(study: optuna.Study, top: int) -> Report:
+    """The top `top` completed trials by validation accuracy, the best, the baseline and importances."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {
+        state.name.lower(): sum(t.state == state for t in trials)
+        for state in (
+            TrialState.COMPLETE,
+            TrialState.PRUNED,
+            TrialState.FAIL,
+            TrialState.RUNNING,
+            TrialState.WAITING,
+        )
+    }
+    complete = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-(t.value or 0.0), t.number)
+    )
+    best, base = best_trial(study), baseline_trial(trials)
+    importances, note = param_importances(study)
+    spec = stored_spec(study)
+    keys = (
+        list(dict.fromkeys(p.key for p in spec.space.params))
+        if spec
+        else sorted({k for t in trials for k in t.params})
+    )
+    return Report(
+        study.study_name,
+        counts,
+        [row(t) for t in complete[:top]],
+        row(best) if best else None,
+        row(base) if base else None,
+        importances,
+        note,
+        keys,
+    )
+
+
+def param_importances(study: optuna.Study) -> tuple[dict[str, float] | None, str | None]:
+    """Optuna's parameter importances over the completed trials, or None and the reason."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len({tuple(sorted(t.params.items())) for t in complete}) < 2:
+        return None, "importances need at least 2 completed trials with different parameters"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError, ZeroDivisionError) as e:
+        return None, f"importances could not be computed: {e}"
+    return {k: float(v) for k, v in values.items()}, None
+
+
+def write_plots(study: optuna.Study, out: Path, importances_ok: bool) -> list[Path]:
+    """Draw the optimization history, intermediate values and (when computable) importances as PNGs.
+
+    Each file is drawn under a temporary name and renamed into place.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    out.mkdir(parents=True, exist_ok=True)
+    drawings = [
+        ("history.png", lambda: ovm.plot_optimization_history(study, target_name="validation accuracy")),
+        ("intermediate.png", lambda: ovm.plot_intermediate_values(study)),
+    ]
+    if importances_ok:
+        drawings.append(("importance.png", lambda: ovm.plot_param_importances(study)))
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, draw in drawings:
+            ax = draw()
+            if name == "intermediate.png":
+                ax.set_xlabel("epoch")
+                ax.set_ylabel("validation accuracy")
+                legend = ax.get_legend()
+                if legend is not None and len(legend.get_texts()) > 12:
+                    legend.remove()
+            figure = ax.figure
+            path = out / name
+            tmp = out / f".{name}.tmp"
+            figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            plt.close(figure)
+            os.replace(tmp, path)
+            written.append(path)
+    return written

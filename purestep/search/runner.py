@@ -1,0 +1,185 @@
+"""Running trials with ask-and-tell: N finished trials in the study in total, and nothing lost.
+
+Before each trial a worker counts the study's trials that are finished or running; it stops
+at `n_trials`. Two workers can still ask at the same moment for the last slot: the one whose
+trial number is higher sees that, fails its empty trial (`reason: surplus`) without training,
+and stops, so the study ends with exactly N finished trials.
+
+SIGINT and SIGTERM are held back while the storage is written: the running trial is told
+FAIL (with the reason) and the exception continues, so no trial is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from purestep.search.objective import ConfigError
+from purestep.search.study import FINISHED, TAKEN, best_of, count
+
+
+def _signal_exception(signum: int) -> BaseException:
+    if signum == signal.SIGTERM:
+        return SystemExit(143)
+    return KeyboardInterrupt()
+
+
+class Shield:
+    """Defers SIGINT/SIGTERM inside `hold()`; after the first one is raised, later ones wait.
+
+    Only the main thread can own signal handlers; elsewhere `armed()` changes nothing. A
+    signal the process was started ignoring (`nohup`, a background job) stays ignored.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: int | None = None
+        self.unwinding = False
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.depth > 0 or self.unwinding:
+            self.pending = self.pending or signum
+            return
+        self.unwinding = True
+        raise _signal_exception(signum)
+
+    @contextmanager
+    def armed(self) -> Iterator[Shield]:
+        """Install the handlers for the duration of a run, then put back the previous ones."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        wanted = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+        previous = {s: signal.signal(s, self._handler) for s in wanted}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Defer signals in the block; raise a deferred one on leaving it."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        self.deliver()
+
+    def deliver(self) -> None:
+        """Raise the deferred signal, if any, unless already unwinding from one."""
+        if self.pending is not None and self.depth == 0 and not self.unwinding:
+            signum, self.pending = self.pending, None
+            self.unwinding = True
+            raise _signal_exception(signum)
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    """What a worker reports after each of its trials."""
+
+    trial: FrozenTrial
+    finished: int
+    best: FrozenTrial | None
+
+
+def _interrupt_reason(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    if isinstance(e, SystemExit):
+        return f"terminated (exit {e.code})"
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    n_trials: int,
+    deadline: float | None = None,
+    shield: Shield | None = None,
+    on_trial_start: Callable[[int, int], None] = lambda number, finished: None,
+    on_trial_end: Callable[[TrialEnd], None] = lambda end: None,
+) -> int:
+    """Run trials until the study has `n_trials` finished ones or `deadline` (`time.time()`) passes.
+
+    A trial that raises `optuna.TrialPruned` is pruned with its message as the user attribute
+    `reason`; any other exception fails the running trial (with the reason) and propagates.
+    Returns how many trials this call finished.
+    """
+    shield = shield or Shield()
+    ran = 0
+    while True:
+        shield.deliver()
+        if deadline is not None and time.time() >= deadline:
+            break
+        trials = study.get_trials(deepcopy=False)
+        if count(trials, TAKEN) >= n_trials:
+            break
+        shield.depth += 1
+        trial: optuna.Trial | None = None
+        try:
+            trial = study.ask()
+            shield.depth -= 1
+            shield.deliver()
+            if _surplus(study, trial.number, n_trials):
+                _tell(
+                    study, trial, shield, TrialState.FAIL, reason="surplus: the study already had its trials"
+                )
+                break
+            on_trial_start(trial.number, count(trials, FINISHED))
+            value = objective(trial)
+        except optuna.TrialPruned as e:
+            assert trial is not None
+            _tell(study, trial, shield, TrialState.PRUNED, reason=str(e) or "pruned")
+        except ConfigError as e:
+            assert trial is not None
+            _tell(study, trial, shield, TrialState.FAIL, reason=str(e))
+            raise ConfigError(
+                f"trial {trial.number} drew settings the optimizer rejects ({e}); narrow the search space"
+            ) from None
+        except BaseException as e:
+            if trial is None:
+                shield.depth -= 1
+            else:
+                _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e))
+            raise
+        else:
+            _tell(study, trial, shield, TrialState.COMPLETE, value=value)
+        ran += 1
+        frozen = study.get_trials(deepcopy=False)
+        done = next(t for t in frozen if t.number == trial.number)
+        on_trial_end(TrialEnd(done, count(frozen, FINISHED), best_of(frozen)))
+    return ran
+
+
+def _surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
+    """True when trials numbered below `number` already fill the study."""
+    trials = study.get_trials(deepcopy=False)
+    return sum(t.number < number and t.state in TAKEN for t in trials) >= n_trials
+
+
+def _tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    shield: Shield,
+    state: TrialState,
+    value: float | None = None,
+    reason: str | None = None,
+) -> None:
+    shield.depth += 1
+    try:
+        if reason is not None:
+            trial.set_user_attr("reason", reason)
+        study.tell(trial, value, state=state if value is None else None, skip_if_finished=True)
+    finally:
+        shield.depth -= 1

@@ -1,0 +1,49 @@
+"""A worker process of `purestep tune --workers K`: `python -m purestep.search.worker OPTIONS INDEX DEADLINE`.
+
+It joins the study the parent prepared and runs trials until the study is full. Exit codes
+follow the CLI: 0 done, 1 a failure (one line on stderr), 130 SIGINT, 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+
+from purestep.core.errors import PurestepError
+from purestep.search.tune import TuneOptions, run_worker
+
+
+def main(argv: list[str]) -> int:
+    """Run one worker; the arguments are the parent's options (JSON), an index and a deadline (JSON)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    options = TuneOptions(**json.loads(argv[0]))
+    index = int(argv[1])
+    deadline = json.loads(argv[2])
+    try:
+        run_worker(options, index, deadline)
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    except (PurestepError, ValueError, OSError) as e:
+        print(f"Error: worker {index}: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: one line here too; the traceback with PURESTEP_DEBUG=1
+        if os.environ.get("PURESTEP_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"Error: worker {index}: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

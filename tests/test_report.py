@@ -1,0 +1,102 @@
+"""`purestep report` on studies that `purestep tune` wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from purestep.cli import app
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+runner = CliRunner()
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A journal storage holding an 8-trial digits study."""
+    tmp = tmp_path_factory.mktemp("report")
+    storage = f"journal:{tmp / 'study.log'}"
+    args = ["tune", "--dataset", "digits", "--epochs", "3", "--n-trials", "8", "--storage", storage]
+    result = runner.invoke(app, [*args, "--no-final", "--out", str(tmp)])
+    assert result.exit_code == 0, result.output
+    return storage
+
+
+def test_report_lists_top_trials_best_baseline_importances_and_draws_plots(
+    study: str, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app, ["report", "--storage", study, "--top", "3", "--out", str(tmp_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    trials = optuna.load_study(study_name="purestep-digits", storage=_journal(study)).get_trials()
+    complete = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number)
+    )
+    assert [r["trial"] for r in report["top"]] == [t.number for t in complete[:3]]
+    assert report["best"]["trial"] == complete[0].number
+    assert report["baseline"]["trial"] == 0 and report["baseline"]["config"]["lr"] == 1e-3
+    assert report["trials"]["complete"] + report["trials"]["pruned"] == 8
+    importances = report["importances"]
+    assert importances and abs(sum(importances.values()) - 1) < 1e-6
+    assert set(importances) <= {name for t in trials for name in t.params}
+    for name in ("history.png", "intermediate.png", "importance.png"):
+        path = tmp_path / name
+        assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
+        assert str(path) in report["files"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_report_text(study: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", "--storage", study, "--no-plots"])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert text.startswith("study purestep-digits in journal:")
+    assert "by validation accuracy:" in text
+    assert "baseline (the tutorial's configuration): trial 0" in text and "tuning gained" in text
+    assert "parameter importances (PED-ANOVA):" in text
+    assert "wrote" not in text
+
+
+def test_report_names_the_study_when_the_storage_has_several(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    for name in ("one", "two"):
+        optuna.create_study(study_name=name, storage=storage)
+    result = runner.invoke(app, ["report", "--storage", storage])
+    assert result.exit_code == 2
+    assert "the storage holds 2 studies (one, two); name one" in result.stderr
+    missing = runner.invoke(app, ["report", "--storage", storage, "--study", "three"])
+    assert missing.exit_code == 2 and "no study named 'three' in this storage (studies there: one, two)" in (
+        missing.stderr
+    )
+
+
+def test_report_on_a_missing_storage_creates_nothing(tmp_path: Path) -> None:
+    for storage in (f"sqlite:///{tmp_path / 'nope.db'}", f"journal:{tmp_path / 'nope.log'}"):
+        result = runner.invoke(app, ["report", "--storage", storage])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("Error: no storage at ") and result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_with_too_few_trials_says_why_there_are_no_importances(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["tune", "--dataset", "digits", "--epochs", "1", "--n-trials", "1", "--storage", storage]
+    assert runner.invoke(app, [*args, "--no-final", "--out", str(tmp_path / "o")]).exit_code == 0
+    result = runner.invoke(app, ["report", "--storage", storage, "--out", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    assert "importances need at least 2 completed trials" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["history.png", "intermediate.png"]
+
+
+def _journal(storage: str) -> optuna.storages.BaseStorage:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    return JournalStorage(JournalFileBackend(storage.removeprefix("journal:")))

@@ -1,0 +1,487 @@
+"""`purestep tune` end to end on digits: real SQLite and journal files, Typer's runner, and real
+processes where a process is the point (Ctrl-C, workers)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from purestep.cli import app
+from purestep.core.interop import load
+from purestep.search.objective import TrialConfig, lr_at, score, train
+from purestep.search.runner import Shield, _surplus
+from purestep.search.space import default_space, parse_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+runner = CliRunner()
+FAST = ["tune", "--dataset", "digits", "--epochs", "2"]
+PURESTEP = [sys.executable, "-c", "from purestep.cli import main; main()"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [*FAST, *args])
+
+
+def trials(storage: str, study: str = "purestep-digits") -> list[optuna.trial.FrozenTrial]:
+    if storage.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        storage = JournalStorage(JournalFileBackend(storage.removeprefix("journal:")))
+    return optuna.load_study(study_name=study, storage=storage).get_trials()
+
+
+def finished(ts: list) -> list:
+    return [t for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_line_error(result, code: int) -> str:
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A 5-trial study on digits in SQLite, with its best.json and weights."""
+    tmp = tmp_path_factory.mktemp("tuned")
+    storage = f"sqlite:///{tmp / 's.db'}"
+    result = invoke("--n-trials", "5", "--storage", storage, "--out", str(tmp / "out"))
+    assert result.exit_code == 0, result.output
+    return tmp, storage
+
+
+def test_tune_writes_a_resumable_study_best_json_and_weights(tuned: tuple[Path, str]) -> None:
+    tmp, storage = tuned
+    ts = trials(storage)
+    assert len(finished(ts)) == 5 and not [t for t in ts if t.state == TrialState.RUNNING]
+    baseline = ts[0]
+    assert baseline.user_attrs["baseline"] is True
+    assert baseline.params == {
+        "optimizer": "sgd",
+        "sgd_lr": 1e-3,
+        "momentum": 0.0,
+        "weight_decay_zero": True,
+        "batch_size": 64,
+        "schedule": "constant",
+    }
+    assert TrialConfig(**baseline.user_attrs["config"]) == TrialConfig()
+    assert baseline.value is not None and baseline.value < 0.3  # the tutorial barely moves on digits
+
+    best = json.loads((tmp / "out" / "best.json").read_text())
+    complete = [t for t in ts if t.state == TrialState.COMPLETE]
+    top = max(complete, key=lambda t: (t.value, -t.number))
+    assert (best["trial"], best["value"], best["params"]) == (top.number, top.value, top.params)
+    assert best["study"] == "purestep-digits" and best["storage"] == storage
+    assert best["baseline"]["trial"] == 0
+    final = best["final"]
+    assert final["train_images"] == 1437 and final["test_images"] == 360 and 0 < final["test_accuracy"] <= 1
+    params, meta = load(tmp / "out" / "best.safetensors")
+    assert meta["trial"] == top.number and meta["config"] == best["config"]
+    assert params["linear_relu_stack.0.weight"].shape == (512, 64)
+
+
+def test_rerun_resumes_to_n_finished_in_total(tuned: tuple[Path, str]) -> None:
+    tmp, storage = tuned
+    before = {t.number: (t.state, t.value, t.params) for t in trials(storage)}
+    again = invoke("--n-trials", "5", "--storage", storage, "--out", str(tmp / "out"), "--no-final")
+    assert again.exit_code == 0, again.output
+    assert {t.number: (t.state, t.value, t.params) for t in trials(storage)} == before
+    more = invoke("--n-trials", "7", "--storage", storage, "--out", str(tmp / "out"), "--no-final")
+    assert more.exit_code == 0, more.output
+    after = trials(storage)
+    assert len(finished(after)) == 7
+    assert {t.number: (t.state, t.value, t.params) for t in after if t.number in before} == before
+
+
+def test_journal_storage_is_an_ordinary_optuna_study(tmp_path: Path) -> None:
+    storage = f"journal:{tmp_path / 'study.log'}"
+    result = invoke("--n-trials", "3", "--storage", storage, "--out", str(tmp_path), "--no-final", "--json")
+    assert result.exit_code == 0, result.output
+    best = json.loads(result.stdout)
+    assert best["final"] is None and not (tmp_path / "best.safetensors").exists()
+    assert json.loads((tmp_path / "best.json").read_text()) == best
+    ts = trials(storage)
+    assert len(finished(ts)) == 3
+    assert all(t.intermediate_values.keys() <= {1, 2} for t in ts)
+
+
+def test_optunas_own_cli_reads_the_study(tuned: tuple[Path, str]) -> None:
+    _, storage = tuned
+    exe = Path(sys.executable).parent / "optuna"
+    if not exe.exists():
+        pytest.skip("optuna's console script is not installed")
+    out = subprocess.run(
+        [str(exe), "trials", "--study-name", "purestep-digits", "--storage", storage, "-f", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)) == len(trials(storage))
+
+
+def test_same_seed_and_fresh_storage_give_the_same_trials(tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        storage = f"sqlite:///{tmp_path / name}.db"
+        result = invoke(
+            "--n-trials", "12", "--seed", "3", "--storage", storage, "--no-final", "--out", str(tmp_path)
+        )
+        assert result.exit_code == 0, result.output
+        runs.append([(t.number, t.state, t.params, t.value, t.intermediate_values) for t in trials(storage)])
+    assert runs[0] == runs[1]
+    assert len({json.dumps(p, sort_keys=True) for _, _, p, _, _ in runs[0]}) == 12
+
+
+def test_a_diverging_trial_is_pruned_with_its_reason_and_the_study_goes_on(tmp_path: Path) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text('[optimizer]\nvalue = "sgd"\n\n[sgd_lr]\nlow = 1e6\nhigh = 1e8\n')
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    result = invoke("--n-trials", "3", "--space", str(space), "--storage", storage, "--pruner", "none")
+    assert "no baseline trial" in result.stderr
+    assert "has no completed trial (3 pruned, 0 failed)" in one_line_error_tail(result)
+    ts = trials(storage)
+    assert [t.state for t in ts] == [TrialState.PRUNED] * 3
+    assert all(t.user_attrs["reason"].startswith("diverged: training loss became") for t in ts)
+    assert not (tmp_path / "purestep-digits").exists()
+
+
+def one_line_error_tail(result) -> str:
+    assert result.exit_code == 1, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "Traceback" not in result.output
+    return last
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["--sampler", "bogus"], 2, "'--sampler'"),
+        (["--pruner", "bogus"], 2, "'--pruner'"),
+        (["--n-trials", "0"], 2, "'--n-trials'"),
+        (["--val-fraction", "1.5"], 2, "between 0 and 1"),
+        (["--timeout", "-1"], 2, "seconds > 0"),
+        (["--storage", "redis://localhost/0"], 2, "unknown storage URL"),
+        (["--storage", "sqlite:///:memory:"], 2, "cannot be resumed"),
+        (["--storage", "sqlite:///{tmp}/no/such/dir/s.db"], 1, "directory"),
+        (["--storage", "postgresql://me:secret@127.0.0.1:9/db"], 1, "postgresql://me:***@127.0.0.1:9/db"),
+        (["--space", "{tmp}/missing.toml"], 2, "'--space'"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], code: int, fragment: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    line = one_line_error(invoke(*args), code)
+    assert fragment in line and "secret" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_malformed_space_file_names_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "space.toml"
+    space.write_text("[adam_lr]\nlow = 1e-4\nhigh = -3.0\n")
+    line = one_line_error(invoke("--space", str(space)), 2)
+    assert f"{space}:3: [adam_lr] high: must be in (0, inf), got -3.0" in line
+    assert list(tmp_path.iterdir()) == [space]
+
+
+def test_cmaes_without_its_package_is_a_clear_runtime_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if find_spec("cmaes") is not None:
+        pytest.skip("cmaes is installed here")
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(invoke("--sampler", "cmaes"), 1)
+    assert "pip install cmaes" in line and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (
+            ["--epochs", "2", "--space", "{space}"],
+            "the search space differs: [hidden] is in this space but not in",
+        ),
+        (["--epochs", "3"], "--epochs is 2 in the study, 3 here"),
+        (["--epochs", "2", "--val-fraction", "0.3"], "--val-fraction is 0.2 in the study, 0.3 here"),
+        (["--epochs", "2", "--seed", "5"], "--seed is 0 in the study, 5 here"),
+    ],
+)
+def test_resuming_with_another_definition_is_refused_and_leaves_the_storage(
+    tuned: tuple[Path, str], tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    tmp, storage = tuned
+    space = tmp_path / "space.toml"
+    space.write_text("[hidden]\nchoices = [128, 256]\n")
+    db = tmp / "s.db"
+    before = digest(db)
+    args = [a.replace("{space}", str(space)) for a in args]
+    result = runner.invoke(
+        app, ["tune", "--dataset", "digits", "--storage", storage, "--out", str(tmp_path), *args]
+    )
+    line = one_line_error(result, 2)
+    assert fragment in line and "Invalid value for --study" in line
+    assert digest(db) == before
+    assert list(tmp_path.iterdir()) == [space]
+
+
+def test_show_space_prints_the_merged_space_as_toml(tmp_path: Path) -> None:
+    assert parse_space(runner.invoke(app, ["tune", "--show-space"]).stdout).to_tables() == (
+        default_space().to_tables()
+    )
+    space = tmp_path / "space.toml"
+    space.write_text("[hidden]\nchoices = [128, 256]\n")
+    shown = runner.invoke(app, ["tune", "--show-space", "--space", str(space)]).stdout
+    assert parse_space(shown).to_tables()["hidden"] == {"choices": [128, 256]}
+
+
+def test_help_imports_neither_torch_nor_optuna() -> None:
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from purestep.cli import app\n"
+        "for cmd in (['--help'], ['tune', '--help'], ['report', '--help']):\n"
+        "    assert CliRunner().invoke(app, cmd).exit_code == 0\n"
+        "print(sorted({'torch', 'optuna', 'matplotlib'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# ---- real processes: Ctrl-C mid-trial, and workers ------------------------------------------------
+
+
+def _wait(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early with {proc.returncode}: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_ctrl_c_mid_trial_fails_that_trial_keeps_the_rest_and_a_rerun_completes(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    cmd = [
+        *PURESTEP,
+        *FAST[:3],
+        "--epochs",
+        "40",
+        "--n-trials",
+        "3",
+        "--pruner",
+        "none",
+        "--storage",
+        storage,
+        "--no-final",
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def mid_second_trial() -> bool:
+        ts = trials(storage)
+        running = [t for t in ts if t.state == TrialState.RUNNING]
+        return len(finished(ts)) >= 1 and bool(running) and len(running[0].intermediate_values) >= 2
+
+    try:
+        ready, _, _ = select.select([proc.stderr], [], [], 240)
+        assert ready and "(new study)" in proc.stderr.readline()  # the study exists from here on
+        _wait(mid_second_trial, 240, proc)
+        done_before = {t.number: t.value for t in finished(trials(storage))}
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    ts = trials(storage)
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    failed = [t for t in ts if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["reason"] == "interrupted (SIGINT)"
+    assert {t.number: t.value for t in finished(ts)} == done_before
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    ts = trials(storage)
+    assert len(finished(ts)) == 3 and not [t for t in ts if t.state == TrialState.RUNNING]
+    assert {t.number: t.value for t in finished(ts) if t.number in done_before} == done_before
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_workers_share_one_storage_and_stop_at_exactly_n(tmp_path: Path, kind: str) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    cmd = [*PURESTEP, *FAST, "--n-trials", "7", "--workers", "2", "--storage", storage, "--no-final"]
+    out = subprocess.run([*cmd, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    ts = trials(storage)
+    done = finished(ts)
+    assert len(done) == 7 and len({t.number for t in done}) == 7
+    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert all(t.user_attrs.get("reason", "").startswith("surplus") for t in ts if t.state == TrialState.FAIL)
+    assert sum(bool(t.user_attrs.get("baseline")) for t in ts) == 1
+
+
+# ---- the pieces under the CLI ---------------------------------------------------------------------
+
+
+def test_constant_schedule_is_core_fit_bit_for_bit_and_cosine_decays_to_near_zero() -> None:
+    from purestep.core.data import load_dataset
+    from purestep.core.loop import fit
+    from purestep.core.model import mlp
+
+    data = load_dataset("digits")
+    config = TrialConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=128, shuffle=True)
+    test = (data.x_test, data.y_test)
+    ours = train(
+        config, data.x_train, data.y_train, test, in_features=64, classes=10, epochs=2, seed=1, compiled=False
+    )
+    model = mlp(64, config.hidden_layers(), 10)
+    theirs = fit(
+        model,
+        config.optimizer_config().build(),
+        model.init(1),
+        data.x_train,
+        data.y_train,
+        epochs=2,
+        batch_size=128,
+        eval_data=test,
+        eval_batch_size=4096,
+        shuffle=True,
+        seed=1,
+        compiled=False,
+        log_every=0,
+    )
+    assert all(torch.equal(ours.params[k], theirs.params[k]) for k in theirs.params)
+    assert [(r.train_loss, r.eval_loss, r.eval_accuracy) for r in ours.history] == [
+        (r.train_loss, r.eval_loss, r.eval_accuracy) for r in theirs.history
+    ]
+    cosine = TrialConfig(lr=0.1, schedule="cosine")
+    rates = [lr_at(cosine, e, 10) for e in range(10)]
+    assert rates[0] == 0.1 and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 0.003
+    assert {lr_at(TrialConfig(lr=0.1), e, 10) for e in range(10)} == {0.1}
+
+
+def test_score_is_the_mean_of_the_last_third_of_epochs() -> None:
+    from purestep.core.loop import EpochMetrics
+
+    history = [
+        EpochMetrics(e, 0.0, 0.0, acc, 0.0)
+        for e, acc in enumerate([0.1, 0.5, 0.7, 0.8, 0.9, 0.6, 0.9, 0.9, 0.8, 1.0])
+    ]
+    assert math.isclose(score(history), (0.9 + 0.8 + 1.0) / 3)
+    assert score(history[:2]) == 0.5
+
+
+def test_surplus_rule_counts_only_lower_numbered_taken_trials() -> None:
+    study = optuna.create_study(direction="maximize")
+    asked = [study.ask() for _ in range(4)]
+    study.tell(asked[0], 0.5)
+    study.tell(asked[1], state=TrialState.FAIL)
+    assert not _surplus(study, 2, n_trials=2)  # below 2: one complete, one failed
+    assert _surplus(study, 3, n_trials=2)  # below 3: complete 0 and running 2
+    assert not _surplus(study, 3, n_trials=3)
+
+
+def test_shield_defers_a_signal_until_the_block_ends() -> None:
+    shield = Shield()
+    previous = signal.getsignal(signal.SIGINT)
+    with shield.armed():
+        with pytest.raises(KeyboardInterrupt), shield.hold():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert shield.pending == signal.SIGINT  # still here: the block was not cut short
+        os.kill(os.getpid(), signal.SIGINT)  # after the first one, later ones wait
+        time.sleep(0.05)
+        assert shield.pending == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+@pytest.mark.compile
+def test_a_new_trial_and_its_schedule_reuse_the_compiled_graphs() -> None:
+    from purestep.core.data import load_dataset, split
+
+    data = load_dataset("digits")
+    x, y, xv, yv = split(data.x_train, data.y_train, 0.2, 0)
+    common = {"in_features": 64, "classes": 10, "epochs": 2, "seed": 0, "compiled": True}
+    warm = TrialConfig(optimizer="sgd", lr=0.01, batch_size=128)
+    train(warm, x, y, (xv, yv), **common)
+    other = TrialConfig(
+        optimizer="sgd",
+        lr=0.3,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        batch_size=128,
+        schedule="cosine",
+    )
+    with torch.compiler.set_stance("fail_on_recompile"):
+        result = train(other, x, y, (xv, yv), **common)
+    eager = train(other, x, y, (xv, yv), **{**common, "compiled": False})
+    for k, v in eager.params.items():
+        assert torch.allclose(result.params[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_timeout_stops_starting_trials_and_a_rerun_continues(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["--n-trials", "1000", "--storage", storage, "--no-final", "--out", str(tmp_path)]
+    began = time.time()
+    result = invoke(*args, "--timeout", "2")
+    assert result.exit_code == 0, result.output
+    assert "of 1000 finished trials; re-run the command to continue" in result.stderr
+    first = len(finished(trials(storage)))
+    assert 0 < first < 1000 and time.time() - began < 60
+    assert invoke(*args, "--timeout", "1").exit_code == 0
+    assert len(finished(trials(storage))) > first
+
+
+@pytest.mark.parametrize(("sampler", "pruner"), [("random", "hyperband"), ("gp", "halving"), ("tpe", "none")])
+def test_each_sampler_and_pruner_runs_a_study(tmp_path: Path, sampler: str, pruner: str) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["--n-trials", "4", "--sampler", sampler, "--pruner", pruner, "--storage", storage, "--no-final"]
+    result = invoke(*args, "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert len(finished(trials(storage))) == 4
+
+
+def test_an_interrupted_baseline_is_queued_again() -> None:
+    from purestep.search.study import ensure_baseline
+
+    study = optuna.create_study(direction="maximize")
+    space = default_space()
+    assert ensure_baseline(study, space, n_trials=3)
+    assert ensure_baseline(study, space, n_trials=3)  # already queued: not twice
+    assert [t.state for t in study.get_trials()] == [TrialState.WAITING]
+    first = study.ask()
+    assert first.user_attrs["baseline"] is True
+    study.tell(first, state=TrialState.FAIL)
+    ensure_baseline(study, space, n_trials=3)
+    again = study.ask()
+    assert again.number == 1 and again.user_attrs["baseline"] is True
+    assert not ensure_baseline(study, parse_space('[optimizer]\nvalue = "adam"\n'), n_trials=3)
