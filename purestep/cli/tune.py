@@ -126,6 +126,15 @@ def tune(
     workers: Annotated[
         int, typer.Option("--workers", min=1, max=64, help="Processes running trials on the one storage.")
     ] = 1,
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--batch",
+            min=1,
+            max=256,
+            help="Trials trained at once: one vmapped step per group of like shapes.",
+        ),
+    ] = 1,
     val_fraction: ValFraction = 0.2,
     impl: Annotated[
         TuneImpl, typer.Option("--impl", help="Train eager or compiled; auto compiles only long trials.")
@@ -183,6 +192,7 @@ def tune(
         space_json=search_space.to_json(),
         timeout=timeout,
         workers=workers,
+        batch=batch,
         impl=impl.value,
         threads=threads,
     )

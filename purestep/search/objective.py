@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from purestep.core.loop import EpochMetrics, FitResult
     from purestep.core.optim import OptimizerConfig
 
+Guard = Callable[[], AbstractContextManager[object]]
+"""Wraps each write to the storage, so that an interrupt cannot cut one in half."""
+
 VAL_FRACTION = 0.2
 """Share of the training set held out for validation: 287 of digits' 1437 images, 12000 of 60000."""
 
@@ -200,7 +203,7 @@ def make_objective(
     epochs: int,
     seed: int,
     compiled: bool,
-    guard: Callable[[], AbstractContextManager[object]] = nullcontext,
+    guard: Guard = nullcontext,
 ) -> Callable[[optuna.Trial], float]:
     """An Optuna objective: validation accuracy after `epochs`, reported after each one.
 
@@ -209,41 +212,67 @@ def make_objective(
     cannot cut one in half). A pruned or diverged trial raises `optuna.TrialPruned` with the
     reason as its message.
     """
-    import optuna
-
-    from purestep.core.loop import NonFiniteLoss
 
     def objective(trial: optuna.Trial) -> float:
         with guard():
             _, config = suggest_config(space, trial)
-
-        def on_epoch_end(metrics: EpochMetrics) -> None:
-            with guard():
-                trial.report(metrics.eval_accuracy, metrics.epoch + 1)
-            if trial.should_prune():
-                epoch, accuracy = metrics.epoch + 1, metrics.eval_accuracy
-                raise optuna.TrialPruned(f"pruned after epoch {epoch} at validation accuracy {accuracy:.4f}")
-
-        try:
-            result = train(
-                config,
-                splits.x_fit,
-                splits.y_fit,
-                (splits.x_val, splits.y_val),
-                in_features=splits.in_features,
-                classes=splits.classes,
-                epochs=epochs,
-                seed=seed,
-                compiled=compiled,
-                on_epoch_end=on_epoch_end,
-            )
-        except NonFiniteLoss as e:
-            raise optuna.TrialPruned(f"diverged: {e}") from None
-        last = result.history[-1]
-        with guard():
-            trial.set_user_attr("val_accuracy_last", last.eval_accuracy)
-            trial.set_user_attr("val_loss", last.eval_loss)
-            trial.set_user_attr("train_loss", last.train_loss)
-        return score(result.history)
+        return run_config(trial, config, splits, epochs=epochs, seed=seed, compiled=compiled, guard=guard)
 
     return objective
+
+
+def pruned_reason(trial: optuna.Trial, metrics: EpochMetrics, guard: Guard = nullcontext) -> str | None:
+    """Report the epoch's validation accuracy to Optuna; the reason to stop if the pruner says so."""
+    with guard():
+        trial.report(metrics.eval_accuracy, metrics.epoch + 1)
+    if trial.should_prune():
+        return f"pruned after epoch {metrics.epoch + 1} at validation accuracy {metrics.eval_accuracy:.4f}"
+    return None
+
+
+def record_result(trial: optuna.Trial, history: list[EpochMetrics], guard: Guard = nullcontext) -> float:
+    """Store the last epoch's metrics on the trial; its value is `score(history)`."""
+    last = history[-1]
+    with guard():
+        trial.set_user_attr("val_accuracy_last", last.eval_accuracy)
+        trial.set_user_attr("val_loss", last.eval_loss)
+        trial.set_user_attr("train_loss", last.train_loss)
+    return score(history)
+
+
+def run_config(
+    trial: optuna.Trial,
+    config: TrialConfig,
+    splits: Splits,
+    *,
+    epochs: int,
+    seed: int,
+    compiled: bool,
+    guard: Guard = nullcontext,
+) -> float:
+    """Train one trial's `config`, reporting every epoch; raises `optuna.TrialPruned` with the reason."""
+    import optuna
+
+    from purestep.core.loop import NonFiniteLoss
+
+    def on_epoch_end(metrics: EpochMetrics) -> None:
+        reason = pruned_reason(trial, metrics, guard)
+        if reason is not None:
+            raise optuna.TrialPruned(reason)
+
+    try:
+        result = train(
+            config,
+            splits.x_fit,
+            splits.y_fit,
+            (splits.x_val, splits.y_val),
+            in_features=splits.in_features,
+            classes=splits.classes,
+            epochs=epochs,
+            seed=seed,
+            compiled=compiled,
+            on_epoch_end=on_epoch_end,
+        )
+    except NonFiniteLoss as e:
+        raise optuna.TrialPruned(f"diverged: {e}") from None
+    return record_result(trial, result.history, guard)

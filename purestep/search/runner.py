@@ -17,12 +17,28 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from purestep.search.objective import ConfigError
+from purestep.search.objective import (
+    EVAL_BATCH_SIZE,
+    ConfigError,
+    Splits,
+    TrialConfig,
+    lr_at,
+    pruned_reason,
+    record_result,
+    run_config,
+    suggest_config,
+)
+from purestep.search.space import Space
+
+if TYPE_CHECKING:
+    from purestep.core.loop import EpochMetrics
 from purestep.search.study import FINISHED, TAKEN, best_of, count
 
 
@@ -183,3 +199,151 @@ def _tell(
         study.tell(trial, value, state=state if value is None else None, skip_if_finished=True)
     finally:
         shield.depth -= 1
+
+
+def group_key(config: TrialConfig) -> tuple[object, ...]:
+    """What decides a trial's step graph: optimizer family, widths, batch size and order.
+
+    Adam and AdamW share one update (decoupling is state data), so they share groups; every
+    other hyperparameter is data in the optimizer state and may differ inside a group.
+    """
+    family = "sgd" if config.optimizer == "sgd" else "adam"
+    return family, config.hidden_layers(), config.batch_size, config.shuffle
+
+
+def run_trial_batches(
+    study: optuna.Study,
+    space: Space,
+    splits: Splits,
+    *,
+    batch: int,
+    epochs: int,
+    seed: int,
+    compiled: bool,
+    n_trials: int,
+    deadline: float | None = None,
+    shield: Shield | None = None,
+    on_trial_start: Callable[[int, int], None] = lambda number, finished: None,
+    on_trial_end: Callable[[TrialEnd], None] = lambda end: None,
+) -> int:
+    """`run_trials`, K at a time: ask up to `batch` trials, train each group that shares a step
+    graph in lockstep (one `vmap`ped step), report and prune each trial on its own.
+
+    A group of one trains with the plain step. Interrupted, every trial of the batch not yet
+    told is failed with the reason. Returns how many trials this call finished.
+    """
+    shield = shield or Shield()
+    ran = 0
+    while True:
+        shield.deliver()
+        if deadline is not None and time.time() >= deadline:
+            break
+        trials = study.get_trials(deepcopy=False)
+        room = n_trials - count(trials, TAKEN)
+        if room <= 0:
+            break
+        asked: list[tuple[optuna.Trial, TrialConfig]] = []
+        told: set[int] = set()
+        try:
+            for _ in range(min(batch, room)):
+                with shield.hold():
+                    trial = study.ask()
+                if _surplus(study, trial.number, n_trials):
+                    _tell(
+                        study,
+                        trial,
+                        shield,
+                        TrialState.FAIL,
+                        reason="surplus: the study already had its trials",
+                    )
+                    break
+                with shield.hold():
+                    _, config = suggest_config(space, trial)
+                asked.append((trial, config))
+            finished = count(trials, FINISHED)
+            groups: dict[tuple[object, ...], list[tuple[optuna.Trial, TrialConfig]]] = {}
+            for trial, config in asked:
+                groups.setdefault(group_key(config), []).append((trial, config))
+                on_trial_start(trial.number, finished)
+            for members in groups.values():
+                for trial, state, value, reason in _train_group(
+                    members, splits, epochs=epochs, seed=seed, compiled=compiled, shield=shield
+                ):
+                    _tell(study, trial, shield, state, value=value, reason=reason)
+                    told.add(trial.number)
+                    ran += 1
+                    frozen = study.get_trials(deepcopy=False)
+                    done = next(t for t in frozen if t.number == trial.number)
+                    on_trial_end(TrialEnd(done, count(frozen, FINISHED), best_of(frozen)))
+        except BaseException as e:
+            for trial, _ in asked:
+                if trial.number not in told:
+                    _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e))
+            raise
+        if len(asked) < min(batch, room):
+            break
+    return ran
+
+
+def _train_group(
+    members: list[tuple[optuna.Trial, TrialConfig]],
+    splits: Splits,
+    *,
+    epochs: int,
+    seed: int,
+    compiled: bool,
+    shield: Shield,
+) -> Iterator[tuple[optuna.Trial, TrialState, float | None, str | None]]:
+    """Train trials that share a step graph; yields `(trial, state, value, reason)` for each."""
+    if len(members) == 1:
+        trial, config = members[0]
+        try:
+            value = run_config(
+                trial, config, splits, epochs=epochs, seed=seed, compiled=compiled, guard=shield.hold
+            )
+        except optuna.TrialPruned as e:
+            yield trial, TrialState.PRUNED, None, str(e)
+            return
+        yield trial, TrialState.COMPLETE, value, None
+        return
+
+    from purestep.core.loop import fit_trials
+    from purestep.core.model import mlp
+
+    optimizers = [config.optimizer_config().build() for _, config in members]
+    first = members[0][1]
+    model = mlp(splits.in_features, first.hidden_layers(), splits.classes)
+    init = model.init(seed, splits.x_fit.device)
+    reasons: dict[int, str] = {}
+
+    def keep(k: int, metrics: EpochMetrics) -> bool:
+        reason = pruned_reason(members[k][0], metrics, shield.hold)
+        if reason is not None:
+            reasons[k] = reason
+        return reason is None
+
+    results = fit_trials(
+        model,
+        optimizers[0],
+        [init] * len(members),
+        [o.init(init) for o in optimizers],
+        splits.x_fit,
+        splits.y_fit,
+        epochs=epochs,
+        batch_size=first.batch_size,
+        eval_data=(splits.x_val, splits.y_val),
+        eval_batch_size=EVAL_BATCH_SIZE,
+        shuffle=first.shuffle,
+        seed=seed,
+        compiled=compiled,
+        keep=keep,
+        drop=not compiled,
+        lr_at=[partial(lr_at, config, epochs=epochs) for _, config in members],
+    )
+    for k, ((trial, _), result) in enumerate(zip(members, results)):
+        if k in reasons:
+            yield trial, TrialState.PRUNED, None, reasons[k]
+        elif result.stopped is not None:
+            yield trial, TrialState.PRUNED, None, f"diverged: {result.stopped}"
+        else:
+            yield trial, TrialState.COMPLETE, record_result(trial, result.history, shield.hold), None

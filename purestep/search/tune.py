@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from purestep.core.errors import PurestepError
 from purestep.search.objective import EVAL_BATCH_SIZE, Splits, TrialConfig, make_objective, make_splits, train
-from purestep.search.runner import Shield, TrialEnd, run_trials
+from purestep.search.runner import Shield, TrialEnd, run_trial_batches, run_trials
 from purestep.search.space import Space, settings_of, space_from_json
 from purestep.search.storage import StorageURL, open_storage, parse_storage, storage_errors
 from purestep.search.study import (
@@ -77,6 +77,7 @@ class TuneOptions:
     workers: int = 1
     impl: str = "auto"
     threads: int = 1
+    batch: int = 1
 
     @property
     def space(self) -> Space:
@@ -225,19 +226,34 @@ def _run(
 ) -> int:
     """Run trials in this process until the study is full, with Ctrl-C and SIGTERM shielded."""
     shield = Shield()
-    objective = make_objective(
-        options.space, splits, epochs=options.epochs, seed=options.seed, compiled=compiled, guard=shield.hold
+    common = dict(
+        n_trials=options.n_trials,
+        deadline=deadline,
+        shield=shield,
+        on_trial_start=on_trial_start,
+        on_trial_end=on_trial_end,
     )
     with shield.armed():
-        return run_trials(
-            study,
-            objective,
-            n_trials=options.n_trials,
-            deadline=deadline,
-            shield=shield,
-            on_trial_start=on_trial_start,
-            on_trial_end=on_trial_end,
+        if options.batch > 1:
+            return run_trial_batches(
+                study,
+                options.space,
+                splits,
+                batch=options.batch,
+                epochs=options.epochs,
+                seed=options.seed,
+                compiled=compiled,
+                **common,
+            )
+        objective = make_objective(
+            options.space,
+            splits,
+            epochs=options.epochs,
+            seed=options.seed,
+            compiled=compiled,
+            guard=shield.hold,
         )
+        return run_trials(study, objective, **common)
 
 
 def _run_here(

@@ -1,0 +1,5 @@
+"""`python -m purestep`: the command line."""
+
+from purestep.cli import main
+
+main()
