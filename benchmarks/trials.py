@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--n-trials", type=int, default=32)
     parser.add_argument("--batches", default="4,8,16")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--impl", default="compiled", choices=["eager", "compiled"])
     parser.add_argument("--data-dir", default=None, help="real FashionMNIST here, else generated")
     args = parser.parse_args()
 
@@ -100,7 +101,7 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PURESTEP_OFFLINE": "1"}
         common = ["--dataset", args.dataset, "--data-dir", data_dir, "--epochs", str(args.epochs)]
         common += ["--n-trials", str(args.n_trials), "--sampler", "random", "--pruner", "none", "--no-final"]
-        common += ["--space", str(space), "--impl", "compiled", "--threads", str(args.threads)]
+        common += ["--space", str(space), "--impl", args.impl, "--threads", str(args.threads)]
 
         rows: list[tuple[str, float]] = []
         plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
@@ -111,7 +112,8 @@ def main() -> None:
             run.mkdir()
             cmd = [sys.executable, "-m", "purestep", "tune", *common, "--batch", str(k)]
             cmd += ["--storage", f"sqlite:///{run / 's.db'}", "--out", str(run)]
-            label = "purestep sequential (compiled)" if k == 1 else f"purestep --batch {k} (compiled)"
+            label = "purestep sequential" if k == 1 else f"purestep --batch {k}"
+            label += f" ({args.impl})"
             rows.append((label, _timed(cmd, env)))
 
     sequential = rows[1][1]

@@ -91,7 +91,7 @@ def _run_functional(
     resume: bool,
     show_progress: bool,
 ):
-    from purestep.core.checkpoint import load_checkpoint, save_checkpoint
+    from purestep.core.checkpoint import check_like, load_checkpoint, save_checkpoint
     from purestep.core.data import num_batches
     from purestep.core.errors import PurestepError
     from purestep.core.loop import Callbacks, NonFiniteLoss, fit
@@ -105,6 +105,8 @@ def _run_functional(
         found = load_checkpoint(checkpoint, device)
         if found is not None:
             _check_resumable(found.meta, run, checkpoint)
+            check_like(found.params, params, f"the checkpoint in {checkpoint}")
+            check_like(found.state, optimizer.init(params), f"the checkpoint in {checkpoint}")
             params, state, history, start = found.params, found.state, found.meta["history"], found.epoch + 1
     if run["impl"] == Impl.compiled.value:
         set_compile_cache()

@@ -78,6 +78,22 @@ def load_checkpoint(
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError, KeyError) as e:
         raise PurestepError(f"cannot read the checkpoint in {directory}: {e}") from None
-    params, _ = load(folder / "params.safetensors", device)
-    state, _ = load(folder / "state.safetensors", device)
+    try:
+        params, _ = load(folder / "params.safetensors", device)
+        state, _ = load(folder / "state.safetensors", device)
+    except PurestepError as e:
+        raise PurestepError(f"cannot read the checkpoint in {directory}: {e}") from None
     return Checkpoint(int(meta.pop("epoch")), params, state, meta)
+
+
+def check_like(found: dict[str, Tensor], template: dict[str, Tensor], what: str) -> None:
+    """Refuse tensors whose names, shapes or dtypes are not the template's (a foreign file)."""
+    mismatched = sorted(
+        k
+        for k in found.keys() | template.keys()
+        if k not in found
+        or k not in template
+        or (found[k].shape, found[k].dtype) != (template[k].shape, template[k].dtype)
+    )
+    if mismatched:
+        raise PurestepError(f"{what} does not fit this model (first mismatch: {mismatched[0]})")

@@ -36,6 +36,7 @@ from purestep.search.objective import (
     suggest_config,
 )
 from purestep.search.space import Space
+from purestep.search.storage import HeartbeatRDBStorage
 
 if TYPE_CHECKING:
     from purestep.core.loop import EpochMetrics
@@ -116,6 +117,14 @@ def _interrupt_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
+def _reap(study: optuna.Study) -> None:
+    """Fail trials whose worker died (heartbeat older than the grace period), so they stop
+    counting as taken and their retries are asked for; only database storages beat."""
+    storage = study._storage
+    if isinstance(storage, HeartbeatRDBStorage):
+        storage.fail_stale_trials(study._study_id)
+
+
 def run_trials(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -138,6 +147,7 @@ def run_trials(
         shield.deliver()
         if deadline is not None and time.time() >= deadline:
             break
+        _reap(study)
         trials = study.get_trials(deepcopy=False)
         if count(trials, TAKEN) >= n_trials:
             break
@@ -238,6 +248,7 @@ def run_trial_batches(
         shield.deliver()
         if deadline is not None and time.time() >= deadline:
             break
+        _reap(study)
         trials = study.get_trials(deepcopy=False)
         room = n_trials - count(trials, TAKEN)
         if room <= 0:

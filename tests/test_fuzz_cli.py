@@ -1,0 +1,156 @@
+"""Fuzzing every command's arguments: a one-line message and exit 1 or 2, never a traceback,
+and the storage and files left as they were."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+from test_tune_cli import finished, invoke, trials
+from typer.testing import CliRunner
+
+from purestep.cli import app
+
+runner = CliRunner()
+
+OPTIONS = {
+    "train": [
+        "--dataset",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--optimizer",
+        "--momentum",
+        "--weight-decay",
+        "--hidden",
+        "--seed",
+        "--impl",
+        "--device",
+        "--save",
+        "--checkpoint",
+    ],
+    "check": [
+        "--dataset",
+        "--steps",
+        "--batch-size",
+        "--lr",
+        "--momentum",
+        "--weight-decay",
+        "--hidden",
+        "--seed",
+        "--device",
+        "--against",
+    ],
+    "tune": [
+        "--dataset",
+        "--epochs",
+        "--n-trials",
+        "--timeout",
+        "--sampler",
+        "--pruner",
+        "--seed",
+        "--space",
+        "--storage",
+        "--study",
+        "--workers",
+        "--batch",
+        "--impl",
+        "--threads",
+        "--device",
+    ],
+    "report": ["--storage", "--study", "--top", "--out"],
+}
+BAD = st.sampled_from(
+    [
+        "-1",
+        "0",
+        "nan",
+        "inf",
+        "-inf",
+        "x",
+        "",
+        "1e999",
+        "--",
+        "0.5.5",
+        "ftp://nowhere",
+        "postgresql://u:p@127.0.0.1:1/db",
+        "sqlite:///no/such/dir/x.db",
+        "journal:/no/such/x.log",
+        "/no/such/file.toml",
+        "digits",
+        "cuda",
+        "9" * 30,
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A finished 2-trial study whose storage file every fuzzed call must leave as it was."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    storage = f"sqlite:///{tmp / 's.db'}"
+    result = invoke("--n-trials", "2", "--storage", storage, "--no-final", "--out", str(tmp / "out"))
+    assert result.exit_code == 0, result.output
+    return tmp, storage
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=40)
+@given(data=st.data(), command=st.sampled_from(sorted(OPTIONS)))
+def test_fuzzed_arguments_fail_in_one_line_and_touch_nothing(study, data, command):
+    tmp, storage = study
+    before = digest(tmp)
+    n = data.draw(st.integers(1, 3))
+    args = []
+    for option in data.draw(st.lists(st.sampled_from(OPTIONS[command]), min_size=n, max_size=n, unique=True)):
+        args += [option, data.draw(BAD)]
+    if command in ("tune", "report") and "--storage" not in args:
+        args += ["--storage", storage]
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        result = runner.invoke(
+            app, [command, *args], env={"PURESTEP_OFFLINE": "1", "PURESTEP_DATA": str(tmp)}
+        )
+    finally:
+        os.chdir(cwd)
+    if result.exit_code == 0:  # a combination that happens to be valid (e.g. report --top 9): fine
+        return
+    assert result.exit_code in (1, 2), (args, result.exit_code, result.output)
+    assert "Traceback" not in result.output, (args, result.output)
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), (args, result.stderr)
+    assert digest(tmp) == before, args
+    assert len(finished(trials(storage))) == 2
+
+
+@pytest.mark.parametrize("damage", ["foreign", "wrong-shape", "truncated"])
+def test_resuming_from_a_foreign_or_damaged_checkpoint_is_one_line(tmp_path, damage):
+    ckpt = tmp_path / "ckpt"
+    base = ["train", "--dataset", "digits", "--impl", "eager", "--checkpoint", str(ckpt)]
+    assert runner.invoke(app, [*base, "--epochs", "1"]).exit_code == 0
+    target = ckpt / "epoch-0001" / "params.safetensors"
+    if damage == "foreign":
+        save_file({"embedding.weight": torch.zeros(3, 4)}, str(target))
+    elif damage == "wrong-shape":
+        save_file(
+            {k: torch.zeros(2, 2) for k in ("linear_relu_stack.0.weight", "linear_relu_stack.0.bias")},
+            str(target),
+        )
+    else:
+        target.write_bytes(target.read_bytes()[:100])
+    before = digest(ckpt)
+    result = runner.invoke(app, [*base, "--epochs", "2", "--resume"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("\n") == 1 and "checkpoint" in result.stderr, result.stderr
+    assert digest(ckpt) == before

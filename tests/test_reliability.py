@@ -1,0 +1,258 @@
+"""Reliability with real processes and a real database: concurrent `purestep tune` workers on one
+study in PostgreSQL and in a journal file, a worker killed with SIGKILL (heartbeat, then a retry),
+SIGTERM, and database URLs that cannot be used.
+
+The PostgreSQL tests need a server: `PURESTEP_TEST_POSTGRES` is the URL of a role that may create
+databases (`.ci/run` starts one with `.ci/postgres.sh`); each test creates its own database and drops it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+from test_tune_cli import FAST, PURESTEP, finished, invoke, one_line_error, trials
+
+from purestep.search.storage import HeartbeatRDBStorage, open_storage, parse_storage
+
+N = 6
+WORKERS = 3
+# A trial of 20 epochs lasts long enough to be caught running (seconds); 2 epochs keep the rest fast.
+SLOW = ["--epochs", "20", "--pruner", "none"]
+# Seconds: short, so that a dead worker's trial is found within a test; the grace is 3 beats.
+HEARTBEAT = {"PURESTEP_HEARTBEAT_INTERVAL": "1", "PURESTEP_HEARTBEAT_GRACE": "3"}
+
+
+def _tune(storage: str, out: Path, *args: str) -> list[str]:
+    return [*PURESTEP, *FAST, "--impl", "eager", "--no-final", "--storage", storage, "--out", str(out), *args]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def _poll(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _left_open(ts: list[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test."""
+    base = os.environ.get("PURESTEP_TEST_POSTGRES")
+    if not base:
+        pytest.skip("PURESTEP_TEST_POSTGRES is unset: no PostgreSQL server to test against (.ci/postgres.sh)")
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"purestep_test_{uuid.uuid4().hex[:12]}"
+    admin = make_url(base).set(drivername="postgresql")
+    dsn = admin.render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _tables(url: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        rows = conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        return [r[0] for r in rows]
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "journal"])
+def test_three_worker_processes_on_one_study_stop_at_exactly_n(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str
+) -> None:
+    storage = request.getfixturevalue("postgres") if kind == "postgresql" else f"journal:{tmp_path / 'j.log'}"
+    cmd = _tune(storage, tmp_path, "--n-trials", str(N))
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        for _ in range(WORKERS)
+    ]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "Traceback" not in err
+    ts = trials(storage)
+    done = finished(ts)
+    assert len(done) == N and len({t.number for t in done}) == N
+    assert len({t.number for t in ts}) == len(ts)
+    assert not _left_open(ts)
+    assert all(t.user_attrs.get("reason", "").startswith("surplus") for t in ts if t.state == TrialState.FAIL)
+
+
+def _mid_trial(storage: str) -> Callable[[], bool]:
+    def check() -> bool:
+        ts = trials(storage)
+        running = [t for t in ts if t.state == TrialState.RUNNING]
+        return len(finished(ts)) >= 1 and bool(running) and len(running[0].intermediate_values) >= 2
+
+    return check
+
+
+def _start_and_catch_mid_trial(cmd: list[str], storage: str, env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    ready, _, _ = select.select([proc.stderr], [], [], 240)
+    assert ready and "(new study)" in proc.stderr.readline()  # the study exists from here on
+    end = time.monotonic() + 240
+    check = _mid_trial(storage)
+    while not check():
+        if proc.poll() is not None:
+            raise AssertionError(f"tune ended early with {proc.returncode}: {proc.stderr.read()}")
+        assert time.monotonic() < end, "timed out waiting for a trial mid-way"
+        time.sleep(0.05)
+    return proc
+
+
+def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_its_trial_retried(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL when there is a server to test against, else on SQLite (the same storage class)."""
+    if os.environ.get("PURESTEP_TEST_POSTGRES"):
+        storage = request.getfixturevalue("postgres")
+    else:
+        storage = f"sqlite:///{tmp_path / 's.db'}"
+    n = 3
+    cmd = _tune(storage, tmp_path, "--n-trials", str(n), *SLOW)
+    proc = _start_and_catch_mid_trial(cmd, storage, _env(**HEARTBEAT))
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    (dead,) = [t for t in trials(storage) if t.state == TrialState.RUNNING]  # nobody failed it: it died
+
+    for name, value in HEARTBEAT.items():
+        monkeypatch.setenv(name, value)
+    rdb = open_storage(parse_storage(storage), create=False)
+    assert isinstance(rdb, HeartbeatRDBStorage)
+    study_id = rdb.get_study_id_from_name("purestep-digits")
+    _poll(
+        lambda: rdb.stale_trial_ids(study_id) == [dead._trial_id],
+        60,
+        "the dead trial's heartbeat to go stale",
+    )
+    assert trials(storage)[dead.number].state == TrialState.RUNNING  # stale is only a reading
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(**HEARTBEAT))
+    assert rerun.returncode == 0, rerun.stderr
+    ts = trials(storage)
+    assert ts[dead.number].state == TrialState.FAIL
+    (retry,) = [t for t in ts if t.system_attrs.get("failed_trial") == dead.number]
+    assert retry.params == dead.params and retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retry.number == dead.number + 1  # the next worker ran the retry first
+    assert len(finished(ts)) == n and not _left_open(ts)
+
+
+def test_a_live_trial_keeps_its_heartbeat_and_is_never_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in HEARTBEAT.items():
+        monkeypatch.setenv(name, value)
+    url = parse_storage(f"sqlite:///{tmp_path / 's.db'}")
+    rdb = open_storage(url, create=True)
+    assert isinstance(rdb, HeartbeatRDBStorage) and rdb.get_heartbeat_interval() is None
+    study = optuna.create_study(storage=rdb, study_name="s")
+    trial = study.ask()
+    end = time.monotonic() + 2 * int(HEARTBEAT["PURESTEP_HEARTBEAT_GRACE"])
+    while time.monotonic() < end:  # two grace periods with the trial running and polled
+        assert rdb.stale_trial_ids(study._study_id) == []
+        assert rdb.fail_stale_trials(study._study_id) == []
+        time.sleep(0.5)
+    study.tell(trial, 1.0)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+    clone = pickle.loads(pickle.dumps(rdb))  # e.g. to a process pool: without this process's threads
+    assert [t.state for t in clone.get_all_trials(study._study_id)] == [TrialState.COMPLETE]
+
+
+def test_sigterm_fails_the_running_trial_exits_143_and_a_rerun_completes(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    n = 2
+    cmd = _tune(storage, tmp_path, "--n-trials", str(n), *SLOW)
+    proc = _start_and_catch_mid_trial(cmd, storage, _env())
+    try:
+        done_before = {t.number: t.value for t in finished(trials(storage))}
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    ts = trials(storage)
+    assert not _left_open(ts)
+    (failed,) = [t for t in ts if t.state == TrialState.FAIL]
+    assert failed.user_attrs["reason"] == "terminated (exit 143)"
+    assert {t.number: t.value for t in finished(ts)} == done_before
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert rerun.returncode == 0, rerun.stderr
+    ts = trials(storage)
+    assert len(finished(ts)) == n and not _left_open(ts)
+    assert {t.number: t.value for t in finished(ts) if t.number in done_before} == done_before
+
+
+def test_a_wrong_password_or_missing_database_is_one_line_and_writes_nothing(
+    postgres: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    monkeypatch.chdir(tmp_path)
+    url = make_url(postgres)
+    wrong = url.set(password="not-the-password").render_as_string(hide_password=False)
+    line = one_line_error(invoke("--storage", wrong), 1)
+    assert "password authentication failed" in line and "not-the-password" not in line
+    assert f"{url.username}:***@" in line
+    missing = url.set(database=f"{url.database}_missing").render_as_string(hide_password=False)
+    line = one_line_error(invoke("--storage", missing), 1)
+    assert "does not exist" in line and f":{url.password}@" not in line
+    assert _tables(postgres) == []  # the server was reached, and nothing was written to it
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_database_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(invoke("--storage", "postgresql://me:secret@127.0.0.1:1/db"), 1)
+    assert "postgresql://me:***@127.0.0.1:1/db" in line and "secret" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("interval", "grace"), [("0", "60"), ("five", "60"), ("5", "5")])
+def test_a_bad_heartbeat_setting_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: str, grace: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PURESTEP_HEARTBEAT_INTERVAL", interval)
+    monkeypatch.setenv("PURESTEP_HEARTBEAT_GRACE", grace)
+    line = one_line_error(invoke("--storage", f"sqlite:///{tmp_path / 's.db'}"), 1)
+    assert "PURESTEP_HEARTBEAT_" in line
+    assert list(tmp_path.iterdir()) == []
