@@ -79,12 +79,24 @@ def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None) -> Fn:
     Static shapes give one specialised graph for full batches and one for the
     epoch's short tail batch; hyperparameters and step counts are tensors, so
     nothing else recompiles. The recompile limit is raised so that a search over
-    several batch sizes and widths keeps every graph compiled.
+    several batch sizes and widths keeps every graph compiled. On the CPU, fp32
+    matrix products run through oneDNN rather than ATen's MKL (twice as fast at the
+    tutorial's shapes on an AMD EPYC, see BENCHMARKS.md); `PURESTEP_ONEDNN=0` turns
+    that off.
     """
     if cache_dir is not None:
         set_compile_cache(cache_dir)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(fn, fullgraph=True, dynamic=False)
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=_inductor_options())
+
+
+def _inductor_options() -> dict[str, Any]:
+    """Inductor settings of every compiled step: the oneDNN matmul pass, unless turned off."""
+    if os.environ.get("PURESTEP_ONEDNN", "1") == "0":
+        return {}
+    from purestep.core import _onednn
+
+    return {"post_grad_custom_post_pass": _onednn.ONEDNN_MATMULS} if _onednn.available() else {}
 
 
 def stack(trees: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:

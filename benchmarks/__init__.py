@@ -1,0 +1,1 @@
+"""purestep's performance harness: `python -m benchmarks` (see `benchmarks.harness`)."""

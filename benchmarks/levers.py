@@ -1,0 +1,190 @@
+"""A/B of the levers on the compiled step: `python -m benchmarks.levers [--threads N]`.
+
+Each variant is the compiled train step with one thing changed. They run in
+interleaved rounds over the same batches (so a burst of load on a shared machine
+hits them all alike) and each reports its best round, in ms per step, next to the
+step as shipped (`steps_for`). Variants that change files outside `compile_step`
+are built here from the same pieces, to measure a proposed change before making it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from benchmarks.data import synthetic
+from purestep.core.loop import evaluate, steps_for, train_epoch
+from purestep.core.model import MLP, Params, mlp
+from purestep.core.optim import Optimizer, State, sgd
+from purestep.core.step import _inductor_options, compile_step, make_eval_step, make_train_step
+
+
+class LinearChainMLP(MLP):
+    """`apply` as a plain chain of `F.linear`/`F.relu` over the params dict (no `functional_call`)."""
+
+    def apply(self, params: Params, x: Tensor) -> Tensor:
+        h = x.flatten(1)
+        layers = len(self.hidden) + 1
+        for i in range(layers):
+            name = f"linear_relu_stack.{2 * i}"
+            h = F.linear(h, params[f"{name}.weight"], params[f"{name}.bias"])
+            if i < layers - 1:
+                h = F.relu(h)
+        return h
+
+
+def _sgd_without_buffers(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+    dtype = next(iter(params.values())).dtype
+    lr, decay = state["lr"].to(dtype), state["weight_decay"].to(dtype)
+    new_state = dict(state) | {"step": state["step"] + 1}
+    new_params = {}
+    for k, p in params.items():
+        new_params[k] = torch.addcmul(p, torch.addcmul(grads[k], p, decay), lr, value=-1)
+    return new_params, new_state
+
+
+def sgd_without_buffers(lr: float) -> Optimizer:
+    """SGD with momentum 0 and no momentum buffers in the state (as torch.optim keeps none)."""
+    base = sgd(lr)
+
+    def init(params: Params) -> State:
+        return {k: v for k, v in base.init(params).items() if not k.startswith("momentum_buffer.")}
+
+    return Optimizer(init, _sgd_without_buffers)
+
+
+def _compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=_inductor_options() | options)
+
+
+def _keep_input_guards(entries: list[Any]) -> list[bool]:
+    state = {"GRAD_MODE", "GLOBAL_STATE", "FUNCTORCH_STACK_MATCH", "TORCH_FUNCTION_STATE", "DEFAULT_DEVICE"}
+    state |= {"DETERMINISTIC_ALGORITHMS", "AUTOGRAD_SAVED_TENSORS_HOOKS", "SHAPE_ENV", "DUPLICATE_INPUT"}
+    local = {"TENSOR_MATCH", "TYPE_MATCH", "DICT_KEYS_MATCH", "DICT_CONTAINS", "SEQUENCE_LENGTH"}
+    inputs = ("params", "state", "x", "y")
+
+    def keep(e: Any) -> bool:
+        return not e.is_global and e.guard_type in local and e.name.split("[")[0] in inputs
+
+    return [e.guard_type in state or keep(e) for e in entries]
+
+
+def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any], MLP, Optimizer, str]]:
+    """name -> (compiled step, model, optimizer, batching)."""
+    spec, optimizer = mlp(), sgd(lr)
+    step = make_train_step(spec, optimizer)
+    plain = LinearChainMLP()
+    no_buffers = sgd_without_buffers(lr)
+    out = {
+        "as shipped (steps_for)": (steps_for(spec, optimizer, compiled=True)[0], spec, optimizer, "slices"),
+        "matmuls through ATen (no oneDNN pass)": (
+            torch.compile(step, fullgraph=True, dynamic=False),
+            spec,
+            optimizer,
+            "slices",
+        ),
+        "batches as views precomputed once": (compile_step(step), spec, optimizer, "views"),
+        "guards on inputs and global state only": (
+            _compile(step, guard_filter_fn=_keep_input_guards),
+            spec,
+            optimizer,
+            "slices",
+        ),
+        "SGD state without momentum buffers": (
+            compile_step(make_train_step(spec, no_buffers)),
+            spec,
+            no_buffers,
+            "slices",
+        ),
+        "apply as an F.linear chain": (
+            compile_step(make_train_step(plain, optimizer)),
+            plain,
+            optimizer,
+            "slices",
+        ),
+        "both of the above": (compile_step(make_train_step(plain, no_buffers)), plain, no_buffers, "slices"),
+        "bf16 autocast": (compile_step(_autocast(step)), spec, optimizer, "slices"),
+    }
+    if cpp_wrapper:
+        out["inductor cpp_wrapper"] = (_compile(step, cpp_wrapper=True), spec, optimizer, "slices")
+    return out
+
+
+def _autocast(step: Callable[..., Any]) -> Callable[..., Any]:
+    def bf16_step(params: Params, state: State, x: Tensor, y: Tensor):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return step(params, state, x, y)
+
+    return bf16_step
+
+
+def _views_epoch(step: Callable[..., Any], params: Params, state: State, xs: Any, ys: Any) -> Tensor:
+    losses = []
+    for i, (xb, yb) in enumerate(zip(xs, ys)):
+        params, state, loss = step(params, state, xb, yb)
+        losses.append(loss)
+        if i % 100 == 0:
+            loss.item()
+    return torch.stack(losses)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Time every variant in interleaved rounds and print a Markdown table."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.levers", description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=19_200, help="rows per timed pass (a multiple of 64)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--cpp-wrapper", action="store_true", help="also time inductor's C++ wrapper")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images, y = synthetic(args.n, 1)
+    x = images.float().div(255).unsqueeze(1)
+    xs, ys = x.split(64), y.split(64)
+    table = variants(1e-3, args.cpp_wrapper)
+    runs: dict[str, list[float]] = {name: [] for name in table}
+    for step, spec, optimizer, _ in table.values():
+        params = spec.init(0)
+        step(params, optimizer.init(params), x[:64], y[:64])
+    for _ in range(args.rounds):
+        for name, (step, spec, optimizer, batching) in table.items():
+            params = spec.init(0)
+            state = optimizer.init(params)
+            start = time.perf_counter()
+            if batching == "views":
+                _views_epoch(step, params, state, xs, ys).sum().item()
+            else:
+                train_epoch(step, params, state, x, y, 64)[2].sum().item()
+            runs[name].append((time.perf_counter() - start) / len(ys) * 1e3)
+    shipped = min(runs["as shipped (steps_for)"])
+    print(f"{torch.get_num_threads()} threads, {len(ys)} steps per pass, best of {args.rounds} rounds\n")
+    print("| variant | ms / step | vs shipped | rounds |\n| --- | ---: | ---: | --- |")
+    for name, times in runs.items():
+        best = min(times)
+        print(f"| {name} | {best:.3f} | {best / shipped:.2f} | {' '.join(f'{t:.2f}' for t in times)} |")
+    print("\n| eval pass over 10000 rows, compiled | batch | s |\n| --- | ---: | ---: |")
+    spec = mlp()
+    eval_step = compile_step(make_eval_step(spec))
+    ex, ey = synthetic(10_000, 2)
+    ex = ex.float().div(255).unsqueeze(1)
+    params = spec.init(0)
+    for batch in (64, 1000, 10_000):
+        evaluate(eval_step, params, ex, ey, batch)
+        best = min(_timed(lambda b=batch: evaluate(eval_step, params, ex, ey, b)) for _ in range(3))
+        print(f"| mean of per-batch losses, as the tutorial | {batch} | {best:.4f} |")
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()

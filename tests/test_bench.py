@@ -1,0 +1,122 @@
+"""The performance harness runs end to end on a tiny shape; what it relies on holds. No timing asserts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from purestep import compile_step, make_train_step, mlp, sgd
+from purestep.check import max_rel_diff
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import data as bench_data  # noqa: E402
+from benchmarks import floor as bench_floor  # noqa: E402
+from benchmarks import harness  # noqa: E402
+
+
+def test_synthetic_idx_files_read_back_through_torchvision(tmp_path):
+    from torchvision import datasets
+
+    bench_data.write_fashion_mnist(tmp_path, n_train=50, n_test=20, seed=3)
+    assert bench_data.has_fashion_mnist(tmp_path)
+    train = datasets.FashionMNIST(str(tmp_path), train=True, download=False)
+    images, labels = bench_data.synthetic(50, 4, class_seed=3)
+    assert torch.equal(train.data, images) and torch.equal(train.targets, labels)
+    assert len(datasets.FashionMNIST(str(tmp_path), train=False, download=False)) == 20
+    assert labels.unique().numel() > 1
+
+
+def test_floor_records_every_product_of_the_step():
+    model, optimizer = mlp(), sgd(1e-3)
+    params = model.init(0)
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    step = make_train_step(model, optimizer)
+    matmuls = bench_floor.record_matmuls(step, params, optimizer.init(params), x, y)
+    forward = 784 * 512 + 512 * 512 + 512 * 10
+    # forward, weight gradients, and input gradients of every layer but the first
+    assert sum(m.flops for m in matmuls) == 2 * 64 * (2 * forward + 512 * 512 + 512 * 10)
+    assert len(matmuls) == 8
+
+
+@pytest.mark.compile
+def test_compiled_step_stays_close_to_eager_and_never_recompiles():
+    model = mlp(784, (512, 512), 10)
+    step = make_train_step(model, sgd(1e-3))
+    compiled = compile_step(step)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(96, 1, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g)
+    params = model.init(0)
+    state = sgd(1e-3).init(params)
+    for n in (64, 32):
+        compiled(params, state, x[:n], y[:n])
+    torch.compiler.set_stance("fail_on_recompile")
+    try:
+        for seed, lr in enumerate((1e-3, 0.1, 0.02)):
+            p_eager = p_comp = model.init(seed)
+            s_eager = s_comp = sgd(lr, momentum=0.9).init(p_eager)
+            for start in (0, 64, 0, 64):
+                xb, yb = x[start : start + 64], y[start : start + 64]
+                p_eager, s_eager, l_eager = step(p_eager, s_eager, xb, yb)
+                p_comp, s_comp, l_comp = compiled(p_comp, s_comp, xb, yb)
+                assert abs(l_eager.item() - l_comp.item()) <= 1e-5
+            assert max_rel_diff(p_comp, p_eager) <= 1e-5
+    finally:
+        torch.compiler.set_stance("default")
+
+
+@pytest.mark.compile
+def test_harness_runs_end_to_end_on_a_tiny_shape(tmp_path, capsys):
+    out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
+    argv = ["--n-train", "160", "--n-test", "80", "--rounds", "1", "--steps", "2", "--trials", "2"]
+    argv += ["--precision", "bf16", "--accuracy-epochs", "1", "--no-probe", "--quiet"]
+    report = harness.main([*argv, "--markdown", str(out), "--json", str(raw)])
+    names = [row.name for row in report.rows]
+    assert names[:5] == [
+        "tutorial loop as written (FashionMNIST + ToTensor + DataLoader)",
+        "tutorial train_loop, preloaded tensors (DataLoader over TensorDataset)",
+        "nn.Module + torch.optim, batches as tensor slices",
+        "purestep eager step",
+        "purestep compiled step",
+    ]
+    assert any(n.startswith("purestep compiled, 2 trials") for n in names)
+    assert any(n.startswith("JAX") for n in names)
+    assert any(n.startswith("purestep compiled step, bf16") for n in names)
+    assert all(row.seconds > 0 and row.rss_bytes > 0 for row in report.rows)
+    assert report.floor is not None and report.floor_epoch_s > 0
+    assert set(report.accuracy) == {"fp32", "bf16"}
+    text = out.read_text()
+    assert text in capsys.readouterr().out
+    assert "| purestep compiled step | " in text and "| 1.00 |" in text and "| target |" in text
+    assert json.loads(raw.read_text())["rows"][0]["seconds_per_epoch"] > 0
+
+
+@pytest.mark.compile
+def test_compile_probe_reports_every_graph():
+    cache = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    cmd = [sys.executable, "-m", "benchmarks.probe", "--cache-dir", cache]
+    cmd += ["--n-train", "96", "--n-test", "80"]
+    run = harness.run_measured(cmd)
+    assert run["returncode"] == 0, run["stderr"]
+    probe = json.loads(run["stdout"].strip().splitlines()[-1])
+    assert {"train full", "train tail", "eval full", "eval tail"} <= set(probe["graphs"])
+    assert run["rss_bytes"] > 0
+
+
+def test_bench_command_passes_its_arguments_to_the_harness():
+    run = subprocess.run(
+        [sys.executable, "-c", "from purestep.cli import main; main()", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert run.returncode == 0
+    assert "--markdown" in run.stdout and "--precision" in run.stdout
