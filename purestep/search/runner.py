@@ -125,6 +125,15 @@ def _reap(study: optuna.Study) -> None:
         storage.fail_stale_trials(study._study_id)
 
 
+def _room(study: optuna.Study, n_trials: int, deadline: float | None) -> tuple[list[FrozenTrial], int]:
+    """The study's trials and how many more may start (none once `deadline` has passed)."""
+    if deadline is not None and time.time() >= deadline:
+        return [], 0
+    _reap(study)
+    trials = study.get_trials(deepcopy=False)
+    return trials, n_trials - count(trials, TAKEN)
+
+
 def run_trials(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -145,11 +154,8 @@ def run_trials(
     ran = 0
     while True:
         shield.deliver()
-        if deadline is not None and time.time() >= deadline:
-            break
-        _reap(study)
-        trials = study.get_trials(deepcopy=False)
-        if count(trials, TAKEN) >= n_trials:
+        trials, room = _room(study, n_trials, deadline)
+        if room <= 0:
             break
         shield.depth += 1
         trial: optuna.Trial | None = None
@@ -246,11 +252,7 @@ def run_trial_batches(
     ran = 0
     while True:
         shield.deliver()
-        if deadline is not None and time.time() >= deadline:
-            break
-        _reap(study)
-        trials = study.get_trials(deepcopy=False)
-        room = n_trials - count(trials, TAKEN)
+        trials, room = _room(study, n_trials, deadline)
         if room <= 0:
             break
         asked: list[tuple[optuna.Trial, TrialConfig]] = []
