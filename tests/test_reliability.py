@@ -13,6 +13,7 @@ import pickle
 import select
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -256,3 +257,44 @@ def test_a_bad_heartbeat_setting_is_one_line_and_writes_nothing(
     line = one_line_error(invoke("--storage", f"sqlite:///{tmp_path / 's.db'}"), 1)
     assert "PURESTEP_HEARTBEAT_" in line
     assert list(tmp_path.iterdir()) == []
+
+
+_POP = """
+import sys, time, optuna
+from purestep.search.storage import open_storage, parse_storage
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+storage = open_storage(parse_storage(sys.argv[1]), create=False)
+study = optuna.load_study(study_name="queue", storage=storage)
+while time.time() < float(sys.argv[2]):
+    pass
+for _ in range(int(sys.argv[3])):
+    trial = study.ask()
+    print(trial.number, flush=True)
+    study.tell(trial, 0.0)
+"""
+
+
+def test_workers_racing_for_queued_trials_on_sqlite_never_share_one(tmp_path: Path) -> None:
+    """Optuna claims a queued trial by reading, then writing its state; on SQLite, which has no
+    row locks, two workers could both read WAITING and run the same trial. The claim here is
+    one conditional UPDATE."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="queue", storage=open_storage(parse_storage(url), create=True))
+    queued = 40
+    for i in range(queued):
+        study.enqueue_trial({"x": float(i)})
+    start = time.time() + 3
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _POP, url, str(start), str(queued // 4 + 5)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    numbers = [int(n) for out, _ in outs for n in out.split()]
+    assert len(numbers) == len(set(numbers)) == 4 * (queued // 4 + 5)
+    assert set(range(queued)) <= set(numbers)

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -269,13 +270,41 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
     ) -> bool:
         """Write the state; start stamping a trial that becomes RUNNING, stop when it finishes."""
         try:
-            changed = super().set_trial_state_values(trial_id, state, values)
+            if state == TrialState.RUNNING and values is None:
+                changed = self._claim(trial_id)
+            else:
+                changed = super().set_trial_state_values(trial_id, state, values)
         finally:
             if state.is_finished():
                 self._stop_beat(trial_id)
         if changed and state == TrialState.RUNNING:
             self._start_beat(trial_id)
         return changed
+
+    def _claim(self, trial_id: int) -> bool:
+        """WAITING -> RUNNING in one conditional UPDATE, so of the workers that race for a queued
+        trial exactly one gets it.
+
+        Optuna reads the state, then writes it; SQLite has no row locks (`FOR UPDATE` does
+        nothing there), so two workers could both read WAITING and both run the trial. As in
+        Optuna, a finished trial raises `UpdateFinishedTrialError` and a running one gives False.
+        """
+        import sqlalchemy
+        from optuna.storages._rdb.models import TrialModel
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            claimed = session.execute(
+                sqlalchemy.update(TrialModel)
+                .where(TrialModel.trial_id == trial_id, TrialModel.state == TrialState.WAITING)
+                .values(state=TrialState.RUNNING)
+            )
+            trial = TrialModel.find_or_raise_by_id(trial_id, session)
+            if claimed.rowcount == 1:
+                trial.datetime_start = datetime.now()
+                return True
+            self.check_trial_is_updatable(trial_id, trial.state)
+            return False
 
     def _start_beat(self, trial_id: int) -> None:
         stop = threading.Event()
