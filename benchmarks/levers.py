@@ -109,19 +109,11 @@ def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any]
             "slices",
         ),
         "both of the above": (compile_step(make_train_step(plain, no_buffers)), plain, no_buffers, "slices"),
-        "bf16 autocast": (compile_step(_autocast(step)), spec, optimizer, "slices"),
+        "bf16 autocast": (compile_step(make_train_step(spec, optimizer, "bf16")), spec, optimizer, "slices"),
     }
     if cpp_wrapper:
         out["inductor cpp_wrapper"] = (_compile(step, cpp_wrapper=True), spec, optimizer, "slices")
     return out
-
-
-def _autocast(step: Callable[..., Any]) -> Callable[..., Any]:
-    def bf16_step(params: Params, state: State, x: Tensor, y: Tensor):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return step(params, state, x, y)
-
-    return bf16_step
 
 
 def _views_epoch(step: Callable[..., Any], params: Params, state: State, xs: Any, ys: Any) -> Tensor:

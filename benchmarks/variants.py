@@ -191,13 +191,7 @@ def batched(spec: MLP, x: Tensor, y: Tensor, lrs: list[float], batch_size: int, 
 
 def bf16_step(spec: MLP, lr: float) -> Callable[..., Any]:
     """The compiled train step with its matmuls in bfloat16 (`torch.autocast`), params in fp32."""
-    step = make_train_step(spec, sgd(lr))
-
-    def train_step_bf16(params: Params, state: Params, x: Tensor, y: Tensor):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return step(params, state, x, y)
-
-    return compile_step(train_step_bf16)
+    return compile_step(make_train_step(spec, sgd(lr), precision="bf16"))
 
 
 def bf16(spec: MLP, x: Tensor, y: Tensor, lr: float, batch_size: int, seed: int) -> Variant:

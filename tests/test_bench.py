@@ -55,7 +55,7 @@ def test_compiled_step_stays_close_to_eager_and_never_recompiles():
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(96, 1, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g)
     params = model.init(0)
-    state = sgd(1e-3).init(params)
+    state = sgd(1e-3, momentum=0.9).init(params)
     for n in (64, 32):
         compiled(params, state, x[:n], y[:n])
     torch.compiler.set_stance("fail_on_recompile")

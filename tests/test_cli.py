@@ -56,6 +56,18 @@ def test_reference_and_eager_print_identical_tutorial_lines():
     assert lines[-1] == "Done!"
 
 
+def test_bf16_trains_as_well_as_fp32_and_is_recorded():
+    args = ["train", "--dataset", "digits", "--epochs", "3", "--lr", "0.05", "--impl", "eager", "--json"]
+    fp32, bf16 = run(*args), run(*args, "--precision", "bf16")
+    assert fp32.exit_code == 0 and bf16.exit_code == 0, fp32.output + bf16.output
+    fp32, bf16 = json.loads(fp32.stdout), json.loads(bf16.stdout)
+    assert fp32["config"]["precision"] == "fp32" and bf16["config"]["precision"] == "bf16"
+    assert fp32["test_accuracy"] > 0.7
+    assert abs(bf16["test_accuracy"] - fp32["test_accuracy"]) <= 0.03
+    assert bf16["test_loss"] == pytest.approx(fp32["test_loss"], rel=0.02)
+    assert bf16["test_loss"] != fp32["test_loss"]
+
+
 def test_json_and_save_write_params_with_config_and_metrics(tmp_path):
     from safetensors import safe_open
 
@@ -129,6 +141,8 @@ def test_every_bad_value_is_one_line_and_exit_2(data, command):
     [
         ["train", "--nesterov"],
         ["train", "--optimizer", "adam", "--momentum", "0.5"],
+        ["train", "--impl", "reference", "--precision", "bf16"],
+        ["train", "--precision", "fp16"],
         ["train", "--bogus"],
         ["fly"],
     ],

@@ -77,6 +77,13 @@ def test_hyperparameters_are_0d_tensors_in_state():
     assert adam(3e-4).init(params)["lr"].item() == 3e-4
 
 
+def test_sgd_keeps_momentum_buffers_only_with_momentum_as_torch_optim():
+    params = mlp(6, (3,), 2).init(0)
+    assert not any(k.startswith("momentum_buffer.") for k in sgd(0.1, weight_decay=0.1).init(params))
+    state = sgd(0.1, momentum=0.5).init(params)
+    assert {k for k in state if k.startswith("momentum_buffer.")} == {f"momentum_buffer.{k}" for k in params}
+
+
 def test_every_sgd_shares_one_update_so_a_new_lr_is_new_data():
     assert sgd(0.1).update is sgd(0.5, momentum=0.9, nesterov=True).update
     assert adam(1e-3).update is adam(1e-2, weight_decay=0.1).update

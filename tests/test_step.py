@@ -74,24 +74,72 @@ def sgd_config():
 
 @pytest.mark.compile
 def test_no_recompile_across_epochs_trials_and_learning_rates(digits):
-    """After one warm-up fit, new trials, learning rates and epochs reuse the two graphs per shape."""
+    """After one warm-up fit, new trials, learning rates and epochs reuse the two graphs per shape.
+
+    SGD with momentum keeps buffers in its state and SGD without keeps none (as torch.optim):
+    two train graphs per shape, each warmed up once; eval graphs are shared.
+    """
     model = mlp(64, (512, 512), 10)
     x, y, ex, ey = digits.x_train, digits.y_train, digits.x_test, digits.y_test
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
-    fit(model, sgd(0.01), model.init(0), x, y, epochs=1, eval_data=(ex, ey))
-    # train and eval steps, each one graph for full batches and one for the short tail batch
-    assert counters["stats"]["unique_graphs"] == 4
-    torch.compiler.set_stance("fail_on_recompile")
-    try:
-        for seed, optimizer in enumerate(
-            [sgd(0.1), sgd(0.02, momentum=0.9, nesterov=True, weight_decay=1e-3)]
-        ):
-            result = fit(
-                model, optimizer, model.init(seed + 1), x, y, epochs=2, eval_data=(ex, ey), shuffle=True
-            )
-            assert len(result.history) == 2
-    finally:
-        torch.compiler.set_stance("default")
-    assert counters["stats"]["unique_graphs"] == 4
+    families = [
+        [sgd(0.01), sgd(0.1), sgd(0.05, weight_decay=1e-3)],
+        [sgd(0.02, momentum=0.9, nesterov=True, weight_decay=1e-3), sgd(0.1, momentum=0.5)],
+    ]
+    # train and eval steps, each one graph for full batches and one for the short tail batch;
+    # the second family adds its two train graphs
+    for expected, (warm_up, *others) in zip([4, 6], families):
+        fit(model, warm_up, model.init(0), x, y, epochs=1, eval_data=(ex, ey))
+        assert counters["stats"]["unique_graphs"] == expected
+        torch.compiler.set_stance("fail_on_recompile")
+        try:
+            for seed, optimizer in enumerate(others):
+                result = fit(
+                    model, optimizer, model.init(seed + 1), x, y, epochs=2, eval_data=(ex, ey), shuffle=True
+                )
+                assert len(result.history) == 2
+        finally:
+            torch.compiler.set_stance("default")
+        assert counters["stats"]["unique_graphs"] == expected
+
+
+def test_trials_with_and_without_momentum_buffers_do_not_stack():
+    params = mlp(6, (3,), 2).init(0)
+    states = [sgd(0.1).init(params), sgd(0.1, momentum=0.9).init(params)]
+    with pytest.raises(ValueError, match="different keys"):
+        stack(states)
+
+
+@given(seed=st.integers(0, 1000), lr=st.floats(1e-3, 0.3))
+def test_bf16_step_keeps_params_and_state_fp32_and_tracks_fp32(seed, lr):
+    """bf16 autocast runs the products in bfloat16, not the update: params stay float32."""
+    model, optimizer = mlp(12, (16,), 3), sgd(lr, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(32, 12, generator=g), torch.randint(0, 3, (32,), generator=g)
+    runs, init = {}, model.init(seed)
+    for precision in ("fp32", "bf16"):
+        params = init
+        state = optimizer.init(params)
+        step = make_train_step(model, optimizer, precision)
+        for _ in range(3):
+            params, state, loss = step(params, state, x, y)
+        assert all(v.dtype == torch.float32 for v in params.values()) and loss.dtype == torch.float32
+        sums, _ = make_eval_step(model, precision)(params, x, y)
+        runs[precision] = (params, loss, sums)
+
+    def norm(a, b):
+        return sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt()
+
+    # bf16 products round gradients to about 3 significant digits: the update stays the same move
+    assert norm(runs["bf16"][0], runs["fp32"][0]) <= 0.05 * norm(runs["fp32"][0], init)
+    assert torch.allclose(runs["bf16"][1], runs["fp32"][1], rtol=2e-2)
+    assert torch.allclose(runs["bf16"][2], runs["fp32"][2], rtol=2e-2)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        make_train_step(mlp(4, (3,), 2), sgd(0.1), "fp8")
+    with pytest.raises(ValueError, match="precision"):
+        make_eval_step(mlp(4, (3,), 2), "fp16")

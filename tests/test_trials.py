@@ -23,14 +23,20 @@ def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
 
 
-hyper = st.tuples(st.floats(1e-3, 0.3), st.floats(0.0, 0.95), st.sampled_from([0.0, 1e-4, 1e-2]))
+hyper = st.tuples(st.floats(1e-3, 0.3), st.floats(0.01, 0.95), st.sampled_from([0.0, 1e-4, 1e-2]))
 
 
-@given(trials=st.lists(hyper, min_size=1, max_size=5), seed=st.integers(0, 1000), shuffle=st.booleans())
-def test_trial_k_of_a_batch_equals_it_alone(digits, trials, seed, shuffle):
+@given(
+    trials=st.lists(hyper, min_size=1, max_size=5),
+    momentum=st.booleans(),
+    seed=st.integers(0, 1000),
+    shuffle=st.booleans(),
+)
+def test_trial_k_of_a_batch_equals_it_alone(digits, trials, momentum, seed, shuffle):
+    """A stack is all SGD with momentum or all without (their states differ in keys)."""
     x, y, ex, ey = digits
     model = mlp(64, (32,), 10)
-    optimizers = [sgd(lr, momentum=m, weight_decay=wd) for lr, m, wd in trials]
+    optimizers = [sgd(lr, momentum=m if momentum else 0.0, weight_decay=wd) for lr, m, wd in trials]
     inits = [model.init(seed + k) for k in range(len(trials))]
     common = dict(epochs=2, batch_size=48, eval_data=(ex, ey), shuffle=shuffle, seed=seed, compiled=False)
     batched = fit_trials(
@@ -92,3 +98,14 @@ def test_a_new_group_of_the_same_shape_does_not_recompile(digits):
     finally:
         torch.compiler.set_stance("default")
     assert all(len(r.history) == 1 for r in results)
+
+
+def test_groups_split_sgd_with_and_without_momentum_and_join_adam_with_adamw():
+    from purestep.search.objective import TrialConfig
+    from purestep.search.runner import group_key
+
+    plain, with_momentum = TrialConfig(lr=0.1), TrialConfig(lr=0.2, momentum=0.9)
+    assert group_key(plain) == group_key(TrialConfig(lr=0.3, weight_decay=1e-3))
+    assert group_key(plain) != group_key(with_momentum)
+    assert group_key(with_momentum) == group_key(TrialConfig(momentum=0.5, nesterov=True))
+    assert group_key(TrialConfig("adam")) == group_key(TrialConfig("adamw", lr=0.01))

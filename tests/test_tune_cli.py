@@ -430,7 +430,7 @@ def test_a_new_trial_and_its_schedule_reuse_the_compiled_graphs() -> None:
     data = load_dataset("digits")
     x, y, xv, yv = split(data.x_train, data.y_train, 0.2, 0)
     common = {"in_features": 64, "classes": 10, "epochs": 2, "seed": 0, "compiled": True}
-    warm = TrialConfig(optimizer="sgd", lr=0.01, batch_size=128)
+    warm = TrialConfig(optimizer="sgd", lr=0.01, momentum=0.5, batch_size=128)
     train(warm, x, y, (xv, yv), **common)
     other = TrialConfig(
         optimizer="sgd",

@@ -100,3 +100,18 @@ ImplOpt = Annotated[
     Impl,
     typer.Option("--impl", help="The tutorial's nn.Module loop, or the functional step eager or compiled."),
 ]
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help="Matmuls in fp32, or bf16 autocast (params and optimizer stay fp32; faster where the "
+        "CPU has AVX-512 BF16/AMX, or on a recent GPU).",
+    ),
+]

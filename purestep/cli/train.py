@@ -29,6 +29,8 @@ from purestep.cli.options import (
     Nesterov,
     Optimizer,
     OptimizerName,
+    Precision,
+    PrecisionOpt,
     Seed,
     Shuffle,
     WeightDecay,
@@ -147,6 +149,7 @@ def _run_functional(
             shuffle=run["shuffle"],
             seed=run["seed"],
             compiled=run["impl"] == Impl.compiled.value,
+            precision=run["precision"],
             callbacks=callbacks,
             start_epoch=start,
         )
@@ -191,6 +194,7 @@ def train(
     seed: Seed = 0,
     shuffle: Shuffle = False,
     impl: ImplOpt = Impl.compiled,
+    precision: PrecisionOpt = Precision.fp32,
     device: Device = "cpu",
     save: Annotated[
         Path | None,
@@ -215,6 +219,8 @@ def train(
     config = optimizer_config(optimizer.value, lr, momentum, nesterov, weight_decay)
     if (checkpoint or resume) and impl is Impl.reference:
         raise typer.BadParameter("--checkpoint and --resume need --impl eager or compiled")
+    if precision is not Precision.fp32 and impl is Impl.reference:
+        raise typer.BadParameter("--precision bf16 needs --impl eager or compiled")
     if resume and checkpoint is None:
         raise typer.BadParameter("--resume needs --checkpoint DIR")
     widths = parse_hidden(hidden)
@@ -226,6 +232,7 @@ def train(
         "seed": seed,
         "shuffle": shuffle,
         "impl": impl.value,
+        "precision": precision.value,
         "device": device,
         "optimizer": config.to_dict(),
     }

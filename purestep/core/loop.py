@@ -21,6 +21,7 @@ from purestep.core.model import MLP, Params
 from purestep.core.optim import Optimizer, State
 from purestep.core.step import (
     EvalStep,
+    Precision,
     TrainStep,
     batch_eval_over_trials,
     batch_over_trials,
@@ -82,11 +83,15 @@ class FitResult:
     stopped: str | None = None
 
 
-_STEPS: dict[tuple[MLP, object, bool, bool], tuple[TrainStep, EvalStep]] = {}
+_STEPS: dict[tuple[MLP, object, bool, bool, Precision], tuple[TrainStep, EvalStep]] = {}
 
 
 def steps_for(
-    model: MLP, optimizer: Optimizer, compiled: bool, batched: bool = False
+    model: MLP,
+    optimizer: Optimizer,
+    compiled: bool,
+    batched: bool = False,
+    precision: Precision = "fp32",
 ) -> tuple[TrainStep, EvalStep]:
     """The (train, eval) steps of a model and optimizer family, built once per process.
 
@@ -94,9 +99,10 @@ def steps_for(
     trial or learning rate reuses the same step, and so the same compiled graphs.
     `batched` gives the steps over stacked trials (`vmap` on a leading trial axis).
     """
-    key = (model, optimizer.update, compiled, batched)
+    key = (model, optimizer.update, compiled, batched, precision)
     if key not in _STEPS:
-        train_step, eval_step = make_train_step(model, optimizer), make_eval_step(model)
+        train_step = make_train_step(model, optimizer, precision)
+        eval_step = make_eval_step(model, precision)
         if batched:
             train_step, eval_step = batch_over_trials(train_step), batch_eval_over_trials(eval_step)
         if compiled:
@@ -182,6 +188,7 @@ def fit(
     callbacks: Callbacks | None = None,
     start_epoch: int = 0,
     lr_at: Callable[[int], float] | None = None,
+    precision: Precision = "fp32",
 ) -> FitResult:
     """Train for `epochs` and evaluate after each one, as the tutorial's main loop.
 
@@ -197,6 +204,7 @@ def fit(
             batch order depends on `(seed, epoch)` alone, so a resumed run equals an unbroken one.
         lr_at: a schedule, `epoch -> learning rate`, written into the state's 0-d `lr` before
             each epoch: new data for the step, not a new graph. None keeps the state's.
+        precision: "fp32", or "bf16" for the products of both steps in bfloat16 (autocast).
     Raises:
         NonFiniteLoss: an epoch's mean training loss is NaN or infinite.
     """
@@ -204,7 +212,7 @@ def fit(
         raise ValueError("epochs and batch_size must be >= 1, and 0 <= start_epoch <= epochs")
     callbacks = callbacks or Callbacks()
     state = optimizer.init(params) if state is None else state
-    train_step, eval_step = steps_for(model, optimizer, compiled)
+    train_step, eval_step = steps_for(model, optimizer, compiled, precision=precision)
     ex, ey = eval_data if eval_data is not None else (x, y)
     result = FitResult(params, state)
     for epoch in range(start_epoch, epochs):

@@ -68,9 +68,11 @@ def _sgd_update(grads: Params, state: State, params: Params) -> tuple[Params, St
     new_state["step"] = state["step"] + 1
     for k, p in params.items():
         g = torch.addcmul(grads[k], p, decay)
-        buf = torch.where(first, g, torch.addcmul(state[f"momentum_buffer.{k}"] * momentum, g, keep))
-        g = torch.where(nesterov, torch.addcmul(g, buf, momentum), buf)
-        new_state[f"momentum_buffer.{k}"] = buf
+        slot = f"momentum_buffer.{k}"
+        if slot in state:
+            buf = torch.where(first, g, torch.addcmul(state[slot] * momentum, g, keep))
+            g = torch.where(nesterov, torch.addcmul(g, buf, momentum), buf)
+            new_state[slot] = buf
         new_params[k] = torch.addcmul(p, g, lr, value=-1)
     return new_params, new_state
 
@@ -86,7 +88,9 @@ def sgd(
 
     Args:
         lr: learning rate (> 0).
-        momentum: momentum factor; 0 makes the buffer equal the gradient, as torch's "no momentum".
+        momentum: momentum factor. At 0 the state holds no momentum buffers, as torch.optim
+            keeps none: the step reads and writes only params (a different graph than
+            momentum > 0, so trials of the two kinds are not stacked together).
         dampening: dampening of the momentum (ignored without momentum, as in torch).
         nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
         weight_decay: L2 penalty added to the gradient.
@@ -111,7 +115,9 @@ def sgd(
             nesterov=float(nesterov),
             step=0.0,
         )
-        return state | _slots("momentum_buffer", params)
+        if momentum != 0:
+            state |= _slots("momentum_buffer", params)
+        return state
 
     return Optimizer(init, _sgd_update)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,20 +20,42 @@ from purestep.core.optim import Optimizer, State
 TrainStep = Callable[[Params, State, Tensor, Tensor], tuple[Params, State, Tensor]]
 EvalStep = Callable[[Params, Tensor, Tensor], tuple[Tensor, Tensor]]
 Fn = TypeVar("Fn", bound=Callable[..., Any])
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 
 
-def make_loss(model: MLP) -> Callable[[Params, Tensor, Tensor], Tensor]:
+def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The matmul precision of a step's forward and backward: fp32 as is, or bf16 autocast.
+
+    Under bf16 the products run in bfloat16 while params, gradients, the optimizer and the
+    loss's softmax stay in float32 (`torch.autocast`'s policy): about a quarter less time per
+    step on a CPU with AVX-512 BF16 or AMX, and on recent GPUs; not bitwise the fp32 step.
+    """
+    if _checked(precision) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _checked(precision: Precision) -> Precision:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def make_loss(model: MLP, precision: Precision = "fp32") -> Callable[[Params, Tensor, Tensor], Tensor]:
     """Mean cross-entropy of `model` on a batch, as the tutorial's `nn.CrossEntropyLoss()`."""
+    _checked(precision)
 
     def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(model.apply(params, x), y)
+        with autocast(precision, x.device):
+            return F.cross_entropy(model.apply(params, x), y)
 
     return loss
 
 
-def make_train_step(model: MLP, optimizer: Optimizer) -> TrainStep:
+def make_train_step(model: MLP, optimizer: Optimizer, precision: Precision = "fp32") -> TrainStep:
     """`train_step(params, state, x, y) -> (params, state, loss)`: one SGD-style update, pure."""
-    grad_fn = grad_and_value(make_loss(model))
+    grad_fn = grad_and_value(make_loss(model, precision))
 
     def train_step(params: Params, state: State, x: Tensor, y: Tensor):
         grads, loss = grad_fn(params, x, y)
@@ -42,12 +65,14 @@ def make_train_step(model: MLP, optimizer: Optimizer) -> TrainStep:
     return train_step
 
 
-def make_eval_step(model: MLP) -> EvalStep:
+def make_eval_step(model: MLP, precision: Precision = "fp32") -> EvalStep:
     """`eval_step(params, x, y) -> (loss_sum, n_correct)` over one batch, both 0-d tensors."""
+    _checked(precision)
 
     def eval_step(params: Params, x: Tensor, y: Tensor):
-        logits = model.apply(params, x)
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        with autocast(precision, x.device):
+            logits = model.apply(params, x)
+            loss_sum = F.cross_entropy(logits, y, reduction="sum")
         n_correct = (logits.argmax(1) == y).sum()
         return loss_sum, n_correct
 
@@ -100,7 +125,16 @@ def _inductor_options() -> dict[str, Any]:
 
 
 def stack(trees: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Stack same-structured trees leaf by leaf along a new leading trial axis."""
+    """Stack same-structured trees leaf by leaf along a new leading trial axis.
+
+    Raises ValueError when the trees' keys differ (SGD states with and without momentum
+    buffers, say): such trials run different step graphs and cannot share one.
+    """
+    for tree in trees[1:]:
+        differ = sorted(set(trees[0]) ^ set(tree))
+        if differ:
+            example = f"{differ[0]!r} and {len(differ) - 1} more"
+            raise ValueError(f"cannot stack trees with different keys ({example})")
     return pytree.tree_map(lambda *leaves: torch.stack(leaves), *trees)
 
 

@@ -220,10 +220,11 @@ def _tell(
 def group_key(config: TrialConfig) -> tuple[object, ...]:
     """What decides a trial's step graph: optimizer family, widths, batch size and order.
 
-    Adam and AdamW share one update (decoupling is state data), so they share groups; every
-    other hyperparameter is data in the optimizer state and may differ inside a group.
+    Adam and AdamW share one update (decoupling is state data), so they share groups; SGD
+    without momentum keeps no buffers, so it groups apart from SGD with momentum. Every other
+    hyperparameter is data in the optimizer state and may differ inside a group.
     """
-    family = "sgd" if config.optimizer == "sgd" else "adam"
+    family = "adam" if config.optimizer != "sgd" else "sgd" if config.momentum else "sgd, no momentum"
     return family, config.hidden_layers(), config.batch_size, config.shuffle
 
 
