@@ -79,25 +79,45 @@ def test_pruned_and_diverged_trials_stop_and_the_rest_go_on(digits, drop):
 
 
 @pytest.mark.compile
-def test_a_new_group_of_the_same_shape_does_not_recompile(digits):
+def test_a_new_group_of_the_same_shape_does_not_recompile(digits, monkeypatch):
+    from purestep.core import loop
+
+    sizes = []
+
+    def train_epoch(step, params, *args, **kwargs):
+        sizes.append(len(next(iter(params.values()))))
+        return real(step, params, *args, **kwargs)
+
+    real = loop.train_epoch
+    monkeypatch.setattr(loop, "train_epoch", train_epoch)
     x, y, ex, ey = digits
     model = mlp(64, (32,), 10)
     common = dict(epochs=1, batch_size=64, eval_data=(ex, ey), compiled=True)
 
-    def group(lrs, seed):
+    def group(lrs, seed, **more):
         optimizers = [sgd(lr, momentum=0.9) for lr in lrs]
         inits = [model.init(seed + k) for k in range(len(lrs))]
-        return fit_trials(
-            model, optimizers[0], inits, [o.init(p) for o, p in zip(optimizers, inits)], x, y, **common
-        )
+        states = [o.init(p) for o, p in zip(optimizers, inits)]
+        return fit_trials(model, optimizers[0], inits, states, x, y, **{**common, **more})
 
     group([0.01, 0.02, 0.03, 0.04], 0)
+    group([0.01, 0.02], 0)
     torch.compiler.set_stance("fail_on_recompile")
     try:
         results = group([0.2, 0.1, 0.05, 0.3], 7)
+        del sizes[:]
+        # stopped trials leave the stack when a stack of the smaller size has run (2 here) and
+        # ride along when leaving would compile a new one (3)
+        two_pruned = group([0.2, 0.1, 0.05, 0.3], 7, epochs=2, keep=lambda k, row: k < 2)
+        one_pruned = group([0.2, 0.1, 0.05, 0.3], 7, epochs=2, keep=lambda k, row: k != 0)
     finally:
         torch.compiler.set_stance("default")
     assert all(len(r.history) == 1 for r in results)
+    assert sizes == [4, 2, 4, 4]
+    assert [len(r.history) for r in two_pruned] == [2, 2, 1, 1]
+    assert [len(r.history) for r in one_pruned] == [1, 2, 2, 2]
+    for mine, alone in zip(two_pruned[:2] + one_pruned[1:], results[:2] + results[1:]):
+        assert close(mine.history[0].eval_loss, alone.history[0].eval_loss)
 
 
 def test_groups_split_sgd_with_and_without_momentum_and_join_adam_with_adamw():

@@ -237,6 +237,14 @@ def fit(
     return result
 
 
+_STACKED: set[tuple[object, ...]] = set()
+"""Stack shapes that have trained through a compiled batched step in this process."""
+
+
+def _stack_shape(step: TrainStep, trials: int, x: Tensor, batch_size: int) -> tuple[object, ...]:
+    return step, trials, batch_size, tuple(x.shape), x.device
+
+
 def fit_trials(
     model: MLP,
     optimizer: Optimizer,
@@ -253,7 +261,7 @@ def fit_trials(
     seed: int = 0,
     compiled: bool = True,
     keep: Callable[[int, EpochMetrics], bool] = lambda trial, metrics: True,
-    drop: bool = True,
+    drop: bool | None = None,
     lr_at: Sequence[Callable[[int], float]] | None = None,
 ) -> list[FitResult]:
     """Train K trials of one model and optimizer family in lockstep: one `vmap`ped step per batch.
@@ -262,7 +270,9 @@ def fit_trials(
     the same batches. After every epoch each trial is evaluated and `keep(k, metrics)` asked
     whether it goes on (a pruner says no); a trial whose training loss is not finite stops
     with the reason in `stopped`. With `drop`, stopped trials leave the stack, which costs a
-    compile for the smaller stack but no more compute; without, they ride along unused.
+    compile for the smaller stack but no more compute; without, they ride along unused. The
+    default drops them when that costs no compile: eager, or a stack of that size already
+    trained in this process (see BENCHMARKS.md for the two measured both ways).
     `lr_at[k]` is trial k's schedule, as in `fit`. Trial k's history equals `fit` of that
     trial alone (within float rounding).
     """
@@ -300,7 +310,9 @@ def fit_trials(
         going = [i for i, k in enumerate(active) if results[k].stopped is None]
         if not going:
             break
-        if drop and len(going) < len(active):
+        _STACKED.add(_stack_shape(train_step, len(active), x, batch_size))
+        free = not compiled or _stack_shape(train_step, len(going), x, batch_size) in _STACKED
+        if (free if drop is None else drop) and len(going) < len(active):
             index = torch.tensor(going, device=y.device)
             stacked_params = {k: v.index_select(0, index) for k, v in stacked_params.items()}
             stacked_state = {k: v.index_select(0, index) for k, v in stacked_state.items()}

@@ -351,7 +351,6 @@ def _train_group(
         seed=seed,
         compiled=compiled,
         keep=keep,
-        drop=not compiled,
         lr_at=[partial(lr_at, config, epochs=epochs) for _, config in members],
     )
     for k, ((trial, _), result) in enumerate(zip(members, results)):
