@@ -39,26 +39,6 @@ class LinearChainMLP(MLP):
         return h
 
 
-def _sgd_without_buffers(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-    dtype = next(iter(params.values())).dtype
-    lr, decay = state["lr"].to(dtype), state["weight_decay"].to(dtype)
-    new_state = dict(state) | {"step": state["step"] + 1}
-    new_params = {}
-    for k, p in params.items():
-        new_params[k] = torch.addcmul(p, torch.addcmul(grads[k], p, decay), lr, value=-1)
-    return new_params, new_state
-
-
-def sgd_without_buffers(lr: float) -> Optimizer:
-    """SGD with momentum 0 and no momentum buffers in the state (as torch.optim keeps none)."""
-    base = sgd(lr)
-
-    def init(params: Params) -> State:
-        return {k: v for k, v in base.init(params).items() if not k.startswith("momentum_buffer.")}
-
-    return Optimizer(init, _sgd_without_buffers)
-
-
 def _compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
     return torch.compile(fn, fullgraph=True, dynamic=False, options=_inductor_options() | options)
 
@@ -80,7 +60,6 @@ def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any]
     spec, optimizer = mlp(), sgd(lr)
     step = make_train_step(spec, optimizer)
     plain = LinearChainMLP()
-    no_buffers = sgd_without_buffers(lr)
     out = {
         "as shipped (steps_for)": (steps_for(spec, optimizer, compiled=True)[0], spec, optimizer, "slices"),
         "matmuls through ATen (no oneDNN pass)": (
@@ -96,19 +75,12 @@ def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any]
             optimizer,
             "slices",
         ),
-        "SGD state without momentum buffers": (
-            compile_step(make_train_step(spec, no_buffers)),
-            spec,
-            no_buffers,
-            "slices",
-        ),
         "apply as an F.linear chain": (
             compile_step(make_train_step(plain, optimizer)),
             plain,
             optimizer,
             "slices",
         ),
-        "both of the above": (compile_step(make_train_step(plain, no_buffers)), plain, no_buffers, "slices"),
         "bf16 autocast": (compile_step(make_train_step(spec, optimizer, "bf16")), spec, optimizer, "slices"),
     }
     if cpp_wrapper:
