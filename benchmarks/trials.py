@@ -2,6 +2,7 @@
 
     python -m benchmarks.trials --dataset digits --epochs 10 --n-trials 32
     python -m benchmarks.trials --dataset fashion-mnist --epochs 2 --n-trials 16
+    python -m benchmarks.trials --drop-or-ride TRIALS EPOCHS THREADS   # e.g. 4 3 1
 
 One process per variant, all on the same data and the same search space (SGD at batch 64;
 learning rate, momentum, nesterov and weight decay drawn by the seeded random sampler), no
@@ -71,6 +72,53 @@ def plain_optuna(dataset: str, data_dir: str, epochs: int, n_trials: int) -> Non
     study.optimize(objective, n_trials=n_trials)
 
 
+def drop_or_ride(trials: int, epochs: int, threads: int) -> None:
+    """Stopped trials leaving the stack (a compile for the smaller stack) against riding along.
+
+    FashionMNIST-shaped data, `trials` SGD trials in one compiled stack (compiled first, on a
+    fresh compile cache); half of them are stopped after the first epoch. Ride along, then
+    drop (which compiles the smaller stack, cold), then drop again with that stack's graphs
+    compiled (what the default does: it drops only then).
+    """
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="purestep-drop-")
+    import torch
+
+    from benchmarks.data import synthetic
+    from purestep.core.loop import fit_trials
+    from purestep.core.model import mlp
+    from purestep.core.optim import sgd
+
+    torch.set_num_threads(threads)
+    images, labels = synthetic(60000, 0)
+    x, y = images.float().div(255).unsqueeze(1), labels
+    model = mlp()
+    optimizers = [sgd(0.01 * (k + 1), momentum=0.9) for k in range(trials)]
+    inits = [model.init(k) for k in range(trials)]
+
+    def run(n: int, epochs: int, drop: bool | None, stop_half: bool) -> float:
+        states = [o.init(p) for o, p in zip(optimizers[:n], inits[:n])]
+        start = time.perf_counter()
+        fit_trials(
+            model,
+            optimizers[0],
+            inits[:n],
+            states,
+            x,
+            y,
+            epochs=epochs,
+            eval_data=(x[:10000], y[:10000]),
+            keep=lambda k, row: not (stop_half and k >= n // 2),
+            drop=drop,
+        )
+        return time.perf_counter() - start
+
+    print(f"{trials} trials, {epochs} epochs, half stopped after epoch 1, {threads} thread(s)")
+    print(f"compile the {trials}-trial stack and one epoch: {run(trials, 1, None, False):.1f} s")
+    print(f"ride along: {run(trials, epochs, False, True):.1f} s")
+    print(f"drop (compiles the {trials // 2}-trial stack, cold): {run(trials, epochs, True, True):.1f} s")
+    print(f"drop, {trials // 2}-trial stack compiled: {run(trials, epochs, True, True):.1f} s")
+
+
 def _timed(cmd: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -126,7 +174,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--plain":
+    if len(sys.argv) > 1 and sys.argv[1] == "--drop-or-ride":
+        drop_or_ride(*(int(a) for a in sys.argv[2:5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--plain":
         _, _, name, directory, n_epochs, trials_ = sys.argv
         plain_optuna(name, directory, int(n_epochs), int(trials_))
     else:

@@ -129,3 +129,19 @@ def test_groups_split_sgd_with_and_without_momentum_and_join_adam_with_adamw():
     assert group_key(plain) != group_key(with_momentum)
     assert group_key(with_momentum) == group_key(TrialConfig(momentum=0.5, nesterov=True))
     assert group_key(TrialConfig("adam")) == group_key(TrialConfig("adamw", lr=0.01))
+
+
+@pytest.mark.parametrize(
+    ("drop", "compiled_already", "ride_seconds", "leaves"),
+    [
+        (True, False, 0.0, True),
+        (False, True, 100.0, False),
+        (None, True, 0.0, True),
+        (None, False, 0.5, False),
+        (None, False, 60.0, True),
+    ],
+)
+def test_stopped_trials_leave_the_stack_when_that_is_cheaper(drop, compiled_already, ride_seconds, leaves):
+    from purestep.core.loop import leave_stack
+
+    assert leave_stack(drop, compiled_already, ride_seconds) is leaves

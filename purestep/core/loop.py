@@ -239,6 +239,17 @@ def fit(
 
 _STACKED: set[tuple[object, ...]] = set()
 """Stack shapes that have trained through a compiled batched step in this process."""
+COMPILE_SECONDS = 10.0
+"""What compiling a new stack size costs, cold (train and eval graphs of the tutorial's MLP on a
+2-core CPU, BENCHMARKS.md); riding along longer than this loses to dropping."""
+
+
+def leave_stack(drop: bool | None, compiled_already: bool, ride_seconds: float) -> bool:
+    """Whether stopped trials leave the stack: as `drop` says, or (None) when the smaller stack
+    needs no compile, or when riding along for the remaining epochs would cost more than one."""
+    if drop is not None:
+        return drop
+    return compiled_already or ride_seconds > COMPILE_SECONDS
 
 
 def _stack_shape(step: TrainStep, trials: int, x: Tensor, batch_size: int) -> tuple[object, ...]:
@@ -271,8 +282,9 @@ def fit_trials(
     whether it goes on (a pruner says no); a trial whose training loss is not finite stops
     with the reason in `stopped`. With `drop`, stopped trials leave the stack, which costs a
     compile for the smaller stack but no more compute; without, they ride along unused. The
-    default drops them when that costs no compile: eager, or a stack of that size already
-    trained in this process (see BENCHMARKS.md for the two measured both ways).
+    default (`leave_stack`) drops them when that costs no compile (eager, or a stack of that
+    size already trained in this process) or when riding along would cost more than a compile
+    (both ways are measured in BENCHMARKS.md).
     `lr_at[k]` is trial k's schedule, as in `fit`. Trial k's history equals `fit` of that
     trial alone (within float rounding).
     """
@@ -311,8 +323,9 @@ def fit_trials(
         if not going:
             break
         _STACKED.add(_stack_shape(train_step, len(active), x, batch_size))
-        free = not compiled or _stack_shape(train_step, len(going), x, batch_size) in _STACKED
-        if (free if drop is None else drop) and len(going) < len(active):
+        known = not compiled or _stack_shape(train_step, len(going), x, batch_size) in _STACKED
+        ride = (len(active) - len(going)) * (epochs - epoch - 1) * seconds / len(active)
+        if len(going) < len(active) and leave_stack(drop, known, ride):
             index = torch.tensor(going, device=y.device)
             stacked_params = {k: v.index_select(0, index) for k, v in stacked_params.items()}
             stacked_state = {k: v.index_select(0, index) for k, v in stacked_state.items()}
