@@ -2,8 +2,12 @@
 and one batch order and measures how far apart they end.
 
 Bounds (DESIGN "Equivalence"): functional eager vs the tutorial loop is bitwise for
-SGD and within 1e-6 relative for Adam; compiled vs eager and batched vs alone within
-1e-5 relative; a safetensors round trip is bitwise.
+SGD and within 1e-6 relative for Adam; a safetensors round trip is bitwise. Compiled vs
+eager and batched vs alone: 1e-5 relative, or twice float32's own rounding on the same
+steps when that is larger (`float32_bound`). Over a whole FashionMNIST-shaped epoch the
+eager float32 run alone ends 7e-5 (lr 1e-3) to 2e-3 (lr 4e-3) from the same run in
+float64, so no reordering of its sums, which is all compilation and `vmap` change, can
+promise 1e-5 there; over the digits epoch the floor is far below 1e-5 and 1e-5 stands.
 """
 
 from __future__ import annotations
@@ -125,21 +129,46 @@ def reference_vs_eager(
     return row, ref_lines, eager_lines
 
 
+REORDER_BOUND = 1e-5
+"""Relative bound of compiled vs eager and batched vs alone, unless float32's floor is higher."""
+
+
+def float32_bound(floor: float, at_least: float = REORDER_BOUND) -> float:
+    """`at_least`, or twice `floor` (float32's own rounding on the run) when that is larger."""
+    return max(at_least, 2 * floor)
+
+
+def float32_floor(
+    spec: MLP, config: OptimizerConfig, seed: int, train: tuple[Tensor, Tensor], batch_size: int
+) -> tuple[Params, Tensor, float]:
+    """The eager float32 run from `spec.init(seed)` over `train`: its params, its per-step losses,
+    and how far it is from the same run in float64, which is the rounding any float32
+    computation of these steps carries: the larger of its final params' `max_rel_diff` and
+    its largest per-step loss difference (the two quantities a `Row` bounds)."""
+    optimizer = config.build()
+    step = make_train_step(spec, optimizer)
+    params = spec.init(seed, train[0].device)
+    exact = {k: v.double() for k, v in params.items()}
+    params, _, losses = train_epoch(step, params, optimizer.init(params), *train, batch_size, log_every=0)
+    x64 = (train[0].double(), train[1])
+    exact, _, exact_losses = train_epoch(step, exact, optimizer.init(exact), *x64, batch_size, log_every=0)
+    loss_floor = (losses.double() - exact_losses).abs().max().item()
+    return params, losses, max(max_rel_diff(params, exact), loss_floor)
+
+
 def compiled_vs_eager(
     spec: MLP, config: OptimizerConfig, seed: int, train: tuple[Tensor, Tensor], batch_size: int
 ) -> Row:
     """The compiled step against the eager one: params and every step's loss."""
     optimizer = config.build()
-    results = []
-    for compiled in (False, True):
-        train_step, _ = steps_for(spec, optimizer, compiled)
-        params = spec.init(seed, train[0].device)
-        results.append(
-            train_epoch(train_step, params, optimizer.init(params), *train, batch_size, log_every=0)
-        )
-    (eager, _, eager_losses), (comp, _, comp_losses) = results
+    eager, eager_losses, floor = float32_floor(spec, config, seed, train, batch_size)
+    train_step, _ = steps_for(spec, optimizer, compiled=True)
+    params = spec.init(seed, train[0].device)
+    comp, _, comp_losses = train_epoch(
+        train_step, params, optimizer.init(params), *train, batch_size, log_every=0
+    )
     loss_diff = (eager_losses.double() - comp_losses.double()).abs().max().item()
-    return _row("compiled vs eager", len(eager_losses), comp, eager, loss_diff, 1e-5, True)
+    return _row("compiled vs eager", len(eager_losses), comp, eager, loss_diff, float32_bound(floor), True)
 
 
 def batched_vs_alone(
@@ -155,34 +184,22 @@ def batched_vs_alone(
     optimizers = [c.build() for c in configs]
     inits = [spec.init(seed + k, train[0].device) for k in range(trials)]
     states = [o.init(p) for o, p in zip(optimizers, inits)]
-    step = make_train_step(spec, optimizers[0])
-    batched = batch_over_trials(step)
-    params, state, losses = stack(inits), stack(states), []
-    alone = [(p, s) for p, s in zip(inits, states)]
-    alone_losses: list[list[Tensor]] = [[] for _ in range(trials)]
-    n = 0
-    for start in range(0, len(train[1]), batch_size):
-        xb, yb = train[0][start : start + batch_size], train[1][start : start + batch_size]
-        params, state, loss = batched(params, state, xb, yb)
-        losses.append(loss)
-        for k in range(trials):
-            p, s, lk = step(*alone[k], xb, yb)
-            alone[k] = (p, s)
-            alone_losses[k].append(lk)
-        n += 1
-    stacked_alone = torch.stack([torch.stack(ls) for ls in alone_losses], 1)
-    loss_diff = (torch.stack(losses).double() - stacked_alone.double()).abs().max().item()
+    batched = batch_over_trials(make_train_step(spec, optimizers[0]))
+    params, _, losses = train_epoch(batched, stack(inits), stack(states), *train, batch_size, log_every=0)
+    alone = [float32_floor(spec, c, seed + k, train, batch_size) for k, c in enumerate(configs)]
+    loss_diff = (losses.double() - torch.stack([a[1] for a in alone], 1).double()).abs().max().item()
     rows = [
-        _row("", n, mine, theirs[0], loss_diff, 1e-5, True) for mine, theirs in zip(unstack(params), alone)
+        _row("", len(losses), mine, theirs, loss_diff, float32_bound(floor), True)
+        for mine, (theirs, _, floor) in zip(unstack(params), alone)
     ]
-    worst = max(rows, key=lambda r: r.error)
+    worst = max(rows, key=lambda r: r.error / r.bound)
     return Row(
         f"batched ({trials} trials) vs alone",
-        n,
+        len(losses),
         max(r.max_abs_param_diff for r in rows),
         loss_diff,
         worst.error,
-        1e-5,
+        worst.bound,
         True,
     )
 
