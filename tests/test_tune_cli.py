@@ -485,3 +485,39 @@ def test_an_interrupted_baseline_is_queued_again() -> None:
     again = study.ask()
     assert again.number == 1 and again.user_attrs["baseline"] is True
     assert not ensure_baseline(study, parse_space('[optimizer]\nvalue = "adam"\n'), n_trials=3)
+
+
+def test_a_study_purestep_did_not_create_is_refused_and_left_alone(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    foreign = optuna.create_study(study_name="purestep-digits", storage=storage)
+    foreign.set_user_attr("owner", "someone else")
+    before = digest(tmp_path / "s.db")
+    result = invoke("--storage", storage, "--out", str(tmp_path / "out"))
+    line = one_line_error(result, 2)
+    assert "was not created by purestep tune" in line
+    assert digest(tmp_path / "s.db") == before
+
+
+def test_a_worker_waits_for_a_study_another_worker_is_creating(tmp_path: Path) -> None:
+    """Workers started at once: one creates the study and then writes its definition; another
+    that sees the study in between waits for the definition instead of refusing the study."""
+    import threading
+
+    from purestep.search.space import default_space
+    from purestep.search.storage import open_storage, parse_storage
+    from purestep.search.study import ATTR, StudySpec, open_study, stored_spec
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = StudySpec("digits", 2, 0, 0.2, default_space())
+    creating = optuna.create_study(study_name="s", storage=open_storage(parse_storage(url), create=True))
+    later = threading.Timer(0.5, lambda: creating.set_user_attr(ATTR, spec.to_attr()))
+    later.start()
+    study, created = open_study(
+        open_storage(parse_storage(url), create=False),
+        "s",
+        spec,
+        optuna.samplers.RandomSampler(),
+        optuna.pruners.NopPruner(),
+    )
+    later.join()
+    assert not created and stored_spec(study) == spec

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -148,6 +149,24 @@ def load_existing(
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
+CREATION_SECONDS = 10.0
+"""How long an empty study without purestep's definition may be another worker's study being
+created (Optuna creates a study, then purestep writes its definition: two writes)."""
+
+
+def _wait_for_spec(study: optuna.Study) -> StudySpec | None:
+    """The study's definition; for an empty study without one, wait for a worker creating it."""
+    deadline = time.monotonic() + CREATION_SECONDS
+    while (stored := stored_spec(study)) is None and time.monotonic() < deadline:
+        if study.user_attrs or study.get_trials(deepcopy=False):
+            break
+        time.sleep(0.1)
+        study = optuna.load_study(
+            study_name=study.study_name, storage=study._storage, sampler=study.sampler, pruner=study.pruner
+        )
+    return stored
+
+
 def open_study(
     storage: BaseStorage,
     name: str,
@@ -164,7 +183,7 @@ def open_study(
     """
     if name in study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-        stored = stored_spec(study)
+        stored = _wait_for_spec(study)
         if stored is None:
             raise IncompatibleStudy(
                 f"study {name!r} was not created by purestep tune; choose another --study"
