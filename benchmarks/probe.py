@@ -1,7 +1,7 @@
 """Compile time in a fresh process: `python -m benchmarks.probe --cache-dir DIR`.
 
-Builds the graphs a `purestep train` run builds (train step for the full and the tail
-batch, eval step for the full and the tail batch) with inductor's cache in DIR, and
+Builds the graphs a `purestep train` run builds (train and eval step for full batches;
+the tail batches run as the loop runs them, eagerly) with inductor's cache in DIR, and
 prints one JSON line: seconds to import torch and purestep, seconds to compile (from
 `compile_step`, which loads the compiler, to the last graph ready), and per graph.
 Run it twice with one fresh DIR: the first run is cold, the second warm.
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     from purestep.core.loop import steps_for
     from purestep.core.model import mlp
     from purestep.core.optim import sgd
-    from purestep.core.step import set_compile_cache
+    from purestep.core.step import set_compile_cache, short_batch
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -45,15 +45,16 @@ def main(argv: list[str] | None = None) -> None:
     graphs: dict[str, float] = {"compile_step (loads the compiler)": time.perf_counter() - begin}
     for name, n, train in (
         ("train full", args.batch_size, True),
-        ("train tail", args.n_train % args.batch_size, True),
+        ("train tail (eager)", args.n_train % args.batch_size, True),
         ("eval full", args.batch_size, False),
-        ("eval tail", args.n_test % args.batch_size, False),
+        ("eval tail (eager)", args.n_test % args.batch_size, False),
     ):
         if n == 0:
             continue
         x, y = torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
         start = time.perf_counter()
-        out = train_step(params, state, x, y) if train else eval_step(params, x, y)
+        with short_batch(n, args.batch_size):
+            out = train_step(params, state, x, y) if train else eval_step(params, x, y)
         out[-1].sum().item()
         graphs[name] = time.perf_counter() - start
     done = time.perf_counter()

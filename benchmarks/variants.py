@@ -26,7 +26,7 @@ from purestep.core.loop import evaluate, steps_for, train_epoch
 from purestep.core.model import MLP, Params
 from purestep.core.optim import sgd
 from purestep.core.reference import train_loop
-from purestep.core.step import batch_over_trials, compile_step, make_train_step, stack
+from purestep.core.step import batch_over_trials, compile_step, make_train_step, short_batch, stack
 
 
 @dataclass
@@ -119,11 +119,12 @@ Step = Callable[..., Any]
 
 
 def _warm_up(step: Step, params: Params, state: Params, x: Tensor, y: Tensor, batch: int) -> float:
-    """Compile the full-batch graph and, when the epoch has one, the tail-batch graph."""
+    """Compile the full-batch graph and run the tail batch, if any, as `train_epoch` runs it."""
     tail = len(y) % batch
     start = time.perf_counter()
     for n in (batch, tail) if tail else (batch,):
-        step(params, state, x[:n], y[:n])[2].sum().item()
+        with short_batch(n, batch):
+            step(params, state, x[:n], y[:n])[2].sum().item()
     return time.perf_counter() - start
 
 

@@ -107,7 +107,7 @@ def test_compile_probe_reports_every_graph():
     run = harness.run_measured(cmd)
     assert run["returncode"] == 0, run["stderr"]
     probe = json.loads(run["stdout"].strip().splitlines()[-1])
-    assert {"train full", "train tail", "eval full", "eval tail"} <= set(probe["graphs"])
+    assert {"train full", "train tail (eager)", "eval full", "eval tail (eager)"} <= set(probe["graphs"])
     assert run["rss_bytes"] > 0
 
 

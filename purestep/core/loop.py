@@ -28,6 +28,7 @@ from purestep.core.step import (
     compile_step,
     make_eval_step,
     make_train_step,
+    short_batch,
     stack,
     unstack,
 )
@@ -126,7 +127,8 @@ def train_epoch(
     callbacks = callbacks or Callbacks()
     losses = []
     for i, (xb, yb) in enumerate(batches(x, y, batch_size, order)):
-        params, state, loss = train_step(params, state, xb, yb)
+        with short_batch(len(yb), batch_size):
+            params, state, loss = train_step(params, state, xb, yb)
         losses.append(loss)
         if log_every and i % log_every == 0:
             callbacks.on_log(i, loss.item(), i * len(yb), len(y))
@@ -138,7 +140,8 @@ def _eval_batches(eval_step: EvalStep, params: Params, x: Tensor, y: Tensor, bat
     """Per-batch mean losses `(B, ...)` and total correct `(...)`; `...` is the trial axis if any."""
     means, correct = [], []
     for xb, yb in batches(x, y, batch_size):
-        loss_sum, n_correct = eval_step(params, xb, yb)
+        with short_batch(len(yb), batch_size):
+            loss_sum, n_correct = eval_step(params, xb, yb)
         means.append(loss_sum / len(yb))
         correct.append(n_correct)
     return torch.stack(means), torch.stack(correct).sum(0)

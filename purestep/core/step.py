@@ -101,9 +101,9 @@ def set_compile_cache(path: str | os.PathLike[str] | None = None) -> Path:
 def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None) -> Fn:
     """`torch.compile(fn, fullgraph=True)` with static shapes.
 
-    Static shapes give one specialised graph for full batches and one for the
-    epoch's short tail batch; hyperparameters and step counts are tensors, so
-    nothing else recompiles. The recompile limit is raised so that a search over
+    Static shapes give one specialised graph for full batches (the loops run an
+    epoch's short last batch eagerly, see `short_batch`); hyperparameters and step
+    counts are tensors, so nothing else recompiles. The recompile limit is raised so that a search over
     several batch sizes and widths keeps every graph compiled. On the CPU, fp32
     matrix products run through oneDNN rather than ATen's MKL (twice as fast at the
     tutorial's shapes on an AMD EPYC, see BENCHMARKS.md); `PURESTEP_ONEDNN=0` turns
@@ -113,6 +113,15 @@ def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None) -> Fn:
         set_compile_cache(cache_dir)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(fn, fullgraph=True, dynamic=False, options=_inductor_options())
+
+
+def short_batch(rows: int, batch_size: int) -> contextlib.AbstractContextManager[Any]:
+    """Where a step runs on a batch of `rows` < `batch_size` (an epoch's last), compiled steps
+    run eagerly: one such step per epoch is not worth a graph of its own (2.6 s to compile
+    cold, 0.25 s warm, for a step that takes a few ms eager)."""
+    if rows < batch_size:
+        return torch.compiler.set_stance("force_eager")
+    return contextlib.nullcontext()
 
 
 def _inductor_options() -> dict[str, Any]:
