@@ -242,9 +242,9 @@ def fit(
 
 _STACKED: set[tuple[object, ...]] = set()
 """Stack shapes that have trained through a compiled batched step in this process."""
-COMPILE_SECONDS = 10.0
+COMPILE_SECONDS = 5.0
 """What compiling a new stack size costs, cold (train and eval graphs of the tutorial's MLP on a
-2-core CPU, BENCHMARKS.md); riding along longer than this loses to dropping."""
+2-core CPU: 4.7 s, BENCHMARKS.md); riding along longer than this loses to dropping."""
 
 
 def leave_stack(drop: bool | None, compiled_already: bool, ride_seconds: float) -> bool:
