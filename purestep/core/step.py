@@ -31,7 +31,7 @@ def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractC
     loss's softmax stay in float32 (`torch.autocast`'s policy): about a quarter less time per
     step on a CPU with AVX-512 BF16 or AMX, and on recent GPUs; not bitwise the fp32 step.
     """
-    if _checked(precision) == "bf16":
+    if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

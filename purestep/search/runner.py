@@ -163,10 +163,7 @@ def run_trials(
             trial = study.ask()
             shield.depth -= 1
             shield.deliver()
-            if _surplus(study, trial.number, n_trials):
-                _tell(
-                    study, trial, shield, TrialState.FAIL, reason="surplus: the study already had its trials"
-                )
+            if _fail_if_surplus(study, trial, shield, n_trials):
                 break
             on_trial_start(trial.number, count(trials, FINISHED))
             value = objective(trial)
@@ -188,10 +185,23 @@ def run_trials(
         else:
             _tell(study, trial, shield, TrialState.COMPLETE, value=value)
         ran += 1
-        frozen = study.get_trials(deepcopy=False)
-        done = next(t for t in frozen if t.number == trial.number)
-        on_trial_end(TrialEnd(done, count(frozen, FINISHED), best_of(frozen)))
+        _report_end(study, trial.number, on_trial_end)
     return ran
+
+
+def _fail_if_surplus(study: optuna.Study, trial: optuna.Trial, shield: Shield, n_trials: int) -> bool:
+    """Fail `trial` without training it when the study already had its trials; True if so."""
+    if not _surplus(study, trial.number, n_trials):
+        return False
+    _tell(study, trial, shield, TrialState.FAIL, reason="surplus: the study already had its trials")
+    return True
+
+
+def _report_end(study: optuna.Study, number: int, on_trial_end: Callable[[TrialEnd], None]) -> None:
+    """Tell `on_trial_end` how trial `number` ended, with the study's count and best so far."""
+    frozen = study.get_trials(deepcopy=False)
+    done = next(t for t in frozen if t.number == number)
+    on_trial_end(TrialEnd(done, count(frozen, FINISHED), best_of(frozen)))
 
 
 def _surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
@@ -262,14 +272,7 @@ def run_trial_batches(
             for _ in range(min(batch, room)):
                 with shield.hold():
                     trial = study.ask()
-                if _surplus(study, trial.number, n_trials):
-                    _tell(
-                        study,
-                        trial,
-                        shield,
-                        TrialState.FAIL,
-                        reason="surplus: the study already had its trials",
-                    )
+                if _fail_if_surplus(study, trial, shield, n_trials):
                     break
                 with shield.hold():
                     _, config = suggest_config(space, trial)
@@ -286,9 +289,7 @@ def run_trial_batches(
                     _tell(study, trial, shield, state, value=value, reason=reason)
                     told.add(trial.number)
                     ran += 1
-                    frozen = study.get_trials(deepcopy=False)
-                    done = next(t for t in frozen if t.number == trial.number)
-                    on_trial_end(TrialEnd(done, count(frozen, FINISHED), best_of(frozen)))
+                    _report_end(study, trial.number, on_trial_end)
         except BaseException as e:
             for trial, _ in asked:
                 if trial.number not in told:

@@ -160,10 +160,7 @@ def _wait_for_spec(study: optuna.Study) -> StudySpec | None:
     while (stored := stored_spec(study)) is None and time.monotonic() < deadline:
         if study.user_attrs or study.get_trials(deepcopy=False):
             break
-        time.sleep(0.1)
-        study = optuna.load_study(
-            study_name=study.study_name, storage=study._storage, sampler=study.sampler, pruner=study.pruner
-        )
+        time.sleep(0.1)  # `user_attrs` reads the storage afresh each time
     return stored
 
 
