@@ -1,28 +1,41 @@
-"""fp32 matrix products of compiled CPU graphs through oneDNN instead of ATen's BLAS.
+"""Where the fp32 matrix products of compiled CPU graphs run: oneDNN, or inductor's own kernels.
 
 ATen runs fp32 `mm`/`addmm` on the CPU through MKL; oneDNN, which torch also ships,
 is twice as fast at the tutorial's shapes on the AMD EPYC of BENCHMARKS.md (353 vs
-189 GFLOP/s). `ONEDNN_MATMULS` is an inductor post-grad pass that replaces every 2-d
-fp32 CPU `mm(a, b)` and `addmm(bias, a, b)` (bias a row vector, the shape `F.linear`
-makes) by oneDNN's linear, `mkldnn._linear_pointwise(a, b.t(), bias)`, when every
-side is at least `MIN_SIDE` (a product with a side of 10, like the last layer's, is
-faster through ATen). A batched `bmm`, which `vmap` over trials makes, becomes one
-oneDNN linear per trial, stacked: twice as fast as ATen's batched GEMM at these
-shapes, the copy included. It changes the summation order of those products,
-nothing else: compiled results stay within rounding of eager.
+189 GFLOP/s). `ONEDNN_MATMULS` is an inductor post-grad pass over every 2-d fp32 CPU
+`mm(a, b)` and `addmm(bias, a, b)` (bias a row vector, the shape `F.linear` makes):
+
+- every side at least `MIN_SIDE`: oneDNN's linear, `mkldnn._linear_pointwise(a, b.t(), bias)`.
+  oneDNN reads a strided `b` as is but copies a strided `a`; a weight gradient's `a` is
+  a transposed view (`dy.t() @ x`), so that product asks inductor for a contiguous `a`,
+  which the kernel producing `dy` then writes transposed, at no extra pass.
+- a side under `MIN_SIDE` and at most `SMALL_MACS` multiply-adds (the last layer's
+  three products, a side of 10): a broadcast multiply and sum, which inductor fuses
+  into the neighbouring kernels (the loss, the ReLU backward, the update) instead of a
+  BLAS call that costs more to enter than to run.
+
+A batched `bmm`, which `vmap` over trials makes, becomes one oneDNN linear per trial,
+stacked: twice as fast as ATen's batched GEMM at these shapes, the copy included.
+The pass changes the summation order of products, nothing else: compiled results stay
+within rounding of eager.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._subclasses.fake_tensor import FakeTensor
 
 aten = torch.ops.aten
 MIN_SIDE = 32
+SMALL_MACS = 1 << 20
 
 _LIB = torch.library.Library("purestep", "FRAGMENT")
 _LIB.define("onednn_mm(Tensor a, Tensor b) -> Tensor")
+_LIB.define("onednn_mm_contiguous(Tensor a, Tensor b) -> Tensor", tags=(torch.Tag.needs_contiguous_strides,))
 _LIB.define("onednn_addmm(Tensor bias, Tensor a, Tensor b) -> Tensor")
 _LIB.define("onednn_bmm(Tensor a, Tensor b) -> Tensor")
 
@@ -32,12 +45,18 @@ def _linear(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
 
 
 _LIB.impl("onednn_mm", lambda a, b: _linear(a, b, None), "CPU")
+_LIB.impl("onednn_mm_contiguous", lambda a, b: _linear(a, b, None), "CPU")
 _LIB.impl("onednn_addmm", lambda bias, a, b: _linear(a, b, bias), "CPU")
 _LIB.impl("onednn_bmm", lambda a, b: torch.stack([_linear(a[i], b[i], None) for i in range(len(a))]), "CPU")
 
 
 @torch.library.register_fake("purestep::onednn_mm")
 def _mm_fake(a: Tensor, b: Tensor) -> Tensor:
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+@torch.library.register_fake("purestep::onednn_mm_contiguous")
+def _mm_contiguous_fake(a: Tensor, b: Tensor) -> Tensor:
     return a.new_empty(a.shape[0], b.shape[1])
 
 
@@ -56,55 +75,104 @@ def available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _is_cpu_fp32(node: torch.fx.Node, ndim: int) -> bool:
+def _value(node: object) -> Tensor | None:
     value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    if not isinstance(value, Tensor):
+    return value if isinstance(value, Tensor) else None
+
+
+def _is_cpu_fp32(node: object, ndim: int) -> bool:
+    value = _value(node)
+    if value is None:
         return False
     return value.device.type == "cpu" and value.dtype == torch.float32 and value.ndim == ndim
 
 
-def _large(a: torch.fx.Node, b: torch.fx.Node, ndim: int = 2) -> bool:
+def _sides(a: torch.fx.Node, b: torch.fx.Node, ndim: int = 2) -> tuple[int, int, int] | None:
+    """`(m, k, n)` of a CPU fp32 product of static shape, else None."""
     if not (_is_cpu_fp32(a, ndim) and _is_cpu_fp32(b, ndim)):
-        return False
+        return None
     (m, k), n = a.meta["val"].shape[-2:], b.meta["val"].shape[-1]
-    return min(m, k, n) >= MIN_SIDE
+    sides = (m, k, n)
+    return sides if all(isinstance(side, int) for side in sides) else None
 
 
-def _replacement(node: torch.fx.Node):
-    if node.target is aten.mm.default and not node.kwargs:
-        a, b = node.args
-        if _large(a, b):
-            return torch.ops.purestep.onednn_mm.default
-    if node.target is aten.bmm.default and not node.kwargs:
-        a, b = node.args
-        if _large(a, b, ndim=3):
-            return torch.ops.purestep.onednn_bmm.default
-    if node.target is aten.addmm.default and not node.kwargs:
-        bias, a, b = node.args
-        bias_value = bias.meta.get("val") if isinstance(bias, torch.fx.Node) else None
-        if (
-            _large(a, b)
-            and isinstance(bias_value, Tensor)
-            and bias_value.ndim == 1
-            and bias_value.dtype == torch.float32
-        ):
-            return torch.ops.purestep.onednn_addmm.default
+def _is_row_bias(bias: object) -> bool:
+    value = _value(bias)
+    return value is not None and value.ndim == 1 and value.dtype == torch.float32
+
+
+def _operands(node: torch.fx.Node) -> tuple[torch.fx.Node | None, torch.fx.Node, torch.fx.Node] | None:
+    """`(bias, a, b)` of a 2-d `mm` (bias None) or row-bias `addmm` this pass may rewrite."""
+    if node.op != "call_function" or node.kwargs:
+        return None
+    if node.target is aten.mm.default:
+        return (None, *node.args)
+    if node.target is aten.addmm.default and _is_row_bias(node.args[0]):
+        return tuple(node.args)
     return None
 
 
+def _onednn_target(node: torch.fx.Node):
+    """The oneDNN op for a large product, else None."""
+    if node.op == "call_function" and node.target is aten.bmm.default and not node.kwargs:
+        sides = _sides(*node.args, ndim=3)
+        return torch.ops.purestep.onednn_bmm.default if sides and min(sides) >= MIN_SIDE else None
+    operands = _operands(node)
+    sides = operands and _sides(*operands[1:])
+    if not sides or min(sides) < MIN_SIDE:
+        return None
+    bias, a, b = operands
+    if bias is not None:
+        return torch.ops.purestep.onednn_addmm.default
+    if not a.meta["val"].is_contiguous() and b.meta["val"].is_contiguous():
+        return torch.ops.purestep.onednn_mm_contiguous.default
+    return torch.ops.purestep.onednn_mm.default
+
+
+def _is_small(node: torch.fx.Node) -> bool:
+    operands = _operands(node)
+    sides = operands and _sides(*operands[1:])
+    return bool(sides) and min(sides) < MIN_SIDE and math.prod(sides) <= SMALL_MACS
+
+
+def _call(graph: torch.fx.Graph, target, *args) -> torch.fx.Node:
+    """A new node computing `target(*args)`, with its fake value as the pass's inputs have."""
+    node = graph.call_function(target, args)
+    values = [_value(arg) if isinstance(arg, torch.fx.Node) else arg for arg in args]
+    mode = next((v.fake_mode for v in values if isinstance(v, FakeTensor)), None)
+    if mode is None:
+        node.meta["val"] = target(*values)
+    else:
+        with mode:
+            node.meta["val"] = target(*values)
+    return node
+
+
+def _decompose(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
+    """`(a[:, :, None] * b[None]).sum(1)` (+ bias) in place of a small product."""
+    bias, a, b = _operands(node)
+    with graph.inserting_before(node):
+        columns = _call(graph, aten.unsqueeze.default, a, 2)
+        rows = _call(graph, aten.unsqueeze.default, b, 0)
+        terms = _call(graph, aten.mul.Tensor, columns, rows)
+        out = _call(graph, aten.sum.dim_IntList, terms, [1])
+        return out if bias is None else _call(graph, aten.add.Tensor, out, bias)
+
+
 class OneDNNMatmuls(CustomGraphPass):
-    """Inductor post-grad pass: fp32 CPU `mm`/`addmm` -> oneDNN linear."""
+    """Inductor post-grad pass: large fp32 CPU products to oneDNN, small ones to fused kernels."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         for node in list(graph.nodes):
-            if node.op != "call_function":
+            target = _onednn_target(node)
+            if target is not None:
+                with graph.inserting_before(node):
+                    new = graph.call_function(target, node.args)
+                new.meta.update(node.meta)
+            elif _is_small(node):
+                new = _decompose(graph, node)
+            else:
                 continue
-            target = _replacement(node)
-            if target is None:
-                continue
-            with graph.inserting_before(node):
-                new = graph.call_function(target, node.args)
-            new.meta.update(node.meta)
             node.replace_all_uses_with(new)
             graph.erase_node(node)
 
