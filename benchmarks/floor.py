@@ -4,7 +4,9 @@ One eager step runs under a dispatch mode that records every `mm`/`addmm`/`bmm` 
 operand shapes and strides. Each recorded product is then replayed on fresh tensors of
 the same layout through ATen (MKL here) and through oneDNN, and the faster of the two
 counts: the floor is the sum of those best times, i.e. the step's matmul FLOPs over the
-best fp32 matmul throughput this machine reaches at those shapes.
+best fp32 matmul throughput this machine reaches at those shapes. oneDNN gets its left
+operand contiguous, as the compiled step hands it over (a weight gradient's transposed
+`dy` is written that way by the kernel producing it), so no copy is timed.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def _onednn(m: Matmul, tensors: list[Tensor]) -> Callable[[], Any] | None:
         return None
     linear = torch.ops.mkldnn._linear_pointwise
     if m.op is aten.mm.default:
-        a, b = tensors
+        a, b = tensors[0].contiguous(), tensors[1]
         return lambda: linear(a, b.t(), None, "none", [], "")
     bias, a, b = tensors
     return lambda: linear(a, b.t(), bias, "none", [], "")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks.data import synthetic
+from purestep.core._onednn import OneDNNMatmuls
 from purestep.core.loop import evaluate, steps_for, train_epoch
 from purestep.core.model import MLP, Params, mlp
 from purestep.core.optim import Optimizer, State, sgd
@@ -62,12 +63,25 @@ def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any]
     plain = LinearChainMLP()
     out = {
         "as shipped (steps_for)": (steps_for(spec, optimizer, compiled=True)[0], spec, optimizer, "slices"),
-        "matmuls through ATen (no oneDNN pass)": (
-            torch.compile(step, fullgraph=True, dynamic=False),
+        "matmuls through ATen (no matmul pass)": (
+            torch.compile(step, fullgraph=True, dynamic=False, options={"size_asserts": False}),
             spec,
             optimizer,
             "slices",
         ),
+        "small products through BLAS, not fused": (
+            _compile(step, post_grad_custom_post_pass=OneDNNMatmuls(fuse_small=False)),
+            spec,
+            optimizer,
+            "slices",
+        ),
+        "weight gradients' operand copied inside oneDNN": (
+            _compile(step, post_grad_custom_post_pass=OneDNNMatmuls(contiguous_gradients=False)),
+            spec,
+            optimizer,
+            "slices",
+        ),
+        "inductor size asserts on": (_compile(step, size_asserts=True), spec, optimizer, "slices"),
         "batches as views precomputed once": (compile_step(step), spec, optimizer, "views"),
         "guards on inputs and global state only": (
             _compile(step, guard_filter_fn=_keep_input_guards),

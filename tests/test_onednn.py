@@ -60,6 +60,24 @@ def test_each_product_goes_where_it_runs_fastest_and_stays_within_rounding(m, k,
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-4)
 
 
+def test_each_half_of_the_pass_turns_off_alone():
+    a, b, bias, c, d = (
+        torch.randn(40, 36),
+        torch.randn(36, 33),
+        torch.randn(33),
+        torch.randn(2, 40, 36),
+        torch.randn(2, 36, 33),
+    )
+    args = (a, b, bias, c, d, torch.randn(40, 33))
+    gm = make_fx(products, tracing_mode="fake")(*args)
+    _onednn.OneDNNMatmuls(fuse_small=False, contiguous_gradients=False)(gm.graph)
+    targets = [node.target for node in gm.graph.nodes if node.op == "call_function"]
+    assert targets.count(purestep_ops.onednn_mm.default) == 2
+    assert purestep_ops.onednn_mm_contiguous.default not in targets
+    assert aten.mm.default in targets and aten.addmm.default in targets
+    assert _onednn.OneDNNMatmuls().uuid() != _onednn.OneDNNMatmuls(fuse_small=False).uuid()
+
+
 def test_a_large_product_with_one_small_side_stays_with_blas():
     a, b = torch.randn(1024, 256), torch.randn(256, 8)  # 2M multiply-adds, past SMALL_MACS
     _, targets = rewritten(torch.mm, a, b)

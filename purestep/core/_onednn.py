@@ -160,16 +160,26 @@ def _decompose(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
 
 
 class OneDNNMatmuls(CustomGraphPass):
-    """Inductor post-grad pass: large fp32 CPU products to oneDNN, small ones to fused kernels."""
+    """Inductor post-grad pass: large fp32 CPU products to oneDNN, small ones to fused kernels.
+
+    `fuse_small` and `contiguous_gradients` turn off one half each, to measure them
+    (`python -m benchmarks.levers`).
+    """
+
+    def __init__(self, fuse_small: bool = True, contiguous_gradients: bool = True) -> None:
+        self.fuse_small = fuse_small
+        self.contiguous_gradients = contiguous_gradients
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         for node in list(graph.nodes):
             target = _onednn_target(node)
+            if target is torch.ops.purestep.onednn_mm_contiguous.default and not self.contiguous_gradients:
+                target = torch.ops.purestep.onednn_mm.default
             if target is not None:
                 with graph.inserting_before(node):
                     new = graph.call_function(target, node.args)
                 new.meta.update(node.meta)
-            elif _is_small(node):
+            elif self.fuse_small and _is_small(node):
                 new = _decompose(graph, node)
             else:
                 continue
@@ -177,7 +187,7 @@ class OneDNNMatmuls(CustomGraphPass):
             graph.erase_node(node)
 
     def uuid(self) -> bytes:
-        return get_hash_for_files((__file__,))
+        return get_hash_for_files((__file__,)) + bytes([self.fuse_small, self.contiguous_gradients])
 
 
 ONEDNN_MATMULS = OneDNNMatmuls()
