@@ -146,7 +146,11 @@ def time_matmuls(
     return tuple(times)
 
 
-def floor(fn: Callable[..., Any], *args: Any, min_seconds: float = 0.05) -> Floor:
-    """The floor of one call of `fn(*args)` (eager): its matmuls at the best measured throughput."""
-    matmuls = record_matmuls(fn, *args)
-    return Floor(sum(m.flops for m in matmuls), time_matmuls(matmuls, min_seconds))
+def best_of(rounds: list[tuple[MatmulTime, ...]]) -> tuple[MatmulTime, ...]:
+    """Per product, the best ATen and the best oneDNN time over several timing rounds."""
+
+    def best(times: tuple[MatmulTime, ...]) -> MatmulTime:
+        onednn = [t.onednn_s for t in times if t.onednn_s is not None]
+        return MatmulTime(times[0].matmul, min(t.aten_s for t in times), min(onednn) if onednn else None)
+
+    return tuple(best(times) for times in zip(*rounds, strict=True))

@@ -12,8 +12,8 @@ tensors, nn.Module + torch.optim on tensor slices, purestep eager, compiled (and
 (when installed), and optionally bf16; all built first, then timed in interleaved rounds
 (best of). It prints seconds per epoch and each one's ratio to the compiled step, the
 floor (the step's matmuls at this machine's best measured fp32 throughput at the same
-shapes), compile seconds cold and warm (fresh processes sharing one fresh inductor
-cache), peak RSS, and the targets.
+shapes, timed in each round with the variants), compile seconds cold and warm (fresh
+processes sharing one fresh inductor cache), peak RSS, and the targets.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     floor: bench_floor.Floor | None = None
     floor_epoch_s: float | None = None
+    floor_runs: list[float] = field(default_factory=list)
     compile: dict[str, Any] = field(default_factory=dict)
     cli: dict[str, Any] = field(default_factory=dict)
     accuracy: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -276,10 +277,18 @@ def run(args: argparse.Namespace, command: str) -> Report:
         for key, build in prepare:
             say(f"preparing {key} ...")
             prepared.append((key, build(), peak_rss()))
+        tail = len(y) % args.batch_size
+        full_matmuls = bench_floor.record_matmuls(*_one_step(spec, args, x, y, args.batch_size))
+        tail_matmuls = bench_floor.record_matmuls(*_one_step(spec, args, x, y, tail)) if tail else []
+        floor_rounds: list[tuple[tuple[bench_floor.MatmulTime, ...], tuple[bench_floor.MatmulTime, ...]]] = []
         for r in range(args.rounds):
-            say(f"round {r + 1} of {args.rounds}: " + ", ".join(key for key, _, _ in prepared))
+            say(f"round {r + 1} of {args.rounds}: " + ", ".join(key for key, _, _ in prepared) + ", floor")
             for _, variant, _ in prepared:
                 variant.info.setdefault("runs", []).append(variant.once())
+            floor_rounds.append(
+                (bench_floor.time_matmuls(full_matmuls), bench_floor.time_matmuls(tail_matmuls))
+            )
+            report.floor_runs.append(_floor_epoch(*floor_rounds[-1], len(y) // args.batch_size))
         for key, variant, rss in prepared:
             info = variant.info
             runs = info.pop("runs")
@@ -287,12 +296,10 @@ def run(args: argparse.Namespace, command: str) -> Report:
             say(f"  {key}: {min(runs):.3f} s/epoch (rounds: {', '.join(f'{t:.3f}' for t in runs)})")
         _compare(report, args, spec, data)
 
-        say("timing the floor ...")
-        full = bench_floor.floor(*_one_step(spec, args, x, y, args.batch_size))
-        report.floor = full
-        tail = len(y) % args.batch_size
-        tail_s = bench_floor.floor(*_one_step(spec, args, x, y, tail)).seconds if tail else 0.0
-        report.floor_epoch_s = full.seconds * (len(y) // args.batch_size) + tail_s
+        full_times = bench_floor.best_of([full for full, _ in floor_rounds])
+        tail_times = bench_floor.best_of([tail for _, tail in floor_rounds]) if tail else ()
+        report.floor = bench_floor.Floor(sum(m.flops for m in full_matmuls), full_times)
+        report.floor_epoch_s = _floor_epoch(full_times, tail_times, len(y) // args.batch_size)
 
         env = dict(os.environ)
         if args.threads:
@@ -306,6 +313,13 @@ def run(args: argparse.Namespace, command: str) -> Report:
     load = os.getloadavg()
     report.machine["load at end"] = f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min)"
     return report
+
+
+def _floor_epoch(
+    full: tuple[bench_floor.MatmulTime, ...], tail: tuple[bench_floor.MatmulTime, ...], full_steps: int
+) -> float:
+    """An epoch's floor: its full-batch steps' products and the short last step's."""
+    return sum(t.best_s for t in full) * full_steps + sum(t.best_s for t in tail)
 
 
 def _compare(report: Report, args: argparse.Namespace, spec: Any, data: Any) -> None:
@@ -383,16 +397,18 @@ def markdown(report: Report, args: argparse.Namespace) -> str:
     if report.floor is not None and report.floor_epoch_s is not None:
         f = report.floor
         ratio = f"{report.floor_epoch_s / compiled:.2f}" if compiled else "-"
+        runs = ", ".join(f"{t:.3f}" for t in report.floor_runs)
         lines.append(
             "| floor: the step's matmuls at the best measured fp32 throughput "
             f"| {_fmt_s(report.floor_epoch_s)} | {ratio} "
             f"| {f.flops / 1e6:.1f} MFLOP/step at {f.gflops:.0f} GFLOP/s (ATen alone: "
-            f"{f.flops / f.aten_seconds / 1e9:.0f}) | - |"
+            f"{f.flops / f.aten_seconds / 1e9:.0f}); per product, best of the rounds {runs} | - |"
         )
     lines.append("")
     if report.floor is not None:
         lines += [
-            "Floor, per product of one full-batch step (best of 5, fresh tensors of the step's layout):",
+            "Floor, per product of one full-batch step (best of 5 per round and of the rounds, "
+            "fresh tensors of the step's layout):",
             "",
             "| product | MFLOP | ATen us | oneDNN us |",
             "| --- | ---: | ---: | ---: |",
@@ -558,6 +574,7 @@ def _raw(report: Report) -> dict[str, Any]:
             for r in report.rows
         ],
         "floor_epoch_s": report.floor_epoch_s,
+        "floor_rounds": report.floor_runs,
         "floor_gflops": report.floor.gflops if report.floor else None,
         "compile": report.compile,
         "cli": {

@@ -47,6 +47,16 @@ def test_floor_records_every_product_of_the_step():
     assert len(matmuls) == 8
 
 
+def test_floor_takes_each_products_best_time_over_the_rounds():
+    a, b = (bench_floor.Matmul(torch.ops.aten.mm.default, ((n, n), (n, 1), torch.float32)) for n in (2, 3))
+    rounds = [
+        (bench_floor.MatmulTime(a, 5.0, 2.0), bench_floor.MatmulTime(b, 1.0, None)),
+        (bench_floor.MatmulTime(a, 4.0, 3.0), bench_floor.MatmulTime(b, 2.0, None)),
+    ]
+    best = bench_floor.best_of(rounds)
+    assert [(t.aten_s, t.onednn_s, t.best_s) for t in best] == [(4.0, 2.0, 2.0), (1.0, None, 1.0)]
+
+
 @pytest.mark.compile
 def test_compiled_step_stays_close_to_eager_and_never_recompiles():
     model = mlp(784, (512, 512), 10)
@@ -92,6 +102,7 @@ def test_harness_runs_end_to_end_on_a_tiny_shape(tmp_path, capsys):
     assert any(n.startswith("purestep compiled step, bf16") for n in names)
     assert all(row.seconds > 0 and row.rss_bytes > 0 for row in report.rows)
     assert report.floor is not None and report.floor_epoch_s > 0
+    assert report.floor_runs == [report.floor_epoch_s]  # one round: its floor is the floor
     assert set(report.accuracy) == {"fp32", "bf16"}
     text = out.read_text()
     assert text in capsys.readouterr().out
