@@ -21,8 +21,10 @@ def products(a, b, bias, c, d, e):
         torch.addmm(bias, a, b),
         torch.bmm(c, d),
         torch.mm(a.t(), e),  # a weight gradient: dy.t() @ x
+        torch.bmm(c.transpose(1, 2), c),  # the same over stacked trials
         torch.mm(a, b[:, :10]),  # the last layer's side of 10
         torch.addmm(bias[:10], a, b[:, :10]),
+        torch.bmm(c, d[:, :, :10]),
     )
 
 
@@ -52,9 +54,10 @@ def test_each_product_goes_where_it_runs_fastest_and_stays_within_rounding(m, k,
     assert targets.count(purestep_ops.onednn_addmm.default) == 1
     assert targets.count(purestep_ops.onednn_bmm.default) == 1
     assert targets.count(purestep_ops.onednn_mm_contiguous.default) == 1
-    # the two products with a side of 10 became a multiply and a sum, fused by inductor
+    assert targets.count(purestep_ops.onednn_bmm_contiguous.default) == 1
+    # the three products with a side of 10 became a multiply and a sum, fused by inductor
     assert not {aten.mm.default, aten.addmm.default, aten.bmm.default} & set(targets)
-    assert targets.count(aten.sum.dim_IntList) == 2
+    assert targets.count(aten.sum.dim_IntList) == 3
     for mine, theirs in zip(gm(*args), products(*args), strict=True):
         assert mine.shape == theirs.shape
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-4)
@@ -73,22 +76,24 @@ def test_each_half_of_the_pass_turns_off_alone():
     _onednn.OneDNNMatmuls(fuse_small=False, contiguous_gradients=False)(gm.graph)
     targets = [node.target for node in gm.graph.nodes if node.op == "call_function"]
     assert targets.count(purestep_ops.onednn_mm.default) == 2
+    assert targets.count(purestep_ops.onednn_bmm.default) == 2
     assert purestep_ops.onednn_mm_contiguous.default not in targets
-    assert aten.mm.default in targets and aten.addmm.default in targets
+    assert aten.mm.default in targets and aten.addmm.default in targets and aten.bmm.default in targets
     assert _onednn.OneDNNMatmuls().uuid() != _onednn.OneDNNMatmuls(fuse_small=False).uuid()
 
 
 def test_a_large_product_with_one_small_side_stays_with_blas():
-    a, b = torch.randn(1024, 256), torch.randn(256, 8)  # 2M multiply-adds, past SMALL_MACS
+    a, b = torch.randn(1024, 640), torch.randn(640, 8)  # 5M multiply-adds, past SMALL_MACS
     _, targets = rewritten(torch.mm, a, b)
     assert aten.mm.default in targets and aten.sum.dim_IntList not in targets
 
 
 def test_the_transposed_operand_is_written_contiguous_by_its_producer():
     """The weight gradient's `dy.t()` comes from inductor already contiguous: no copy in the call."""
-    op = purestep_ops.onednn_mm_contiguous.default
-    assert torch.Tag.needs_contiguous_strides in op.tags
-    assert torch.Tag.needs_contiguous_strides not in purestep_ops.onednn_mm.default.tags
+    for op in (purestep_ops.onednn_mm_contiguous.default, purestep_ops.onednn_bmm_contiguous.default):
+        assert torch.Tag.needs_contiguous_strides in op.tags
+    for op in (purestep_ops.onednn_mm.default, purestep_ops.onednn_bmm.default):
+        assert torch.Tag.needs_contiguous_strides not in op.tags
 
 
 def test_compiled_step_with_the_pass_matches_eager(tmp_path):

@@ -2,10 +2,12 @@
 
 ATen runs fp32 `mm`/`addmm` on the CPU through MKL; oneDNN, which torch also ships,
 is twice as fast at the tutorial's shapes on the AMD EPYC of BENCHMARKS.md (353 vs
-189 GFLOP/s). `ONEDNN_MATMULS` is an inductor post-grad pass over every 2-d fp32 CPU
-`mm(a, b)` and `addmm(bias, a, b)` (bias a row vector, the shape `F.linear` makes):
+189 GFLOP/s). `ONEDNN_MATMULS` is an inductor post-grad pass over every fp32 CPU
+`mm(a, b)`, `addmm(bias, a, b)` (bias a row vector, the shape `F.linear` makes) and
+`bmm(a, b)` (which `vmap` over trials makes) of static shape:
 
-- every side at least `MIN_SIDE`: oneDNN's linear, `mkldnn._linear_pointwise(a, b.t(), bias)`.
+- every side at least `MIN_SIDE`: oneDNN's linear, `mkldnn._linear_pointwise(a, b.t(), bias)`;
+  a `bmm` as one linear per trial, stacked (twice as fast as ATen's batched GEMM here).
   oneDNN reads a strided `b` as is but copies a strided `a`; a weight gradient's `a` is
   a transposed view (`dy.t() @ x`), so that product asks inductor for a contiguous `a`,
   which the kernel producing `dy` then writes transposed, at no extra pass.
@@ -14,8 +16,6 @@ is twice as fast at the tutorial's shapes on the AMD EPYC of BENCHMARKS.md (353 
   into the neighbouring kernels (the loss, the ReLU backward, the update) instead of a
   BLAS call that costs more to enter than to run.
 
-A batched `bmm`, which `vmap` over trials makes, becomes one oneDNN linear per trial,
-stacked: twice as fast as ATen's batched GEMM at these shapes, the copy included.
 The pass changes the summation order of products, nothing else: compiled results stay
 within rounding of eager.
 """
@@ -31,13 +31,14 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 aten = torch.ops.aten
 MIN_SIDE = 32
-SMALL_MACS = 1 << 20
+SMALL_MACS = 1 << 22
 
 _LIB = torch.library.Library("purestep", "FRAGMENT")
 _LIB.define("onednn_mm(Tensor a, Tensor b) -> Tensor")
 _LIB.define("onednn_mm_contiguous(Tensor a, Tensor b) -> Tensor", tags=(torch.Tag.needs_contiguous_strides,))
 _LIB.define("onednn_addmm(Tensor bias, Tensor a, Tensor b) -> Tensor")
 _LIB.define("onednn_bmm(Tensor a, Tensor b) -> Tensor")
+_LIB.define("onednn_bmm_contiguous(Tensor a, Tensor b) -> Tensor", tags=(torch.Tag.needs_contiguous_strides,))
 
 
 def _linear(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
@@ -47,7 +48,14 @@ def _linear(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
 _LIB.impl("onednn_mm", lambda a, b: _linear(a, b, None), "CPU")
 _LIB.impl("onednn_mm_contiguous", lambda a, b: _linear(a, b, None), "CPU")
 _LIB.impl("onednn_addmm", lambda bias, a, b: _linear(a, b, bias), "CPU")
-_LIB.impl("onednn_bmm", lambda a, b: torch.stack([_linear(a[i], b[i], None) for i in range(len(a))]), "CPU")
+
+
+def _bmm(a: Tensor, b: Tensor) -> Tensor:
+    return torch.stack([_linear(a[i], b[i], None) for i in range(len(a))])
+
+
+_LIB.impl("onednn_bmm", _bmm, "CPU")
+_LIB.impl("onednn_bmm_contiguous", _bmm, "CPU")
 
 
 @torch.library.register_fake("purestep::onednn_mm")
@@ -67,6 +75,11 @@ def _addmm_fake(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 @torch.library.register_fake("purestep::onednn_bmm")
 def _bmm_fake(a: Tensor, b: Tensor) -> Tensor:
+    return a.new_empty(a.shape[0], a.shape[1], b.shape[2])
+
+
+@torch.library.register_fake("purestep::onednn_bmm_contiguous")
+def _bmm_contiguous_fake(a: Tensor, b: Tensor) -> Tensor:
     return a.new_empty(a.shape[0], a.shape[1], b.shape[2])
 
 
@@ -101,38 +114,46 @@ def _is_row_bias(bias: object) -> bool:
     return value is not None and value.ndim == 1 and value.dtype == torch.float32
 
 
-def _operands(node: torch.fx.Node) -> tuple[torch.fx.Node | None, torch.fx.Node, torch.fx.Node] | None:
-    """`(bias, a, b)` of a 2-d `mm` (bias None) or row-bias `addmm` this pass may rewrite."""
+def _operands(node: torch.fx.Node) -> tuple[torch.fx.Node | None, torch.fx.Node, torch.fx.Node, int] | None:
+    """`(bias, a, b, ndim)` of an `mm`/`bmm` (bias None) or row-bias `addmm` this pass may rewrite."""
     if node.op != "call_function" or node.kwargs:
         return None
     if node.target is aten.mm.default:
-        return (None, *node.args)
+        return (None, *node.args, 2)
+    if node.target is aten.bmm.default:
+        return (None, *node.args, 3)
     if node.target is aten.addmm.default and _is_row_bias(node.args[0]):
-        return tuple(node.args)
+        return (*node.args, 2)
     return None
 
 
-def _onednn_target(node: torch.fx.Node):
+_ONEDNN = {  # (ndim, bias, needs a contiguous `a`) -> op
+    (2, True, False): torch.ops.purestep.onednn_addmm.default,
+    (2, False, False): torch.ops.purestep.onednn_mm.default,
+    (2, False, True): torch.ops.purestep.onednn_mm_contiguous.default,
+    (3, False, False): torch.ops.purestep.onednn_bmm.default,
+    (3, False, True): torch.ops.purestep.onednn_bmm_contiguous.default,
+}
+
+
+def _onednn_target(node: torch.fx.Node, contiguous_gradients: bool = True):
     """The oneDNN op for a large product, else None."""
-    if node.op == "call_function" and node.target is aten.bmm.default and not node.kwargs:
-        sides = _sides(*node.args, ndim=3)
-        return torch.ops.purestep.onednn_bmm.default if sides and min(sides) >= MIN_SIDE else None
     operands = _operands(node)
     sides = operands and _sides(*operands[1:])
     if not sides or min(sides) < MIN_SIDE:
         return None
-    bias, a, b = operands
-    if bias is not None:
-        return torch.ops.purestep.onednn_addmm.default
-    if not a.meta["val"].is_contiguous() and b.meta["val"].is_contiguous():
-        return torch.ops.purestep.onednn_mm_contiguous.default
-    return torch.ops.purestep.onednn_mm.default
+    bias, a, b, ndim = operands
+    transposed = not a.meta["val"].is_contiguous() and b.meta["val"].is_contiguous()
+    return _ONEDNN[ndim, bias is not None, bias is None and transposed and contiguous_gradients]
 
 
 def _is_small(node: torch.fx.Node) -> bool:
     operands = _operands(node)
     sides = operands and _sides(*operands[1:])
-    return bool(sides) and min(sides) < MIN_SIDE and math.prod(sides) <= SMALL_MACS
+    if not sides:
+        return False
+    batch = operands[1].meta["val"].shape[0] if operands[3] == 3 else 1
+    return min(sides) < MIN_SIDE and batch * math.prod(sides) <= SMALL_MACS
 
 
 def _call(graph: torch.fx.Graph, target, *args) -> torch.fx.Node:
@@ -149,13 +170,13 @@ def _call(graph: torch.fx.Graph, target, *args) -> torch.fx.Node:
 
 
 def _decompose(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
-    """`(a[:, :, None] * b[None]).sum(1)` (+ bias) in place of a small product."""
-    bias, a, b = _operands(node)
+    """`(a[..., :, :, None] * b[..., None, :, :]).sum(-2)` (+ bias) in place of a small product."""
+    bias, a, b, _ = _operands(node)
     with graph.inserting_before(node):
-        columns = _call(graph, aten.unsqueeze.default, a, 2)
-        rows = _call(graph, aten.unsqueeze.default, b, 0)
+        columns = _call(graph, aten.unsqueeze.default, a, -1)
+        rows = _call(graph, aten.unsqueeze.default, b, -3)
         terms = _call(graph, aten.mul.Tensor, columns, rows)
-        out = _call(graph, aten.sum.dim_IntList, terms, [1])
+        out = _call(graph, aten.sum.dim_IntList, terms, [-2])
         return out if bias is None else _call(graph, aten.add.Tensor, out, bias)
 
 
@@ -172,9 +193,7 @@ class OneDNNMatmuls(CustomGraphPass):
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         for node in list(graph.nodes):
-            target = _onednn_target(node)
-            if target is torch.ops.purestep.onednn_mm_contiguous.default and not self.contiguous_gradients:
-                target = torch.ops.purestep.onednn_mm.default
+            target = _onednn_target(node, self.contiguous_gradients)
             if target is not None:
                 with graph.inserting_before(node):
                     new = graph.call_function(target, node.args)
