@@ -107,9 +107,7 @@ def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None) -> Fn:
     several batch sizes and widths keeps every graph compiled. On the CPU, fp32
     matrix products run through oneDNN rather than ATen's MKL (twice as fast at the
     tutorial's shapes on an AMD EPYC, see BENCHMARKS.md); `PURESTEP_ONEDNN=0` turns
-    that off. Inductor's runtime size asserts are off: Dynamo's guards already check the
-    inputs, and the asserts re-check every kernel's output layout on each call (1-2% of a
-    step at the tutorial's shapes).
+    that off.
     """
     if cache_dir is not None:
         set_compile_cache(cache_dir)
@@ -127,15 +125,12 @@ def short_batch(rows: int, batch_size: int) -> contextlib.AbstractContextManager
 
 
 def _inductor_options() -> dict[str, Any]:
-    """Inductor settings of every compiled step: no size asserts, and the matmul pass unless off."""
-    options: dict[str, Any] = {"size_asserts": False}
+    """Inductor settings of every compiled step: the matmul pass, unless turned off."""
     if os.environ.get("PURESTEP_ONEDNN", "1") == "0":
-        return options
+        return {}
     from purestep.core import _onednn
 
-    if _onednn.available():
-        options["post_grad_custom_post_pass"] = _onednn.ONEDNN_MATMULS
-    return options
+    return {"post_grad_custom_post_pass": _onednn.ONEDNN_MATMULS} if _onednn.available() else {}
 
 
 def stack(trees: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
