@@ -107,7 +107,9 @@ def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None) -> Fn:
     several batch sizes and widths keeps every graph compiled. On the CPU, fp32
     matrix products run through oneDNN rather than ATen's MKL (twice as fast at the
     tutorial's shapes on an AMD EPYC, see BENCHMARKS.md); `PURESTEP_ONEDNN=0` turns
-    that off.
+    that off. Inductor's runtime size asserts are off: on every call they re-check layouts
+    that Dynamo's guards (inputs) and the ops' tested fake kernels (outputs) determine,
+    about 1% of a step at the tutorial's shapes.
     """
     if cache_dir is not None:
         set_compile_cache(cache_dir)
@@ -125,12 +127,15 @@ def short_batch(rows: int, batch_size: int) -> contextlib.AbstractContextManager
 
 
 def _inductor_options() -> dict[str, Any]:
-    """Inductor settings of every compiled step: the matmul pass, unless turned off."""
+    """Inductor settings of every compiled step: no size asserts, and the matmul pass unless off."""
+    options: dict[str, Any] = {"size_asserts": False}
     if os.environ.get("PURESTEP_ONEDNN", "1") == "0":
-        return {}
+        return options
     from purestep.core import _onednn
 
-    return {"post_grad_custom_post_pass": _onednn.ONEDNN_MATMULS} if _onednn.available() else {}
+    if _onednn.available():
+        options["post_grad_custom_post_pass"] = _onednn.ONEDNN_MATMULS
+    return options
 
 
 def stack(trees: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
