@@ -58,29 +58,17 @@ _LIB.impl("onednn_bmm", _bmm, "CPU")
 _LIB.impl("onednn_bmm_contiguous", _bmm, "CPU")
 
 
-@torch.library.register_fake("purestep::onednn_mm")
-def _mm_fake(a: Tensor, b: Tensor) -> Tensor:
-    return a.new_empty(a.shape[0], b.shape[1])
+def _product_fake(a: Tensor, b: Tensor) -> Tensor:
+    return a.new_empty(*a.shape[:-1], b.shape[-1])
 
 
-@torch.library.register_fake("purestep::onednn_mm_contiguous")
-def _mm_contiguous_fake(a: Tensor, b: Tensor) -> Tensor:
-    return a.new_empty(a.shape[0], b.shape[1])
-
-
-@torch.library.register_fake("purestep::onednn_addmm")
 def _addmm_fake(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return a.new_empty(a.shape[0], b.shape[1])
+    return _product_fake(a, b)
 
 
-@torch.library.register_fake("purestep::onednn_bmm")
-def _bmm_fake(a: Tensor, b: Tensor) -> Tensor:
-    return a.new_empty(a.shape[0], a.shape[1], b.shape[2])
-
-
-@torch.library.register_fake("purestep::onednn_bmm_contiguous")
-def _bmm_contiguous_fake(a: Tensor, b: Tensor) -> Tensor:
-    return a.new_empty(a.shape[0], a.shape[1], b.shape[2])
+for _name in ("onednn_mm", "onednn_mm_contiguous", "onednn_bmm", "onednn_bmm_contiguous"):
+    torch.library.register_fake(f"purestep::{_name}", _product_fake)
+torch.library.register_fake("purestep::onednn_addmm", _addmm_fake)
 
 
 def available() -> bool:
