@@ -68,7 +68,7 @@ def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any]
     out = {
         "as shipped (steps_for)": (steps_for(spec, optimizer, compiled=True)[0], spec, optimizer, "slices"),
         "matmuls through ATen (no matmul pass)": (
-            torch.compile(step, fullgraph=True, dynamic=False, options={"size_asserts": False}),
+            _compile(step, post_grad_custom_post_pass=None),
             spec,
             optimizer,
             "slices",

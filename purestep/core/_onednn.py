@@ -102,7 +102,10 @@ def _is_row_bias(bias: object) -> bool:
     return value is not None and value.ndim == 1 and value.dtype == torch.float32
 
 
-def _operands(node: torch.fx.Node) -> tuple[torch.fx.Node | None, torch.fx.Node, torch.fx.Node, int] | None:
+Operands = tuple[torch.fx.Node | None, torch.fx.Node, torch.fx.Node, int]
+
+
+def _operands(node: torch.fx.Node) -> Operands | None:
     """`(bias, a, b, ndim)` of an `mm`/`bmm` (bias None) or row-bias `addmm` this pass may rewrite."""
     if node.op != "call_function" or node.kwargs:
         return None
@@ -124,24 +127,16 @@ _ONEDNN = {  # (ndim, bias, needs a contiguous `a`) -> op
 }
 
 
-def _onednn_target(node: torch.fx.Node, contiguous_gradients: bool = True):
-    """The oneDNN op for a large product, else None."""
-    operands = _operands(node)
-    sides = operands and _sides(*operands[1:])
-    if not sides or min(sides) < MIN_SIDE:
-        return None
+def _onednn_target(operands: Operands, contiguous_gradients: bool):
+    """The oneDNN op for a large product."""
     bias, a, b, ndim = operands
     transposed = not a.meta["val"].is_contiguous() and b.meta["val"].is_contiguous()
     return _ONEDNN[ndim, bias is not None, bias is None and transposed and contiguous_gradients]
 
 
-def _is_small(node: torch.fx.Node) -> bool:
-    operands = _operands(node)
-    sides = operands and _sides(*operands[1:])
-    if not sides:
-        return False
+def _is_small(operands: Operands, sides: tuple[int, int, int]) -> bool:
     batch = operands[1].meta["val"].shape[0] if operands[3] == 3 else 1
-    return min(sides) < MIN_SIDE and batch * math.prod(sides) <= SMALL_MACS
+    return batch * math.prod(sides) <= SMALL_MACS
 
 
 def _call(graph: torch.fx.Graph, target, *args) -> torch.fx.Node:
@@ -157,9 +152,9 @@ def _call(graph: torch.fx.Graph, target, *args) -> torch.fx.Node:
     return node
 
 
-def _decompose(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
+def _decompose(graph: torch.fx.Graph, node: torch.fx.Node, operands: Operands) -> torch.fx.Node:
     """`(a[..., :, :, None] * b[..., None, :, :]).sum(-2)` (+ bias) in place of a small product."""
-    bias, a, b, _ = _operands(node)
+    bias, a, b, _ = operands
     with graph.inserting_before(node):
         columns = _call(graph, aten.unsqueeze.default, a, -1)
         rows = _call(graph, aten.unsqueeze.default, b, -3)
@@ -181,13 +176,16 @@ class OneDNNMatmuls(CustomGraphPass):
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         for node in list(graph.nodes):
-            target = _onednn_target(node, self.contiguous_gradients)
-            if target is not None:
+            operands = _operands(node)
+            sides = operands and _sides(*operands[1:])
+            if not sides:
+                continue
+            if min(sides) >= MIN_SIDE:
                 with graph.inserting_before(node):
-                    new = graph.call_function(target, node.args)
+                    new = graph.call_function(_onednn_target(operands, self.contiguous_gradients), node.args)
                 new.meta.update(node.meta)
-            elif self.fuse_small and _is_small(node):
-                new = _decompose(graph, node)
+            elif self.fuse_small and _is_small(operands, sides):
+                new = _decompose(graph, node, operands)
             else:
                 continue
             node.replace_all_uses_with(new)

@@ -103,13 +103,13 @@ def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None) -> Fn:
 
     Static shapes give one specialised graph for full batches (the loops run an
     epoch's short last batch eagerly, see `short_batch`); hyperparameters and step
-    counts are tensors, so nothing else recompiles. The recompile limit is raised so that a search over
-    several batch sizes and widths keeps every graph compiled. On the CPU, fp32
-    matrix products run through oneDNN rather than ATen's MKL (twice as fast at the
-    tutorial's shapes on an AMD EPYC, see BENCHMARKS.md); `PURESTEP_ONEDNN=0` turns
-    that off. Inductor's runtime size asserts are off: on every call they re-check layouts
-    that Dynamo's guards (inputs) and the ops' tested fake kernels (outputs) determine,
-    about 1% of a step at the tutorial's shapes.
+    counts are tensors, so nothing else recompiles. The recompile limit is raised so
+    that a search over several batch sizes and widths keeps every graph compiled. On
+    the CPU, large fp32 matrix products run through oneDNN rather than ATen's MKL and
+    small ones are fused into inductor's kernels (`core/_onednn.py`, BENCHMARKS.md);
+    `PURESTEP_ONEDNN=0` turns that off. Inductor's runtime size asserts are off: on
+    every call they re-check layouts that Dynamo's guards (inputs) and the ops' tested
+    fake kernels (outputs) determine, about 1% of a step at the tutorial's shapes.
     """
     if cache_dir is not None:
         set_compile_cache(cache_dir)
