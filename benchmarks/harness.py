@@ -479,7 +479,7 @@ def _targets(report: Report) -> list[str]:
         return []
     rows = []
 
-    def add(name: str, value: float, ok: bool, fmt: str = "{:.2f}") -> None:
+    def add(name: str, value: float, ok: bool, fmt: str = "{:.3f}") -> None:
         rows.append(f"| {name} | {fmt.format(value)} | {'yes' if ok else 'no'} |")
 
     tutorial = report.seconds("tutorial loop as written")
