@@ -8,9 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from purestep import OptimizerConfig, adam, make_train_step, mlp, sgd
+from purestep import OptimizerConfig, adam, adamw, make_train_step, mlp, sgd
 from purestep.check import max_abs_diff, max_rel_diff
 from purestep.core.reference import torch_optimizer
+from purestep.core.step import steady
 
 STEPS = 24
 
@@ -102,6 +103,22 @@ def test_update_writes_nothing_in_place():
         step(params, state, x, y)
     assert all(torch.equal(before_p[k], params[k]) for k in params)
     assert all(torch.equal(before_s[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [sgd(0.1), sgd(0.1, momentum=0.9, nesterov=True, weight_decay=0.01), adam(0.01), adamw(0.01)],
+    ids=["sgd", "sgd momentum", "adam", "adamw"],
+)
+def test_update_returns_state_and_params_in_their_own_layout(optimizer):
+    """Keys in `init`'s order, shapes, strides and dtypes: what a loop needs to skip guards."""
+    model = mlp(6, (5,), 3)
+    params = model.init(0)
+    state = optimizer.init(params)
+    new_params, new_state, _ = make_train_step(model, optimizer)(
+        params, state, torch.rand(4, 6), torch.tensor([0, 1, 2, 0])
+    )
+    assert steady((params, state), (new_params, new_state))
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from hypothesis import given
@@ -21,7 +23,7 @@ from purestep import (
 )
 from purestep.check import compiled_vs_eager, max_rel_diff
 from purestep.core.data import batches
-from purestep.core.step import compile_step, same_layout, short_batch, unguarded
+from purestep.core.step import compile_step, short_batch, steady, unguarded
 
 
 @pytest.fixture(scope="module")
@@ -174,15 +176,28 @@ def _transposed(params):
     return {k: v.t().contiguous().t() if v.ndim == 2 else v for k, v in params.items()}
 
 
-def test_same_layout_tells_a_step_that_keeps_its_inputs_layout():
+def test_steady_needs_the_inputs_layout_back_and_no_other_thread():
     model, optimizer = mlp(6, (5,), 3), sgd(0.1, momentum=0.9)
     params = model.init(0)
     state = optimizer.init(params)
     out = make_train_step(model, optimizer)(params, state, torch.rand(4, 6), torch.randint(0, 3, (4,)))
-    assert same_layout((params, state), out[:2])
-    assert not same_layout((_transposed(params), state), out[:2])
-    assert not same_layout((params, state), (params, {**state, "lr": state["lr"].float()}))
-    assert not same_layout((params,), (dict(reversed(params.items())),))
+    assert steady((params, state), out[:2])
+    assert not steady((_transposed(params), state), out[:2])
+    assert not steady((params, state), (params, {**state, "lr": state["lr"].float()}))
+    assert not steady((params,), (dict(reversed(params.items())),))
+    for daemon, expected in ((True, True), (False, False)):
+        release = threading.Event()
+        other = threading.Thread(target=release.wait, daemon=daemon)
+        other.start()
+        try:
+            assert steady((params, state), out[:2]) is expected
+        finally:
+            release.set()
+            other.join()
+    from torch._inductor.async_compile import AsyncCompile
+
+    AsyncCompile.pool().submit(int).result()  # inductor's compile workers, left running after a compile
+    assert steady((params, state), out[:2])
 
 
 def test_unguarded_skips_guard_checks_only_when_steady_and_keeps_the_stance():

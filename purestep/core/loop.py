@@ -28,9 +28,9 @@ from purestep.core.step import (
     compile_step,
     make_eval_step,
     make_train_step,
-    same_layout,
     short_batch,
     stack,
+    steady,
     unguarded,
     unstack,
 )
@@ -128,12 +128,12 @@ def train_epoch(
     """One pass over `(x, y)`; returns params, state and the per-batch losses as one tensor."""
     callbacks = callbacks or Callbacks()
     losses = []
-    steady = False
+    skip = False
     for i, (xb, yb) in enumerate(batches(x, y, batch_size, order)):
-        with short_batch(len(yb), batch_size), unguarded(steady):
+        with short_batch(len(yb), batch_size), unguarded(skip):
             new_params, new_state, loss = train_step(params, state, xb, yb)
         if i == 0:
-            steady = same_layout((params, state), (new_params, new_state))
+            skip = steady((params, state), (new_params, new_state))
         params, state = new_params, new_state
         losses.append(loss)
         if log_every and i % log_every == 0:

@@ -139,6 +139,7 @@ def _adam_update(grads: Params, state: State, params: Params) -> tuple[Params, S
     new_state: State = {k: state[k] for k in ("lr", "beta1", "beta2", "eps", "weight_decay")}
     new_state["decoupled"] = decoupled
     new_state["step"] = step
+    second: State = {}
     for k, p in params.items():
         p = p * shrink
         g = torch.addcmul(grads[k], p, l2)
@@ -147,8 +148,8 @@ def _adam_update(grads: Params, state: State, params: Params) -> tuple[Params, S
         denom = torch.sqrt(v) / bias_correction2_sqrt + eps
         new_params[k] = torch.addcdiv(p, m * neg_step_size, denom)
         new_state[f"exp_avg.{k}"] = m
-        new_state[f"exp_avg_sq.{k}"] = v
-    return new_params, new_state
+        second[f"exp_avg_sq.{k}"] = v
+    return new_params, new_state | second  # the keys in `init`'s order
 
 
 def _adam(lr: float, betas: tuple[float, float], eps: float, weight_decay: float, decoupled: bool):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -134,22 +136,41 @@ def _layout(trees: Sequence[dict[str, Tensor]]) -> list[tuple[Any, ...]]:
     ]
 
 
-def same_layout(inputs: Sequence[dict[str, Tensor]], outputs: Sequence[dict[str, Tensor]]) -> bool:
-    """Whether a step's outputs (params, state) have its inputs' keys, shapes, strides, dtypes and devices."""
-    return _layout(inputs) == _layout(outputs)
+def steady(inputs: Sequence[dict[str, Tensor]], outputs: Sequence[dict[str, Tensor]]) -> bool:
+    """Whether a loop may run its later steps `unguarded`, judged after its first step.
 
-
-def unguarded(steady: bool) -> contextlib.AbstractContextManager[Any]:
-    """Around a compiled step call: skip re-checking Dynamo's guards when `steady`.
-
-    A loop is steady when its first step's outputs have `same_layout` as its inputs and its
-    batches are views of one tensor: every later call's inputs are then ones the first
-    call's guards accepted, and re-checking them costs about 4% of a step at the tutorial's
-    shapes. Dynamo still picks among a function's compiled graphs by the guards that tell
-    them apart (`torch.compiler.set_stance`'s `skip_guard_eval_unsafe`), and the current
-    stance is kept, so `fail_on_recompile` still fails.
+    Its first step must have returned params and state with the inputs' keys, shapes,
+    strides, dtypes and devices (so every later call's inputs are ones the first call's
+    guards accepted, given batches that are views of one tensor), and no other non-daemon
+    thread may be running (inductor's compile workers aside): the stance is process-wide,
+    and a call from another thread meanwhile would run without the guards its inputs need.
     """
-    if not steady:
+    return not _other_threads() and _layout(inputs) == _layout(outputs)
+
+
+def _other_threads() -> bool:
+    """Whether a non-daemon thread other than this one and inductor's compile workers is alive."""
+    workers: set[threading.Thread] = set()
+    compiler = sys.modules.get("torch._inductor.async_compile")
+    if compiler is not None:
+        try:
+            if compiler.AsyncCompile.pool.cache_info().currsize:
+                workers = set(compiler.AsyncCompile.pool()._threads)
+        except AttributeError:  # another torch: count its workers as others, and keep the guards
+            pass
+    current = threading.current_thread()
+    return any(t is not current and not t.daemon and t not in workers for t in threading.enumerate())
+
+
+def unguarded(skip: bool) -> contextlib.AbstractContextManager[Any]:
+    """Around a compiled step call: skip re-checking Dynamo's guards when `skip` (see `steady`).
+
+    The check costs about 4% of a step at the tutorial's shapes. Dynamo still picks among a
+    function's compiled graphs by the guards that tell them apart
+    (`torch.compiler.set_stance`'s `skip_guard_eval_unsafe`), and the current stance is
+    kept, so `fail_on_recompile` still fails.
+    """
+    if not skip:
         return contextlib.nullcontext()
     current = torch._dynamo.eval_frame._stance
     return torch.compiler.set_stance(
