@@ -23,7 +23,7 @@ from purestep import (
 )
 from purestep.check import compiled_vs_eager, max_rel_diff
 from purestep.core.data import batches
-from purestep.core.step import compile_step, short_batch, steady, unguarded
+from purestep.core.step import compile_step, direct_step, short_batch, steady
 
 
 @pytest.fixture(scope="module")
@@ -200,37 +200,16 @@ def test_steady_needs_the_inputs_layout_back_and_no_other_thread():
     assert steady((params, state), out[:2])
 
 
-def test_unguarded_skips_guard_checks_only_when_steady_and_keeps_the_stance():
-    from torch._dynamo.eval_frame import DynamoStance
-
-    def stance():
-        return torch._dynamo.eval_frame._stance
-
-    torch.compiler.set_stance("fail_on_recompile")
-    try:
-        with unguarded(False):
-            assert stance() == DynamoStance("fail_on_recompile", False, None)
-        with unguarded(True):
-            assert stance() == DynamoStance("fail_on_recompile", True, None)
-        assert stance() == DynamoStance("fail_on_recompile", False, None)
-    finally:
-        torch.compiler.set_stance("default")
-
-
-@pytest.mark.parametrize("keeps_layout", [True, False])
-def test_train_epoch_skips_guards_after_a_first_step_that_keeps_the_layout(keeps_layout):
-    """The first step runs with guards; the rest skip them only if it kept its inputs' layout."""
+def test_direct_is_none_until_a_graph_has_run():
+    """A compiled step that ran eagerly (as the short last batch does) offers no graph to enter."""
     model, optimizer = mlp(6, (5,), 3), sgd(0.1)
-    params = _transposed(model.init(0))
-    step, seen = make_train_step(model, optimizer), []
-
-    def recording(*args):
-        seen.append(torch._dynamo.eval_frame._stance.skip_guard_eval_unsafe)
-        params, state, loss = step(*args)
-        return (params if keeps_layout else {k: v.contiguous() for k, v in params.items()}), state, loss
-
-    train_epoch(recording, params, optimizer.init(params), torch.rand(20, 6), torch.randint(0, 3, (20,)), 8)
-    assert seen == ([False, True, True] if keeps_layout else [False, False, False])
+    params = model.init(0)
+    step = compile_step(make_train_step(model, optimizer))
+    assert direct_step(step) is None
+    with short_batch(4, 8):
+        step(params, optimizer.init(params), torch.rand(4, 6), torch.randint(0, 3, (4,)))
+    assert direct_step(step) is None
+    assert direct_step(make_train_step(model, optimizer)) is None
 
 
 def _stepped(step, params, state, x, y, batch_size):
@@ -243,19 +222,39 @@ def _stepped(step, params, state, x, y, batch_size):
     return params, state, torch.stack(losses)
 
 
+def _counting(step):
+    """Count the calls that go through Dynamo (not straight into a graph), by batch rows."""
+    calls, through = [], step._compiled
+
+    def counted(*args):
+        calls.append(len(args[-1]))
+        return through(*args)
+
+    step._compiled = counted
+    return calls
+
+
 @pytest.mark.compile
-def test_unguarded_epochs_run_the_graph_each_call_needs(digits):
-    """Epochs from column-major, row-major, then column-major params: two graphs, and an
-    epoch that skips guards runs the one its inputs need. Each epoch equals stepping with
-    guards checked, bitwise."""
+def test_epochs_enter_the_graph_directly_and_equal_stepping_through_dynamo(digits, monkeypatch):
+    """Epochs from column-major, row-major, then column-major params: two graphs. After each
+    epoch's first step, full batches enter the graph their inputs need directly, the short last
+    batch goes through Dynamo (and runs eagerly), and each epoch equals stepping through Dynamo
+    on every call, bitwise; without a steady first step every call goes through Dynamo."""
     model, optimizer = mlp(64, (32,), 10), sgd(0.05, momentum=0.9)
     step = compile_step(make_train_step(model, optimizer))
-    x, y = digits.x_train[:640], digits.y_train[:640]
+    x, y = digits.x_train[:650], digits.y_train[:650]
     init = model.init(0)
+    calls = _counting(step)
     for params in (_transposed(init), init, _transposed(init)):
         state = optimizer.init(params)
+        calls.clear()
         got = train_epoch(step, params, state, x, y, 64, log_every=0)
+        assert calls == [64, 10]
         want = _stepped(step, params, state, x, y, 64)
         for mine, theirs in zip(got, want):
             mine, theirs = (mine, theirs) if isinstance(mine, dict) else ({"": mine}, {"": theirs})
             assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    monkeypatch.setattr("purestep.core.loop.steady", lambda inputs, outputs: False)
+    calls.clear()
+    train_epoch(step, init, optimizer.init(init), x, y, 64, log_every=0)
+    assert len(calls) == 11

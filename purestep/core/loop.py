@@ -26,12 +26,12 @@ from purestep.core.step import (
     batch_eval_over_trials,
     batch_over_trials,
     compile_step,
+    direct_step,
     make_eval_step,
     make_train_step,
     short_batch,
     stack,
     steady,
-    unguarded,
     unstack,
 )
 
@@ -128,12 +128,15 @@ def train_epoch(
     """One pass over `(x, y)`; returns params, state and the per-batch losses as one tensor."""
     callbacks = callbacks or Callbacks()
     losses = []
-    skip = False
+    direct = None
     for i, (xb, yb) in enumerate(batches(x, y, batch_size, order)):
-        with short_batch(len(yb), batch_size), unguarded(skip):
-            new_params, new_state, loss = train_step(params, state, xb, yb)
-        if i == 0:
-            skip = steady((params, state), (new_params, new_state))
+        if direct is not None and len(yb) == batch_size:
+            new_params, new_state, loss = direct(params, state, xb, yb)
+        else:
+            with short_batch(len(yb), batch_size):
+                new_params, new_state, loss = train_step(params, state, xb, yb)
+        if i == 0 and steady((params, state), (new_params, new_state)):
+            direct = direct_step(train_step)
         params, state = new_params, new_state
         losses.append(loss)
         if log_every and i % log_every == 0:

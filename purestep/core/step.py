@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +102,7 @@ def set_compile_cache(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None) -> Fn:
-    """`torch.compile(fn, fullgraph=True)` with static shapes.
+    """`torch.compile(fn, fullgraph=True)` with static shapes, as a `CompiledStep`.
 
     Static shapes give one specialised graph for full batches (the loops run an
     epoch's short last batch eagerly, see `short_batch`); hyperparameters and step
@@ -115,8 +116,85 @@ def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None) -> Fn:
     """
     if cache_dir is not None:
         set_compile_cache(cache_dir)
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(fn, fullgraph=True, dynamic=False, options=_inductor_options())
+    return cast(Fn, CompiledStep(fn, _inductor_options()))
+
+
+def _leaves(trees: Sequence[Any]) -> list[Any]:
+    """The tensors of a step's arguments or results: dicts' values in order, tensors as they are."""
+    return [leaf for tree in trees for leaf in (tree.values() if isinstance(tree, dict) else (tree,))]
+
+
+class CompiledStep:
+    """A step compiled by `torch.compile`, whose graphs a loop can also enter directly.
+
+    A call runs through Dynamo as any compiled function does: guards, recompiles,
+    stances (`short_batch`, `fail_on_recompile`). `direct()` then gives the graph that
+    call ran as a plain function of the step's arguments, which skips Dynamo's entry
+    and guard checks (about 5% of a step at the tutorial's shapes). It is valid only for
+    arguments laid out exactly as that call's (see `steady`), which is what an epoch's
+    later steps are.
+    """
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        functools.update_wrapper(self, fn)
+        self._options = options
+        self._compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=self._backend)
+        self._ran: tuple[Callable[..., Any], tuple[Any, ...], Any] | None = None
+        self._last: tuple[Any, ...] | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        self._ran = None
+        result = self._compiled(*args)
+        self._last = (args, result, *self._ran) if self._ran is not None else None
+        self._ran = None
+        return result
+
+    def _backend(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        """Inductor, as `torch.compile`'s default backend, with each run of the graph noted."""
+        from torch._inductor.compile_fx import compile_fx
+
+        graph = compile_fx(gm, example_inputs, config_patches=self._options)
+
+        def run(*inputs: Any) -> Any:
+            outputs = graph(*inputs)
+            self._ran = (graph, inputs, outputs)
+            return outputs
+
+        return run
+
+    def direct(self) -> Callable[..., Any] | None:
+        """The graph the last call ran, callable as the step itself; None if no graph ran
+        (an eager stance) or its inputs and results are not all the step's own tensors."""
+        if self._last is None:
+            return None
+        args, result, graph, inputs, outputs = self._last
+        single = not isinstance(result, tuple)
+        trees = (result,) if single else result
+        argument = {id(leaf): i for i, leaf in enumerate(_leaves(args))}
+        produced = {id(out): j for j, out in enumerate(outputs)}
+        if not all(id(x) in argument for x in inputs):
+            return None
+        take = [argument[id(x)] for x in inputs]
+        # Each result is a graph output, or an argument handed back as it came (a hyperparameter).
+        picks = [(id(r) in produced, produced.get(id(r), argument.get(id(r)))) for r in _leaves(trees)]
+        if any(i is None for _, i in picks):
+            return None
+        keys = [list(tree) if isinstance(tree, dict) else None for tree in trees]
+
+        def step(*args: Any) -> Any:
+            leaves = _leaves(args)
+            outputs = graph(*[leaves[i] for i in take])
+            values = iter([outputs[i] if from_graph else leaves[i] for from_graph, i in picks])
+            out = tuple(next(values) if k is None else dict(zip(k, values)) for k in keys)
+            return out[0] if single else out
+
+        return step
+
+
+def direct_step(step: Callable[..., Any]) -> Callable[..., Any] | None:
+    """`step.direct()` for a `CompiledStep`, else None."""
+    return step.direct() if isinstance(step, CompiledStep) else None
 
 
 def short_batch(rows: int, batch_size: int) -> contextlib.AbstractContextManager[Any]:
@@ -137,13 +215,14 @@ def _layout(trees: Sequence[dict[str, Tensor]]) -> list[tuple[Any, ...]]:
 
 
 def steady(inputs: Sequence[dict[str, Tensor]], outputs: Sequence[dict[str, Tensor]]) -> bool:
-    """Whether a loop may run its later steps `unguarded`, judged after its first step.
+    """Whether a loop may run its later steps straight into the graph its first step ran
+    (`CompiledStep.direct`), judged after that first step.
 
-    Its first step must have returned params and state with the inputs' keys, shapes,
+    The first step must have returned params and state with the inputs' keys, shapes,
     strides, dtypes and devices (so every later call's inputs are ones the first call's
     guards accepted, given batches that are views of one tensor), and no other non-daemon
-    thread may be running (inductor's compile workers aside): the stance is process-wide,
-    and a call from another thread meanwhile would run without the guards its inputs need.
+    thread may be running (inductor's compile workers aside): a call from another thread
+    in between could change which graph ran last.
     """
     return not _other_threads() and _layout(inputs) == _layout(outputs)
 
@@ -160,22 +239,6 @@ def _other_threads() -> bool:
             pass
     current = threading.current_thread()
     return any(t is not current and not t.daemon and t not in workers for t in threading.enumerate())
-
-
-def unguarded(skip: bool) -> contextlib.AbstractContextManager[Any]:
-    """Around a compiled step call: skip re-checking Dynamo's guards when `skip` (see `steady`).
-
-    The check costs about 4% of a step at the tutorial's shapes. Dynamo still picks among a
-    function's compiled graphs by the guards that tell them apart
-    (`torch.compiler.set_stance`'s `skip_guard_eval_unsafe`), and the current stance is
-    kept, so `fail_on_recompile` still fails.
-    """
-    if not skip:
-        return contextlib.nullcontext()
-    current = torch._dynamo.eval_frame._stance
-    return torch.compiler.set_stance(
-        current.stance, skip_guard_eval_unsafe=True, force_backend=current.backend
-    )
 
 
 def _inductor_options() -> dict[str, Any]:
