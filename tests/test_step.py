@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from purestep import (
     batch_eval_over_trials,
     batch_over_trials,
+    evaluate,
     fit,
     make_eval_step,
     make_train_step,
@@ -239,7 +240,8 @@ def test_epochs_enter_the_graph_directly_and_equal_stepping_through_dynamo(digit
     """Epochs from column-major, row-major, then column-major params: two graphs. After each
     epoch's first step, full batches enter the graph their inputs need directly, the short last
     batch goes through Dynamo (and runs eagerly), and each epoch equals stepping through Dynamo
-    on every call, bitwise; without a steady first step every call goes through Dynamo."""
+    on every call, bitwise; without a steady first step every call goes through Dynamo. The
+    same for an evaluation pass."""
     model, optimizer = mlp(64, (32,), 10), sgd(0.05, momentum=0.9)
     step = compile_step(make_train_step(model, optimizer))
     x, y = digits.x_train[:650], digits.y_train[:650]
@@ -254,7 +256,14 @@ def test_epochs_enter_the_graph_directly_and_equal_stepping_through_dynamo(digit
         for mine, theirs in zip(got, want):
             mine, theirs = (mine, theirs) if isinstance(mine, dict) else ({"": mine}, {"": theirs})
             assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    eval_step = compile_step(make_eval_step(model))
+    eval_calls = _counting(eval_step)
+    direct_metrics = evaluate(eval_step, init, x, y, 64)
+    assert eval_calls == [64, 10]
     monkeypatch.setattr("purestep.core.loop.steady", lambda inputs, outputs: False)
     calls.clear()
     train_epoch(step, init, optimizer.init(init), x, y, 64, log_every=0)
     assert len(calls) == 11
+    eval_calls.clear()
+    assert evaluate(eval_step, init, x, y, 64) == direct_metrics
+    assert len(eval_calls) == 11

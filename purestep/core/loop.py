@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -114,6 +115,26 @@ def steps_for(
     return _STEPS[key]
 
 
+class _BatchCall:
+    """A step called batch by batch: through Dynamo (and `short_batch`) until `go_direct`,
+    then straight into the graph of the last call for every full batch (`direct_step`)."""
+
+    def __init__(self, step: Callable[..., Any], batch_size: int) -> None:
+        self.step, self.batch_size = step, batch_size
+        self.direct: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        rows = len(args[-1])
+        if self.direct is not None and rows == self.batch_size:
+            return self.direct(*args)
+        with short_batch(rows, self.batch_size):
+            return self.step(*args)
+
+    def go_direct(self) -> None:
+        """Enter the last call's graph directly from now on (callers check `steady` first)."""
+        self.direct = direct_step(self.step)
+
+
 def train_epoch(
     train_step: TrainStep,
     params: Params,
@@ -128,15 +149,11 @@ def train_epoch(
     """One pass over `(x, y)`; returns params, state and the per-batch losses as one tensor."""
     callbacks = callbacks or Callbacks()
     losses = []
-    direct = None
+    call = _BatchCall(train_step, batch_size)
     for i, (xb, yb) in enumerate(batches(x, y, batch_size, order)):
-        if direct is not None and len(yb) == batch_size:
-            new_params, new_state, loss = direct(params, state, xb, yb)
-        else:
-            with short_batch(len(yb), batch_size):
-                new_params, new_state, loss = train_step(params, state, xb, yb)
+        new_params, new_state, loss = call(params, state, xb, yb)
         if i == 0 and steady((params, state), (new_params, new_state)):
-            direct = direct_step(train_step)
+            call.go_direct()
         params, state = new_params, new_state
         losses.append(loss)
         if log_every and i % log_every == 0:
@@ -148,9 +165,11 @@ def train_epoch(
 def _eval_batches(eval_step: EvalStep, params: Params, x: Tensor, y: Tensor, batch_size: int):
     """Per-batch mean losses `(B, ...)` and total correct `(...)`; `...` is the trial axis if any."""
     means, correct = [], []
-    for xb, yb in batches(x, y, batch_size):
-        with short_batch(len(yb), batch_size):
-            loss_sum, n_correct = eval_step(params, xb, yb)
+    call = _BatchCall(eval_step, batch_size)
+    for i, (xb, yb) in enumerate(batches(x, y, batch_size)):
+        loss_sum, n_correct = call(params, xb, yb)
+        if i == 0 and steady((params,), (params,)):
+            call.go_direct()
         means.append(loss_sum / len(yb))
         correct.append(n_correct)
     return torch.stack(means), torch.stack(correct).sum(0)
