@@ -9,11 +9,11 @@ deterministic synthetic ones written as IDX files, so the tutorial's own torchvi
 path runs), it times: the tutorial loop as written, the tutorial's loop on preloaded
 tensors, nn.Module + torch.optim on tensor slices, purestep eager, compiled (and with
 `apply` as an `F.linear` chain, measured, not shipped), batched over K trials, JAX jitted
-(when installed), and optionally bf16; all built first, then timed in interleaved rounds
-(best of). It prints seconds per epoch and each one's ratio to the compiled step, the
-floor (the step's matmuls at this machine's best measured fp32 throughput at the same
-shapes, timed in each round with the variants), compile seconds cold and warm (fresh
-processes sharing one fresh inductor cache), peak RSS, and the targets.
+(when installed), and optionally bf16; all built first, run once untimed (`--warmup`), then
+timed in interleaved rounds (best of). It prints seconds per epoch and each one's ratio
+to the compiled step, the floor (the step's matmuls at this machine's best measured fp32
+throughput at the same shapes, timed in each round with the variants), compile seconds cold
+and warm (fresh processes sharing one fresh inductor cache), peak RSS, and the targets.
 """
 
 from __future__ import annotations
@@ -281,6 +281,10 @@ def run(args: argparse.Namespace, command: str) -> Report:
         full_matmuls = bench_floor.record_matmuls(*_one_step(spec, args, x, y, args.batch_size))
         tail_matmuls = bench_floor.record_matmuls(*_one_step(spec, args, x, y, tail)) if tail else []
         floor_rounds: list[tuple[tuple[bench_floor.MatmulTime, ...], tuple[bench_floor.MatmulTime, ...]]] = []
+        for w in range(args.warmup):
+            say(f"warm-up {w + 1} of {args.warmup} (untimed): " + ", ".join(key for key, _, _ in prepared))
+            for _, variant, _ in prepared:
+                variant.once()
         for r in range(args.rounds):
             say(f"round {r + 1} of {args.rounds}: " + ", ".join(key for key, _, _ in prepared) + ", floor")
             for _, variant, _ in prepared:
@@ -382,7 +386,7 @@ def markdown(report: Report, args: argparse.Namespace) -> str:
         "",
         *(f"- {k}: {v}" for k, v in report.machine.items()),
         "",
-        f"Seconds per training epoch, best of {args.rounds} interleaved rounds; "
+        f"Seconds per training epoch, best of {args.rounds} interleaved rounds after {args.warmup} untimed; "
         "ratio = this variant / the compiled step.",
         "",
         "| variant | s / epoch | ratio to compiled | measured as | peak RSS so far |",
@@ -525,6 +529,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=3, help="timed rounds over all variants (best of)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed passes of every variant before the rounds")
     p.add_argument("--steps", type=int, default=300, help="timed steps of the DataLoader variants")
     p.add_argument("--trials", type=int, default=4, help="K for the batched variant (1 skips it)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
