@@ -95,3 +95,41 @@ def jax_jit(params: Params, x: Tensor, y: Tensor, lr: float, batch_size: int) ->
 
     variant.once = once
     return variant
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Head to head: `python -m benchmarks.jax_step [--rounds N]`.
+
+    The compiled step (as `fit` runs it) and the JAX epoch alternate in one process, on the
+    same FashionMNIST-shaped data and initial params, with no other variant in between; each
+    round prints both, and the last half of the rounds gives the settled ratio.
+    """
+    import argparse
+    import statistics
+
+    from benchmarks.data import synthetic
+    from benchmarks.variants import functional
+    from purestep.core.model import mlp
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.jax_step", description=main.__doc__)
+    p.add_argument("--rounds", type=int, default=8)
+    args = p.parse_args(argv)
+    images, y = synthetic(60_000, 1)
+    x = images.float().div(255).unsqueeze(1)
+    spec = mlp()
+    torch_step, jax_epoch = functional(spec, x, y, 1e-3, 64, 0, True), jax_jit(spec.init(0), x, y, 1e-3, 64)
+    ratios = []
+    print("| round | compiled s / epoch | JAX s / epoch | compiled / JAX |\n| ---: | ---: | ---: | ---: |")
+    for r in range(args.rounds):
+        ours, theirs = torch_step.once(), jax_epoch.once()
+        ratios.append(ours / theirs)
+        print(f"| {r + 1} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.3f} |")
+    settled = ratios[len(ratios) // 2 :]
+    print(
+        f"\nsettled (rounds {args.rounds - len(settled) + 1}-{args.rounds}): median compiled / JAX "
+        f"{statistics.median(settled):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
