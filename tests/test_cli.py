@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -89,6 +90,37 @@ def test_json_and_save_write_params_with_config_and_metrics(tmp_path):
     )
     with safe_open(str(out), framework="numpy") as f:
         assert "purestep" in f.metadata()
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--json"], 0),
+        (["train", "--dataset", "digits", "--epochs", "1", "--hidden", "0"], 2),
+        (["train", "--dataset", "kmnist", "--data-dir", "{tmp}"], 1),
+    ],
+)
+def test_the_entry_point_flushes_runs_atexit_and_keeps_the_exit_code(tmp_path, args, code):
+    """`main()` skips the interpreter's teardown once torch is loaded: output, atexit handlers
+    and the exit code must all survive that."""
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('atexit ran', flush=True))\n"
+        f"sys.argv = ['purestep', *{[a.format(tmp=tmp_path) for a in args]!r}]\n"
+        "from purestep.cli import main\n"
+        "sys.stdout.write('partial line without a newline')\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PURESTEP_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == code, done.stderr
+    assert done.stdout.startswith("partial line without a newline")
+    assert done.stdout.rstrip().endswith("atexit ran")
+    if code == 0:
+        summary = json.loads(done.stdout.splitlines()[-2].removeprefix("partial line without a newline"))
+        assert summary["config"]["epochs"] == 1
+    else:
+        assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1
 
 
 def test_missing_data_offline_is_one_line_exit_1(tmp_path):
