@@ -113,8 +113,8 @@ def _run_functional(
     if run["impl"] == Impl.compiled.value:
         set_compile_cache()
 
-    progress = _progress(num_batches(len(data.y_train), run["batch_size"]) * (run["epochs"] - start))
-    progress = progress if show_progress else None
+    steps = num_batches(len(data.y_train), run["batch_size"]) * (run["epochs"] - start)
+    progress = _progress(steps) if show_progress else None
 
     def epoch_start(t: int) -> None:
         say(epoch_header(t))
