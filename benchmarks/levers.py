@@ -24,16 +24,16 @@ from torch import Tensor
 
 from benchmarks.data import synthetic
 from purestep.core._onednn import OneDNNMatmuls
-from purestep.core.loop import evaluate, steps_for, train_epoch
+from purestep.core.loop import _BatchCall, evaluate, steps_for, train_epoch
 from purestep.core.model import MLP, Params, mlp
 from purestep.core.optim import Optimizer, State, sgd
 from purestep.core.step import (
     CompiledStep,
     _inductor_options,
     compile_step,
-    direct_step,
     make_eval_step,
     make_train_step,
+    steady,
 )
 
 
@@ -117,10 +117,12 @@ def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any]
 
 
 def _views_epoch(step: Callable[..., Any], params: Params, state: State, xs: Any, ys: Any) -> Tensor:
-    losses, direct = [], None
+    losses, call = [], _BatchCall(step, len(ys[0]))
     for i, (xb, yb) in enumerate(zip(xs, ys)):
-        params, state, loss = (direct or step)(params, state, xb, yb)
-        direct = direct if i else direct_step(step)
+        new_params, new_state, loss = call(params, state, xb, yb)
+        if i == 0 and steady((params, state), (new_params, new_state)):
+            call.go_direct()
+        params, state = new_params, new_state
         losses.append(loss)
         if i % 100 == 0:
             loss.item()
