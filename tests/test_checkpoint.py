@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -15,19 +16,24 @@ runner = CliRunner()
 BASE = ["train", "--dataset", "digits", "--impl", "eager", "--lr", "0.05", "--momentum", "0.9", "--shuffle"]
 
 
-def test_resume_ends_bitwise_equal_to_an_unbroken_run(tmp_path):
+@pytest.mark.parametrize(
+    "model", [[], ["--model", "cnn", "--model-arg", "width=4", "--model-arg", "dense=16"]]
+)
+def test_resume_ends_bitwise_equal_to_an_unbroken_run(tmp_path, model):
+    """The MLP, and the CNN: its BatchNorm buffers and its dropout's generator resume as they were."""
     full, resumed, ckpt = tmp_path / "full.safetensors", tmp_path / "resumed.safetensors", tmp_path / "ckpt"
-    assert runner.invoke(app, [*BASE, "--epochs", "3", "--save", str(full)]).exit_code == 0
-    assert runner.invoke(app, [*BASE, "--epochs", "2", "--checkpoint", str(ckpt)]).exit_code == 0
+    base = [*BASE, *model]
+    assert runner.invoke(app, [*base, "--epochs", "3", "--save", str(full)]).exit_code == 0
+    assert runner.invoke(app, [*base, "--epochs", "2", "--checkpoint", str(ckpt)]).exit_code == 0
     assert json.loads((ckpt / LATEST).read_text())["epoch"] == 1
     result = runner.invoke(
-        app, [*BASE, "--epochs", "3", "--checkpoint", str(ckpt), "--resume", "--save", str(resumed)]
+        app, [*base, "--epochs", "3", "--checkpoint", str(ckpt), "--resume", "--save", str(resumed)]
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Epoch 3\n")
     a, _ = load(full)
     b, meta = load(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [h["epoch"] for h in meta["history"]] == [0, 1, 2]
 
 

@@ -50,16 +50,12 @@ def load_data(dataset: str, data_dir: Path, device: str) -> Dataset:
 def loss_for(data: Dataset, loss: str | None) -> str:
     """The loss `--loss` names, or the task's default; a loss that does not fit the targets is a
     usage error (exit 2)."""
-    regression = data.y_train.is_floating_point()
-    if loss is None:
-        return "mse" if regression else "cross_entropy"
-    if regression != (loss == "mse"):
-        kind = "float targets (a regression)" if regression else "class labels"
-        raise typer.BadParameter(
-            f"--loss {loss} does not fit {data.name}'s {kind}; use --loss "
-            + ("mse" if regression else "cross_entropy or nll")
-        )
-    return loss
+    from purestep.core.losses import loss_for_targets
+
+    try:
+        return loss_for_targets(loss, data.y_train)
+    except ValueError as e:
+        raise typer.BadParameter(f"{e} ({data.name})", param_hint="--loss") from None
 
 
 def model_for(
@@ -68,16 +64,13 @@ def model_for(
     """The model `--model` names, fitted to the data's input shape and outputs, with `--model-arg`s;
     `hidden` sets the MLP's widths unless an argument does. A model that cannot be found or built
     is a usage error (exit 2)."""
-    from purestep.core.model import ModelError, accepted, build_model, resolve_factory
+    from purestep.core.model import ModelError, build_model
 
     args = dict(model_args)
+    if hidden is not None and ref == "mlp":
+        args.setdefault("hidden", hidden)
     try:
-        takes = accepted(resolve_factory(ref))
-        if hidden is not None and ref == "mlp":
-            args.setdefault("hidden", hidden)
-        if loss == "nll" and (takes is None or "log_softmax" in takes) and ref in ("mlp", "cnn"):
-            args.setdefault("log_softmax", True)
-        return build_model(ref, tuple(data.x_train.shape[1:]), _out_features(data), args)
+        return build_model(ref, tuple(data.x_train.shape[1:]), _out_features(data), args, loss)
     except ModelError as e:
         raise typer.BadParameter(str(e)) from None
 

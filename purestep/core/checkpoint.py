@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from purestep.core.errors import PurestepError
+from purestep.core.files import write_json
 from purestep.core.interop import load, save
 
 LATEST = "latest.json"
@@ -36,15 +37,6 @@ class Checkpoint:
     state: dict[str, Tensor]
     meta: dict[str, Any]
     rng: Tensor | None = None
-
-
-def _write_json(path: Path, value: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -64,11 +56,11 @@ def save_checkpoint(
     save(tmp / "buffers.safetensors", buffers)
     save(tmp / "state.safetensors", state)
     save(tmp / "rng.safetensors", {"cpu": torch.get_rng_state()})
-    _write_json(tmp / "meta.json", {"epoch": epoch, **meta})
+    write_json(tmp / "meta.json", {"epoch": epoch, **meta}, indent=1)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_json(directory / LATEST, {"checkpoint": final.name, "epoch": epoch})
+    write_json(directory / LATEST, {"checkpoint": final.name, "epoch": epoch}, indent=1)
     return final
 
 

@@ -52,3 +52,21 @@ def r2_score(sse: float, y: Tensor) -> float:
     """1 - SSE / SST over every target value (SST about each target column's mean)."""
     sst = (y.double() - y.double().mean(0)).square().sum().item()
     return 1.0 - sse / sst if sst > 0 else float("nan")
+
+
+def loss_for_targets(name: str | None, y: Tensor) -> str:
+    """`name` if it fits the targets `y`, or the task's default when None: `mse` for float
+    targets (a regression), `cross_entropy` for class labels.
+
+    Raises:
+        ValueError: `mse` for class labels, or a classification loss for float targets.
+    """
+    regression = y.is_floating_point()
+    if name is None:
+        return "mse" if regression else "cross_entropy"
+    loss_fn(name)
+    if regression != is_regression(name):
+        kind = "float targets (a regression)" if regression else "class labels"
+        fits = "mse" if regression else "cross_entropy or nll"
+        raise ValueError(f"loss {name} does not fit {kind}; use {fits}")
+    return name

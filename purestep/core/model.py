@@ -283,11 +283,25 @@ def accepted(factory: Factory) -> set[str] | None:
     return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def defaults(factory: Factory) -> dict[str, Any]:
+    """The default values of `factory`'s keyword arguments (what it builds when not told)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
 def build_model(
-    ref: str, in_shape: Sequence[int], out_features: int, model_args: Mapping[str, Any] | None = None
+    ref: str,
+    in_shape: Sequence[int],
+    out_features: int,
+    model_args: Mapping[str, Any] | None = None,
+    loss: str = "cross_entropy",
 ) -> Model:
     """The model `ref` names, fitted to the data: the shape arguments it takes are filled in
-    (`in_features`, `channels`, `classes`, `out_features`) unless `model_args` sets them.
+    (`in_features`, `channels`, `classes`, `out_features`) unless `model_args` sets them, and a
+    zoo model trained with `nll` ends in `log_softmax`.
 
     Raises:
         ModelError: unknown model, an argument it does not take, or a module that fails to build.
@@ -306,6 +320,8 @@ def build_model(
         "classes": out_features,
         "out_features": out_features,
     }
+    if ref in ZOO and loss == "nll":
+        fitted["log_softmax"] = True
     for k, v in fitted.items():
         if takes is not None and k in takes and k not in args:
             args[k] = v
