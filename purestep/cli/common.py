@@ -40,7 +40,7 @@ def resolve_device(device: str) -> str:
 
 
 def load_data(dataset: str, data_dir: Path, device: str) -> Dataset:
-    """The dataset's tensors on `device` (downloaded into `data_dir` when missing)."""
+    """The dataset's tensors on `device`: built in (downloaded into `data_dir` when missing) or a file's."""
     from purestep.core.data import load_dataset
 
     return load_dataset(dataset, data_dir, resolve_device(device))

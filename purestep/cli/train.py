@@ -18,7 +18,6 @@ from purestep.cli.options import (
     BatchSize,
     DataDir,
     Dataset,
-    DatasetName,
     Device,
     Epochs,
     Hidden,
@@ -34,6 +33,7 @@ from purestep.cli.options import (
     Seed,
     Shuffle,
     WeightDecay,
+    dataset_label,
     parse_hidden,
 )
 
@@ -181,7 +181,7 @@ def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Pat
 
 @app.command()
 def train(
-    dataset: Dataset = DatasetName.fashion_mnist,
+    dataset: Dataset = "fashion-mnist",
     data_dir: DataDir = Path("data"),
     epochs: Epochs = 10,
     batch_size: BatchSize = 64,
@@ -225,7 +225,7 @@ def train(
         raise typer.BadParameter("--resume needs --checkpoint DIR")
     widths = parse_hidden(hidden)
     run: dict[str, Any] = {
-        "dataset": dataset.value,
+        "dataset": dataset_label(dataset),
         "hidden": list(widths),
         "epochs": epochs,
         "batch_size": batch_size,
@@ -237,7 +237,7 @@ def train(
         "optimizer": config.to_dict(),
     }
     start = time.perf_counter()
-    data = load_data(dataset.value, data_dir, device)
+    data = load_data(dataset, data_dir, device)
 
     from purestep.core.model import MLP
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.options import DataDir, Dataset, DatasetName, Device, Epochs, Seed
+from purestep.cli.options import DataDir, Dataset, Device, Epochs, Seed, dataset_label
 
 if TYPE_CHECKING:
     from purestep.search.space import Space
@@ -108,7 +108,7 @@ Out = Annotated[
 
 @app.command()
 def tune(
-    dataset: Dataset = DatasetName.fashion_mnist,
+    dataset: Dataset = "fashion-mnist",
     data_dir: DataDir = Path("data"),
     epochs: Epochs = 10,
     n_trials: NTrials = 30,
@@ -176,9 +176,9 @@ def tune(
         parse_storage(storage)
     except StorageURLError as e:
         raise typer.BadParameter(str(e), param_hint="--storage") from None
-    name = study or f"purestep-{dataset.value}"
+    name = study or f"purestep-{dataset_label(dataset)}"
     options = TuneOptions(
-        dataset=dataset.value,
+        dataset=dataset,
         data_dir=str(data_dir),
         device=device,
         epochs=epochs,
