@@ -214,16 +214,22 @@ def _read_npz(path: Path) -> dict[str, Tensor]:
 
 
 def _from_numpy(path: Path, key: str, array: np.ndarray) -> Tensor:
-    """Numbers as a tensor: floats keep their width (float128 becomes float64), integers become int64."""
+    """Numbers as a tensor: integers become int64, other numbers keep their dtype (torch's widest at most)."""
     import numpy as np
 
     kind = array.dtype.kind
-    if kind not in "biuf":
+    if kind not in "biufc":
         raise DataError(f"{path}: {key} has dtype {array.dtype}; dataset arrays hold numbers")
     if kind == "u" and array.dtype.itemsize == 8 and array.size and array.max() > np.iinfo(np.int64).max:
         raise DataError(f"{path}: {key} holds labels beyond int64")
-    native = {"f": np.float64 if array.dtype.itemsize > 8 else array.dtype.newbyteorder("="), "b": np.bool_}
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=native.get(kind, np.int64)))
+    widest = {"f": np.float64, "c": np.complex128}
+    if kind in "iu":
+        dtype = np.dtype(np.int64)
+    elif kind in widest and array.dtype.itemsize > np.dtype(widest[kind]).itemsize:
+        dtype = np.dtype(widest[kind])  # float128, complex256
+    else:
+        dtype = array.dtype.newbyteorder("=")
+    return torch.from_numpy(np.asarray(array, dtype=dtype, order="C"))
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
