@@ -405,3 +405,14 @@ def test_a_file_trains_and_is_labelled_by_its_stem(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["config"]["dataset"] == "blobs" and len(summary["history"]) == 1
+
+
+def test_tune_names_its_study_after_the_file(tmp_path):
+    save_arrays(tmp_path / "blobs.safetensors", {k: torch.from_numpy(v) for k, v in _good(70, 12).items()})
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["tune", "--dataset", str(tmp_path / "blobs.safetensors"), "--epochs", "1", "--n-trials", "1"]
+    result = CliRunner().invoke(
+        app, [*args, "--storage", storage, "--no-final", "--json", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["study"] == "purestep-blobs"
