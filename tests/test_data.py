@@ -312,7 +312,7 @@ BAD_FILES = {
         _safetensors(x_test=np.zeros((4, 5), np.complex64)),
         "x_test has dtype complex64; inputs must be floating point",
     ),
-    "integer inputs": ("d.npz", _npz(x_train=np.zeros((10, 5), np.uint8)), "x_train has dtype int64; inputs"),
+    "integer inputs": ("d.npz", _npz(x_train=np.zeros((10, 5), np.uint8)), "x_train has dtype uint8; inputs"),
     "bool labels": ("d.npz", _npz(y_test=np.ones(4, bool)), "y_test has dtype bool"),
     "labels and targets": ("d.npz", _npz(y_test=np.zeros(4)), "both integer labels or both float targets"),
     "negative label": ("d.npz", _npz(y_train=np.arange(10) - 1), "y_train has a negative label (-1)"),

@@ -214,21 +214,18 @@ def _read_npz(path: Path) -> dict[str, Tensor]:
 
 
 def _from_numpy(path: Path, key: str, array: np.ndarray) -> Tensor:
-    """Numbers as a tensor: integers become int64, other numbers keep their dtype (torch's widest at most)."""
+    """Numbers as a tensor of their dtype, or the nearest torch has (uint16-64: int64, float128: float64)."""
     import numpy as np
 
-    kind = array.dtype.kind
+    kind, dtype = array.dtype.kind, array.dtype.newbyteorder("=")
     if kind not in "biufc":
         raise DataError(f"{path}: {key} has dtype {array.dtype}; dataset arrays hold numbers")
-    if kind == "u" and array.dtype.itemsize == 8 and array.size and array.max() > np.iinfo(np.int64).max:
-        raise DataError(f"{path}: {key} holds labels beyond int64")
-    widest = {"f": np.float64, "c": np.complex128}
-    if kind in "iu":
+    if kind == "u" and dtype.itemsize > 1:
+        if dtype.itemsize == 8 and array.size and array.max() > np.iinfo(np.int64).max:
+            raise DataError(f"{path}: {key} holds labels beyond int64")
         dtype = np.dtype(np.int64)
-    elif kind in widest and array.dtype.itemsize > np.dtype(widest[kind]).itemsize:
-        dtype = np.dtype(widest[kind])  # float128, complex256
-    else:
-        dtype = array.dtype.newbyteorder("=")
+    elif kind in "fc" and dtype.itemsize > 8 * (1 + (kind == "c")):
+        dtype = np.dtype(np.float64 if kind == "f" else np.complex128)
     return torch.from_numpy(np.asarray(array, dtype=dtype, order="C"))
 
 
@@ -260,7 +257,7 @@ def _from_arrays(path: Path, arrays: dict[str, Tensor]) -> Dataset:
     x_train, y_train, x_test, y_test = (arrays[key] for key in ARRAYS)
     for key, t in arrays.items():
         check(t.ndim > 0, f"{key} is a single number; it needs one row per sample")
-        dtype = str(t.dtype).removeprefix("torch.")
+        dtype = _dtype_name(t)
         if key.startswith("x"):
             check(t.is_floating_point(), f"{key} has dtype {dtype}; inputs must be floating point")
         else:
@@ -276,7 +273,8 @@ def _from_arrays(path: Path, arrays: dict[str, Tensor]) -> Dataset:
     check(x_train[0].numel() > 0, f"inputs have no features ({shapes})")
     check(
         y_train.is_floating_point() == y_test.is_floating_point(),
-        f"y_train is {y_train.dtype} but y_test is {y_test.dtype}; both integer labels or both float targets",
+        f"y_train is {_dtype_name(y_train)} but y_test {_dtype_name(y_test)}; "
+        "both integer labels or both float targets",
     )
     if y_train.is_floating_point():
         task, classes = "regression", None
@@ -300,8 +298,12 @@ def _as_float(path: Path, key: str, t: Tensor) -> Tensor:
     """`t` in the default float dtype (float32), refusing values that overflow it."""
     cast = t.to(torch.get_default_dtype())
     if not torch.isfinite(cast).all():
-        raise DataError(f"{path}: {key} has values beyond {str(cast.dtype).removeprefix('torch.')}'s range")
+        raise DataError(f"{path}: {key} has values beyond {_dtype_name(cast)}'s range")
     return cast
+
+
+def _dtype_name(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
 
 
 def is_file_name(name: str) -> bool:
