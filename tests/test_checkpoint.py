@@ -43,9 +43,9 @@ def test_resume_with_other_settings_is_refused_and_the_checkpoint_kept(tmp_path)
 
 
 def test_a_crash_mid_write_leaves_the_previous_checkpoint_latest(tmp_path):
-    params = mlp(4, (3,), 2).init(0)
+    params, buffers = mlp(4, (3,), 2).init(0)
     state = sgd(0.1, momentum=0.9).init(params)
-    save_checkpoint(tmp_path, 0, params, state, {"history": []})
+    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []})
     # what a crash leaves behind: a half-written folder and pointer under temporary names
     (tmp_path / ".epoch-0002.abc").mkdir()
     (tmp_path / ".epoch-0002.abc" / "params.safetensors").write_bytes(b"\x00" * 5)
@@ -56,7 +56,7 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint_latest(tmp_path):
     assert all(
         torch.equal(found.state[k], state[k]) and found.state[k].dtype == state[k].dtype for k in state
     )
-    save_checkpoint(tmp_path, 1, params, state, {"history": []})
+    save_checkpoint(tmp_path, 1, params, buffers, state, {"history": []})
     assert load_checkpoint(tmp_path).epoch == 1
 
 

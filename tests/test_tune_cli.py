@@ -366,7 +366,7 @@ def test_constant_schedule_is_core_fit_bit_for_bit_and_cosine_decays_to_near_zer
     theirs = fit(
         model,
         config.optimizer_config().build(),
-        model.init(1),
+        *model.init(1),
         data.x_train,
         data.y_train,
         epochs=2,

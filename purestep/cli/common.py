@@ -9,6 +9,7 @@ import typer
 
 if TYPE_CHECKING:
     from purestep.core.data import Dataset
+    from purestep.core.model import Model
     from purestep.core.optim import OptimizerConfig
 
 
@@ -44,3 +45,43 @@ def load_data(dataset: str, data_dir: Path, device: str) -> Dataset:
     from purestep.core.data import load_dataset
 
     return load_dataset(dataset, data_dir, resolve_device(device))
+
+
+def loss_for(data: Dataset, loss: str | None) -> str:
+    """The loss `--loss` names, or the task's default; a loss that does not fit the targets is a
+    usage error (exit 2)."""
+    regression = data.y_train.is_floating_point()
+    if loss is None:
+        return "mse" if regression else "cross_entropy"
+    if regression != (loss == "mse"):
+        kind = "float targets (a regression)" if regression else "class labels"
+        raise typer.BadParameter(
+            f"--loss {loss} does not fit {data.name}'s {kind}; use --loss "
+            + ("mse" if regression else "cross_entropy or nll")
+        )
+    return loss
+
+
+def model_for(
+    data: Dataset, ref: str, model_args: dict[str, object], loss: str, hidden: tuple[int, ...] | None = None
+) -> Model:
+    """The model `--model` names, fitted to the data's input shape and outputs, with `--model-arg`s;
+    `hidden` sets the MLP's widths unless an argument does. A model that cannot be found or built
+    is a usage error (exit 2)."""
+    from purestep.core.model import ModelError, accepted, build_model, resolve_factory
+
+    args = dict(model_args)
+    try:
+        takes = accepted(resolve_factory(ref))
+        if hidden is not None and ref == "mlp":
+            args.setdefault("hidden", hidden)
+        if loss == "nll" and (takes is None or "log_softmax" in takes) and ref in ("mlp", "cnn"):
+            args.setdefault("log_softmax", True)
+        return build_model(ref, tuple(data.x_train.shape[1:]), _out_features(data), args)
+    except ModelError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _out_features(data: Dataset) -> int:
+    y = data.y_train
+    return (y.shape[1] if y.ndim > 1 else 1) if y.is_floating_point() else data.classes

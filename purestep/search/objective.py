@@ -157,7 +157,7 @@ def train(
     return fit(
         model,
         optimizer,
-        model.init(seed, x.device),
+        *model.init(seed, x.device),
         x,
         y,
         epochs=epochs,

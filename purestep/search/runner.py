@@ -328,7 +328,7 @@ def _train_group(
     optimizers = [config.optimizer_config().build() for _, config in members]
     first = members[0][1]
     model = mlp(splits.in_features, first.hidden_layers(), splits.classes)
-    init = model.init(seed, splits.x_fit.device)
+    params, buffers = model.init(seed, splits.x_fit.device)
     reasons: dict[int, str] = {}
 
     def keep(k: int, metrics: EpochMetrics) -> bool:
@@ -340,8 +340,9 @@ def _train_group(
     results = fit_trials(
         model,
         optimizers[0],
-        [init] * len(members),
-        [o.init(init) for o in optimizers],
+        [params] * len(members),
+        [buffers] * len(members),
+        [o.init(params) for o in optimizers],
         splits.x_fit,
         splits.y_fit,
         epochs=epochs,

@@ -415,7 +415,7 @@ def final_train(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path
     )
     model = mlp(data.in_features, config.hidden_layers(), data.classes)
     _, eval_step = steps_for(model, config.optimizer_config().build(), outcome.compiled)
-    test = evaluate(eval_step, result.params, data.x_test, data.y_test, EVAL_BATCH_SIZE)
+    test = evaluate(eval_step, result.params, result.buffers, data.x_test, data.y_test, EVAL_BATCH_SIZE)
     seconds = time.perf_counter() - began
     weights = out / "best.safetensors"
     final = {
@@ -438,7 +438,7 @@ def final_train(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path
         "classes": data.classes,
         "test_accuracy": test.accuracy,
     }
-    save(weights, result.params, meta)
+    save(weights, result.params | result.buffers, meta)
     outcome.files.append(str(weights))
     return final
 
