@@ -397,14 +397,19 @@ def test_a_value_that_is_neither_a_name_nor_a_file_is_a_usage_error(value):
     assert not is_file_name(value)
 
 
-def test_a_file_trains_and_is_labelled_by_its_stem(tmp_path, monkeypatch):
-    save_arrays(tmp_path / "blobs.npz", {k: torch.from_numpy(v) for k, v in _good(70, 12).items()})
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_file_trains_and_is_labelled_by_its_stem(tmp_path, monkeypatch, task):
+    arrays = _good(70, 12)
+    if task == "regression":
+        arrays |= {"y_train": arrays["x_train"].sum(1), "y_test": arrays["x_test"].sum(1)}
+    save_arrays(tmp_path / "blobs.npz", {k: torch.from_numpy(v) for k, v in arrays.items()})
     monkeypatch.chdir(tmp_path)  # a relative path works, and is read from where the command runs
     args = ["train", "--dataset", "blobs.npz", "--epochs", "1", "--impl", "eager", "--json", "--hidden", "8"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["config"]["dataset"] == "blobs" and len(summary["history"]) == 1
+    assert summary["config"]["loss"] == ("mse" if task == "regression" else "cross_entropy")
 
 
 def test_tune_names_its_study_after_the_file(tmp_path):
