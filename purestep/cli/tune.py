@@ -175,7 +175,7 @@ def tune(
     from purestep.search.space import SpaceError, load_space
 
     try:
-        search_space = load_space(space)
+        search_space = load_space(space, model)
     except SpaceError as e:
         raise typer.BadParameter(str(e), param_hint="--space") from None
     if show_space:
