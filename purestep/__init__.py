@@ -32,7 +32,16 @@ _EXPORTS = {
         "train_epoch",
     ],
     "purestep.core.model": ["MLP", "NeuralNetwork", "Params", "mlp"],
-    "purestep.core.optim": ["Optimizer", "OptimizerConfig", "State", "adam", "adamw", "sgd"],
+    "purestep.core.optim": [
+        "Optimizer",
+        "OptimizerConfig",
+        "State",
+        "adam",
+        "adamw",
+        "rmsprop",
+        "sgd",
+        "tunable",
+    ],
     "purestep.core.step": [
         "batch_eval_over_trials",
         "batch_over_trials",
@@ -80,7 +89,7 @@ if TYPE_CHECKING:
         train_epoch,
     )
     from purestep.core.model import MLP, NeuralNetwork, Params, mlp
-    from purestep.core.optim import Optimizer, OptimizerConfig, State, adam, adamw, sgd
+    from purestep.core.optim import Optimizer, OptimizerConfig, State, adam, adamw, rmsprop, sgd, tunable
     from purestep.core.step import (
         batch_eval_over_trials,
         batch_over_trials,
