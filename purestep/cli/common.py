@@ -13,14 +13,42 @@ if TYPE_CHECKING:
 
 
 def optimizer_config(
-    name: str, lr: float, momentum: float, nesterov: bool, weight_decay: float
+    name: str,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    *,
+    alpha: float | None = None,
+    eps: float | None = None,
+    centered: bool = False,
 ) -> OptimizerConfig:
-    """A validated `OptimizerConfig`; an impossible combination is a usage error (exit 2)."""
+    """A validated `OptimizerConfig`; an impossible combination is a usage error (exit 2).
+
+    `alpha` and `eps` are None when not given, so that giving one to an optimizer without it
+    is refused rather than ignored.
+    """
     from purestep.core.optim import OptimizerConfig
 
-    if name != "sgd" and (momentum or nesterov):
-        raise typer.BadParameter("--momentum and --nesterov apply to --optimizer sgd only")
-    config = OptimizerConfig(name, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    if nesterov and name != "sgd":
+        raise typer.BadParameter("--nesterov applies to --optimizer sgd only")
+    if momentum and name not in ("sgd", "rmsprop"):
+        raise typer.BadParameter("--momentum applies to --optimizer sgd and rmsprop only")
+    if (alpha is not None or centered) and name != "rmsprop":
+        raise typer.BadParameter("--alpha and --centered apply to --optimizer rmsprop only")
+    if eps is not None and name == "sgd":
+        raise typer.BadParameter("--eps applies to --optimizer adam, adamw and rmsprop only")
+    defaults = OptimizerConfig()
+    config = OptimizerConfig(
+        name,  # type: ignore[arg-type]
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        eps=defaults.eps if eps is None else eps,
+        alpha=defaults.alpha if alpha is None else alpha,
+        centered=centered,
+    )
     try:
         config.build()
     except ValueError as e:

@@ -22,6 +22,7 @@ class OptimizerName(str, Enum):
     sgd = "sgd"
     adam = "adam"
     adamw = "adamw"
+    rmsprop = "rmsprop"
 
 
 def _positive(value: float) -> float:
@@ -40,6 +41,16 @@ def _momentum(value: float) -> float:
     if not math.isfinite(value) or not 0 <= value < 1:
         raise typer.BadParameter(f"must be in [0, 1), got {value}")
     return value
+
+
+def _alpha(value: float | None) -> float | None:
+    if value is not None and (not math.isfinite(value) or not 0 <= value <= 1):
+        raise typer.BadParameter(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _eps(value: float | None) -> float | None:
+    return None if value is None else _positive(value)
 
 
 def _device(value: str) -> str:
@@ -65,8 +76,30 @@ Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the tr
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per step.")]
 LearningRate = Annotated[float, typer.Option("--lr", callback=_positive, help="Learning rate (> 0).")]
 Optimizer = Annotated[OptimizerName, typer.Option("--optimizer", help="Optimizer.")]
-Momentum = Annotated[float, typer.Option("--momentum", callback=_momentum, help="SGD momentum in [0, 1).")]
+Momentum = Annotated[
+    float, typer.Option("--momentum", callback=_momentum, help="Momentum in [0, 1) (SGD, RMSprop).")
+]
 Nesterov = Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (SGD).")]
+Alpha = Annotated[
+    float | None,
+    typer.Option(
+        "--alpha",
+        callback=_alpha,
+        help="RMSprop's smoothing constant of the squared-gradient average, in [0, 1] (default 0.99).",
+    ),
+]
+Eps = Annotated[
+    float | None,
+    typer.Option(
+        "--eps",
+        callback=_eps,
+        help="Term added to the denominator, > 0 (default 1e-8; Adam, AdamW, RMSprop).",
+    ),
+]
+Centered = Annotated[
+    bool,
+    typer.Option("--centered/--no-centered", help="RMSprop divides by the gradient's estimated variance."),
+]
 WeightDecay = Annotated[
     float, typer.Option("--weight-decay", callback=_non_negative, help="Weight decay (>= 0).")
 ]

@@ -15,12 +15,15 @@ import typer
 from purestep.cli._app import app
 from purestep.cli.common import load_data, optimizer_config
 from purestep.cli.options import (
+    Alpha,
     BatchSize,
+    Centered,
     DataDir,
     Dataset,
     DatasetName,
     Device,
     Epochs,
+    Eps,
     Hidden,
     Impl,
     ImplOpt,
@@ -169,8 +172,12 @@ RESUME_KEYS = ("dataset", "hidden", "batch_size", "seed", "shuffle", "optimizer"
 
 def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Path) -> None:
     """A checkpoint resumes only the run that wrote it (more epochs and another impl are fine)."""
-    before = saved.get("run", {})
+    from purestep.core.optim import OptimizerConfig
+
+    before = dict(saved.get("run", {}))
     now = json.loads(json.dumps(run))
+    if isinstance(before.get("optimizer"), dict):  # fields added since the checkpoint keep their defaults
+        before["optimizer"] = json.loads(json.dumps(OptimizerConfig().to_dict())) | before["optimizer"]
     changed = [k for k in RESUME_KEYS if before.get(k) != now[k]]
     if changed:
         raise typer.BadParameter(
@@ -190,6 +197,9 @@ def train(
     momentum: Momentum = 0.0,
     nesterov: Nesterov = False,
     weight_decay: WeightDecay = 0.0,
+    alpha: Alpha = None,
+    eps: Eps = None,
+    centered: Centered = False,
     hidden: Hidden = "512,512",
     seed: Seed = 0,
     shuffle: Shuffle = False,
@@ -216,7 +226,9 @@ def train(
     ] = False,
 ) -> None:
     """Train the tutorial's MLP (defaults: the tutorial's) and print the tutorial's lines."""
-    config = optimizer_config(optimizer.value, lr, momentum, nesterov, weight_decay)
+    config = optimizer_config(
+        optimizer.value, lr, momentum, nesterov, weight_decay, alpha=alpha, eps=eps, centered=centered
+    )
     if (checkpoint or resume) and impl is Impl.reference:
         raise typer.BadParameter("--checkpoint and --resume need --impl eager or compiled")
     if precision is not Precision.fp32 and impl is Impl.reference:
