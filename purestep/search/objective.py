@@ -60,6 +60,8 @@ class TrialConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    alpha: float = 0.99
+    centered: bool = False
     batch_size: int = 64
     hidden: int = 512
     layers: int = 2
@@ -83,6 +85,8 @@ class TrialConfig:
             weight_decay=self.weight_decay,
             betas=(self.beta1, self.beta2),
             eps=self.eps,
+            alpha=self.alpha,
+            centered=self.centered,
         )
         try:
             config.build()

@@ -69,7 +69,7 @@ class Setting:
 
 
 SETTINGS: dict[str, Setting] = {
-    "optimizer": Setting(str, "sgd", options=("sgd", "adam", "adamw")),
+    "optimizer": Setting(str, "sgd", options=("sgd", "adam", "adamw", "rmsprop")),
     "lr": Setting(float, 1e-3, low=0.0, low_open=True),
     "momentum": Setting(float, 0.0, low=0.0, high=1.0, high_open=True),
     "nesterov": Setting(bool, False),
@@ -77,6 +77,8 @@ SETTINGS: dict[str, Setting] = {
     "beta1": Setting(float, 0.9, low=0.0, high=1.0, high_open=True),
     "beta2": Setting(float, 0.999, low=0.0, high=1.0, high_open=True),
     "eps": Setting(float, 1e-8, low=0.0, low_open=True),
+    "alpha": Setting(float, 0.99, low=0.0, high=1.0),
+    "centered": Setting(bool, False),
     "batch_size": Setting(int, 64, low=1, high=65536),
     "hidden": Setting(int, 512, low=1, high=65536),
     "layers": Setting(int, 2, low=1, high=16),
@@ -92,7 +94,7 @@ DEFAULT_SPACE_TOML = """\
 # A --space file is merged over this one, table by table.
 
 [optimizer]
-choices = ["sgd", "adam"]
+choices = ["sgd", "adam", "rmsprop"]
 
 [sgd_lr]
 key = "lr"
@@ -107,6 +109,17 @@ low = 1e-5
 high = 1e-1
 log = true
 when = { optimizer = "adam" }
+
+[rmsprop_lr]
+key = "lr"
+low = 1e-5
+high = 1e-1
+log = true
+when = { optimizer = "rmsprop" }
+
+[centered]
+choices = [false, true]
+when = { optimizer = "rmsprop" }
 
 [momentum]
 low = 0.0
