@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from purestep.core.settings import OPTIMIZER_SETTINGS, tutorial
+
 if TYPE_CHECKING:
     from purestep.core.data import Dataset
     from purestep.core.optim import OptimizerConfig
@@ -30,23 +32,26 @@ def optimizer_config(
     """
     from purestep.core.optim import OptimizerConfig
 
-    if nesterov and name != "sgd":
-        raise typer.BadParameter("--nesterov applies to --optimizer sgd only")
-    if momentum and name not in ("sgd", "rmsprop"):
-        raise typer.BadParameter("--momentum applies to --optimizer sgd and rmsprop only")
-    if (alpha is not None or centered) and name != "rmsprop":
-        raise typer.BadParameter("--alpha and --centered apply to --optimizer rmsprop only")
-    if eps is not None and name == "sgd":
-        raise typer.BadParameter("--eps applies to --optimizer adam, adamw and rmsprop only")
-    defaults = OptimizerConfig()
+    given = {
+        "momentum": momentum != 0,
+        "nesterov": nesterov,
+        "alpha": alpha is not None,
+        "eps": eps is not None,
+        "centered": centered,
+    }
+    for key, on in given.items():
+        readers = OPTIMIZER_SETTINGS[key].optimizers
+        if on and name not in readers:
+            flag = "--" + key.replace("_", "-")
+            raise typer.BadParameter(f"{flag} applies to --optimizer {', '.join(readers)} only")
     config = OptimizerConfig(
         name,  # type: ignore[arg-type]
         lr=lr,
         momentum=momentum,
         nesterov=nesterov,
         weight_decay=weight_decay,
-        eps=defaults.eps if eps is None else eps,
-        alpha=defaults.alpha if alpha is None else alpha,
+        eps=tutorial("eps") if eps is None else eps,
+        alpha=tutorial("alpha") if alpha is None else alpha,
         centered=centered,
     )
     try:

@@ -39,6 +39,7 @@ from purestep.cli.options import (
     WeightDecay,
     parse_hidden,
 )
+from purestep.core.settings import OPTIMIZER_SETTINGS
 
 if TYPE_CHECKING:
     from purestep.core.data import Dataset as Data
@@ -167,6 +168,9 @@ def _run_functional(
     return result.params, history
 
 
+_TUTORIAL = {name: setting.tutorial for name, setting in OPTIMIZER_SETTINGS.items()}
+"""The optimizer options' defaults: the tutorial's."""
+
 RESUME_KEYS = ("dataset", "hidden", "batch_size", "seed", "shuffle", "optimizer")
 
 
@@ -192,14 +196,14 @@ def train(
     data_dir: DataDir = Path("data"),
     epochs: Epochs = 10,
     batch_size: BatchSize = 64,
-    lr: LearningRate = 1e-3,
-    optimizer: Optimizer = OptimizerName.sgd,
-    momentum: Momentum = 0.0,
-    nesterov: Nesterov = False,
-    weight_decay: WeightDecay = 0.0,
+    lr: LearningRate = _TUTORIAL["lr"],
+    optimizer: Optimizer = OptimizerName[_TUTORIAL["optimizer"]],
+    momentum: Momentum = _TUTORIAL["momentum"],
+    nesterov: Nesterov = _TUTORIAL["nesterov"],
+    weight_decay: WeightDecay = _TUTORIAL["weight_decay"],
     alpha: Alpha = None,
     eps: Eps = None,
-    centered: Centered = False,
+    centered: Centered = _TUTORIAL["centered"],
     hidden: Hidden = "512,512",
     seed: Seed = 0,
     shuffle: Shuffle = False,

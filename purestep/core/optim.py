@@ -24,6 +24,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from purestep.core.settings import tutorial
+
 Params = dict[str, Tensor]
 State = dict[str, Tensor]
 
@@ -398,17 +400,21 @@ def tunable(config: OptimizerConfig) -> Optimizer:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """Plain-data description of an optimizer, for CLIs, files and search spaces."""
+    """Plain-data description of an optimizer, for CLIs, files and search spaces.
 
-    name: OptimizerName = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    alpha: float = 0.99
-    centered: bool = False
+    Defaults are the tutorial's, from `OPTIMIZER_SETTINGS` (fields an optimizer does not read
+    are ignored by `build`).
+    """
+
+    name: OptimizerName = tutorial("optimizer")
+    lr: float = tutorial("lr")
+    momentum: float = tutorial("momentum")
+    nesterov: bool = tutorial("nesterov")
+    weight_decay: float = tutorial("weight_decay")
+    betas: tuple[float, float] = (tutorial("beta1"), tutorial("beta2"))
+    eps: float = tutorial("eps")
+    alpha: float = tutorial("alpha")
+    centered: bool = tutorial("centered")
 
     def build(self) -> Optimizer:
         """The functional optimizer this config describes (validates the values)."""
