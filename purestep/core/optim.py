@@ -344,18 +344,12 @@ FAMILIES = ("sgd", "adam", "rmsprop")
 
 _UNION_SLOT = {"square_avg": "exp_avg_sq", "grad_avg": "exp_avg"}
 _UNION_HYPER = {
-    "lr": 1e-3,
-    "momentum": 0.0,
+    **{k: float(tutorial(k)) for k in ("lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2")},
+    **{k: float(tutorial(k)) for k in ("eps", "alpha", "centered")},
     "dampening": 0.0,
-    "nesterov": 0.0,
-    "weight_decay": 0.0,
-    "beta1": 0.9,
-    "beta2": 0.999,
-    "eps": 1e-8,
     "decoupled": 0.0,
-    "alpha": 0.99,
-    "centered": 0.0,
 }
+"""Every hyperparameter a family reads; a trial's own optimizer sets its own, the tutorial's fill the rest."""
 
 
 def _union_update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
@@ -369,10 +363,10 @@ def _union_update(grads: Params, state: State, params: Params) -> tuple[Params, 
     new_params: Params = {}
     new: State = {"step": state["step"] + 1}
     for k, p in params.items():
-        for i, (family, rule) in enumerate(rules.items()):
+        for i, family in enumerate(FAMILIES):
             chosen = state["family"] == i
             keys = {s: f"{_UNION_SLOT.get(s, s)}.{k}" for s in _BUFFERS[family]}
-            p_family, slots = rule(p, grads[k], {s: state[key] for s, key in keys.items()})
+            p_family, slots = rules[family](p, grads[k], {s: state[key] for s, key in keys.items()})
             new_params[k] = torch.where(chosen, p_family, new_params[k]) if i else p_family
             for s, v in slots.items():
                 new[keys[s]] = torch.where(chosen, v, new.get(keys[s], state[keys[s]]))
