@@ -230,14 +230,17 @@ def _tell(
 
 
 def group_key(config: TrialConfig) -> tuple[object, ...]:
-    """What decides a trial's step graph: optimizer family, widths, model arguments, batch size, order.
+    """What decides a trial's step graph: optimizer family and buffers, widths, model arguments,
+    batch size and order.
 
-    Adam and AdamW share one update (decoupling is state data), so they share groups; SGD
-    without momentum keeps no buffers, so it groups apart from SGD with momentum. Every other
-    hyperparameter is data in the optimizer state and may differ inside a group.
+    Adam and AdamW share one update (decoupling is state data), so they share groups; SGD and
+    RMSprop keep momentum buffers only with momentum, and RMSprop a gradient average only when
+    centered, so those group apart. Every other hyperparameter is data in the optimizer state
+    and may differ inside a group.
     """
-    family = "adam" if config.optimizer != "sgd" else "sgd" if config.momentum else "sgd, no momentum"
-    return family, config.hidden_layers(), config.model_args, config.batch_size, config.shuffle
+    family = "adam" if config.optimizer == "adamw" else config.optimizer
+    buffers = (family != "adam" and config.momentum != 0, family == "rmsprop" and config.centered)
+    return family, buffers, config.hidden_layers(), config.model_args, config.batch_size, config.shuffle
 
 
 def run_trial_batches(
