@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from purestep.check import Carry, Row, Side, Tree, Twin, describe, lockstep, lockstep_row, one_at_a_time, side
-from purestep.core.model import MLP, Params
+from purestep.core.model import Model, Params
 from purestep.core.optim import OptimizerConfig
 from purestep.core.step import make_train_step
 
@@ -106,9 +106,9 @@ class FlaxMLP(nn.Module):
         return nn.Dense(self.classes, precision=self.precision)(x)
 
 
-def flax_model(spec: MLP) -> FlaxMLP:
+def flax_model(spec: Model) -> FlaxMLP:
     """The flax module of the same shape as `spec` (its input width comes from the data)."""
-    return FlaxMLP(hidden=spec.hidden, classes=spec.classes)
+    return FlaxMLP(hidden=tuple(spec.kwargs["hidden"]), classes=spec.kwargs["classes"])
 
 
 def _as_jax(leaf: Any) -> jax.Array:
@@ -272,14 +272,14 @@ def from_optax_state(opt_state: optax.OptState, state: Tree) -> Tree:
     return {k: new[k].to(state[k].device) for k in state}
 
 
-def jax_side(spec: MLP, config: OptimizerConfig) -> Side:
-    """The flax/optax step as a `Side` over purestep's `(params, state)`: each call converts the
-    carry to JAX, takes one jitted step, and converts the result back."""
+def jax_side(spec: Model, config: OptimizerConfig) -> Side:
+    """The flax/optax step as a `Side` over purestep's `(params, buffers, state)` (the MLP has no
+    buffers): each call converts the carry to JAX, takes one jitted step, and converts back."""
     tx = optax_optimizer(config)
     step = make_jax_train_step(flax_model(spec), tx)
 
     def run(carry: Carry, x: Tensor, y: Tensor) -> tuple[Carry, Tensor]:
-        params, state = carry
+        params, buffers, state = carry
         flax_params = to_flax(params)["params"]
         new_params, opt_state, loss = step(
             flax_params,
@@ -288,13 +288,13 @@ def jax_side(spec: MLP, config: OptimizerConfig) -> Side:
             tensor_to_jax(y.to(torch.int32)),
         )
         back = {k: v.to(x.device) for k, v in from_flax({"params": new_params}).items()}
-        return (back, from_optax_state(opt_state, state)), jax_to_tensor(loss).to(x.device)
+        return (back, buffers, from_optax_state(opt_state, state)), jax_to_tensor(loss).to(x.device)
 
     return run
 
 
 def jax_vs_eager(
-    spec: MLP,
+    spec: Model,
     config: OptimizerConfig,
     seed: int,
     train: tuple[Tensor, Tensor],
@@ -310,12 +310,12 @@ def jax_vs_eager(
         raise ValueError("need at least one batch and steps >= 1")
     optimizer = config.build()
     eager = make_train_step(spec, optimizer)
-    params = spec.init(seed, x.device)
+    params, buffers = spec.init(seed, x.device)
     result, distance = lockstep(
         Twin(spec, optimizer),
         side(eager),
         one_at_a_time(jax_side(spec, config)),
-        [(params, optimizer.init(params))],
+        [(params, buffers, optimizer.init(params))],
         x[: steps * batch_size],
         y[: steps * batch_size],
         batch_size,
@@ -324,7 +324,7 @@ def jax_vs_eager(
 
 
 def jax_rows(
-    spec: MLP,
+    spec: Model,
     train: tuple[Tensor, Tensor],
     seed: int,
     *,

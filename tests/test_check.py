@@ -107,9 +107,10 @@ def eager_and_twin(config: OptimizerConfig, spec=None):
 
 
 def run(spec, optimizer, twin, reference, other, data, steps=3):
-    params = spec.init(0)
+    params, buffers = spec.init(0)
     x, y = data[0][: steps * 64], data[1][: steps * 64]
-    return lockstep(twin, reference, one_at_a_time(other), [(params, optimizer.init(params))], x, y, 64)[0]
+    carry = (params, buffers, optimizer.init(params))
+    return lockstep(twin, reference, one_at_a_time(other), [carry], x, y, 64)[0]
 
 
 @pytest.mark.parametrize("config", OPTIMIZERS, ids=["sgd", "adam"])
@@ -117,8 +118,9 @@ def test_an_update_off_by_1e4_is_caught(digits, config):
     spec, optimizer, eager, twin = eager_and_twin(config)
 
     def scaled(carry: Carry, x, y):
-        params, state, loss = eager(*carry, x, y)
-        return ({k: carry[0][k] + (v - carry[0][k]) * (1 + 1e-4) for k, v in params.items()}, state), loss
+        params, buffers, state, loss = eager(*carry, x, y)
+        scaled = {k: carry[0][k] + (v - carry[0][k]) * (1 + 1e-4) for k, v in params.items()}
+        return (scaled, buffers, state), loss
 
     assert run(spec, optimizer, twin, side(eager), side(eager), digits).passed
     result = run(spec, optimizer, twin, side(eager), scaled, digits)
@@ -131,9 +133,9 @@ def test_a_dropped_weight_decay_is_caught(digits, config):
     no_decay = torch.zeros((), dtype=torch.float64)
 
     def forgetful(carry: Carry, x, y):
-        params, state = carry
-        params, new_state, loss = eager(params, {**state, "weight_decay": no_decay}, x, y)
-        return (params, {**new_state, "weight_decay": state["weight_decay"]}), loss
+        params, buffers, state = carry
+        params, buffers, new_state, loss = eager(params, buffers, {**state, "weight_decay": no_decay}, x, y)
+        return (params, buffers, {**new_state, "weight_decay": state["weight_decay"]}), loss
 
     result = run(spec, optimizer, twin, side(eager), forgetful, digits)
     assert not result.passed and "other side" in result.failure
@@ -144,16 +146,17 @@ def flipped_side(spec, optimizer, unit):
     twin32 = Twin(spec, optimizer)
 
     def step(carry: Carry, x, y):
-        params, state = carry
-        grads, loss = twin32.grads(params, x, y, [unit])
-        return optimizer.update(grads, state, params), loss
+        params, buffers, state = carry
+        grads, loss, buffers = twin32.grads(params, buffers, x, y, [unit])
+        params, state = optimizer.update(grads, state, params)
+        return (params, buffers, state), loss
 
     return step
 
 
 def test_a_branch_taken_the_other_way_far_from_zero_is_caught(digits):
     spec, optimizer, eager, twin = eager_and_twin(SGD)
-    z = twin.inputs({k: v.double() for k, v in spec.init(0).items()}, digits[0][:64].double())[0]
+    z = twin.inputs({k: v.double() for k, v in spec.init(0)[0].items()}, {}, digits[0][:64].double())[0]
     far = int(z.abs().argmax())
     result = run(spec, optimizer, twin, side(eager), flipped_side(spec, optimizer, (0, far)), digits, 1)
     assert not result.passed
@@ -163,19 +166,19 @@ def test_a_branch_taken_the_other_way_within_rounding_of_zero_passes_and_is_repo
     """Unit 0 of the first sample is put within float32 rounding of zero by its bias; a side
     that takes its other branch is a correct float32 step, which the row names as a flip."""
     spec, optimizer, eager, twin = eager_and_twin(SGD)
-    params = spec.init(0)
+    params, _ = spec.init(0)
     x = digits[0][:64]
-    exact = twin.inputs({k: v.double() for k, v in params.items()}, x.double())[0]
+    exact = twin.inputs({k: v.double() for k, v in params.items()}, {}, x.double())[0]
     bias = params["linear_relu_stack.0.bias"].clone()
     bias[0] -= exact[0].float()
     params = {**params, "linear_relu_stack.0.bias": bias}
-    z = twin.inputs({k: v.double() for k, v in params.items()}, x.double())[0]
+    z = twin.inputs({k: v.double() for k, v in params.items()}, {}, x.double())[0]
     assert abs(z[0].item()) < 1e-6
     result = lockstep(
         twin,
         side(eager),
         one_at_a_time(flipped_side(spec, optimizer, (0, 0))),
-        [(params, optimizer.init(params))],
+        [(params, {}, optimizer.init(params))],
         x,
         digits[1][:64],
         64,

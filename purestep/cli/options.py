@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from enum import Enum
 from pathlib import Path
@@ -10,12 +11,8 @@ from typing import Annotated
 
 import typer
 
-
-class DatasetName(str, Enum):
-    fashion_mnist = "fashion-mnist"
-    mnist = "mnist"
-    kmnist = "kmnist"
-    digits = "digits"
+# the names of purestep.core.data.DATASETS, here without importing torch
+DATASET_NAMES = ("fashion-mnist", "mnist", "kmnist", "digits", "diabetes")
 
 
 class OptimizerName(str, Enum):
@@ -42,6 +39,26 @@ def _momentum(value: float) -> float:
     return value
 
 
+def _dataset(value: str) -> str:
+    """A built-in name as is; a file (a suffix or a folder in the name, or it exists) as an absolute path.
+
+    The file itself is read, and any problem with it reported (exit 1), when the data loads.
+    """
+    path = Path(value)
+    if value in DATASET_NAMES:
+        return value
+    if value and (path.suffix or "/" in value or os.sep in value or path.exists()):
+        return str(path.expanduser().absolute())
+    raise typer.BadParameter(
+        f"must be one of {', '.join(DATASET_NAMES)}, or an .npz/.safetensors file; got {value!r}"
+    )
+
+
+def dataset_label(dataset: str) -> str:
+    """The dataset's name in study names and reports: the built-in name, or the file's stem."""
+    return dataset if dataset in DATASET_NAMES else Path(dataset).stem
+
+
 def _device(value: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
         raise typer.BadParameter(f"must be cpu, cuda or cuda:N, got {value!r}")
@@ -49,8 +66,14 @@ def _device(value: str) -> str:
 
 
 Dataset = Annotated[
-    DatasetName,
-    typer.Option("--dataset", help="Dataset; digits is bundled with scikit-learn and works offline."),
+    str,
+    typer.Option(
+        "--dataset",
+        callback=_dataset,
+        metavar="NAME|FILE",
+        help="fashion-mnist, mnist, kmnist (downloaded); digits or diabetes (regression), bundled with "
+        "scikit-learn, offline; or an .npz/.safetensors file holding x_train, y_train, x_test, y_test.",
+    ),
 ]
 DataDir = Annotated[
     Path,
@@ -75,6 +98,67 @@ Shuffle = Annotated[
     bool, typer.Option("--shuffle/--no-shuffle", help="Seeded permutation per epoch, or file order.")
 ]
 Device = Annotated[str, typer.Option("--device", callback=_device, help="cpu, cuda or cuda:N.")]
+
+
+def _model_args(values: list[str] | None) -> list[str]:
+    for value in values or []:
+        key, sep, _ = value.partition("=")
+        if not sep or not key.isidentifier():
+            raise typer.BadParameter(f"must be key=value, e.g. dropout=0.2; got {value!r}")
+    return values or []
+
+
+def parse_value(text: str) -> bool | int | float | str | tuple[int, ...]:
+    """A command-line value as the Python value it spells: true/false, an integer, a number,
+    integers separated by commas (a tuple, e.g. widths), else the string itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    parts = text.split(",")
+    if len(parts) > 1 and all(p.strip().lstrip("-").isdigit() for p in parts):
+        return tuple(int(p) for p in parts)
+    return text
+
+
+def parse_model_args(values: list[str] | None) -> dict[str, object]:
+    """`["width=64", "dropout=0.2"]` to `{"width": 64, "dropout": 0.2}` (already validated)."""
+    return {k: parse_value(v) for k, _, v in (value.partition("=") for value in values or [])}
+
+
+ModelRef = Annotated[
+    str,
+    typer.Option(
+        "--model", help="mlp (the tutorial's), cnn (BatchNorm and dropout), or path/to/file.py:factory."
+    ),
+]
+ModelArgs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-arg",
+        callback=_model_args,
+        help="A keyword argument of the model's factory, key=value (repeatable), e.g. dropout=0.2.",
+    ),
+]
+
+
+class LossName(str, Enum):
+    cross_entropy = "cross_entropy"
+    nll = "nll"
+    mse = "mse"
+
+
+Loss = Annotated[
+    LossName | None,
+    typer.Option(
+        "--loss",
+        help="cross_entropy (the default for labels), nll (the model ends in log_softmax), "
+        "or mse (the default for float targets: a regression).",
+    ),
+]
 
 
 class Impl(str, Enum):
