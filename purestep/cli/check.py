@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.common import load_data, optimizer_config
+from purestep.cli.common import load_data, model_for, optimizer_config
 from purestep.cli.options import (
     BatchSize,
     DataDir,
@@ -18,11 +18,14 @@ from purestep.cli.options import (
     Device,
     Hidden,
     LearningRate,
+    ModelArgs,
+    ModelRef,
     Momentum,
     Nesterov,
     Seed,
     WeightDecay,
     parse_hidden,
+    parse_model_args,
 )
 
 
@@ -44,6 +47,8 @@ def check(
     nesterov: Nesterov = False,
     weight_decay: WeightDecay = 0.0,
     hidden: Hidden = "512,512",
+    model: ModelRef = "mlp",
+    model_arg: ModelArgs = None,
     seed: Seed = 0,
     device: Device = "cpu",
     against: Annotated[
@@ -58,13 +63,23 @@ def check(
     same state (lockstep) and report the free-running trajectories beside, as facts.
     """
     config = optimizer_config("sgd", lr, momentum, nesterov, weight_decay)
+    widths = parse_hidden(hidden)
+    if model != "mlp" and (widths != (512, 512) or against):
+        raise typer.BadParameter(
+            "--hidden and --against jax apply to the MLP; for another model use --model-arg"
+        )
     data = load_data(dataset, data_dir, device)
+    if data.y_train.is_floating_point():
+        raise typer.BadParameter(
+            f"check compares classification steps (cross-entropy); {data.name} is a regression"
+        )
+    spec = model_for(data, model, parse_model_args(model_arg), "cross_entropy", widths)
 
     from purestep.check import run_checks
 
     extra = _jax_rows(config, batch_size) if against else None
     rows, same_lines = run_checks(
-        data, config, seed=seed, batch_size=batch_size, steps=steps, hidden=parse_hidden(hidden), extra=extra
+        data, config, seed=seed, batch_size=batch_size, steps=steps, model=spec, extra=extra
     )
     ok = same_lines and all(r.passed for r in rows)
     if json_output:
