@@ -226,20 +226,23 @@ class Twin:
 
         Per element of the new params and state: the lowest and highest exact result over
         gradients off by float32's rounding (`HEADROOM * U` of each gradient tensor's largest
-        entry), taken at both ends and at the gradient, or at zero where zero is in reach (where
-        a square, as Adam's second moment, is least); and the optimizer's own rounding.
+        entry), taken at five points across that range; where those five are not in order (an
+        extremum inside, as Adam's second moment has where the decayed gradient crosses zero)
+        the range is widened by its own width. On top: the optimizer's own rounding.
         """
         tolerance = {k: HEADROOM * U * g.abs().max() for k, g in grads.items()}
-        middle = {k: torch.where(g.abs() <= tolerance[k], 0.0, g) for k, g in grads.items()}
         runs = [
             _carry(self.update({k: g + sign * tolerance[k] for k, g in grads.items()}, state, params))
-            for sign in (-1.0, 1.0)
+            for sign in (-1.0, -0.5, 0.0, 0.5, 1.0)
         ]
-        runs.append(_carry(self.update(middle, state, params)))
         low, high, slack, scale = {}, {}, {}, {}
         for k in runs[0]:
-            low[k] = torch.minimum(torch.minimum(runs[0][k], runs[1][k]), runs[2][k])
-            high[k] = torch.maximum(torch.maximum(runs[0][k], runs[1][k]), runs[2][k])
+            values = torch.stack([r[k] for r in runs])
+            low[k], high[k] = values.amin(0), values.amax(0)
+            steps = values.diff(dim=0)
+            turns = ~((steps >= 0).all(0) | (steps <= 0).all(0))
+            width = torch.where(turns, high[k] - low[k], 0.0)
+            low[k], high[k] = low[k] - width, high[k] + width
             before = old[k].double()
             change = torch.maximum((low[k] - before).abs(), (high[k] - before).abs())
             slack[k] = ARITHMETIC * U * change
