@@ -7,6 +7,12 @@ and stops, so the study ends with exactly N finished trials.
 
 SIGINT and SIGTERM are held back while the storage is written: the running trial is told
 FAIL (with the reason) and the exception continues, so no trial is left RUNNING.
+
+On a database storage each running trial is stamped by a heartbeat (heartbeat.py). A trial that
+another worker failed as stale (this process was paused or stalled past the grace period) is
+noticed at its next report or tell: training stops and its result is dropped, because the
+study has queued a retry with the same parameters, seed and batch order, which recomputes it;
+the trial stays FAIL and counts nowhere, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from purestep.search.heartbeat import Heartbeat, fail_stale_trials, lost_notice, start_heartbeat
 from purestep.search.objective import (
     EVAL_BATCH_SIZE,
     ConfigError,
@@ -36,7 +43,6 @@ from purestep.search.objective import (
     suggest_config,
 )
 from purestep.search.space import Space
-from purestep.search.storage import HeartbeatRDBStorage
 
 if TYPE_CHECKING:
     from purestep.core.loop import EpochMetrics
@@ -117,19 +123,11 @@ def _interrupt_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
-def _reap(study: optuna.Study) -> None:
-    """Fail trials whose worker died (heartbeat older than the grace period), so they stop
-    counting as taken and their retries are asked for; only database storages beat."""
-    storage = study._storage
-    if isinstance(storage, HeartbeatRDBStorage):
-        storage.fail_stale_trials(study._study_id)
-
-
 def _room(study: optuna.Study, n_trials: int, deadline: float | None) -> tuple[list[FrozenTrial], int]:
     """The study's trials and how many more may start (none once `deadline` has passed)."""
     if deadline is not None and time.time() >= deadline:
         return [], 0
-    _reap(study)
+    fail_stale_trials(study)  # a dead worker's trial stops counting as taken; its retry is queued
     trials = study.get_trials(deepcopy=False)
     return trials, n_trials - count(trials, TAKEN)
 
@@ -159,20 +157,24 @@ def run_trials(
             break
         shield.depth += 1
         trial: optuna.Trial | None = None
+        beat: Heartbeat | None = None
         try:
             trial = study.ask()
             shield.depth -= 1
             shield.deliver()
             if _fail_if_surplus(study, trial, shield, n_trials):
                 break
+            beat = start_heartbeat(trial)
             on_trial_start(trial.number, count(trials, FINISHED))
             value = objective(trial)
         except optuna.TrialPruned as e:
             assert trial is not None
-            _tell(study, trial, shield, TrialState.PRUNED, reason=str(e) or "pruned")
+            told = _tell(study, trial, shield, TrialState.PRUNED, reason=str(e) or "pruned", beat=beat)
+        except optuna.exceptions.UpdateFinishedTrialError:  # a report found it failed as stale
+            told = False
         except ConfigError as e:
             assert trial is not None
-            _tell(study, trial, shield, TrialState.FAIL, reason=str(e))
+            _tell(study, trial, shield, TrialState.FAIL, reason=str(e), beat=beat)
             raise ConfigError(
                 f"trial {trial.number} drew settings the optimizer rejects ({e}); narrow the search space"
             ) from None
@@ -180,10 +182,16 @@ def run_trials(
             if trial is None:
                 shield.depth -= 1
             else:
-                _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e))
+                _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e), beat=beat)
             raise
         else:
-            _tell(study, trial, shield, TrialState.COMPLETE, value=value)
+            told = _tell(study, trial, shield, TrialState.COMPLETE, value=value, beat=beat)
+        finally:
+            if beat is not None:
+                beat.stop()
+        if not told:
+            lost_notice(trial.number)
+            continue
         ran += 1
         _report_end(study, trial.number, on_trial_end)
     return ran
@@ -217,12 +225,21 @@ def _tell(
     state: TrialState,
     value: float | None = None,
     reason: str | None = None,
-) -> None:
+    beat: Heartbeat | None = None,
+) -> bool:
+    """Finish `trial`; False when it was already finished elsewhere (failed as stale by another worker)."""
     shield.depth += 1
     try:
+        if beat is not None:
+            beat.stop()
+            if beat.missed:
+                trial.set_user_attr("heartbeats_missed", beat.missed)
         if reason is not None:
             trial.set_user_attr("reason", reason)
-        study.tell(trial, value, state=state if value is None else None, skip_if_finished=True)
+        told = study.tell(trial, value, state=state if value is None else None, skip_if_finished=True)
+        return told.state == state
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
     finally:
         shield.depth -= 1
 
@@ -268,12 +285,14 @@ def run_trial_batches(
             break
         asked: list[tuple[optuna.Trial, TrialConfig]] = []
         told: set[int] = set()
+        beats: dict[int, Heartbeat | None] = {}
         try:
             for _ in range(min(batch, room)):
                 with shield.hold():
                     trial = study.ask()
                 if _fail_if_surplus(study, trial, shield, n_trials):
                     break
+                beats[trial.number] = start_heartbeat(trial)
                 with shield.hold():
                     _, config = suggest_config(space, trial)
                 asked.append((trial, config))
@@ -286,8 +305,12 @@ def run_trial_batches(
                 for trial, state, value, reason in _train_group(
                     members, splits, epochs=epochs, seed=seed, compiled=compiled, shield=shield
                 ):
-                    _tell(study, trial, shield, state, value=value, reason=reason)
+                    beat = beats.get(trial.number)
+                    ok = state is not None and _tell(study, trial, shield, state, value, reason, beat)
                     told.add(trial.number)
+                    if not ok:
+                        lost_notice(trial.number)
+                        continue
                     ran += 1
                     _report_end(study, trial.number, on_trial_end)
         except BaseException as e:
@@ -295,6 +318,10 @@ def run_trial_batches(
                 if trial.number not in told:
                     _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e))
             raise
+        finally:
+            for beat in beats.values():
+                if beat is not None:
+                    beat.stop()
         if len(asked) < min(batch, room):
             break
     return ran
@@ -309,7 +336,9 @@ def _train_group(
     compiled: bool,
     shield: Shield,
 ) -> Iterator[tuple[optuna.Trial, TrialState, float | None, str | None]]:
-    """Train trials that share a step graph; yields `(trial, state, value, reason)` for each."""
+    """Train trials that share a step graph; yields `(trial, state, value, reason)` for each, with
+    state None for a trial that another worker failed as stale meanwhile (its training stopped)."""
+    finished_elsewhere = optuna.exceptions.UpdateFinishedTrialError
     if len(members) == 1:
         trial, config = members[0]
         try:
@@ -318,6 +347,9 @@ def _train_group(
             )
         except optuna.TrialPruned as e:
             yield trial, TrialState.PRUNED, None, str(e)
+            return
+        except finished_elsewhere:
+            yield trial, None, None, None
             return
         yield trial, TrialState.COMPLETE, value, None
         return
@@ -330,9 +362,14 @@ def _train_group(
     model = mlp(splits.in_features, first.hidden_layers(), splits.classes)
     init = model.init(seed, splits.x_fit.device)
     reasons: dict[int, str] = {}
+    lost: set[int] = set()
 
     def keep(k: int, metrics: EpochMetrics) -> bool:
-        reason = pruned_reason(members[k][0], metrics, shield.hold)
+        try:
+            reason = pruned_reason(members[k][0], metrics, shield.hold)
+        except finished_elsewhere:
+            lost.add(k)
+            return False
         if reason is not None:
             reasons[k] = reason
         return reason is None
@@ -355,9 +392,16 @@ def _train_group(
         lr_at=[partial(lr_at, config, epochs=epochs) for _, config in members],
     )
     for k, ((trial, _), result) in enumerate(zip(members, results)):
-        if k in reasons:
+        if k in lost:
+            yield trial, None, None, None
+        elif k in reasons:
             yield trial, TrialState.PRUNED, None, reasons[k]
         elif result.stopped is not None:
             yield trial, TrialState.PRUNED, None, f"diverged: {result.stopped}"
         else:
-            yield trial, TrialState.COMPLETE, record_result(trial, result.history, shield.hold), None
+            try:
+                value = record_result(trial, result.history, shield.hold)
+            except finished_elsewhere:
+                yield trial, None, None, None
+                continue
+            yield trial, TrialState.COMPLETE, value, None
