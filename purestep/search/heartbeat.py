@@ -76,15 +76,29 @@ class Heartbeat:
         log.debug("trial %d: heartbeat missed (%s); %d missed so far", self.number, why, self.missed)
 
 
+def trial_id(trial: optuna.Trial) -> int:
+    """The storage's ID of `trial`, through public storage methods."""
+    study_id = trial.storage.get_study_id_from_name(trial.study.study_name)
+    return trial.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+
+
 def start_heartbeat(trial: optuna.Trial) -> Heartbeat | None:
     """Start stamping `trial` if its storage has a heartbeat interval (database storages), else None."""
-    storage = trial.storage
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    interval = getattr(trial.storage, "get_heartbeat_interval", lambda: None)()
     if interval is None:
         return None
-    study_id = storage.get_study_id_from_name(trial.study.study_name)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-    return Heartbeat(storage, trial_id, trial.number, interval).start()
+    return Heartbeat(trial.storage, trial_id(trial), trial.number, interval).start()
+
+
+def finished_elsewhere(trial: optuna.Trial, error: BaseException) -> bool:
+    """Whether `error` is a write refused because `trial` is finished: failed as stale by another
+    worker. Optuna raises `UpdateFinishedTrialError` there, a RuntimeError (Optuna 4.0 a plain one)."""
+    if not isinstance(error, RuntimeError):
+        return False
+    try:
+        return trial.storage.get_trial(trial_id(trial)).state.is_finished()
+    except Exception:  # the storage cannot say: the original error stands
+        return False
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -99,6 +113,7 @@ def lost_notice(number: int) -> None:
     """Say, on stderr through logging, that trial `number` was taken over and its result dropped."""
     log.warning(
         "trial %d was failed by another worker while this one ran it (no heartbeat for longer than the "
-        "grace period: a paused or stalled process); its result is dropped and its retry runs instead",
+        "grace period: a paused or stalled process); its result is dropped, a retry of its parameters "
+        "recomputes it",
         number,
     )

@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from purestep.search.heartbeat import Heartbeat, fail_stale_trials, lost_notice, start_heartbeat
+from purestep.search.heartbeat import (
+    Heartbeat,
+    fail_stale_trials,
+    finished_elsewhere,
+    lost_notice,
+    start_heartbeat,
+)
 from purestep.search.objective import (
     EVAL_BATCH_SIZE,
     ConfigError,
@@ -170,8 +176,6 @@ def run_trials(
         except optuna.TrialPruned as e:
             assert trial is not None
             told = _tell(study, trial, shield, TrialState.PRUNED, reason=str(e) or "pruned", beat=beat)
-        except optuna.exceptions.UpdateFinishedTrialError:  # a report found it failed as stale
-            told = False
         except ConfigError as e:
             assert trial is not None
             _tell(study, trial, shield, TrialState.FAIL, reason=str(e), beat=beat)
@@ -181,9 +185,11 @@ def run_trials(
         except BaseException as e:
             if trial is None:
                 shield.depth -= 1
-            else:
+                raise
+            if not finished_elsewhere(trial, e):  # else a report found it failed as stale
                 _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e), beat=beat)
-            raise
+                raise
+            told = False
         else:
             told = _tell(study, trial, shield, TrialState.COMPLETE, value=value, beat=beat)
         finally:
@@ -238,8 +244,10 @@ def _tell(
             trial.set_user_attr("reason", reason)
         told = study.tell(trial, value, state=state if value is None else None, skip_if_finished=True)
         return told.state == state
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
+    except RuntimeError as e:
+        if finished_elsewhere(trial, e):
+            return False
+        raise
     finally:
         shield.depth -= 1
 
@@ -338,7 +346,6 @@ def _train_group(
 ) -> Iterator[tuple[optuna.Trial, TrialState, float | None, str | None]]:
     """Train trials that share a step graph; yields `(trial, state, value, reason)` for each, with
     state None for a trial that another worker failed as stale meanwhile (its training stopped)."""
-    finished_elsewhere = optuna.exceptions.UpdateFinishedTrialError
     if len(members) == 1:
         trial, config = members[0]
         try:
@@ -348,7 +355,9 @@ def _train_group(
         except optuna.TrialPruned as e:
             yield trial, TrialState.PRUNED, None, str(e)
             return
-        except finished_elsewhere:
+        except RuntimeError as e:
+            if not finished_elsewhere(trial, e):
+                raise
             yield trial, None, None, None
             return
         yield trial, TrialState.COMPLETE, value, None
@@ -367,7 +376,9 @@ def _train_group(
     def keep(k: int, metrics: EpochMetrics) -> bool:
         try:
             reason = pruned_reason(members[k][0], metrics, shield.hold)
-        except finished_elsewhere:
+        except RuntimeError as e:
+            if not finished_elsewhere(members[k][0], e):
+                raise
             lost.add(k)
             return False
         if reason is not None:
@@ -401,7 +412,9 @@ def _train_group(
         else:
             try:
                 value = record_result(trial, result.history, shield.hold)
-            except finished_elsewhere:
+            except RuntimeError as e:
+                if not finished_elsewhere(trial, e):
+                    raise
                 yield trial, None, None, None
                 continue
             yield trial, TrialState.COMPLETE, value, None

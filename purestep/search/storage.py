@@ -249,10 +249,19 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        """Optuna's state change, with the read and the write in one transaction on SQLite too."""
+        """Optuna's state change, with the read and the write in one transaction on SQLite too.
+
+        Claiming a queued trial (WAITING -> RUNNING) that another worker has claimed and finished
+        meanwhile gives False, as a claim that lost the race; Optuna 4.0's `ask` lets the error escape.
+        """
         self._immediate.on = True
         try:
             return super().set_trial_state_values(trial_id, state, values)
+        except RuntimeError:  # UpdateFinishedTrialError, or a plain RuntimeError in Optuna 4.0
+            claim = state == TrialState.RUNNING and values is None
+            if claim and self.get_trial(trial_id).state.is_finished():
+                return False
+            raise
         finally:
             self._immediate.on = False
 
