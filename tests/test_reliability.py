@@ -180,16 +180,20 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_its_trial_retried(
 
 _BUSY = """
 import sys, time, optuna
+from pathlib import Path
 from purestep.search.storage import open_storage, parse_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.load_study(study_name="s", storage=open_storage(parse_storage(sys.argv[1]), create=False))
-end = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
+print("ready", flush=True)
+stop, done = Path(sys.argv[2]), 0
+while not stop.exists():
     trial = study.ask()
     for step in range(20):
         trial.report(0.5, step)
         study.get_trials(deepcopy=False)
+        done += 1
     study.tell(trial, 1.0)
+print(done, flush=True)
 """
 
 
@@ -206,28 +210,31 @@ def test_a_live_trial_keeps_its_heartbeat_and_is_never_stale(
     rdb = open_storage(parse_storage(url), create=True)
     assert isinstance(rdb, HeartbeatRDBStorage)
     study = optuna.create_study(storage=rdb, study_name="s")
-    trial = study.ask()
-    beat = start_heartbeat(trial)
-    assert beat is not None
-    seconds = 2 * GRACE
+    stop = tmp_path / "stop"
     busy = [
-        subprocess.Popen(
-            [sys.executable, "-c", _BUSY, url, str(seconds + 2)], stderr=subprocess.PIPE, text=True
-        )
+        subprocess.Popen([sys.executable, "-c", _BUSY, url, str(stop)], stdout=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
     try:
-        end = time.monotonic() + seconds + 2
+        for p in busy:  # started (imports take seconds on a loaded machine) and using the study
+            ready, _, _ = select.select([p.stdout], [], [], 240)
+            assert ready and p.stdout.readline().strip() == "ready"
+        trial = study.ask()
+        beat = start_heartbeat(trial)
+        assert beat is not None
+        end = time.monotonic() + 2 * GRACE
         while time.monotonic() < end:
             fail_stale_trials(study)
             assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING
             time.sleep(0.5)
-        outs = [p.communicate(timeout=120) for p in busy]
+        stop.touch()
+        outs = [p.communicate(timeout=120)[0] for p in busy]
     finally:
+        stop.touch()
         for p in busy:
             p.kill()
-    assert all(p.returncode == 0 for p in busy), [err for _, err in outs]
-    assert len(study.get_trials(deepcopy=False)) > 3  # the other processes did run trials meanwhile
+    assert all(p.returncode == 0 for p in busy)
+    assert all(int(out.split()[-1]) > 0 for out in outs)  # both wrote to the study meanwhile
     beat.stop()
     study.tell(trial, 1.0)
     assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.COMPLETE
