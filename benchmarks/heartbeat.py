@@ -58,7 +58,9 @@ def one_round(variant: str, seconds: float, folder: Path) -> dict[str, float]:
 
     url = f"sqlite:///{folder / f'{variant}-{time.monotonic_ns()}.db'}"
     if variant == "wal":
-        storage = HeartbeatRDBStorage(url, engine_kwargs=_engine_kwargs("sqlite"), interval=1, grace=3)
+        storage = HeartbeatRDBStorage(
+            url, engine_kwargs=_engine_kwargs("sqlite"), interval=1, grace=3, wal=True
+        )
     else:
         with_heartbeat = {"heartbeat_interval": 1, "grace_period": 3}
         storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs("sqlite"), **with_heartbeat)
@@ -106,7 +108,7 @@ def beside_a_compile(folder: Path) -> dict[str, float]:
     from purestep.search.storage import HeartbeatRDBStorage, _engine_kwargs
 
     url = f"sqlite:///{folder / 'compile.db'}"
-    storage = HeartbeatRDBStorage(url, engine_kwargs=_engine_kwargs("sqlite"), interval=1, grace=3)
+    storage = HeartbeatRDBStorage(url, engine_kwargs=_engine_kwargs("sqlite"), interval=1, grace=3, wal=True)
     study = optuna.create_study(study_name="s", storage=storage)
     trial = study.ask()
     stamps: list[float] = []
@@ -137,7 +139,7 @@ def lookup_costs(folder: Path, calls: int = 200) -> dict[str, float]:
     from purestep.search.storage import HeartbeatRDBStorage, _engine_kwargs
 
     url = f"sqlite:///{folder / 'lookup.db'}"
-    storage = HeartbeatRDBStorage(url, engine_kwargs=_engine_kwargs("sqlite"), interval=1, grace=3)
+    storage = HeartbeatRDBStorage(url, engine_kwargs=_engine_kwargs("sqlite"), interval=1, grace=3, wal=True)
     study = optuna.create_study(study_name="s", storage=storage)
     for _ in range(50):
         study.tell(study.ask(), 1.0)

@@ -256,6 +256,7 @@ def test_a_beat_held_up_past_its_interval_is_counted_and_logged(
     beat = start_heartbeat(trial)
     assert beat is not None and beat.missed == 0
     holder = sqlite3.connect(path, isolation_level=None)
+    assert holder.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # a new file: readers never block
     holder.execute("BEGIN IMMEDIATE")
     time.sleep(2.5)
     holder.execute("ROLLBACK")

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.storages import BaseStorage
@@ -143,12 +143,13 @@ def _open_rdb(url: StorageURL, attempts: int = 5) -> HeartbeatRDBStorage:
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     interval, grace = heartbeat_settings()
+    new = url.path is not None and (not url.path.exists() or url.path.stat().st_size == 0)
     # purestep asks and tells and runs the heartbeat itself (heartbeat.py), which Optuna warns about.
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study")
     for attempt in range(attempts):
         try:
             return HeartbeatRDBStorage(
-                url.url, engine_kwargs=_engine_kwargs(url.dialect), interval=interval, grace=grace
+                url.url, engine_kwargs=_engine_kwargs(url.dialect), interval=interval, grace=grace, wal=new
             )
         except (IntegrityError, ProgrammingError):
             if attempt == attempts - 1:
@@ -195,8 +196,9 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
     one queued trial, or a late `tell` could complete a trial that another worker has just failed
     as stale (and queued a retry of: one configuration counted twice). On SQLite each state change
     here runs in a `BEGIN IMMEDIATE` transaction, which takes the database's write lock before the
-    read. The database is put in WAL mode, so readers (every worker's sampler, the parent's
-    progress poller) never hold up a writer such as a heartbeat.
+    read. With `wal=True` (a database file purestep creates) the database is put in WAL mode, which
+    the file keeps, so readers (every worker's sampler, the parent's progress poller) never hold up
+    a writer such as a heartbeat. An existing file is left in its mode: opening it writes nothing.
     """
 
     def __init__(
@@ -206,6 +208,7 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
         interval: int,
         grace: int,
         max_retry: int = HEARTBEAT_MAX_RETRY,
+        wal: bool = False,
     ) -> None:
         # Optuna's retry callback; RetryFailedTrialCallback is its name before Optuna 4.9.
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
@@ -221,9 +224,12 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
                 **{_CALLBACK_ARGUMENT: retry(max_retry=max_retry)},
             )
         self._sqlite_setup()
+        if wal and self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
 
     def __getstate__(self) -> dict[str, object]:
-        """Pickled without the thread-local flag (the engine and its listeners are rebuilt)."""
+        """Pickled without the thread-local flag (the engine and its listener are rebuilt)."""
         state = super().__getstate__()
         state.pop("_immediate", None)
         return state
@@ -238,9 +244,7 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
         self._immediate = threading.local()
         if self.engine.dialect.name != "sqlite":
             return
-        sqlalchemy.event.listen(self.engine, "connect", _wal_mode)
         sqlalchemy.event.listen(self.engine, "begin", self._begin)
-        self.engine.dispose()  # the connections opened to create the tables were made without WAL
 
     def _begin(self, connection: sqlalchemy.engine.Connection) -> None:
         if getattr(self._immediate, "on", False):
@@ -264,15 +268,6 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
             raise
         finally:
             self._immediate.on = False
-
-
-def _wal_mode(dbapi_connection: Any, connection_record: object) -> None:
-    """Put the SQLite database in WAL mode (kept in the file; a no-op once it is)."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-    finally:
-        cursor.close()
 
 
 _CALLBACK_ARGUMENT = (
