@@ -186,3 +186,19 @@ def test_a_branch_taken_the_other_way_within_rounding_of_zero_passes_and_is_repo
     assert result.passed, result.failure
     assert result.first_flip is not None and result.first_flip.step == 0 and result.first_flip.units == 1
     assert abs(result.first_flip.closest) <= result.first_flip.rounding
+
+
+@pytest.mark.compile
+def test_check_passes_every_row_for_the_cnn_on_digits():
+    """BatchNorm buffers compared too; dropout off where the two sides cannot share masks."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from purestep.cli import app
+
+    result = CliRunner().invoke(app, ["check", "--model", "cnn", "--dataset", "digits", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["printed_lines_identical"]
+    assert any("compiled" in r["pair"] for r in report["rows"])
