@@ -128,3 +128,44 @@ def test_a_zoo_models_default_space_searches_its_own_arguments():
     assert params is not None and params["dropout"] == 0.5 and params["width"] == 32
     shown = runner.invoke(app, ["tune", "--model", "cnn", "--show-space"])
     assert shown.exit_code == 0 and 'key = "model.dropout"' in shown.stdout
+
+
+def test_a_regression_tunes_the_mlps_depth_on_a_larger_validation_split(tmp_path):
+    """diabetes: the MLP's depth (0 = linear) joins the default space, the small training set holds
+    out 40% to score trials, the study minimises validation MSE, and best.json has both test R²s."""
+    db = tmp_path / "d.db"
+    args = ["tune", "--dataset", "diabetes", "--epochs", "2", "--sampler", "random", "--storage", f"sqlite:///{db}"]
+    args += ["--out", str(tmp_path / "out")]
+    result = runner.invoke(app, [*args, "--n-trials", "4"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="purestep-diabetes", storage=f"sqlite:///{db}")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert all(t.params["layers"] in (0, 1, 2) for t in study.trials)
+    assert next(t for t in study.trials if t.user_attrs.get("baseline")).params["layers"] == 2
+    best = json.loads((tmp_path / "out" / "best.json").read_text())
+    assert best["loss"] == "mse" and best["metric"] == "validation MSE"
+    assert {"test_r2", "test_mse"} <= set(best["final"]) and "test_r2" in best["final"]["baseline"]
+    again = runner.invoke(app, [*args, "--n-trials", "5", "--no-final"])  # the same split: it resumes
+    assert again.exit_code == 0, again.output
+    refused = runner.invoke(app, [*args, "--n-trials", "6", "--val-fraction", "0.2", "--no-final"])
+    assert refused.exit_code == 2 and "--val-fraction is 0.4 in the study" in refused.stderr, refused.output
+
+
+@pytest.mark.parametrize("n, fraction", [(354, 0.4), (999, 0.4), (1000, 0.2), (1437, 0.2), (48000, 0.2)])
+def test_small_training_sets_hold_out_more_to_score_trials(n, fraction):
+    from purestep.search.tune import auto_val_fraction
+
+    assert auto_val_fraction(n) == fraction
+
+
+def test_zero_hidden_layers_is_a_linear_model():
+    import torch
+
+    from purestep.search.objective import Splits
+
+    splits = Splits(*(torch.zeros(1),) * 4, in_shape=(10,), out_features=1, loss="mse")
+    module = splits.model_for(TrialConfig(layers=0)).module()
+    assert [type(m).__name__ for m in module.linear_relu_stack] == ["Linear"]
+    assert parse_space("[layers]\nchoices = [0, 1]\n").params  # 0 is a valid depth in a space file
+    with pytest.raises(SpaceError, match="layers"):
+        parse_space("[layers]\nchoices = [-1, 1]\n")

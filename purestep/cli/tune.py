@@ -51,10 +51,19 @@ class TuneImpl(str, Enum):
     compiled = "compiled"
 
 
-def _fraction(value: float) -> float:
-    if not math.isfinite(value) or not 0 < value < 1:
+def _fraction(value: float | None) -> float | None:
+    if value is not None and (not math.isfinite(value) or not 0 < value < 1):
         raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {value}")
     return value
+
+
+def _task(dataset: str, loss: Enum | None) -> str:
+    """The task the default space is for: `--loss mse` or a regression dataset mean regression."""
+    if loss is not None and loss.value == "mse":
+        return "regression"
+    from purestep.core.data import dataset_task
+
+    return dataset_task(dataset)
 
 
 def _timeout(value: float | None) -> float | None:
@@ -104,9 +113,11 @@ Study = Annotated[
     typer.Option("--study", callback=_study_name, help="Study name (default: purestep-DATASET)."),
 ]
 ValFraction = Annotated[
-    float,
+    float | None,
     typer.Option(
-        "--val-fraction", callback=_fraction, help="Share of the training set held out to score trials."
+        "--val-fraction",
+        callback=_fraction,
+        help="Share of the training set held out to score trials (default: 0.2; 0.4 under 1000 rows).",
     ),
 ]
 Out = Annotated[
@@ -149,7 +160,7 @@ def tune(
             help="Trials trained at once: one vmapped step per group of like shapes.",
         ),
     ] = 1,
-    val_fraction: ValFraction = 0.2,
+    val_fraction: ValFraction = None,
     impl: Annotated[
         TuneImpl, typer.Option("--impl", help="Train eager or compiled; auto compiles only long trials.")
     ] = TuneImpl.auto,
@@ -175,7 +186,7 @@ def tune(
     from purestep.search.space import SpaceError, load_space
 
     try:
-        search_space = load_space(space, model)
+        search_space = load_space(space, model, _task(dataset, loss))
     except SpaceError as e:
         raise typer.BadParameter(str(e), param_hint="--space") from None
     if show_space:

@@ -351,6 +351,19 @@ def load_dataset(
     return data.to(device)
 
 
+def dataset_task(name: str) -> Task:
+    """A dataset's task before it is loaded: built-in ones by name; a file's from its targets' dtype.
+
+    Raises:
+        DataError: the file cannot be read as a dataset.
+    """
+    if name == "diabetes":
+        return "regression"
+    if name not in DATASETS and is_file_name(name):
+        return read_arrays(name).task
+    return "classification"
+
+
 def split(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Seeded split of `(x, y)` into `(x_a, y_a, x_b, y_b)` with `fraction` of the rows in b."""
     if not 0 < fraction < 1:

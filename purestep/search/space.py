@@ -40,7 +40,7 @@ SETTINGS: dict[str, Setting] = {
     **OPTIMIZER_SETTINGS,
     "batch_size": Setting(int, 64, low=1, high=65536),
     "hidden": Setting(int, 512, low=1, high=65536),
-    "layers": Setting(int, 2, low=1, high=16),
+    "layers": Setting(int, 2, low=0, high=16),
     "shuffle": Setting(bool, False),
     "schedule": Setting(str, "constant", options=("constant", "cosine")),
 }
@@ -318,9 +318,9 @@ def parse_space(text: str, source: str = "space file", base: Space | None = None
     return _build(merged, origin)
 
 
-def load_space(path: str | Path | None, model: str = "mlp") -> Space:
-    """The default space of `model`, with the TOML file at `path` merged over it when given."""
-    base = default_space(model)
+def load_space(path: str | Path | None, model: str = "mlp", task: str = "classification") -> Space:
+    """The default space of `model` for `task`, with the TOML file at `path` merged over it when given."""
+    base = default_space(model, task)
     if path is None:
         return base
     path = Path(path)
@@ -346,17 +346,29 @@ choices = [16, 32, 64]
 }
 """What the default space adds for a zoo model: its own keyword arguments."""
 
-_DEFAULT: dict[str, Space] = {}
+REGRESSION_MLP_TOML = """
+# A regression's MLP may be linear: 0 hidden layers is linear regression, the strong baseline on
+# small tabular data, and the depth decides how far the network can overfit it.
+[layers]
+choices = [0, 1, 2]
+"""
+"""What the default space adds for the MLP on a regression task: its depth."""
+
+_DEFAULT: dict[tuple[str, str], Space] = {}
 
 
-def default_space(model: str = "mlp") -> Space:
-    """The default space, plus the model's own arguments for a zoo model that has some (parsed once)."""
-    if model not in _DEFAULT:
+def default_space(model: str = "mlp", task: str = "classification") -> Space:
+    """The default space, plus the model's own arguments for a zoo model that has some, plus the
+    MLP's depth for a regression (`task`); parsed once each."""
+    if (model, task) not in _DEFAULT:
         text = DEFAULT_SPACE_TOML + MODEL_SPACES_TOML.get(model, "")
+        if model == "mlp" and task == "regression":
+            text += REGRESSION_MLP_TOML
         tables = _read_toml(text, "default space")
         where = _Locator("default space", text)
-        _DEFAULT[model] = _build(tables, {(n, f): where.at(n, f) for n, t in tables.items() for f in t})
-    return _DEFAULT[model]
+        built = _build(tables, {(n, f): where.at(n, f) for n, t in tables.items() for f in t})
+        _DEFAULT[model, task] = built
+    return _DEFAULT[model, task]
 
 
 def space_from_json(text: str) -> Space:

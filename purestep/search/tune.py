@@ -67,7 +67,8 @@ class TuneOptions:
     epochs: int
     n_trials: int
     seed: int
-    val_fraction: float
+    val_fraction: float | None
+    """None until the data is loaded: then `auto_val_fraction` of its training rows."""
     sampler: str
     pruner: str
     storage: str
@@ -81,7 +82,7 @@ class TuneOptions:
     model: str = "mlp"
     model_args: dict[str, Any] = field(default_factory=dict)
     loss: str | None = None
-    """None until the data is loaded: then the task's default (`resolve_loss`)."""
+    """None until the data is loaded: then the task's default (`resolve_for_data`)."""
 
     @property
     def space(self) -> Space:
@@ -89,7 +90,8 @@ class TuneOptions:
         return space_from_json(self.space_json)
 
     def spec(self) -> StudySpec:
-        """The study definition these options ask for."""
+        """The study definition these options ask for (once `resolve_for_data` has run)."""
+        assert self.val_fraction is not None, "the validation fraction is decided with the data"
         return StudySpec(
             self.dataset,
             self.epochs,
@@ -103,8 +105,9 @@ class TuneOptions:
 
     def splits(self, data: Dataset) -> Splits:
         """The fit and validation splits of `data`, with the model and loss trials train."""
+        fraction = self.val_fraction or auto_val_fraction(len(data.y_train))
         return make_splits(
-            data, self.val_fraction, self.seed, self.model, self.model_args, self.loss or "cross_entropy"
+            data, fraction, self.seed, self.model, self.model_args, self.loss or "cross_entropy"
         )
 
     def to_json(self) -> str:
@@ -179,8 +182,22 @@ class UsageError(PurestepError):
     """Options that do not fit the data or the model (a usage error: nothing was written)."""
 
 
-def resolve_loss(options: TuneOptions, data: Dataset) -> TuneOptions:
-    """The options with their loss decided: `--loss` if it fits the targets, else the task's default.
+SMALL_TRAINING_SET = 1000
+"""Below this many training rows the validation split doubles (`auto_val_fraction`)."""
+
+
+def auto_val_fraction(n_train: int) -> float:
+    """20% of the training set held out, or 40% of a small one (under `SMALL_TRAINING_SET` rows).
+
+    A validation split of a few dozen rows scores trials so noisily that the search picks the
+    luckiest configuration, not the best; the final re-train uses every row either way.
+    """
+    return 0.2 if n_train >= SMALL_TRAINING_SET else 0.4
+
+
+def resolve_for_data(options: TuneOptions, data: Dataset) -> TuneOptions:
+    """The options with what depends on the data decided: the loss (`--loss` if it fits the
+    targets, else the task's default) and the validation fraction (`auto_val_fraction` unless set).
 
     Raises:
         UsageError: the loss does not fit the targets (mse for labels, a classification loss for floats).
@@ -188,9 +205,11 @@ def resolve_loss(options: TuneOptions, data: Dataset) -> TuneOptions:
     from purestep.core.losses import loss_for_targets
 
     try:
-        return replace(options, loss=loss_for_targets(options.loss, data.y_train))
+        loss = loss_for_targets(options.loss, data.y_train)
     except ValueError as e:
         raise UsageError(f"{e} ({data.name})") from None
+    val_fraction = options.val_fraction or auto_val_fraction(len(data.y_train))
+    return replace(options, loss=loss, val_fraction=val_fraction)
 
 
 def _check_model(options: TuneOptions, splits: Splits) -> None:
@@ -241,7 +260,7 @@ def tune(
     url = parse_storage(options.storage)
     space = options.space
     data = load_data(options)
-    options = resolve_loss(options, data)
+    options = resolve_for_data(options, data)
     splits = options.splits(data)
     _check_model(options, splits)
     compiled = use_compiled(options.impl, len(splits.y_fit), options.epochs)
@@ -537,7 +556,7 @@ def finish(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path, fin
     if outcome.best is None:
         why = f"{outcome.pruned} pruned, {outcome.failed} failed"
         raise PurestepError(f"study {outcome.study!r} has no completed trial ({why})")
-    options = resolve_loss(options, data)
+    options = resolve_for_data(options, data)
     if final:
         outcome.final = final_train(outcome, data, options, out)
     content = best_json(outcome, options)
