@@ -55,7 +55,7 @@ HEADROOM = 128
 """A float32 quantity is trusted to `HEADROOM * U` times its tensor's largest magnitude (a ReLU's
 input, the loss; for a gradient, that of its parts before they cancel: `Twin.gradient_scale`);
 correct steps land well inside it (README, BENCHMARKS.md), and where the model is unsure of its
-labels an error of 1e-4 in an update is over ten times outside it."""
+labels an error of 1e-4 in an update is several times outside it."""
 ARITHMETIC = 16
 """The optimizer's own float32 ops: `ARITHMETIC * U` of each update, beside two ulps of the result."""
 
