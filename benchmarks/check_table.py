@@ -20,6 +20,8 @@ from purestep.core.data import load_dataset
 from purestep.core.model import mlp
 from purestep.core.optim import OptimizerConfig
 
+ROWS = ["jax sgd", "compiled", "jax adam", "reference sgd", "reference adam", "batched"]
+
 
 def run_row(name, spec, sgd, adam, seed, train, test, steps):
     """One row of the table by name."""
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--batched", action="store_true", help="also the batched row (3 trials)")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=None, help="only these rows")
     args = parser.parse_args()
     root = args.data_dir or Path(tempfile.mkdtemp(prefix="purestep-fashion-"))
     if not has_fashion_mnist(root):
@@ -56,8 +59,8 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("| --- " * len(header) + "|", flush=True)
     for seed in args.seeds:
-        rows = ["jax sgd", "compiled", "jax adam", "reference sgd", "reference adam"]
-        for name in rows + (["batched"] if args.batched else []):
+        rows = args.rows or [*ROWS[:-1], *(["batched"] if args.batched else [])]
+        for name in rows:
             start = time.perf_counter()
             r = run_row(name, spec, sgd, adam, seed, train, test, args.steps)
             flip = r.first_flip.text() if r.first_flip else ("none" if r.lockstep else "")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad_and_value
+from torch.func import grad_and_value, vjp
 
 from purestep.core.data import Dataset, batches
 from purestep.core.interop import load, save
@@ -52,9 +52,10 @@ Unit = tuple[int, int]
 U = 2.0**-24
 """float32's unit roundoff."""
 HEADROOM = 128
-"""A float32 quantity is trusted to `HEADROOM * U` times its tensor's largest magnitude (the
-gradient, a ReLU's input, the loss); correct steps land well inside it (README, BENCHMARKS.md),
-and an error of 1e-4 in an update is over ten times outside it."""
+"""A float32 quantity is trusted to `HEADROOM * U` times its tensor's largest magnitude (a ReLU's
+input, the loss; for a gradient, that of its parts before they cancel: `Twin.gradient_scale`);
+correct steps land well inside it (README, BENCHMARKS.md), and where the model is unsure of its
+labels an error of 1e-4 in an update is several times outside it."""
 ARITHMETIC = 16
 """The optimizer's own float32 ops: `ARITHMETIC * U` of each update, beside two ulps of the result."""
 
@@ -148,6 +149,31 @@ def _wide(tree: Tree) -> Tree:
     return {k: v.double() if v.is_floating_point() else v for k, v in tree.items()}
 
 
+def _log_sum_exp(out: Tensor, y: Tensor) -> Tensor:
+    return torch.logsumexp(out, -1).mean()
+
+
+def _minus_target_logit(out: Tensor, y: Tensor) -> Tensor:
+    return -out.gather(-1, y.unsqueeze(-1)).mean()
+
+
+def _square(out: Tensor, y: Tensor) -> Tensor:
+    return torch.broadcast_tensors(out, y)[0].square().mean()
+
+
+def _minus_twice_product(out: Tensor, y: Tensor) -> Tensor:
+    return -2 * (out * y).mean()
+
+
+LOSS_PARTS: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], ...]] = {
+    "cross_entropy": (_log_sum_exp, _minus_target_logit),
+    "nll": (loss_fn("nll"),),
+    "mse": (_square, _minus_twice_product),
+}
+"""Each loss as the terms whose sum (up to a constant) it is, and whose gradients at the model's
+output cancel: softmax and one-hot for cross-entropy, output and target for MSE."""
+
+
 def _ulp(t: Tensor) -> Tensor:
     """The spacing of float32 at each element of `t` (a float32 tensor), in float64."""
     return (torch.nextafter(t, torch.full_like(t, torch.inf)) - t).double()
@@ -171,6 +197,7 @@ class Twin:
             module.inplace = False
             module.register_forward_hook(functools.partial(self._hook, i))
         self._loss_fn = loss_fn(loss)
+        self._parts = LOSS_PARTS[loss]
         self._grad = grad_and_value(self._loss, has_aux=True)
 
     def _hook(self, i: int, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
@@ -217,20 +244,33 @@ class Twin:
         finally:
             self._flips = {}
 
+    def gradient_scale(self, params: Tree, buffers: Tree, x: Tensor, y: Tensor) -> Tree:
+        """Per parameter, the largest entry of the gradient the loss's parts would give if they
+        did not cancel at the output (`LOSS_PARTS`): float32 rounds each part on its own scale,
+        so a confident model's small gradient carries its parts' rounding, not its own."""
+
+        def forward(p: Tree) -> tuple[Tensor, Tree]:
+            return self.model.apply(p, buffers, x, train=True)
+
+        out, pull_back, _ = vjp(forward, params, has_aux=True)
+        parts = [torch.func.grad(part)(out, y).abs() for part in self._parts]
+        return {k: g.abs().max() for k, g in pull_back(sum(parts))[0].items()}
+
     def update(self, grads: Tree, state: Tree, params: Tree) -> tuple[Tree, Tree]:
         """The optimizer's update on exact values."""
         return self.optimizer.update(grads, state, params)
 
-    def envelope(self, grads: Tree, state: Tree, params: Tree, old: Tree) -> Envelope:
+    def envelope(self, grads: Tree, state: Tree, params: Tree, old: Tree, scale: Tree) -> Envelope:
         """Where a float32 step from `old` (a carry's `_leaves`) may land, given exact `grads`.
 
         Per element of the new params and state: the lowest and highest exact result over
-        gradients off by float32's rounding (`HEADROOM * U` of each gradient tensor's largest
-        entry), taken at five points across that range; where those five are not in order (an
-        extremum inside, as Adam's second moment has where the decayed gradient crosses zero)
-        the range is widened by its own width. On top: the optimizer's own rounding.
+        gradients off by float32's rounding (`HEADROOM * U` of each gradient's `scale` from
+        `gradient_scale`, or of its own largest entry if larger), taken at five points across
+        that range; where those five are not in order (an extremum inside, as Adam's second
+        moment has where the decayed gradient crosses zero) the range is widened by its own
+        width. On top: the optimizer's own rounding.
         """
-        tolerance = {k: HEADROOM * U * g.abs().max() for k, g in grads.items()}
+        tolerance = {k: HEADROOM * U * torch.maximum(g.abs().max(), scale[k]) for k, g in grads.items()}
         runs = [
             _carry(self.update({k: g + sign * tolerance[k] for k, g in grads.items()}, state, params))
             for sign in (-1.0, -0.5, 0.0, 0.5, 1.0)
@@ -328,6 +368,7 @@ class _Judge:
         self.params, self.buffers, self.state = (_wide(tree) for tree in carry)
         self.x, self.y = (x.double() if x.is_floating_point() else x), _wide({"y": y})["y"]
         self.grads, self.loss, self.new_buffers = twin.grads(self.params, self.buffers, self.x, self.y)
+        self.scale = twin.gradient_scale(self.params, self.buffers, self.x, self.y)
         self._envelopes: dict[frozenset[Unit], Envelope] = {}
         self._effects: dict[Unit, Tensor] | None = None
         self.inputs: list[Tensor] = []
@@ -344,7 +385,7 @@ class _Judge:
         """The step's envelope with the ReLU branches at `flips` taken the other way."""
         if flips not in self._envelopes:
             grads, buffers = self._grads(sorted(flips)) if flips else (self.grads, self.new_buffers)
-            envelope = self.twin.envelope(grads, self.state, self.params, self.old)
+            envelope = self.twin.envelope(grads, self.state, self.params, self.old, self.scale)
             self._envelopes[flips] = envelope.with_buffers(buffers, self.old)
         return self._envelopes[flips]
 

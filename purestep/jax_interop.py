@@ -14,6 +14,7 @@ Needs the `jax` extra (jax, optax, flax); `purestep` itself never imports this m
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -272,11 +273,18 @@ def from_optax_state(opt_state: optax.OptState, state: Tree) -> Tree:
     return {k: new[k].to(state[k].device) for k in state}
 
 
+@functools.cache
+def _jax_step(spec: Model, config: OptimizerConfig) -> tuple[optax.GradientTransformation, JaxTrainStep]:
+    """The transformation and jitted step of one model and configuration, built once per process
+    (as `steps_for` builds torch's): a new seed reuses the compiled step."""
+    tx = optax_optimizer(config)
+    return tx, make_jax_train_step(flax_model(spec), tx)
+
+
 def jax_side(spec: Model, config: OptimizerConfig) -> Side:
     """The flax/optax step as a `Side` over purestep's `(params, buffers, state)` (the MLP has no
     buffers): each call converts the carry to JAX, takes one jitted step, and converts back."""
-    tx = optax_optimizer(config)
-    step = make_jax_train_step(flax_model(spec), tx)
+    tx, step = _jax_step(spec, config)
 
     def run(carry: Carry, x: Tensor, y: Tensor) -> tuple[Carry, Tensor]:
         params, buffers, state = carry
