@@ -25,7 +25,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from purestep.core.errors import PurestepError
 from purestep.core.files import write_json
-from purestep.search.objective import EVAL_BATCH_SIZE, Splits, TrialConfig, make_objective, make_splits, train
+from purestep.search.objective import (
+    EVAL_BATCH_SIZE,
+    Splits,
+    TrialConfig,
+    make_objective,
+    make_splits,
+    optimizer_for,
+    train,
+)
 from purestep.search.runner import Shield, TrialEnd, run_trial_batches, run_trials
 from purestep.search.space import Space, settings_of, space_from_json
 from purestep.search.storage import StorageURL, open_storage, parse_storage, storage_errors
@@ -511,7 +519,7 @@ def _retrain(
         compiled=compiled,
     )
     model = splits.model_for(config)
-    _, eval_step = steps_for(model, config.optimizer_config().build(), compiled, loss=splits.loss)
+    _, eval_step = steps_for(model, optimizer_for(config, compiled), compiled, loss=splits.loss)
     test = evaluate(eval_step, result.params, result.buffers, data.x_test, data.y_test, EVAL_BATCH_SIZE)
     last = result.history[-1]
     if test.accuracy is not None:
