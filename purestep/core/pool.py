@@ -126,11 +126,14 @@ def _call(step, compiled: bool, trees: tuple[Tree, ...], x: Tensor, y: Tensor, p
             return step(*trees, x, y)
     if len(next(iter(trees[0].values()))) > 1:
         return step(*trees, x, y)
-    trees = tuple({k: v.expand(2, *v.shape[1:]) for k, v in tree.items()} for tree in trees)
+    # fresh tensors in and out, not views: Dynamo guards on a view's base too
+    trees = tuple({k: torch.cat([v, v]) for k, v in tree.items()} for tree in trees)
     if per_trial:
-        x, y = x.expand(2, *x.shape[1:]), y.expand(2, *y.shape[1:])
+        x, y = torch.cat([x, x]), torch.cat([y, y])
     out = step(*trees, x, y)
-    return tuple({k: v[:1] for k, v in o.items()} if isinstance(o, dict) else o[:1] for o in out)
+    return tuple(
+        {k: v[:1].clone() for k, v in o.items()} if isinstance(o, dict) else o[:1].clone() for o in out
+    )
 
 
 class Pool:
