@@ -187,3 +187,13 @@ def test_one_familys_update_equals_the_union_bit_for_bit(digits, config):
     for tree_a, tree_b in zip(a, b):
         assert tree_a.keys() == tree_b.keys()
         assert all(torch.equal(tree_a[k], tree_b[k]) for k in tree_a)
+
+
+def test_workers_spread_over_the_gpus_in_turn():
+    from purestep.search.tune import worker_device
+
+    spread = [worker_device("cuda", k, 3) for k in range(5)]
+    assert spread == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    assert worker_device("cuda", 4, 1) == "cuda:0"
+    assert worker_device("cuda:1", 0, 4) == "cuda:1" and worker_device("cpu", 3, 2) == "cpu"
+    assert worker_device("cuda", 2, 0) == "cuda"  # no GPU: load_data says so, in one line

@@ -346,13 +346,26 @@ def _run_here(
     _run(study, options, splits, compiled, deadline, started, ended)
 
 
+def worker_device(device: str, index: int, gpus: int) -> str:
+    """Worker `index`'s device: `--device cuda` spreads workers over `cuda:0..gpus-1` in turn;
+    any other device (`cpu`, a named `cuda:N`) is every worker's."""
+    if device != "cuda" or gpus < 1:
+        return device
+    return f"cuda:{index % gpus}"
+
+
 def run_worker(options: TuneOptions, index: int, deadline: float | None) -> int:
     """One worker process's share: load the data, join the study, run trials until it is full.
 
-    The sampler is seeded with `seed + index`, so workers do not propose the same points.
+    The sampler is seeded with `seed + index`, so workers do not propose the same points. With
+    `--device cuda` on a machine with several GPUs, worker k runs on `cuda:k % n` (`worker_device`).
     Returns how many trials it finished.
     """
     quiet_optuna()
+    if options.device == "cuda":
+        import torch
+
+        options = replace(options, device=worker_device(options.device, index, torch.cuda.device_count()))
     url = parse_storage(options.storage)
     data = load_data(options, download=False)
     splits = options.splits(data)
