@@ -379,7 +379,7 @@ def _fill(
     finished = count(trials, FINISHED)
     while len(running) < batch:
         if room <= 0:
-            return bool(running) and deadline is None
+            return False
         with shield.hold():
             trial = study.ask()
         if _fail_if_surplus(study, trial, shield, n_trials):
