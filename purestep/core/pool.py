@@ -103,6 +103,20 @@ def pool_steps(
     return _STEPS[key]
 
 
+_SINGLE: dict[tuple[Model, LossName, str | None], TrainStep] = {}
+
+
+def _single_step(model: Model, loss: LossName, family: str | None) -> TrainStep:
+    """The eager pool's step for a stack of one: `pool_steps`'s train step, not vmapped."""
+    key = (model, loss, family)
+    if key not in _SINGLE:
+        update = tunable(OptimizerConfig())
+        if family is not None:
+            update = Optimizer(update.init, family_update(family))
+        _SINGLE[key] = make_train_step(model, update, loss, shape_free=True)
+    return _SINGLE[key]
+
+
 def _take(tree: Tree, index: Tensor | None) -> Tree:
     return tree if index is None else {k: v.index_select(0, index) for k, v in tree.items()}
 
@@ -238,7 +252,13 @@ class Pool:
             data = [self._rows(lane.slots[i], rows) for i in members]
             xb, yb = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
             trees = tuple(_take(tree, index) for tree in lane.trees)
-            params, buffers, state, losses = _call(train, self.compiled, trees, xb, yb, per_trial=True)
+            if self.compiled or len(members) > 1:
+                params, buffers, state, losses = _call(train, self.compiled, trees, xb, yb, per_trial=True)
+            else:  # one trial, eager: its plain step, without vmap's cost for a stack of one
+                alone = _single_step(lane.model, self.loss, family)
+                out = alone(*({k: v[0] for k, v in tree.items()} for tree in trees), xb[0], yb[0])
+                params, buffers, state = ({k: v.unsqueeze(0) for k, v in tree.items()} for tree in out[:3])
+                losses = out[3].unsqueeze(0)
             lane.trees = tuple(_put(t, index, new) for t, new in zip(lane.trees, (params, buffers, state)))
             for j, i in enumerate(members):
                 lane.slots[i].losses.append(losses[j])
