@@ -189,7 +189,8 @@ class Pool:
         if batch_size < 1 or not lrs:
             raise ValueError("batch_size must be >= 1 and a trial needs at least one epoch")
         state = tunable(config).init(params)
-        one = tuple({k: v.unsqueeze(0) for k, v in tree.items()} for tree in (params, buffers, state))
+        # copies: the pool writes its stacks in place, and compiled graphs guard on views' bases
+        one = tuple({k: v.unsqueeze(0).clone() for k, v in tree.items()} for tree in (params, buffers, state))
         lane = self.lanes.get((model, batch_size))
         if lane is None:
             self.lanes[(model, batch_size)] = _Lane(model, batch_size, [], one)
