@@ -1,21 +1,26 @@
 """Trials per hour: a plain Optuna objective against `purestep tune`, sequential and `--batch K`.
 
-    python -m benchmarks.trials --dataset digits --epochs 10 --n-trials 32
-    python -m benchmarks.trials --dataset fashion-mnist --epochs 2 --n-trials 16
+    python -m benchmarks.trials --dataset digits --epochs 10 --n-trials 128
+    python -m benchmarks.trials --dataset fashion-mnist --epochs 2 --n-trials 32
+    python -m benchmarks.trials --dataset digits --epochs 10 --n-trials 128 --pruner median
     python -m benchmarks.trials --drop-or-ride TRIALS EPOCHS THREADS   # e.g. 4 3 1
 
-One process per variant, all on the same data and the same search space (SGD at batch 64;
-learning rate, momentum, nesterov and weight decay drawn by the seeded random sampler), no
-pruning, so every variant trains the same amount. The plain objective is written the way
-Optuna's own PyTorch example is: an `nn.Module`, a `DataLoader`, `torch.optim`, one trial at
-a time. FashionMNIST-shaped data is generated (60000 x 28 x 28 IDX files) when the real
-files are absent. Prints a Markdown table of wall seconds, trials per hour and the ratio
-to purestep sequential.
+One process per variant, all on the same data, purestep's default search space (optimizer,
+learning rate, momentum, nesterov, centered, weight decay, batch size, schedule), the same
+seeded random sampler and the same pruner. The plain objective is written the way Optuna's
+own PyTorch example is: an `nn.Module`, a `DataLoader`, `torch.optim`, one trial at a time.
+purestep runs with no speed flags (sequential) and with `--batch K`. FashionMNIST-shaped data
+is generated (60000 x 28 x 28 IDX files) when the real files are absent. Prints a Markdown
+table of wall seconds, trials per hour and ratios, the share of the pool's slot-steps spent
+on live trials, and the study's FLOP floor: its total FLOPs at this machine's measured
+matmul throughput.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import subprocess
 import sys
@@ -23,11 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-SPACE = '[optimizer]\nvalue = "sgd"\n[batch_size]\nvalue = 64\n[schedule]\nvalue = "constant"\n'
 
-
-def plain_optuna(dataset: str, data_dir: str, epochs: int, n_trials: int) -> None:
-    """The objective of Optuna's PyTorch example, on the tutorial's model and this space."""
+def plain_optuna(dataset: str, data_dir: str, epochs: int, n_trials: int, pruner: str) -> None:
+    """The objective of Optuna's PyTorch example, on the tutorial's model and the default space."""
     import optuna
     import torch
     from torch import nn
@@ -35,25 +38,40 @@ def plain_optuna(dataset: str, data_dir: str, epochs: int, n_trials: int) -> Non
 
     from purestep.core.data import load_dataset, split
     from purestep.core.model import NeuralNetwork
+    from purestep.search.study import make_pruner
 
     data = load_dataset(dataset, data_dir, download=False)
     x_fit, y_fit, x_val, y_val = split(data.x_train, data.y_train, 0.2, 0)
-    train_loader = DataLoader(TensorDataset(x_fit, y_fit), batch_size=64, shuffle=False)
     valid_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=4096)
 
     def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("sgd_lr", 1e-4, 1.0, log=True)
-        momentum = trial.suggest_float("momentum", 0.0, 0.99)
-        nesterov = momentum > 0 and trial.suggest_categorical("nesterov", [False, True])
-        weight_decay = trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
+        name = trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])
+        low, high = (1e-4, 1.0) if name == "sgd" else (1e-5, 1e-1)
+        lr = trial.suggest_float(f"{name}_lr", low, high, log=True)
+        decay = trial.suggest_categorical("weight_decay_zero", [False, True])
+        weight_decay = 0.0 if decay else trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
+        if name == "sgd":
+            momentum = trial.suggest_float("momentum", 0.0, 0.99)
+            nesterov = momentum > 0 and trial.suggest_categorical("nesterov", [False, True])
+            kind, kwargs = torch.optim.SGD, {"momentum": momentum, "nesterov": nesterov}
+        elif name == "adam":
+            kind, kwargs = torch.optim.Adam, {}
+        else:
+            kind, kwargs = (
+                torch.optim.RMSprop,
+                {"centered": trial.suggest_categorical("centered", [False, True])},
+            )
+        batch_size = trial.suggest_categorical("batch_size", [32, 64, 128, 256])
+        cosine = trial.suggest_categorical("schedule", ["constant", "cosine"]) == "cosine"
+        train_loader = DataLoader(TensorDataset(x_fit, y_fit), batch_size=batch_size, shuffle=False)
         torch.manual_seed(0)
         model = NeuralNetwork(data.in_features)
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
-        )
+        optimizer = kind(model.parameters(), lr=lr, weight_decay=weight_decay, **kwargs)
         loss_fn = nn.CrossEntropyLoss()
         accuracy = 0.0
         for epoch in range(epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * (1 + math.cos(math.pi * epoch / epochs)) / 2 if cosine else lr
             model.train()
             for x, y in train_loader:
                 optimizer.zero_grad()
@@ -65,11 +83,58 @@ def plain_optuna(dataset: str, data_dir: str, epochs: int, n_trials: int) -> Non
                 for x, y in valid_loader:
                     correct += (model(x).argmax(1) == y).sum().item()
             accuracy = correct / len(y_val)
-            trial.report(accuracy, epoch)
+            trial.report(accuracy, epoch + 1)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
         return accuracy
 
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        pruner=make_pruner(pruner, epochs),
+    )
     study.optimize(objective, n_trials=n_trials)
+
+
+def run_cli(usage_file: str, args: list[str]) -> None:
+    """`purestep` with `args`; then the pool's slot-steps (core/pool.py `USAGE`) into `usage_file`."""
+    from purestep.cli import app
+    from purestep.core import pool
+
+    try:
+        app(args, standalone_mode=False)
+    finally:
+        Path(usage_file).write_text(json.dumps(dict(pool.USAGE)))
+
+
+def flop_floor(dataset: str, data_dir: str, epochs: int, n_trials: int, threads: int) -> tuple[float, float]:
+    """The study's FLOPs without pruning (every trial trains every epoch on the fit split and is
+    evaluated on the validation split; 2 FLOPs a multiply-add forward, 4 backward) and the
+    seconds they take at this machine's best fp32 matmul throughput (`benchmarks/floor.py`)."""
+    import torch
+
+    from benchmarks.floor import record_matmuls, time_matmuls
+    from purestep.core.data import load_dataset
+    from purestep.core.model import mlp
+    from purestep.core.optim import sgd
+    from purestep.core.step import make_train_step
+
+    torch.set_num_threads(threads)
+    data = load_dataset(dataset, data_dir, download=False)
+    n_val = round(len(data.y_train) * 0.2)
+    n_fit = len(data.y_train) - n_val
+    model = mlp(data.in_features)
+    params, buffers = model.init(0)
+    optimizer = sgd(0.01)
+    x, y = data.x_train[:64].reshape(64, -1), data.y_train[:64]
+    matmuls = record_matmuls(make_train_step(model, optimizer), params, buffers, optimizer.init(params), x, y)
+    times = time_matmuls(matmuls)
+    step_flops = sum(t.matmul.flops for t in times)
+    per_second = step_flops / sum(t.best_s for t in times)
+    forward_per_row = step_flops / 64 / 3
+    flops = n_trials * epochs * (n_fit * 3 * forward_per_row + n_val * forward_per_row)
+    return flops, flops / per_second
 
 
 def drop_or_ride(trials: int, epochs: int, threads: int) -> None:
@@ -131,10 +196,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--n-trials", type=int, default=32)
-    parser.add_argument("--batches", default="4,8,16")
+    parser.add_argument("--n-trials", type=int, default=128)
+    parser.add_argument("--batches", default="4,8,16,32")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--impl", default="compiled", choices=["eager", "compiled"])
+    parser.add_argument("--pruner", default="none", choices=["none", "median"])
+    parser.add_argument(
+        "--impl", default=None, choices=["eager", "compiled"], help="default: tune's own choice"
+    )
     parser.add_argument("--data-dir", default=None, help="real FashionMNIST here, else generated")
     args = parser.parse_args()
 
@@ -145,40 +213,55 @@ def main() -> None:
             from purestep.core.data import write_fake_mnist
 
             write_fake_mnist(data_dir, "fashion-mnist", 60000, 10000)
-        space = tmp_path / "space.toml"
-        space.write_text(SPACE)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PURESTEP_OFFLINE": "1"}
-        common = ["--dataset", args.dataset, "--data-dir", data_dir, "--epochs", str(args.epochs)]
-        common += ["--n-trials", str(args.n_trials), "--sampler", "random", "--pruner", "none", "--no-final"]
-        common += ["--space", str(space), "--impl", args.impl, "--threads", str(args.threads)]
+        common = ["tune", "--dataset", args.dataset, "--data-dir", data_dir, "--epochs", str(args.epochs)]
+        common += ["--n-trials", str(args.n_trials), "--sampler", "random", "--pruner", args.pruner]
+        common += ["--no-final", "--threads", str(args.threads)]
+        common += ["--impl", args.impl] if args.impl else []
 
-        rows: list[tuple[str, float]] = []
+        rows: list[tuple[str, float, str]] = []
         plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
-        plain += [str(args.epochs), str(args.n_trials)]
-        rows.append(("plain Optuna objective (nn.Module + DataLoader)", _timed(plain, env)))
+        plain += [str(args.epochs), str(args.n_trials), args.pruner]
+        rows.append(("plain Optuna objective (nn.Module + DataLoader)", _timed(plain, env), ""))
         for k in [1, *(int(b) for b in args.batches.split(","))]:
             run = tmp_path / f"run{k}"
             run.mkdir()
-            cmd = [sys.executable, "-m", "purestep", "tune", *common, "--batch", str(k)]
+            usage = run / "usage.json"
+            cmd = [sys.executable, "-m", "benchmarks.trials", "--cli", str(usage), *common, "--batch", str(k)]
             cmd += ["--storage", f"sqlite:///{run / 's.db'}", "--out", str(run)]
             label = "purestep sequential" if k == 1 else f"purestep --batch {k}"
-            label += f" ({args.impl})"
-            rows.append((label, _timed(cmd, env)))
+            seconds = _timed(cmd, env)
+            counts = json.loads(usage.read_text())
+            live = f"{counts['slot_steps'] / (counts['steps'] * k):.1%}" if counts.get("steps") else ""
+            rows.append((label, seconds, live))
+        flops, floor = flop_floor(args.dataset, data_dir, args.epochs, args.n_trials, args.threads)
 
-    sequential = rows[1][1]
-    print(f"{args.dataset}, {args.epochs} epochs a trial, {args.n_trials} trials, {args.threads} thread(s)\n")
-    print("| variant | wall s | trials / hour | vs sequential |")
-    print("| --- | ---: | ---: | ---: |")
-    for label, seconds in rows:
+    plain_s, sequential = rows[0][1], rows[1][1]
+    print(
+        f"{args.dataset}, {args.epochs} epochs a trial, {args.n_trials} trials, pruner {args.pruner}, ",
+        end="",
+    )
+    print(f"{args.threads} thread(s), impl {args.impl or 'auto'}\n")
+    print(
+        f"FLOP floor: {flops / 1e12:.2f} TFLOP without pruning, {floor:.1f} s at the measured matmul rate\n"
+    )
+    print("| variant | trials / hour | vs plain | vs sequential | floor / wall | live slot-steps |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for label, seconds, live in rows:
         per_hour = args.n_trials * 3600 / seconds
-        print(f"| {label} | {seconds:.1f} | {per_hour:.0f} | {sequential / seconds:.2f}x |")
+        print(
+            f"| {label} | {per_hour:.0f} | {plain_s / seconds:.2f}x | {sequential / seconds:.2f}x "
+            f"| {floor / seconds:.2f} | {live} |"
+        )
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--drop-or-ride":
         drop_or_ride(*(int(a) for a in sys.argv[2:5]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--plain":
-        _, _, name, directory, n_epochs, trials_ = sys.argv
-        plain_optuna(name, directory, int(n_epochs), int(trials_))
+        _, _, name, directory, n_epochs, trials_, pruner_ = sys.argv
+        plain_optuna(name, directory, int(n_epochs), int(trials_), pruner_)
+    elif len(sys.argv) > 1 and sys.argv[1] == "--cli":
+        run_cli(sys.argv[2], sys.argv[3:])
     else:
         main()

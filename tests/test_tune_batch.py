@@ -1,4 +1,4 @@
-"""`purestep tune --batch K`: trials trained K at a time equal the same trials trained alone."""
+"""`purestep tune --batch K`: trials trained in a pool of K slots equal the same trials trained alone."""
 
 from __future__ import annotations
 
@@ -15,18 +15,24 @@ from test_tune_cli import FAST, PURESTEP, _wait, finished, invoke, trials
 from purestep import load_dataset
 from purestep.search.objective import EVAL_BATCH_SIZE, TrialConfig, make_splits, train
 
-SGD_64 = '[optimizer]\nvalue = "sgd"\n[batch_size]\nvalue = 64\n'
+STABLE_RATES = "[sgd_lr]\nhigh = 0.1\n[adam_lr]\nhigh = 0.01\n[rmsprop_lr]\nhigh = 0.001\n"
+"""The default space with learning rates where training is not chaotic: vmap's batched kernels
+round differently from the unbatched ones (by 3e-6 after one Adam step on digits), and Adam at
+lr 0.06 on batches of 32 amplifies that to 5e-3 in three epochs, as DESIGN.md's bounds say."""
 
 
-def test_each_batched_trial_has_the_validation_metrics_it_has_alone(tmp_path: Path) -> None:
+def test_each_pooled_trial_has_the_validation_metrics_it_has_alone(tmp_path: Path) -> None:
+    """Every optimizer family, batch size and schedule of the default space shares the pool."""
     space = tmp_path / "space.toml"
-    space.write_text(SGD_64)
+    space.write_text(STABLE_RATES)
     storage = f"sqlite:///{tmp_path / 's.db'}"
     args = ["--epochs", "3", "--n-trials", "8", "--batch", "4", "--sampler", "random", "--pruner", "none"]
     result = invoke(*args, "--space", str(space), "--storage", storage, "--no-final", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     done = [t for t in trials(storage) if t.state == TrialState.COMPLETE]
     assert len(done) == 8
+    drawn = [TrialConfig.from_dict(t.user_attrs["config"]) for t in done]
+    assert len({c.optimizer for c in drawn}) > 1 and len({c.batch_size for c in drawn}) > 1
     splits = make_splits(load_dataset("digits"), 0.2, 0)
     for t in done:
         config = TrialConfig.from_dict(t.user_attrs["config"])
@@ -48,21 +54,22 @@ def test_each_batched_trial_has_the_validation_metrics_it_has_alone(tmp_path: Pa
         assert math.isclose(t.user_attrs["val_loss"], alone[-1].eval_loss, rel_tol=1e-5), t.number
 
 
-def test_ctrl_c_mid_batch_fails_the_batch_and_a_rerun_completes(tmp_path: Path) -> None:
+def test_ctrl_c_mid_pool_fails_the_pooled_trials_and_a_rerun_completes(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 's.db'}"
     cmd = [*PURESTEP, *FAST[:3], "--epochs", "30", "--n-trials", "6", "--batch", "3", "--pruner", "none"]
     cmd += ["--storage", storage, "--no-final", "--out", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def mid_second_batch() -> bool:
+    def refilled_and_running() -> bool:
+        """Trials finished, and refills mid-training (trials end at different steps in the pool)."""
         ts = trials(storage)
         running = [t for t in ts if t.state == TrialState.RUNNING]
-        return len(finished(ts)) >= 3 and len(running) == 3 and len(running[0].intermediate_values) >= 2
+        return len(finished(ts)) >= 2 and any(len(t.intermediate_values) >= 2 for t in running)
 
     try:
         ready, _, _ = select.select([proc.stderr], [], [], 240)
         assert ready and "(new study)" in proc.stderr.readline()
-        _wait(mid_second_batch, 240, proc)
+        _wait(refilled_and_running, 240, proc)
         done_before = {t.number: t.value for t in finished(trials(storage))}
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -72,7 +79,7 @@ def test_ctrl_c_mid_batch_fails_the_batch_and_a_rerun_completes(tmp_path: Path) 
     ts = trials(storage)
     assert not [t for t in ts if t.state == TrialState.RUNNING]
     failed = [t for t in ts if t.state == TrialState.FAIL]
-    assert len(failed) == 3 and all(t.user_attrs["reason"] == "interrupted (SIGINT)" for t in failed)
+    assert 1 <= len(failed) <= 3 and all(t.user_attrs["reason"] == "interrupted (SIGINT)" for t in failed)
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     ts = trials(storage)

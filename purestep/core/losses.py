@@ -30,6 +30,32 @@ def loss_fn(name: str) -> Callable[..., Tensor]:
     return LOSSES[name]
 
 
+def _picked(log_probs: Tensor, y: Tensor, reduction: str) -> Tensor:
+    """Minus each row's log-probability of its label, reduced: `nll_loss`'s arithmetic, written
+    with a comparison instead of a gather so that it keeps a batch dimension symbolic under vmap."""
+    labels = torch.arange(log_probs.shape[-1], device=y.device)
+    picked = torch.where(y.unsqueeze(-1) == labels, log_probs, 0).sum(-1)
+    return -(picked.sum() if reduction == "sum" else picked.mean())
+
+
+def _cross_entropy(out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    return _picked(F.log_softmax(out, -1), y, reduction)
+
+
+def _nll(out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    return _picked(out, y, reduction)
+
+
+def shape_free_loss_fn(name: str) -> Callable[..., Tensor]:
+    """`loss_fn(name)` in a form whose compiled graph serves every batch size and stack size.
+
+    Under `vmap`, `nll_loss`'s batching rule fixes the batch and trial dimensions of a compiled
+    graph; this form does not. Equal to `loss_fn(name)` up to the order of the batch's sum.
+    """
+    loss_fn(name)
+    return {"cross_entropy": _cross_entropy, "nll": _nll}.get(name, LOSSES[name])
+
+
 def loss_module(name: str) -> torch.nn.Module:
     """The `torch.nn` loss module the tutorial would use for `name`."""
     loss_fn(name)

@@ -352,25 +352,48 @@ _UNION_HYPER = {
 """Every hyperparameter a family reads; a trial's own optimizer sets its own, the tutorial's fill the rest."""
 
 
-def _union_update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-    dtype = next(iter(params.values())).dtype
-    with_momentum = state["momentum"] != 0
-    rules = {
-        "sgd": _sgd_rule(state, dtype, with_momentum),
-        "adam": _adam_rule(state, dtype),
-        "rmsprop": _rmsprop_rule(state, dtype, with_momentum, state["centered"] != 0),
-    }
-    new_params: Params = {}
-    new: State = {"step": state["step"] + 1}
-    for k, p in params.items():
-        for i, family in enumerate(FAMILIES):
-            chosen = state["family"] == i
-            keys = {s: f"{_UNION_SLOT.get(s, s)}.{k}" for s in _BUFFERS[family]}
-            p_family, slots = rules[family](p, grads[k], {s: state[key] for s, key in keys.items()})
-            new_params[k] = torch.where(chosen, p_family, new_params[k]) if i else p_family
-            for s, v in slots.items():
-                new[keys[s]] = torch.where(chosen, v, new.get(keys[s], state[keys[s]]))
-    return new_params, {key: new.get(key, state[key]) for key in state}
+def _union_over(families: tuple[str, ...]) -> Callable[[Params, State, Params], tuple[Params, State]]:
+    """The union update computing only `families`' rules: for stacks whose trials all use them
+    (an eager caller that knows; a compiled graph runs them all, `_union_update`)."""
+
+    def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        dtype = next(iter(params.values())).dtype
+        with_momentum = state["momentum"] != 0
+        rules = {
+            "sgd": lambda: _sgd_rule(state, dtype, with_momentum),
+            "adam": lambda: _adam_rule(state, dtype),
+            "rmsprop": lambda: _rmsprop_rule(state, dtype, with_momentum, state["centered"] != 0),
+        }
+        built = {f: rules[f]() for f in families}
+        only = len(families) == 1
+        new_params: Params = {}
+        new: State = {"step": state["step"] + 1}
+        for k, p in params.items():
+            for i, family in enumerate(families):
+                chosen = state["family"] == FAMILIES.index(family)
+                keys = {s: f"{_UNION_SLOT.get(s, s)}.{k}" for s in _BUFFERS[family]}
+                p_family, slots = built[family](p, grads[k], {s: state[key] for s, key in keys.items()})
+                new_params[k] = torch.where(chosen, p_family, new_params[k]) if i else p_family
+                for s, v in slots.items():
+                    new[keys[s]] = v if only else torch.where(chosen, v, new.get(keys[s], state[keys[s]]))
+        return new_params, {key: new.get(key, state[key]) for key in state}
+
+    return update
+
+
+_union_update = _union_over(FAMILIES)
+_FAMILY_UPDATES = {family: _union_over((family,)) for family in FAMILIES}
+
+
+def family_update(family: str) -> Callable[[Params, State, Params], tuple[Params, State]]:
+    """The union update for trials all of one family (`FAMILIES`): only that family's rule runs,
+    on the same state, so the result equals `tunable`'s for those trials bit for bit."""
+    return _FAMILY_UPDATES[family]
+
+
+def family_of(config: OptimizerConfig) -> str:
+    """The union family of `config`'s optimizer (AdamW is Adam's)."""
+    return "adam" if config.name == "adamw" else config.name
 
 
 def tunable(config: OptimizerConfig) -> Optimizer:
@@ -379,7 +402,7 @@ def tunable(config: OptimizerConfig) -> Optimizer:
     Each trial's params and loss equal `config.build()`'s bit for bit, step after step.
     """
     own = config.build()
-    family = FAMILIES.index("adam" if config.name == "adamw" else config.name)
+    family = FAMILIES.index(family_of(config))
 
     def init(params: Params) -> State:
         own_state = own.init(params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -14,7 +15,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from purestep.core import _direct
-from purestep.core.losses import LossName, batch_metric, loss_fn
+from purestep.core.losses import LossName, batch_metric, loss_fn, shape_free_loss_fn
 from purestep.core.model import Buffers, Model, Params
 from purestep.core.optim import Optimizer, State
 
@@ -43,12 +44,12 @@ def _checked(precision: Precision) -> Precision:
 
 
 def make_loss(
-    model: Model, loss: LossName = "cross_entropy", precision: Precision = "fp32"
+    model: Model, loss: LossName = "cross_entropy", precision: Precision = "fp32", shape_free: bool = False
 ) -> Callable[[Params, Buffers, Tensor, Tensor], tuple[Tensor, Buffers]]:
     """`loss(params, buffers, x, y) -> (mean loss, new buffers)` of `model` in train mode,
-    as the tutorial's `loss_fn(model(X), y)`."""
+    as the tutorial's `loss_fn(model(X), y)` (`shape_free_loss_fn` with `shape_free`)."""
     _checked(precision)
-    fn = loss_fn(loss)
+    fn = shape_free_loss_fn(loss) if shape_free else loss_fn(loss)
 
     def train_loss(params: Params, buffers: Buffers, x: Tensor, y: Tensor) -> tuple[Tensor, Buffers]:
         with autocast(precision, x.device):
@@ -59,10 +60,17 @@ def make_loss(
 
 
 def make_train_step(
-    model: Model, optimizer: Optimizer, loss: LossName = "cross_entropy", precision: Precision = "fp32"
+    model: Model,
+    optimizer: Optimizer,
+    loss: LossName = "cross_entropy",
+    precision: Precision = "fp32",
+    shape_free: bool = False,
 ) -> TrainStep:
-    """`train_step(params, buffers, state, x, y) -> (params, buffers, state, loss)`: one update, pure."""
-    grad_fn = grad_and_value(make_loss(model, loss, precision), has_aux=True)
+    """`train_step(params, buffers, state, x, y) -> (params, buffers, state, loss)`: one update, pure.
+
+    `shape_free` computes the loss so that one compiled graph serves every batch and stack size.
+    """
+    grad_fn = grad_and_value(make_loss(model, loss, precision, shape_free), has_aux=True)
 
     def train_step(params: Params, buffers: Buffers, state: State, x: Tensor, y: Tensor):
         grads, (value, buffers) = grad_fn(params, buffers, x, y)
@@ -72,11 +80,13 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(model: Model, loss: LossName = "cross_entropy", precision: Precision = "fp32") -> EvalStep:
+def make_eval_step(
+    model: Model, loss: LossName = "cross_entropy", precision: Precision = "fp32", shape_free: bool = False
+) -> EvalStep:
     """`eval_step(params, buffers, x, y) -> (loss_sum, metric_sum)` over one batch in eval mode,
     both 0-d: the metric is the number correct (integer labels) or the squared error (floats)."""
     _checked(precision)
-    fn = loss_fn(loss)
+    fn = shape_free_loss_fn(loss) if shape_free else loss_fn(loss)
 
     def eval_step(params: Params, buffers: Buffers, x: Tensor, y: Tensor):
         with autocast(precision, x.device):
@@ -245,6 +255,44 @@ def batch_over_trials(train_step: TrainStep) -> TrainStep:
     Random layers draw their own numbers for every trial (`randomness="different"`).
     """
     return vmap(train_step, in_dims=(0, 0, 0, None, None), randomness="different")
+
+
+def batch_over_slots(train_step: TrainStep) -> TrainStep:
+    """K trials in one call, each on its own batch: params, buffers, state and data stacked on axis 0."""
+    return vmap(train_step, in_dims=(0, 0, 0, 0, 0), randomness="different")
+
+
+GRAPHS: collections.Counter[str] = collections.Counter()
+"""Graphs `compile_shape_free` has compiled in this process, by the step function's name."""
+
+
+def compile_shape_free(fn: Fn, data_dims: tuple[int, ...]) -> Fn:
+    """`torch.compile(fn, fullgraph=True)` with a symbolic leading (trial) dimension on every
+    tree leaf and symbolic `data_dims` on the tensor arguments, so that one graph serves every
+    stack and batch size (sizes 0 and 1 aside: Dynamo always specialises them)."""
+    torch.compiler.config.recompile_limit = max(torch.compiler.config.recompile_limit, 64)
+    name = getattr(fn, "__name__", type(fn).__name__)
+
+    def inductor(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        import torch._inductor
+
+        GRAPHS[name] += 1
+        return torch._inductor.compile(gm, example_inputs, {"size_asserts": False})
+
+    compiled = torch.compile(fn, fullgraph=True, backend=inductor)
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> Any:
+        for a in args:
+            leaves = a.values() if isinstance(a, dict) else ()
+            for leaf in leaves:
+                torch._dynamo.maybe_mark_dynamic(leaf, 0)
+            if isinstance(a, Tensor):
+                for d in data_dims:
+                    torch._dynamo.maybe_mark_dynamic(a, d)
+        return compiled(*args)
+
+    return cast(Fn, call)
 
 
 def batch_eval_over_trials(eval_step: EvalStep) -> EvalStep:

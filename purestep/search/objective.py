@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from purestep.core.data import Dataset
     from purestep.core.loop import EpochMetrics, FitResult
     from purestep.core.model import Model
-    from purestep.core.optim import OptimizerConfig
+    from purestep.core.optim import Optimizer, OptimizerConfig
 
 Guard = Callable[[], AbstractContextManager[object]]
 """Wraps each write to the storage, so that an interrupt cannot cut one in half."""
@@ -175,6 +175,15 @@ def lr_at(config: TrialConfig, epoch: int, epochs: int) -> float:
     return config.lr
 
 
+def optimizer_for(config: TrialConfig, compiled: bool) -> Optimizer:
+    """The trial's optimizer: its own when eager, else over the union state (`tunable`), so that
+    every optimizer of a compiled study shares one update and so one graph per batch size."""
+    from purestep.core.optim import tunable
+
+    own = config.optimizer_config()
+    return tunable(own) if compiled else own.build()
+
+
 def train(
     config: TrialConfig,
     x: Tensor,
@@ -196,7 +205,7 @@ def train(
     """
     from purestep.core.loop import Callbacks, fit
 
-    optimizer = config.optimizer_config().build()
+    optimizer = optimizer_for(config, compiled)
     model = splits.model_for(config)
     params, buffers = model.init(seed, x.device)
     model.seed_like_module(seed)

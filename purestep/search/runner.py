@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -42,17 +41,16 @@ from purestep.search.objective import (
     EVAL_BATCH_SIZE,
     ConfigError,
     Splits,
-    TrialConfig,
     lr_at,
     pruned_reason,
     record_result,
-    run_config,
     suggest_config,
 )
 from purestep.search.space import Space
 
 if TYPE_CHECKING:
     from purestep.core.loop import EpochMetrics
+    from purestep.core.pool import Pool
 from purestep.search.study import FINISHED, TAKEN, best_of, count
 
 
@@ -254,18 +252,13 @@ def _tell(
         shield.depth -= 1
 
 
-def group_key(config: TrialConfig) -> tuple[object, ...]:
-    """What decides a trial's step graph: optimizer family and buffers, widths, model arguments,
-    batch size and order.
+@dataclass
+class _Slot:
+    """A trial in the pool: its Optuna handle, heartbeat and history so far."""
 
-    Adam and AdamW share one update (decoupling is state data), so they share groups; SGD and
-    RMSprop keep momentum buffers only with momentum, and RMSprop a gradient average only when
-    centered, so those group apart. Every other hyperparameter is data in the optimizer state
-    and may differ inside a group.
-    """
-    family = "adam" if config.optimizer == "adamw" else config.optimizer
-    buffers = (family != "adam" and config.momentum != 0, family == "rmsprop" and config.centered)
-    return family, buffers, config.hidden_layers(), config.model_args, config.batch_size, config.shuffle
+    trial: optuna.Trial
+    beat: Heartbeat | None
+    history: list[EpochMetrics]
 
 
 def run_trial_batches(
@@ -283,144 +276,142 @@ def run_trial_batches(
     on_trial_start: Callable[[int, int], None] = lambda number, finished: None,
     on_trial_end: Callable[[TrialEnd], None] = lambda end: None,
 ) -> int:
-    """`run_trials`, K at a time: ask up to `batch` trials, train each group that shares a step
-    graph in lockstep (one `vmap`ped step), report and prune each trial on its own.
+    """`run_trials` with `batch` slots: a pool (core/pool.py) trains up to `batch` trials at once,
+    and a slot freed by a trial that finished, was pruned or diverged takes a newly asked trial
+    at the next step. Each trial reports, is pruned and is told on its own.
 
-    A group of one trains with the plain step. Interrupted, every trial of the batch not yet
-    told is failed with the reason. Returns how many trials this call finished.
+    Interrupted, every trial in the pool is failed with the reason. Returns how many trials
+    this call finished.
     """
+    from purestep.core.pool import Pool
+
     shield = shield or Shield()
+    pool = Pool(
+        splits.x_fit,
+        splits.y_fit,
+        (splits.x_val, splits.y_val),
+        eval_batch_size=EVAL_BATCH_SIZE,
+        compiled=compiled,
+        loss=splits.loss,  # type: ignore[arg-type]
+    )
+    running: dict[int, _Slot] = {}
     ran = 0
-    while True:
-        shield.deliver()
-        trials, room = _room(study, n_trials, deadline)
-        if room <= 0:
-            break
-        asked: list[tuple[optuna.Trial, TrialConfig]] = []
-        told: set[int] = set()
-        beats: dict[int, Heartbeat | None] = {}
-        try:
-            for _ in range(min(batch, room)):
-                with shield.hold():
-                    trial = study.ask()
-                if _fail_if_surplus(study, trial, shield, n_trials):
-                    break
-                beats[trial.number] = start_heartbeat(trial)
-                with shield.hold():
-                    _, config = suggest_config(space, trial)
-                asked.append((trial, config))
-            finished = count(trials, FINISHED)
-            groups: dict[tuple[object, ...], list[tuple[optuna.Trial, TrialConfig]]] = {}
-            for trial, config in asked:
-                groups.setdefault(group_key(config), []).append((trial, config))
-                on_trial_start(trial.number, finished)
-            for members in groups.values():
-                for trial, state, value, reason in _train_group(
-                    members, splits, epochs=epochs, seed=seed, compiled=compiled, shield=shield
-                ):
-                    beat = beats.get(trial.number)
-                    ok = state is not None and _tell(study, trial, shield, state, value, reason, beat)
-                    told.add(trial.number)
-                    if not ok:
-                        lost_notice(trial.number)
-                        continue
-                    ran += 1
-                    _report_end(study, trial.number, on_trial_end)
-        except BaseException as e:
-            for trial, _ in asked:
-                if trial.number not in told:
-                    _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e))
-            raise
-        finally:
-            for beat in beats.values():
-                if beat is not None:
-                    beat.stop()
-        if len(asked) < min(batch, room):
-            break
+    asking = True
+
+    def finish(number: int, state: TrialState | None, value: float | None = None, reason: str | None = None):
+        nonlocal ran
+        pool.remove(number)
+        slot = running.pop(number)
+        ok = state is not None and _tell(study, slot.trial, shield, state, value, reason, slot.beat)
+        if slot.beat is not None:
+            slot.beat.stop()
+        if not ok:
+            lost_notice(number)
+            return
+        ran += 1
+        _report_end(study, number, on_trial_end)
+
+    try:
+        while True:
+            shield.deliver()
+            if asking and len(running) < batch:
+                asking = _fill(
+                    study,
+                    space,
+                    splits,
+                    pool,
+                    running,
+                    batch,
+                    epochs,
+                    seed,
+                    n_trials,
+                    deadline,
+                    shield,
+                    on_trial_start,
+                )
+            if not running:
+                break
+            for end in pool.step():
+                slot = running[end.key]
+                if end.row is None:
+                    finish(end.key, TrialState.PRUNED, reason=f"diverged: {end.diverged}")
+                    continue
+                slot.history.append(end.row)
+                try:
+                    reason = pruned_reason(slot.trial, end.row, shield.hold)
+                    if reason is None and len(slot.history) == epochs:
+                        finish(
+                            end.key, TrialState.COMPLETE, record_result(slot.trial, slot.history, shield.hold)
+                        )
+                    elif reason is not None:
+                        finish(end.key, TrialState.PRUNED, reason=reason)
+                except RuntimeError as e:
+                    if not finished_elsewhere(slot.trial, e):
+                        raise
+                    finish(end.key, None)
+    except BaseException as e:
+        for slot in running.values():
+            _tell(study, slot.trial, shield, TrialState.FAIL, reason=_interrupt_reason(e))
+        raise
+    finally:
+        for slot in running.values():
+            if slot.beat is not None:
+                slot.beat.stop()
     return ran
 
 
-def _train_group(
-    members: list[tuple[optuna.Trial, TrialConfig]],
+def _fill(
+    study: optuna.Study,
+    space: Space,
     splits: Splits,
-    *,
+    pool: Pool,
+    running: dict[int, _Slot],
+    batch: int,
     epochs: int,
     seed: int,
-    compiled: bool,
+    n_trials: int,
+    deadline: float | None,
     shield: Shield,
-) -> Iterator[tuple[optuna.Trial, TrialState, float | None, str | None]]:
-    """Train trials that share a step graph; yields `(trial, state, value, reason)` for each, with
-    state None for a trial that another worker failed as stale meanwhile (its training stopped)."""
-    if len(members) == 1:
-        trial, config = members[0]
-        try:
-            value = run_config(
-                trial, config, splits, epochs=epochs, seed=seed, compiled=compiled, guard=shield.hold
-            )
-        except optuna.TrialPruned as e:
-            yield trial, TrialState.PRUNED, None, str(e)
-            return
-        except RuntimeError as e:
-            if not finished_elsewhere(trial, e):
-                raise
-            yield trial, None, None, None
-            return
-        yield trial, TrialState.COMPLETE, value, None
-        return
-
-    from purestep.core.loop import fit_trials
-
-    optimizers = [config.optimizer_config().build() for _, config in members]
-    first = members[0][1]
-    model = splits.model_for(first)
-    params, buffers = model.init(seed, splits.x_fit.device)
-    reasons: dict[int, str] = {}
-    lost: set[int] = set()
-
-    def keep(k: int, metrics: EpochMetrics) -> bool:
-        try:
-            reason = pruned_reason(members[k][0], metrics, shield.hold)
-        except RuntimeError as e:
-            if not finished_elsewhere(members[k][0], e):
-                raise
-            lost.add(k)
+    on_trial_start: Callable[[int, int], None],
+) -> bool:
+    """Ask trials into the pool's free slots while the study has room; False once it has none."""
+    trials, room = _room(study, n_trials, deadline)
+    finished = count(trials, FINISHED)
+    while len(running) < batch:
+        if room <= 0:
             return False
-        if reason is not None:
-            reasons[k] = reason
-        return reason is None
-
-    results = fit_trials(
-        model,
-        optimizers[0],
-        [params] * len(members),
-        [buffers] * len(members),
-        [o.init(params) for o in optimizers],
-        splits.x_fit,
-        splits.y_fit,
-        epochs=epochs,
-        batch_size=first.batch_size,
-        eval_data=(splits.x_val, splits.y_val),
-        eval_batch_size=EVAL_BATCH_SIZE,
-        shuffle=first.shuffle,
-        seed=seed,
-        compiled=compiled,
-        keep=keep,
-        lr_at=[partial(lr_at, config, epochs=epochs) for _, config in members],
-        loss=splits.loss,
-    )
-    for k, ((trial, _), result) in enumerate(zip(members, results)):
-        if k in lost:
-            yield trial, None, None, None
-        elif k in reasons:
-            yield trial, TrialState.PRUNED, None, reasons[k]
-        elif result.stopped is not None:
-            yield trial, TrialState.PRUNED, None, f"diverged: {result.stopped}"
-        else:
-            try:
-                value = record_result(trial, result.history, shield.hold)
-            except RuntimeError as e:
-                if not finished_elsewhere(trial, e):
-                    raise
-                yield trial, None, None, None
-                continue
-            yield trial, TrialState.COMPLETE, value, None
+        with shield.hold():
+            trial = study.ask()
+        if _fail_if_surplus(study, trial, shield, n_trials):
+            return False
+        beat = start_heartbeat(trial)
+        try:
+            with shield.hold():
+                _, config = suggest_config(space, trial)
+            on_trial_start(trial.number, finished)
+            model = splits.model_for(config)
+            optimizer = config.optimizer_config()
+        except ConfigError as e:
+            _tell(study, trial, shield, TrialState.FAIL, reason=str(e), beat=beat)
+            raise ConfigError(
+                f"trial {trial.number} drew settings the optimizer rejects ({e}); narrow the search space"
+            ) from None
+        except BaseException as e:
+            _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e), beat=beat)
+            raise
+        params, buffers = model.init(seed, splits.x_fit.device)
+        lrs = [lr_at(config, epoch, epochs) for epoch in range(epochs)]
+        pool.add(
+            trial.number,
+            model,
+            params,
+            buffers,
+            optimizer,
+            batch_size=config.batch_size,
+            lrs=lrs,
+            shuffle=config.shuffle,
+            seed=seed,
+        )
+        running[trial.number] = _Slot(trial, beat, [])
+        room -= 1
+    return True

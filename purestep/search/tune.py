@@ -25,7 +25,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from purestep.core.errors import PurestepError
 from purestep.core.files import write_json
-from purestep.search.objective import EVAL_BATCH_SIZE, Splits, TrialConfig, make_objective, make_splits, train
+from purestep.search.objective import (
+    EVAL_BATCH_SIZE,
+    Splits,
+    TrialConfig,
+    make_objective,
+    make_splits,
+    optimizer_for,
+    train,
+)
 from purestep.search.runner import Shield, TrialEnd, run_trial_batches, run_trials
 from purestep.search.space import Space, settings_of, space_from_json
 from purestep.search.storage import StorageURL, open_storage, parse_storage, storage_errors
@@ -357,13 +365,26 @@ def _run_here(
     _run(study, options, splits, compiled, deadline, started, ended)
 
 
+def worker_device(device: str, index: int, gpus: int) -> str:
+    """Worker `index`'s device: `--device cuda` spreads workers over `cuda:0..gpus-1` in turn;
+    any other device (`cpu`, a named `cuda:N`) is every worker's."""
+    if device != "cuda" or gpus < 1:
+        return device
+    return f"cuda:{index % gpus}"
+
+
 def run_worker(options: TuneOptions, index: int, deadline: float | None) -> int:
     """One worker process's share: load the data, join the study, run trials until it is full.
 
-    The sampler is seeded with `seed + index`, so workers do not propose the same points.
+    The sampler is seeded with `seed + index`, so workers do not propose the same points. With
+    `--device cuda` on a machine with several GPUs, worker k runs on `cuda:k % n` (`worker_device`).
     Returns how many trials it finished.
     """
     quiet_optuna()
+    if options.device == "cuda":
+        import torch
+
+        options = replace(options, device=worker_device(options.device, index, torch.cuda.device_count()))
     url = parse_storage(options.storage)
     data = load_data(options, download=False)
     splits = options.splits(data)
@@ -530,7 +551,7 @@ def _retrain(
         compiled=compiled,
     )
     model = splits.model_for(config)
-    _, eval_step = steps_for(model, config.optimizer_config().build(), compiled, loss=splits.loss)
+    _, eval_step = steps_for(model, optimizer_for(config, compiled), compiled, loss=splits.loss)
     test = evaluate(eval_step, result.params, result.buffers, data.x_test, data.y_test, EVAL_BATCH_SIZE)
     last = result.history[-1]
     if test.accuracy is not None:

@@ -1,0 +1,310 @@
+"""A pool of trial slots: many trials trained in one vmapped step, each on its own schedule.
+
+Each slot holds one trial: its own params, buffers and optimizer state (the union state of
+`tunable`, so every optimizer family stacks), its own learning rate per epoch, epoch counter,
+position in the epoch and data order. Slots of one model and batch size form a lane, stacked
+on a leading axis; every `step()` advances each slot by one batch, one vmapped call per lane
+(a lane whose slots sit at different batch lengths, an epoch's short last batch, splits for
+that step). A slot that finishes an epoch is evaluated with the others that finished it at
+that step, in one batched pass. The caller removes finished, pruned or diverged trials and
+adds new ones at any step; no slot waits for another.
+
+Compiled, the steps keep their stack and batch dimensions symbolic (`compile_shape_free`), so
+one train graph and one eval graph serve every lane, batch size and stack size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from purestep.core.data import epoch_order
+from purestep.core.loop import EpochMetrics, NonFiniteLoss, _metrics, _row
+from purestep.core.losses import LossName
+from purestep.core.model import Buffers, Model, Params
+from purestep.core.optim import Optimizer, OptimizerConfig, State, family_of, family_update, tunable
+from purestep.core.step import (
+    EvalStep,
+    TrainStep,
+    batch_eval_over_trials,
+    batch_over_slots,
+    compile_shape_free,
+    make_eval_step,
+    make_train_step,
+)
+
+Tree = dict[str, Tensor]
+
+
+@dataclass
+class Slot:
+    """One trial's place in the pool: what it trains with and where it is."""
+
+    key: Hashable
+    lrs: Sequence[float]
+    """The learning rate of each epoch (the schedule, as data); its length is the trial's epochs."""
+    shuffle: bool
+    seed: int
+    family: str
+    epoch: int = 0
+    start: int = 0
+    """The first row of the next batch in this epoch."""
+    order: Tensor | None = None
+    losses: list[Tensor] = field(default_factory=list)
+    began: float = 0.0
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """A slot's epoch ended: its metrics row, or why it stopped (a non-finite training loss)."""
+
+    key: Hashable
+    row: EpochMetrics | None
+    diverged: str | None = None
+
+
+@dataclass
+class _Lane:
+    model: Model
+    batch_size: int
+    slots: list[Slot]
+    trees: tuple[Tree, Tree, State]
+
+
+_STEPS: dict[tuple[Model, bool, LossName, str | None], tuple[TrainStep, EvalStep]] = {}
+USAGE: Counter[str] = Counter()
+"""Pool steps run in this process (`steps`) and the live slots they advanced (`slot_steps`)."""
+
+
+def pool_steps(
+    model: Model, compiled: bool, loss: LossName = "cross_entropy", family: str | None = None
+) -> tuple[TrainStep, EvalStep]:
+    """The pool's (train, eval) steps of `model`, one batch per slot; built once.
+
+    The update is the union one (`tunable`); given a `family`, only that family's rule runs
+    (`family_update`): an eager step then costs what the trial's own optimizer costs.
+    """
+    key = (model, compiled, loss, family)
+    if key not in _STEPS:
+        update = tunable(OptimizerConfig())
+        if family is not None:
+            update = Optimizer(update.init, family_update(family))
+        train = batch_over_slots(make_train_step(model, update, loss, shape_free=True))
+        evaluate = batch_eval_over_trials(make_eval_step(model, loss, shape_free=True))
+        if compiled:
+            train, evaluate = compile_shape_free(train, (0, 1)), compile_shape_free(evaluate, (0,))
+        _STEPS[key] = train, evaluate
+    return _STEPS[key]
+
+
+_SINGLE: dict[tuple[Model, LossName, str | None], TrainStep] = {}
+
+
+def _single_step(model: Model, loss: LossName, family: str | None) -> TrainStep:
+    """The eager pool's step for a stack of one: `pool_steps`'s train step, not vmapped."""
+    key = (model, loss, family)
+    if key not in _SINGLE:
+        update = tunable(OptimizerConfig())
+        if family is not None:
+            update = Optimizer(update.init, family_update(family))
+        _SINGLE[key] = make_train_step(model, update, loss, shape_free=True)
+    return _SINGLE[key]
+
+
+def _take(tree: Tree, index: Tensor | None) -> Tree:
+    return tree if index is None else {k: v.index_select(0, index) for k, v in tree.items()}
+
+
+def _put(tree: Tree, index: Tensor | None, new: Tree) -> Tree:
+    if index is None:
+        return new
+    for k, v in tree.items():
+        v.index_copy_(0, index, new[k])
+    return tree
+
+
+def _call(step, compiled: bool, trees: tuple[Tree, ...], x: Tensor, y: Tensor, per_trial: bool):
+    """`step(*trees, x, y)`, kept in the one compiled graph where Dynamo would specialise a size
+    of 1: a single trial runs stacked twice (the copy's results dropped), a single row eagerly.
+    `per_trial`: `x` and `y` carry the trial axis first (else every trial reads them)."""
+    if not compiled:
+        return step(*trees, x, y)
+    if (y.shape[1] if per_trial else y.shape[0]) == 1:
+        with torch.compiler.set_stance("force_eager"):
+            return step(*trees, x, y)
+    if len(next(iter(trees[0].values()))) > 1:
+        return step(*trees, x, y)
+    # fresh tensors in and out, not views: Dynamo guards on a view's base too
+    trees = tuple({k: torch.cat([v, v]) for k, v in tree.items()} for tree in trees)
+    if per_trial:
+        x, y = torch.cat([x, x]), torch.cat([y, y])
+    out = step(*trees, x, y)
+    return tuple(
+        {k: v[:1].clone() for k, v in o.items()} if isinstance(o, dict) else o[:1].clone() for o in out
+    )
+
+
+class Pool:
+    """Trials trained side by side on `(x, y)` and evaluated on `eval_data` after each of their epochs."""
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        eval_data: tuple[Tensor, Tensor],
+        *,
+        eval_batch_size: int,
+        compiled: bool,
+        loss: LossName = "cross_entropy",
+    ) -> None:
+        self.x, self.y = x, y
+        self.eval_x, self.eval_y = eval_data
+        self.eval_batch_size = eval_batch_size
+        self.compiled, self.loss = compiled, loss
+        self.lanes: dict[tuple[Model, int], _Lane] = {}
+
+    def __len__(self) -> int:
+        return sum(len(lane.slots) for lane in self.lanes.values())
+
+    def add(
+        self,
+        key: Hashable,
+        model: Model,
+        params: Params,
+        buffers: Buffers,
+        config: OptimizerConfig,
+        *,
+        batch_size: int,
+        lrs: Sequence[float],
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> None:
+        """Start a trial in a free slot: `config`'s optimizer from `params`, `len(lrs)` epochs."""
+        if batch_size < 1 or not lrs:
+            raise ValueError("batch_size must be >= 1 and a trial needs at least one epoch")
+        state = tunable(config).init(params)
+        # copies: the pool writes its stacks in place, and compiled graphs guard on views' bases
+        one = tuple({k: v.unsqueeze(0).clone() for k, v in tree.items()} for tree in (params, buffers, state))
+        lane = self.lanes.get((model, batch_size))
+        if lane is None:
+            self.lanes[(model, batch_size)] = _Lane(model, batch_size, [], one)
+        else:
+            lane.trees = tuple(
+                {k: torch.cat([v, t[k]]) for k, v in tree.items()} for tree, t in zip(lane.trees, one)
+            )
+        self.lanes[(model, batch_size)].slots.append(Slot(key, lrs, shuffle, seed, family_of(config)))
+
+    def remove(self, key: Hashable) -> None:
+        """Free the slot of trial `key` (finished, pruned or diverged)."""
+        for name, lane in self.lanes.items():
+            keep = [i for i, s in enumerate(lane.slots) if s.key != key]
+            if len(keep) == len(lane.slots):
+                continue
+            if not keep:
+                del self.lanes[name]
+                return
+            index = torch.tensor(keep, device=self.y.device)
+            lane.trees = tuple(_take(tree, index) for tree in lane.trees)
+            lane.slots = [lane.slots[i] for i in keep]
+            return
+        raise KeyError(key)
+
+    def step(self) -> list[EpochEnd]:
+        """Advance every slot by one batch; the epochs that ended, evaluated."""
+        ends: list[EpochEnd] = []
+        USAGE["steps"] += 1
+        USAGE["slot_steps"] += len(self)
+        for lane in list(self.lanes.values()):
+            ends += self._advance(lane)
+        return ends
+
+    def _begin_epoch(self, lane: _Lane, i: int, slot: Slot) -> None:
+        slot.order = epoch_order(len(self.y), slot.epoch, slot.seed, self.y.device) if slot.shuffle else None
+        slot.losses, slot.began = [], time.perf_counter()
+        lane.trees[2]["lr"][i] = slot.lrs[slot.epoch]
+
+    def _rows(self, slot: Slot, rows: int) -> tuple[Tensor, Tensor]:
+        span = slice(slot.start, slot.start + rows)
+        if slot.order is None:
+            return self.x[span], self.y[span]
+        index = slot.order[span]
+        return self.x[index], self.y[index]
+
+    def _advance(self, lane: _Lane) -> list[EpochEnd]:
+        """One batch for every slot of `lane`: one call per batch length (and, eager, per family:
+        a compiled graph runs every family's rule, an eager step only the ones it needs)."""
+        n = len(self.y)
+        groups: dict[tuple[int, str | None], list[int]] = {}
+        for i, slot in enumerate(lane.slots):
+            if slot.start == 0:
+                self._begin_epoch(lane, i, slot)
+            family = None if self.compiled else slot.family
+            groups.setdefault((min(lane.batch_size, n - slot.start), family), []).append(i)
+        for (rows, family), members in groups.items():
+            train, _ = pool_steps(lane.model, self.compiled, self.loss, family)
+            whole = len(members) == len(lane.slots)
+            index = None if whole else torch.tensor(members, device=self.y.device)
+            data = [self._rows(lane.slots[i], rows) for i in members]
+            xb, yb = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
+            trees = tuple(_take(tree, index) for tree in lane.trees)
+            if self.compiled or len(members) > 1:
+                params, buffers, state, losses = _call(train, self.compiled, trees, xb, yb, per_trial=True)
+            else:  # one trial, eager: its plain step, without vmap's cost for a stack of one
+                alone = _single_step(lane.model, self.loss, family)
+                out = alone(*({k: v[0] for k, v in tree.items()} for tree in trees), xb[0], yb[0])
+                params, buffers, state = ({k: v.unsqueeze(0) for k, v in tree.items()} for tree in out[:3])
+                losses = out[3].unsqueeze(0)
+            lane.trees = tuple(_put(t, index, new) for t, new in zip(lane.trees, (params, buffers, state)))
+            for j, i in enumerate(members):
+                lane.slots[i].losses.append(losses[j])
+                lane.slots[i].start += rows
+        return self._end_epochs(lane)
+
+    def _end_epochs(self, lane: _Lane) -> list[EpochEnd]:
+        n = len(self.y)
+        done = [i for i, s in enumerate(lane.slots) if s.start >= n]
+        if not done:
+            return []
+        ends: list[EpochEnd] = []
+        finite: list[tuple[int, float]] = []
+        for i in done:
+            slot = lane.slots[i]
+            train_loss = torch.stack(slot.losses).mean().item()
+            if math.isfinite(train_loss):
+                finite.append((i, train_loss))
+            else:
+                ends.append(EpochEnd(slot.key, None, str(NonFiniteLoss(slot.epoch, train_loss))))
+        if finite:
+            metrics = self._evaluate(lane, [i for i, _ in finite])
+            for (i, train_loss), m in zip(finite, metrics):
+                slot = lane.slots[i]
+                ends.append(
+                    EpochEnd(slot.key, _row(slot.epoch, train_loss, m, time.perf_counter() - slot.began))
+                )
+        for i in done:
+            slot = lane.slots[i]
+            slot.epoch, slot.start, slot.losses = slot.epoch + 1, 0, []
+        return ends
+
+    def _evaluate(self, lane: _Lane, members: list[int]):
+        """The eval metrics of `members`, in one batched pass per eval batch."""
+        _, evaluate = pool_steps(lane.model, self.compiled, self.loss)
+        whole = len(members) == len(lane.slots)
+        index = None if whole else torch.tensor(members, device=self.y.device)
+        params, buffers = _take(lane.trees[0], index), _take(lane.trees[1], index)
+        means, metric = [], []
+        for start in range(0, len(self.eval_y), self.eval_batch_size):
+            xb = self.eval_x[start : start + self.eval_batch_size]
+            yb = self.eval_y[start : start + self.eval_batch_size]
+            loss_sum, metric_sum = _call(evaluate, self.compiled, (params, buffers), xb, yb, per_trial=False)
+            means.append(loss_sum / len(yb))
+            metric.append(metric_sum)
+        columns = torch.stack(means).T.tolist()
+        totals = torch.stack(metric).sum(0).tolist()
+        return [_metrics(c, t, self.eval_y) for c, t in zip(columns, totals)]
