@@ -9,7 +9,7 @@ that step). A slot that finishes an epoch is evaluated with the others that fini
 that step, in one batched pass. The caller removes finished, pruned or diverged trials and
 adds new ones at any step; no slot waits for another.
 
-Compiled, the steps keep their stack and batch dimensions symbolic (`compile_shape_free`), so
+Compiled, the steps keep their dimensions symbolic (`compile_shape_free`), so
 one train graph and one eval graph serve every lane, batch size and stack size.
 """
 
@@ -98,7 +98,7 @@ def pool_steps(
         train = batch_over_slots(make_train_step(model, update, loss, shape_free=True))
         evaluate = batch_eval_over_trials(make_eval_step(model, loss, shape_free=True))
         if compiled:
-            train, evaluate = compile_shape_free(train, (0, 1)), compile_shape_free(evaluate, (0,))
+            train, evaluate = compile_shape_free(train), compile_shape_free(evaluate)
         _STEPS[key] = train, evaluate
     return _STEPS[key]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import os
@@ -262,37 +261,11 @@ def batch_over_slots(train_step: TrainStep) -> TrainStep:
     return vmap(train_step, in_dims=(0, 0, 0, 0, 0), randomness="different")
 
 
-GRAPHS: collections.Counter[str] = collections.Counter()
-"""Graphs `compile_shape_free` has compiled in this process, by the step function's name."""
-
-
-def compile_shape_free(fn: Fn, data_dims: tuple[int, ...]) -> Fn:
-    """`torch.compile(fn, fullgraph=True)` with a symbolic leading (trial) dimension on every
-    tree leaf and symbolic `data_dims` on the tensor arguments, so that one graph serves every
-    stack and batch size (sizes 0 and 1 aside: Dynamo always specialises them)."""
+def compile_shape_free(fn: Fn) -> Fn:
+    """`torch.compile(fn, fullgraph=True, dynamic=True)`: every dimension symbolic, so that one
+    graph serves every stack and batch size (sizes 0 and 1 aside: Dynamo always specialises them)."""
     torch.compiler.config.recompile_limit = max(torch.compiler.config.recompile_limit, 64)
-    name = getattr(fn, "__name__", type(fn).__name__)
-
-    def inductor(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
-        import torch._inductor
-
-        GRAPHS[name] += 1
-        return torch._inductor.compile(gm, example_inputs, {"size_asserts": False})
-
-    compiled = torch.compile(fn, fullgraph=True, backend=inductor)
-
-    @functools.wraps(fn)
-    def call(*args: Any) -> Any:
-        for a in args:
-            leaves = a.values() if isinstance(a, dict) else ()
-            for leaf in leaves:
-                torch._dynamo.maybe_mark_dynamic(leaf, 0)
-            if isinstance(a, Tensor):
-                for d in data_dims:
-                    torch._dynamo.maybe_mark_dynamic(a, d)
-        return compiled(*args)
-
-    return cast(Fn, call)
+    return cast(Fn, torch.compile(fn, fullgraph=True, dynamic=True, options={"size_asserts": False}))
 
 
 def batch_eval_over_trials(eval_step: EvalStep) -> EvalStep:
