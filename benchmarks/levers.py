@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks.data import synthetic
-from purestep.core._onednn import OneDNNMatmuls
+from purestep.core._onednn import matmul_pass
 from purestep.core.loop import _BatchCall, evaluate, steps_for, train_epoch
 from purestep.core.model import MLP, Params, mlp
 from purestep.core.optim import Optimizer, State, sgd
@@ -88,13 +88,13 @@ def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any]
             "slices",
         ),
         "small products through BLAS, not fused": (
-            _compile(step, post_grad_custom_post_pass=OneDNNMatmuls(fuse_small=False)),
+            _compile(step, post_grad_custom_post_pass=matmul_pass(fuse_small=False)),
             spec,
             optimizer,
             "slices",
         ),
         "weight gradients' operand copied inside oneDNN": (
-            _compile(step, post_grad_custom_post_pass=OneDNNMatmuls(contiguous_gradients=False)),
+            _compile(step, post_grad_custom_post_pass=matmul_pass(contiguous_gradients=False)),
             spec,
             optimizer,
             "slices",

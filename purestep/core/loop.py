@@ -110,7 +110,10 @@ def steps_for(
         if batched:
             train_step, eval_step = batch_over_trials(train_step), batch_eval_over_trials(eval_step)
         if compiled:
-            train_step, eval_step = compile_step(train_step), compile_step(eval_step)
+            update = f"{optimizer.update.__module__}.{optimizer.update.__qualname__}"
+            described = f"{model!r} {update} {precision} batched={batched}"
+            train_step = compile_step(train_step, key=f"train {described}")
+            eval_step = compile_step(eval_step, key=f"eval {described}")
         _STEPS[key] = train_step, eval_step
     return _STEPS[key]
 

@@ -1,0 +1,125 @@
+"""Compiled steps saved as packages: a later step loads them without tracing, and only for
+the settings they were built for."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from purestep.core import artifacts
+from purestep.core import step as step_module
+from purestep.core.loop import train_epoch
+from purestep.core.model import mlp
+from purestep.core.optim import adam, sgd
+from purestep.core.step import CompiledStep, compile_step, make_train_step
+
+pytestmark = pytest.mark.compile
+
+
+def _batch(rows: int = 8, features: int = 6, dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(rows, features, generator=g, dtype=dtype), torch.randint(0, 3, (rows,), generator=g)
+
+
+def _no_builds(*args, **kwargs):
+    raise AssertionError("built a package that should have been loaded")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    folder = tmp_path / "steps"
+    monkeypatch.setattr(step_module, "_ARTIFACTS", folder)
+    return folder
+
+
+def test_a_saved_step_loads_in_a_new_step_without_tracing_and_runs_without_dynamo(store, monkeypatch):
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1, momentum=0.9)
+    params = model.init(0)
+    state = optimizer.init(params)
+    x, y = _batch()
+    eager = make_train_step(model, optimizer)(params, state, x, y)
+    first = compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")
+    built = first(params, state, x, y)
+    assert len(list(store.glob("*.pt2"))) == 1
+    for mine, theirs in zip(built, eager):
+        mine, theirs = (mine, theirs) if isinstance(mine, dict) else ({"": mine}, {"": theirs})
+        assert list(mine) == list(theirs)
+        assert all(torch.allclose(mine[k], theirs[k], rtol=1e-5, atol=1e-6) for k in mine)
+
+    monkeypatch.setattr(artifacts, "build", _no_builds)
+    monkeypatch.setattr(artifacts, "make_fx", _no_builds, raising=False)
+    later = compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")
+    loaded = later(params, state, x, y)
+    assert later._compiled is None  # no torch.compile, no Dynamo
+    for mine, theirs in zip(loaded, built):
+        mine, theirs = (mine, theirs) if isinstance(mine, dict) else ({"": mine}, {"": theirs})
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert later.direct() is not None
+
+
+def test_an_epoch_runs_the_package_and_its_short_last_batch_eagerly(store):
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+    params = model.init(0)
+    x, y = _batch(20)
+    step = compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")
+    got = train_epoch(step, params, optimizer.init(params), x, y, 8, log_every=0)
+    eager = make_train_step(model, optimizer)
+    want = train_epoch(eager, params, optimizer.init(params), x, y, 8, log_every=0)
+    assert step._compiled is None
+    assert torch.allclose(got[2], want[2], rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(got[0][k], want[0][k], rtol=1e-5, atol=1e-6) for k in got[0])
+
+
+def _parts(description: str, args, options=None):
+    return artifacts.key(description, args, options or {"size_asserts": "False"})
+
+
+def test_every_setting_that_shapes_the_graph_changes_the_name():
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+    params = model.init(0)
+    state = optimizer.init(params)
+    x, y = _batch()
+    base = _parts("mlp sgd fp32", (params, state, x, y))
+    wider = mlp(6, (7,), 3).init(0)
+    changed = [
+        _parts("mlp sgd bf16", (params, state, x, y)),
+        _parts("mlp adam fp32", (params, adam(0.1).init(params), x, y)),
+        _parts("mlp sgd fp32", (wider, sgd(0.1).init(wider), x, y)),
+        _parts("mlp sgd fp32", (params, state, *_batch(16))),
+        _parts("mlp sgd fp32", (params, state, *_batch(dtype=torch.float64))),
+        _parts("mlp sgd fp32", (params, state, x.t().contiguous().t(), y)),
+        _parts("mlp sgd fp32", (params, state, x, y), {"size_asserts": "True"}),
+        _parts("mlp sgd fp32", ({k: v.double() for k, v in params.items()}, state, x, y)),
+    ]
+    names = {artifacts.name(parts) for parts in changed}
+    assert artifacts.name(base) not in names and len(names) == len(changed)
+    assert base["torch"] == torch.__version__ and base["purestep.core"]
+
+
+def test_a_package_under_another_settings_name_is_never_loaded(store, monkeypatch):
+    """Even a package copied under the name of other settings is refused: its sidecar records the
+    settings it was built for, and a step whose settings differ builds (here: fails to build,
+    and falls back to compiling in-process) rather than load it."""
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+    params = model.init(0)
+    state = optimizer.init(params)
+    x, y = _batch()
+    compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")(params, state, x, y)
+    (built,) = store.glob("*.pt2")
+    other = _parts("mlp sgd bf16", (params, state, x, y), CompiledStep(lambda: None, None)._options_text())
+    target = store / f"{artifacts.name(other)}.pt2"
+    shutil.copy(built, target)
+    shutil.copy(built.with_suffix(".json"), target.with_suffix(".json"))
+    assert artifacts.load(target, other) is None
+
+    calls = []
+    monkeypatch.setattr(artifacts, "build", lambda *a, **k: calls.append(a) or _no_builds())
+    bf16 = compile_step(make_train_step(model, optimizer, precision="bf16"), key="mlp sgd bf16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bf16(params, state, x, y)
+    assert len(calls) == 1 and any("not saved" in str(w.message) for w in caught)
+    assert bf16._compiled is not None  # compiled in this process instead
