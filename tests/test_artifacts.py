@@ -37,12 +37,12 @@ def store(tmp_path, monkeypatch):
 
 def test_a_saved_step_loads_in_a_new_step_without_tracing_and_runs_without_dynamo(store, monkeypatch):
     model, optimizer = mlp(6, (5,), 3), sgd(0.1, momentum=0.9)
-    params = model.init(0)
+    params, buffers = model.init(0)
     state = optimizer.init(params)
     x, y = _batch()
-    eager = make_train_step(model, optimizer)(params, state, x, y)
+    eager = make_train_step(model, optimizer)(params, buffers, state, x, y)
     first = compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")
-    built = first(params, state, x, y)
+    built = first(params, buffers, state, x, y)
     assert len(list(store.glob("*.pt2"))) == 1
     for mine, theirs in zip(built, eager):
         mine, theirs = (mine, theirs) if isinstance(mine, dict) else ({"": mine}, {"": theirs})
@@ -52,7 +52,7 @@ def test_a_saved_step_loads_in_a_new_step_without_tracing_and_runs_without_dynam
     monkeypatch.setattr(artifacts, "build", _no_builds)
     monkeypatch.setattr(artifacts, "make_fx", _no_builds, raising=False)
     later = compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")
-    loaded = later(params, state, x, y)
+    loaded = later(params, buffers, state, x, y)
     assert later._compiled is None  # no torch.compile, no Dynamo
     for mine, theirs in zip(loaded, built):
         mine, theirs = (mine, theirs) if isinstance(mine, dict) else ({"": mine}, {"": theirs})
@@ -62,14 +62,14 @@ def test_a_saved_step_loads_in_a_new_step_without_tracing_and_runs_without_dynam
 
 def test_an_epoch_runs_the_package_and_its_short_last_batch_eagerly(store):
     model, optimizer = mlp(6, (5,), 3), sgd(0.1)
-    params = model.init(0)
+    params, buffers = model.init(0)
     x, y = _batch(20)
     step = compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")
-    got = train_epoch(step, params, optimizer.init(params), x, y, 8, log_every=0)
+    got = train_epoch(step, params, buffers, optimizer.init(params), x, y, 8, log_every=0)
     eager = make_train_step(model, optimizer)
-    want = train_epoch(eager, params, optimizer.init(params), x, y, 8, log_every=0)
+    want = train_epoch(eager, params, buffers, optimizer.init(params), x, y, 8, log_every=0)
     assert step._compiled is None
-    assert torch.allclose(got[2], want[2], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(got[3], want[3], rtol=1e-5, atol=1e-6)
     assert all(torch.allclose(got[0][k], want[0][k], rtol=1e-5, atol=1e-6) for k in got[0])
 
 
@@ -79,11 +79,11 @@ def _parts(description: str, args, options=None):
 
 def test_every_setting_that_shapes_the_graph_changes_the_name():
     model, optimizer = mlp(6, (5,), 3), sgd(0.1)
-    params = model.init(0)
+    params, _ = model.init(0)
     state = optimizer.init(params)
     x, y = _batch()
     base = _parts("mlp sgd fp32", (params, state, x, y))
-    wider = mlp(6, (7,), 3).init(0)
+    wider, _ = mlp(6, (7,), 3).init(0)
     changed = [
         _parts("mlp sgd bf16", (params, state, x, y)),
         _parts("mlp adam fp32", (params, adam(0.1).init(params), x, y)),
@@ -99,17 +99,36 @@ def test_every_setting_that_shapes_the_graph_changes_the_name():
     assert base["torch"] == torch.__version__ and base["purestep.core"]
 
 
+def test_the_step_key_names_the_model_its_sources_the_optimizer_loss_precision_and_batching():
+    from purestep.core.model import cnn, functional
+
+    keys = {
+        artifacts.step_key(mlp(), sgd(0.1), "cross_entropy", "fp32", False),
+        artifacts.step_key(mlp(hidden=(256,)), sgd(0.1), "cross_entropy", "fp32", False),
+        artifacts.step_key(cnn(), sgd(0.1), "cross_entropy", "fp32", False),
+        artifacts.step_key(mlp(), adam(0.1), "cross_entropy", "fp32", False),
+        artifacts.step_key(mlp(), sgd(0.1), "nll", "fp32", False),
+        artifacts.step_key(mlp(), sgd(0.1), "cross_entropy", "bf16", False),
+        artifacts.step_key(mlp(), sgd(0.1), "cross_entropy", "fp32", True),
+    }
+    assert None not in keys and len(keys) == 7
+    assert artifacts.step_key(mlp(), sgd(0.5), "cross_entropy", "fp32", False) in keys  # lr is data
+    typed_in = functional(eval("lambda: torch.nn.Linear(3, 4)"))  # no source file to hash: not saved
+    assert artifacts.step_key(typed_in, sgd(0.1), "mse", "fp32", False) is None
+
+
 def test_a_package_under_another_settings_name_is_never_loaded(store, monkeypatch):
     """Even a package copied under the name of other settings is refused: its sidecar records the
     settings it was built for, and a step whose settings differ builds (here: fails to build,
     and falls back to compiling in-process) rather than load it."""
     model, optimizer = mlp(6, (5,), 3), sgd(0.1)
-    params = model.init(0)
+    params, buffers = model.init(0)
     state = optimizer.init(params)
     x, y = _batch()
-    compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")(params, state, x, y)
+    args = (params, buffers, state, x, y)
+    compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")(*args)
     (built,) = store.glob("*.pt2")
-    other = _parts("mlp sgd bf16", (params, state, x, y), CompiledStep(lambda: None, None)._options_text())
+    other = _parts("mlp sgd bf16", args, CompiledStep(lambda: None, None)._options_text())
     target = store / f"{artifacts.name(other)}.pt2"
     shutil.copy(built, target)
     shutil.copy(built.with_suffix(".json"), target.with_suffix(".json"))
@@ -120,6 +139,6 @@ def test_a_package_under_another_settings_name_is_never_loaded(store, monkeypatc
     bf16 = compile_step(make_train_step(model, optimizer, precision="bf16"), key="mlp sgd bf16")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        bf16(params, state, x, y)
+        bf16(*args)
     assert len(calls) == 1 and any("not saved" in str(w.message) for w in caught)
     assert bf16._compiled is not None  # compiled in this process instead

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -78,6 +79,27 @@ def _source_hash() -> str:
 def option_text(value: Any) -> str:
     """An inductor option as text: a custom pass by its `uuid()`, anything else by its repr."""
     return value.uuid().hex() if hasattr(value, "uuid") else repr(value)
+
+
+def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: bool) -> str | None:
+    """What shapes a step's graph beyond its arguments: the model (its repr, its module tree, and
+    the source files of the module's classes and factory), the optimizer family (its update
+    function), the loss, the precision and batching; None when a source file cannot be found
+    (a model defined interactively: its steps are not saved)."""
+    with torch.device("meta"):
+        module = model.module()
+    digest = hashlib.sha256()
+    for owner in sorted({type(m) for m in module.modules()} | {model.factory}, key=repr):
+        target = owner if inspect.isclass(owner) or inspect.isfunction(owner) else type(owner)
+        try:
+            source = inspect.getsourcefile(target)
+        except TypeError:
+            return None
+        if source is None or not os.path.exists(source):
+            return None
+        digest.update(Path(source).read_bytes())
+    update = f"{optimizer.update.__module__}.{optimizer.update.__qualname__}"
+    return f"{model!r} {module!r} sources={digest.hexdigest()} {update} {loss} {precision} batched={batched}"
 
 
 def key(description: str, args: Sequence[Any], options: dict[str, str]) -> dict[str, Any]:
