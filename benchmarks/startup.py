@@ -44,9 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--tree", type=Path, action="append", default=[], help="a source tree to time")
     p.add_argument("--no-probe", action="store_true", help="skip the cold and warm probes")
+    p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of every process (0: default)")
+    p.add_argument("--scratch", type=Path, default=None, help="reuse this folder's data and caches")
     args = p.parse_args(argv)
     trees = args.tree or [HERE]
-    scratch = Path(tempfile.mkdtemp(prefix="purestep-startup-"))
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="purestep-startup-"))
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     data = args.data_dir or scratch / "data"
     if not (data / "FashionMNIST" / "raw").exists():
         sys.path.insert(0, str(HERE))
