@@ -1,11 +1,12 @@
 """Ending a CLI process without waiting for the interpreter to tear torch down.
 
-Tearing down torch, Dynamo and inductor's modules takes 1.0-1.7 s at the end of a compiled
-run (BENCHMARKS.md). The public way, used when `fastpath.enabled()` is False or the private
-name is missing: freeze the garbage collector's view of every live object (`gc.freeze`), so
-the teardown's collections skip them, then `sys.exit`. The fast path: run the atexit handlers
-(the private `atexit._run_exitfuncs`; logging's flush is among them), flush stdout and
-stderr, and end the process with `os._exit`. Every file a command writes is closed by then.
+Tearing down torch, Dynamo and inductor's modules at the end of a compiled run takes longer
+than a warm compile (BENCHMARKS.md, "Private names"). The public way, used when
+`fastpath.enabled()` is False or the private name is missing: freeze the garbage collector's
+view of every live object (`gc.freeze`), so the teardown's collections skip them, then
+`sys.exit`. The fast path: run the atexit handlers (the private `atexit._run_exitfuncs`;
+logging's flush is among them), flush stdout and stderr, and end the process with `os._exit`.
+Every file a command writes is closed by then.
 """
 
 from __future__ import annotations

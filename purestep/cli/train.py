@@ -15,12 +15,14 @@ import typer
 from purestep.cli._app import app
 from purestep.cli.common import load_data, loss_for, model_for, optimizer_config
 from purestep.cli.options import (
+    Alpha,
     BatchSize,
+    Centered,
     DataDir,
     Dataset,
-    DatasetName,
     Device,
     Epochs,
+    Eps,
     Hidden,
     Impl,
     ImplOpt,
@@ -37,9 +39,11 @@ from purestep.cli.options import (
     Seed,
     Shuffle,
     WeightDecay,
+    dataset_label,
     parse_hidden,
     parse_model_args,
 )
+from purestep.core.settings import OPTIMIZER_SETTINGS
 
 if TYPE_CHECKING:
     from purestep.core.data import Dataset as Data
@@ -179,6 +183,9 @@ def _run_functional(
     return result.params | result.buffers, history
 
 
+_TUTORIAL = {name: setting.tutorial for name, setting in OPTIMIZER_SETTINGS.items()}
+"""The optimizer options' defaults: the tutorial's."""
+
 RESUME_KEYS = (
     "dataset",
     "model",
@@ -194,8 +201,12 @@ RESUME_KEYS = (
 
 def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Path) -> None:
     """A checkpoint resumes only the run that wrote it (more epochs and another impl are fine)."""
-    before = saved.get("run", {})
+    from purestep.core.optim import OptimizerConfig
+
+    before = dict(saved.get("run", {}))
     now = json.loads(json.dumps(run))
+    if isinstance(before.get("optimizer"), dict):  # fields added since the checkpoint keep their defaults
+        before["optimizer"] = json.loads(json.dumps(OptimizerConfig().to_dict())) | before["optimizer"]
     changed = [k for k in RESUME_KEYS if before.get(k) != now[k]]
     if changed:
         raise typer.BadParameter(
@@ -206,18 +217,21 @@ def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Pat
 
 @app.command()
 def train(
-    dataset: Dataset = DatasetName.fashion_mnist,
+    dataset: Dataset = "fashion-mnist",
     data_dir: DataDir = Path("data"),
     model: ModelRef = "mlp",
     model_arg: ModelArgs = None,
     loss: Loss = None,
     epochs: Epochs = 10,
     batch_size: BatchSize = 64,
-    lr: LearningRate = 1e-3,
-    optimizer: Optimizer = OptimizerName.sgd,
-    momentum: Momentum = 0.0,
-    nesterov: Nesterov = False,
-    weight_decay: WeightDecay = 0.0,
+    lr: LearningRate = _TUTORIAL["lr"],
+    optimizer: Optimizer = OptimizerName[_TUTORIAL["optimizer"]],
+    momentum: Momentum = _TUTORIAL["momentum"],
+    nesterov: Nesterov = _TUTORIAL["nesterov"],
+    weight_decay: WeightDecay = _TUTORIAL["weight_decay"],
+    alpha: Alpha = None,
+    eps: Eps = None,
+    centered: Centered = _TUTORIAL["centered"],
     hidden: Hidden = "512,512",
     seed: Seed = 0,
     shuffle: Shuffle = False,
@@ -244,7 +258,9 @@ def train(
     ] = False,
 ) -> None:
     """Train a model (defaults: the tutorial's MLP and run) and print the tutorial's lines."""
-    config = optimizer_config(optimizer.value, lr, momentum, nesterov, weight_decay)
+    config = optimizer_config(
+        optimizer.value, lr, momentum, nesterov, weight_decay, alpha=alpha, eps=eps, centered=centered
+    )
     if (checkpoint or resume) and impl is Impl.reference:
         raise typer.BadParameter("--checkpoint and --resume need --impl eager or compiled")
     if precision is not Precision.fp32 and impl is Impl.reference:
@@ -256,7 +272,7 @@ def train(
     if model != "mlp" and widths != (512, 512):
         raise typer.BadParameter("--hidden sets the MLP's widths; for another model use --model-arg")
     run: dict[str, Any] = {
-        "dataset": dataset.value,
+        "dataset": dataset_label(dataset),
         "model": model,
         "model_args": model_args,
         "loss": loss.value if loss is not None else None,
@@ -271,7 +287,7 @@ def train(
         "optimizer": config.to_dict(),
     }
     start = time.perf_counter()
-    data = load_data(dataset.value, data_dir, device)
+    data = load_data(dataset, data_dir, device)
     run["loss"] = loss_for(data, run["loss"])
     spec = model_for(data, model, model_args, run["loss"], widths)
     lines: list[str] = []

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from purestep.core.settings import tutorial
 from purestep.search.space import MODEL_PREFIX, Choices, Range, Sample, Scalar, Space, model_args, sample
 
 if TYPE_CHECKING:
@@ -59,14 +60,16 @@ class ConfigError(ValueError):
 class TrialConfig:
     """Everything a trial trains with, as plain data (JSON-ready through `to_dict`)."""
 
-    optimizer: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
+    optimizer: str = tutorial("optimizer")
+    lr: float = tutorial("lr")
+    momentum: float = tutorial("momentum")
+    nesterov: bool = tutorial("nesterov")
+    weight_decay: float = tutorial("weight_decay")
+    beta1: float = tutorial("beta1")
+    beta2: float = tutorial("beta2")
+    eps: float = tutorial("eps")
+    alpha: float = tutorial("alpha")
+    centered: bool = tutorial("centered")
     batch_size: int = 64
     hidden: int = 512
     layers: int = 2
@@ -93,6 +96,8 @@ class TrialConfig:
             weight_decay=self.weight_decay,
             betas=(self.beta1, self.beta2),
             eps=self.eps,
+            alpha=self.alpha,
+            centered=self.centered,
         )
         try:
             config.build()
@@ -143,14 +148,6 @@ class Splits:
             raise ConfigError(str(e)) from None
 
 
-def out_features(data: Dataset) -> int:
-    """The model's output width: the number of classes, or of target columns for a regression."""
-    y = data.y_train
-    if y.is_floating_point():
-        return y.shape[1] if y.ndim > 1 else 1
-    return data.classes
-
-
 def make_splits(
     data: Dataset,
     val_fraction: float,
@@ -163,9 +160,8 @@ def make_splits(
     from purestep.core.data import split
 
     x_fit, y_fit, x_val, y_val = split(data.x_train, data.y_train, val_fraction, seed)
-    shape = tuple(data.x_train.shape[1:])
     args = tuple(sorted((model_args or {}).items()))
-    return Splits(x_fit, y_fit, x_val, y_val, shape, out_features(data), model, args, loss)
+    return Splits(x_fit, y_fit, x_val, y_val, data.in_shape, data.out_features, model, args, loss)
 
 
 def lr_at(config: TrialConfig, epoch: int, epochs: int) -> float:
