@@ -121,7 +121,7 @@ def _idx_split(name: str, root: Path, train: bool) -> tuple[Tensor, Tensor] | No
         x, y = _read_idx(images, 3), _read_idx(labels, 1)
     except (ValueError, OSError) as e:
         raise DataError(
-            f"cannot read {name} from {raw} (truncated or corrupt file: {_first_line(e)}); "
+            f"cannot read {name} from {raw} (truncated or corrupt file: {first_line(e)}); "
             "delete the files to download them again"
         ) from None
     if len(x) != len(y):
