@@ -3,20 +3,26 @@ the settings they were built for."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from purestep.core import artifacts
 from purestep.core import step as step_module
-from purestep.core.loop import train_epoch
+from purestep.core.loop import evaluate, train_epoch
 from purestep.core.model import mlp
 from purestep.core.optim import adam, sgd
-from purestep.core.step import CompiledStep, compile_step, make_train_step
+from purestep.core.step import CompiledStep, compile_step, make_eval_step, make_train_step
 
 pytestmark = pytest.mark.compile
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _batch(rows: int = 8, features: int = 6, dtype: torch.dtype = torch.float32):
@@ -60,17 +66,69 @@ def test_a_saved_step_loads_in_a_new_step_without_tracing_and_runs_without_dynam
     assert later.direct() is not None
 
 
-def test_an_epoch_runs_the_package_and_its_short_last_batch_eagerly(store):
-    model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+WARM_EPOCH = """
+import json, sys
+import torch
+from purestep.core.loop import evaluate, train_epoch
+from purestep.core.model import mlp
+from purestep.core.optim import sgd
+from purestep.core.step import compile_step, make_eval_step, make_train_step, set_compile_cache
+
+set_compile_cache(sys.argv[1])
+model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+params, buffers = model.init(0)
+g = torch.Generator().manual_seed(0)
+x, y = torch.rand(20, 6, generator=g), torch.randint(0, 3, (20,), generator=g)
+train = compile_step(make_train_step(model, optimizer), key="train mlp sgd fp32")
+test = compile_step(make_eval_step(model), key="eval mlp sgd fp32")
+state = optimizer.init(params)
+params, buffers, state, losses = train_epoch(train, params, buffers, state, x, y, 8, log_every=0)
+metrics = evaluate(test, params, buffers, x, y, 8)
+loaded = sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules)
+print(json.dumps({"loaded": loaded, "losses": losses.tolist(), "eval": [metrics.loss, metrics.accuracy],
+                  "params": {k: v.tolist() for k, v in params.items()}}))
+"""
+
+
+def _epoch(train, test, model, optimizer):
     params, buffers = model.init(0)
     x, y = _batch(20)
-    step = compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")
-    got = train_epoch(step, params, buffers, optimizer.init(params), x, y, 8, log_every=0)
-    eager = make_train_step(model, optimizer)
-    want = train_epoch(eager, params, buffers, optimizer.init(params), x, y, 8, log_every=0)
-    assert step._compiled is None
-    assert torch.allclose(got[3], want[3], rtol=1e-5, atol=1e-6)
-    assert all(torch.allclose(got[0][k], want[0][k], rtol=1e-5, atol=1e-6) for k in got[0])
+    params, _, _, losses = train_epoch(train, params, buffers, optimizer.init(params), x, y, 8, log_every=0)
+    metrics = evaluate(test, params, buffers, x, y, 8)
+    return losses, metrics, params
+
+
+def test_the_short_last_batch_has_its_own_package_and_a_warm_epoch_never_loads_dynamo(store):
+    """An epoch of 20 rows in batches of 8 builds four packages (train and eval, 8 rows and the
+    last 4) whose results equal the eager epoch's within one step's rounding; a later process
+    runs the whole epoch and its evaluation from them, with neither Dynamo nor inductor loaded,
+    to the same bits."""
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+    train = compile_step(make_train_step(model, optimizer), key="train mlp sgd fp32")
+    test = compile_step(make_eval_step(model), key="eval mlp sgd fp32")
+    losses, metrics, params = _epoch(train, test, model, optimizer)
+    assert train._compiled is None and test._compiled is None
+    assert len(list(store.glob("*.pt2"))) == 4
+    eager_losses, eager_metrics, eager_params = _epoch(
+        make_train_step(model, optimizer), make_eval_step(model), model, optimizer
+    )
+    assert torch.allclose(losses, eager_losses, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(params[k], eager_params[k], rtol=1e-5, atol=1e-6) for k in params)
+    assert (
+        metrics.loss == pytest.approx(eager_metrics.loss, rel=1e-5)
+        and metrics.accuracy == eager_metrics.accuracy
+    )
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_EPOCH, str(store.parent)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    warm = json.loads(done.stdout.strip().splitlines()[-1])
+    assert warm["loaded"] == []
+    assert len(list(store.glob("*.pt2"))) == 4  # nothing built again
+    assert warm["losses"] == losses.tolist() and warm["eval"] == [metrics.loss, metrics.accuracy]
+    assert warm["params"] == {k: v.tolist() for k, v in params.items()}
 
 
 def _parts(description: str, args, options=None):

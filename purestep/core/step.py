@@ -126,8 +126,8 @@ def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None, key: s
     tensors, so nothing else recompiles. The recompile limit is raised so that a search
     over several batch sizes and widths keeps every graph compiled. With `key`, the text
     that says what the arguments do not (model, optimizer family, loss, precision,
-    batching), and a compile cache set, each graph is saved once and later processes load
-    it without tracing (`core/artifacts.py`).
+    batching), and a compile cache set, each layout's graph (the short last batch's too) is
+    saved once and later processes load it without tracing (`core/artifacts.py`).
     """
     if cache_dir is not None:
         set_compile_cache(cache_dir)
@@ -145,14 +145,17 @@ class CompiledStep:
     arguments, skipping Dynamo's entry and guard checks. It is valid only for arguments laid
     out exactly as that call's (see `steady`), which is what an epoch's later steps are, and
     only because steps are pure: Dynamo has no side effects to replay around the graph.
-    With a `key` and a compile cache, full batches run the package saved for their layout
-    (built on first use), never through Dynamo, and `direct()` is that package.
+    With a `key` and a compile cache, every call runs the package saved for its arguments'
+    layout (built on first use), never through Dynamo, and `direct()` is the package of the
+    last full batch. An epoch's short last batch has a package of its own, so a warm
+    process never runs a step eagerly (whose `grad_and_value` would import Dynamo).
     """
 
     def __init__(self, fn: Callable[..., Any], options: dict[str, Any] | None, key: str | None = None):
         """`options` for inductor, None for `_inductor_options()` (made when first needed)."""
         functools.update_wrapper(self, fn)
         self._fn, self._given, self._key = fn, options, key
+        self._default = options is None
         self._compiled: Callable[..., Any] | None = None
         self._ran: _direct.Ran | None = None
         self._last: tuple[tuple[Any, ...], Any, _direct.Ran] | Callable[..., Any] | None = None
@@ -166,10 +169,11 @@ class CompiledStep:
         return self._given
 
     def _options_text(self) -> dict[str, str]:
-        """The options as a cache key's part, without making the default ones (that loads inductor)."""
+        """The options as a cache key's part, without making the default ones (that loads inductor);
+        the same text before and after they are made, so every layout's key is found warm."""
         from purestep.core.artifacts import option_text
 
-        if self._given is None:
+        if self._default:
             return {"size_asserts": "False", "onednn matmul pass": str(_matmul_pass_wanted())}
         return {name: option_text(value) for name, value in sorted(self._given.items())}
 
@@ -188,13 +192,13 @@ class CompiledStep:
 
     def __call__(self, *args: Any) -> Any:
         if self._key is not None and _ARTIFACTS is not None:
-            if _SHORT.get():
-                self._last = None
-                return self._fn(*args)
             package = self._package(args, _ARTIFACTS)
+            short = _SHORT.get()
+            self._last = None if short else package
             if package is not None:
-                self._last = package
                 return package(*args)
+            if short:
+                return self._fn(*args)
         self._ran = None
         result = self._dynamo()(*args)
         self._last = (args, result, self._ran) if self._ran is not None else None
@@ -252,8 +256,9 @@ def direct_step(step: Callable[..., Any]) -> Callable[..., Any] | None:
 
 
 def short_batch(rows: int, batch_size: int) -> contextlib.AbstractContextManager[Any]:
-    """Where a step runs on a batch of `rows` < `batch_size` (an epoch's last), compiled steps
-    run eagerly: one such step per epoch is not worth a graph of its own (BENCHMARKS.md)."""
+    """Where a step runs on a batch of `rows` < `batch_size` (an epoch's last), steps compiled
+    in this process run eagerly (one such step per epoch is not worth a Dynamo recompile);
+    steps with saved packages run the package saved for that batch's shape."""
     if rows < batch_size:
         return _eager()
     return contextlib.nullcontext()
@@ -261,7 +266,8 @@ def short_batch(rows: int, batch_size: int) -> contextlib.AbstractContextManager
 
 @contextlib.contextmanager
 def _eager() -> Any:
-    """Steps with saved packages and, once Dynamo is loaded, every compiled function run eagerly."""
+    """Once Dynamo is loaded, every compiled function runs eagerly; steps with saved packages
+    run theirs, or eagerly when none can be saved."""
     token = _SHORT.set(True)
     try:
         if "torch._dynamo" in sys.modules:
