@@ -2,7 +2,7 @@
 
 `python -m benchmarks.startup --epochs 3 --rounds 3 [--tree DIR ...]`
 
-On FashionMNIST-shaped IDX files (`write_fake_mnist`, in a temporary folder unless
+On FashionMNIST-shaped IDX files (`benchmarks.data`, in a temporary folder unless
 `--data-dir` has them), for each source tree (default: this one) on a fresh compile cache:
 `benchmarks.probe` twice (cold, then warm: from `compile_step` to the graphs ready), one
 untimed `purestep train` run (the cache then holds its graphs), then `--rounds` rounds of the
@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.data import has_fashion_mnist, write_fashion_mnist
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -52,11 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     data = args.data_dir or scratch / "data"
-    if not (data / "FashionMNIST" / "raw").exists():
-        sys.path.insert(0, str(HERE))
-        from purestep.core.data import write_fake_mnist
-
-        write_fake_mnist(data, "fashion-mnist", 60_000, 10_000)
+    if not has_fashion_mnist(data):
+        write_fashion_mnist(data)
     py = sys.executable
     train = [py, "-m", "purestep", "train", "--dataset", "fashion-mnist", "--data-dir", str(data)]
     train += ["--epochs", str(args.epochs)]
