@@ -82,10 +82,11 @@ def option_text(value: Any) -> str:
 
 
 def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: bool) -> str | None:
-    """What shapes a step's graph beyond its arguments: the model (its repr, its module tree, and
-    the source files of the module's classes and factory), the optimizer family (its update
-    function), the loss, the precision and batching; None when a source file cannot be found
-    (a model defined interactively: its steps are not saved)."""
+    """What shapes a step's graph beyond its arguments: the model (its factory and keyword
+    arguments in sorted order, its module tree, and the source files of the module's classes
+    and factory), the optimizer family (its update function), the loss, the precision and
+    batching; None when a source file cannot be found (a model defined interactively: its
+    steps are not saved)."""
     with torch.device("meta"):
         module = model.module()
     digest = hashlib.sha256()
@@ -99,7 +100,9 @@ def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: boo
             return None
         digest.update(Path(source).read_bytes())
     update = f"{optimizer.update.__module__}.{optimizer.update.__qualname__}"
-    return f"{model!r} {module!r} sources={digest.hexdigest()} {update} {loss} {precision} batched={batched}"
+    kwargs = dict(sorted(model.kwargs.items()))  # in any order, the same model (as `Model.__eq__`)
+    described = f"{model.factory!r} {kwargs!r} {model.name!r} {module!r} sources={digest.hexdigest()}"
+    return f"{described} {update} {loss} {precision} batched={batched}"
 
 
 def key(description: str, args: Sequence[Any], options: dict[str, str]) -> dict[str, Any]:
