@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks.data import synthetic
-from purestep.core._onednn import OneDNNMatmuls
+from purestep.core import step as step_module
+from purestep.core._onednn import matmul_pass
 from purestep.core.loop import _BatchCall, evaluate, steps_for, train_epoch
 from purestep.core.model import Buffers, Model, NeuralNetwork, Params, mlp
 from purestep.core.optim import Optimizer, State, sgd
@@ -59,7 +62,8 @@ class LinearChainMLP(Model):
         return h
 
 
-SHIPPED = "as shipped (steps_for)"
+SHIPPED = "as shipped (steps_for: the saved package)"
+IN_PROCESS = "torch.compile in this process, direct entry (no saved package)"
 
 
 def _compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
@@ -87,8 +91,10 @@ def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any]
     step = make_train_step(spec, optimizer)
     plain = LinearChainMLP()
     shipped = steps_for(spec, optimizer, compiled=True)[0]
+    in_process = compile_step(step)
     out = {
         SHIPPED: (shipped, spec, optimizer, "slices"),
+        IN_PROCESS: (in_process, spec, optimizer, "slices"),
         "matmuls through ATen (no matmul pass)": (
             _compile(step, post_grad_custom_post_pass=None),
             spec,
@@ -96,21 +102,31 @@ def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any]
             "slices",
         ),
         "small products through BLAS, not fused": (
-            _compile(step, post_grad_custom_post_pass=OneDNNMatmuls(fuse_small=False)),
+            _compile(step, post_grad_custom_post_pass=matmul_pass(fuse_small=False)),
             spec,
             optimizer,
             "slices",
         ),
         "weight gradients' operand copied inside oneDNN": (
-            _compile(step, post_grad_custom_post_pass=OneDNNMatmuls(contiguous_gradients=False)),
+            _compile(step, post_grad_custom_post_pass=matmul_pass(contiguous_gradients=False)),
             spec,
             optimizer,
             "slices",
         ),
         "inductor size asserts on": (_compile(step, size_asserts=True), spec, optimizer, "slices"),
         "batches as views precomputed once": (compile_step(step), spec, optimizer, "views"),
-        "via Dynamo every call, guards checked": (_through_dynamo(shipped, False), spec, optimizer, "slices"),
-        "via Dynamo every call, guards skipped": (_through_dynamo(shipped, True), spec, optimizer, "slices"),
+        "via Dynamo every call, guards checked": (
+            _through_dynamo(in_process, False),
+            spec,
+            optimizer,
+            "slices",
+        ),
+        "via Dynamo every call, guards skipped": (
+            _through_dynamo(in_process, True),
+            spec,
+            optimizer,
+            "slices",
+        ),
         "apply as an F.linear chain": (
             compile_step(make_train_step(plain, optimizer)),
             plain,
@@ -150,9 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--cpp-wrapper", action="store_true", help="also time inductor's C++ wrapper")
     p.add_argument("--only", nargs="*", default=[], help="time only variants whose names contain one")
+    p.add_argument("--no-packages", action="store_true", help="steps_for compiles in-process, as before")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.no_packages:  # as `purestep train` runs steps_for: saved packages (a fresh folder)
+        step_module._ARTIFACTS = Path(tempfile.mkdtemp(prefix="purestep-levers-")) / "steps"
     images, y = synthetic(args.n, 1)
     x = images.float().div(255).unsqueeze(1)
     xs, ys = x.split(64), y.split(64)

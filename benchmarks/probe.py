@@ -1,9 +1,9 @@
 """Compile time in a fresh process: `python -m benchmarks.probe --cache-dir DIR`.
 
-Builds the graphs a `purestep train` run builds (train and eval step for full batches;
-the tail batches run as the loop runs them, eagerly) with inductor's cache in DIR, and
+Builds the graphs a `purestep train` run builds (train and eval step, for full batches and
+for an epoch's short last batch, run as the loop runs it) with the compile cache in DIR, and
 prints one JSON line: seconds to import torch and purestep, seconds to compile (from
-`compile_step`, which loads the compiler, to the last graph ready), and per graph.
+`compile_step` to the last graph ready), per graph, and whether Dynamo was imported.
 Run it twice with one fresh DIR: the first run is cold, the second warm.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 START = time.perf_counter()
@@ -45,9 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     graphs: dict[str, float] = {"compile_step (loads the compiler)": time.perf_counter() - begin}
     for name, n, train in (
         ("train full", args.batch_size, True),
-        ("train tail (eager)", args.n_train % args.batch_size, True),
+        ("train tail", args.n_train % args.batch_size, True),
         ("eval full", args.batch_size, False),
-        ("eval tail (eager)", args.n_test % args.batch_size, False),
+        ("eval tail", args.n_test % args.batch_size, False),
     ):
         if n == 0:
             continue
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         graphs[name] = time.perf_counter() - start
     done = time.perf_counter()
     figures = {"import_s": imported - START, "compile_s": done - begin, "total_s": done - START}
+    figures["dynamo_imported"] = "torch._dynamo" in sys.modules
     print(json.dumps(figures | {"graphs": graphs}))
 
 

@@ -24,7 +24,18 @@ def main(argv: list[str] | None = None) -> None:
     from torchvision.transforms import ToTensor
 
     from purestep.core.model import NeuralNetwork
-    from purestep.core.reference import epoch_header, test_loop, train_loop
+    from purestep.core.reference import epoch_header, test_report, train_loop
+
+    def test_loop(dataloader, model, loss_fn):  # the tutorial's, as written
+        model.eval()
+        size, num_batches = len(dataloader.dataset), len(dataloader)
+        test_loss, correct = 0, 0
+        with torch.no_grad():
+            for X, y in dataloader:
+                pred = model(X)
+                test_loss += loss_fn(pred, y).item()
+                correct += (pred.argmax(1) == y).type(torch.float).sum().item()
+        print(test_report(correct / size, test_loss / num_batches))
 
     training_data = datasets.FashionMNIST(root=args.root, train=True, download=False, transform=ToTensor())
     test_data = datasets.FashionMNIST(root=args.root, train=False, download=False, transform=ToTensor())

@@ -13,6 +13,7 @@ import torch
 
 from purestep import compile_step, make_train_step, mlp, sgd
 from purestep.check import max_rel_diff
+from purestep.core import fastpath
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -118,8 +119,12 @@ def test_compile_probe_reports_every_graph():
     run = harness.run_measured(cmd)
     assert run["returncode"] == 0, run["stderr"]
     probe = json.loads(run["stdout"].strip().splitlines()[-1])
-    assert {"train full", "train tail (eager)", "eval full", "eval tail (eager)"} <= set(probe["graphs"])
+    assert {"train full", "train tail", "eval full", "eval tail"} <= set(probe["graphs"])
     assert run["rss_bytes"] > 0
+    warm = harness.run_measured(cmd)  # every graph saved above: loaded, tails included
+    assert warm["returncode"] == 0, warm["stderr"]
+    if fastpath.enabled():  # the public loader, with the fast paths off, imports Dynamo
+        assert json.loads(warm["stdout"].strip().splitlines()[-1])["dynamo_imported"] is False
 
 
 def test_bench_command_passes_its_arguments_to_the_harness():

@@ -73,13 +73,13 @@ def test_each_half_of_the_pass_turns_off_alone():
     )
     args = (a, b, bias, c, d, torch.randn(40, 33))
     gm = make_fx(products, tracing_mode="fake")(*args)
-    _onednn.OneDNNMatmuls(fuse_small=False, contiguous_gradients=False)(gm.graph)
+    _onednn.Rewrite(fuse_small=False, contiguous_gradients=False)(gm.graph)
     targets = [node.target for node in gm.graph.nodes if node.op == "call_function"]
     assert targets.count(purestep_ops.onednn_mm.default) == 2
     assert targets.count(purestep_ops.onednn_bmm.default) == 2
     assert purestep_ops.onednn_mm_contiguous.default not in targets
     assert aten.mm.default in targets and aten.addmm.default in targets and aten.bmm.default in targets
-    assert _onednn.OneDNNMatmuls().uuid() != _onednn.OneDNNMatmuls(fuse_small=False).uuid()
+    assert _onednn.Rewrite().uuid() != _onednn.Rewrite(fuse_small=False).uuid()
 
 
 def test_a_large_product_with_one_small_side_stays_with_blas():

@@ -19,26 +19,27 @@ is twice as fast at the tutorial's shapes on the AMD EPYC of BENCHMARKS.md (353 
 The pass changes the summation order of products, nothing else: compiled results stay
 within rounding of eager.
 
-A fast path on three private torch names, and the only place they are used:
-`torch._inductor.custom_graph_pass` (the pass's base class and file hash),
-`torch.ops.mkldnn._linear_pointwise` and `torch.backends.mkldnn`'s op set. Its measured win
-is in BENCHMARKS.md ("Private names"). When `fastpath.enabled()` is False or a name is
-missing, `available()` is False and products run as inductor compiles them by default.
+A fast path on two private torch names, and the only place they are used:
+`torch._inductor.custom_graph_pass.CustomGraphPass` (the base class inductor's cache asks of a
+pass, imported only when a pass is made: it loads Dynamo and inductor) and
+`torch.ops.mkldnn._linear_pointwise`. Its measured win is in BENCHMARKS.md ("Private
+names"). When `fastpath.enabled()` is False or a name is missing, `matmul_pass()` is None
+and products run as inductor compiles them by default. Importing this module registers the
+`purestep::onednn_*` ops, which saved packages call.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from purestep.core import fastpath
-
-try:
-    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
-except ImportError:  # another torch: the pass is unavailable, products compile as inductor's default
-    CustomGraphPass, get_hash_for_files = object, None
 
 aten = torch.ops.aten
 MIN_SIDE = 32
@@ -83,10 +84,9 @@ torch.library.register_fake("purestep::onednn_addmm", _addmm_fake)
 
 
 def available() -> bool:
-    """True when fast paths are on and this torch has oneDNN's linear for the CPU and custom passes."""
+    """True when fast paths are on and this torch has oneDNN's linear for the CPU."""
     return (
         fastpath.enabled()
-        and get_hash_for_files is not None
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
@@ -179,7 +179,7 @@ def _decompose(graph: torch.fx.Graph, node: torch.fx.Node, operands: Operands) -
         return out if bias is None else _call(graph, aten.add.Tensor, out, bias)
 
 
-class OneDNNMatmuls(CustomGraphPass):  # type: ignore[misc,valid-type]
+class Rewrite:
     """Inductor post-grad pass: large fp32 CPU products to oneDNN, small ones to fused kernels.
 
     `fuse_small` and `contiguous_gradients` turn off one half each, to measure them
@@ -208,7 +208,29 @@ class OneDNNMatmuls(CustomGraphPass):  # type: ignore[misc,valid-type]
             graph.erase_node(node)
 
     def uuid(self) -> bytes:
-        return get_hash_for_files((__file__,)) + bytes([self.fuse_small, self.contiguous_gradients])
+        source = hashlib.sha256(Path(__file__).read_bytes()).digest()
+        return source + bytes([self.fuse_small, self.contiguous_gradients])
 
 
-ONEDNN_MATMULS = OneDNNMatmuls()
+@functools.cache
+def _pass_class() -> type[Rewrite] | None:
+    try:
+        from torch._inductor.custom_graph_pass import CustomGraphPass
+    except ImportError:
+        return None
+    return type("OneDNNMatmuls", (Rewrite, CustomGraphPass), {"__module__": __name__})
+
+
+def matmul_pass(fuse_small: bool = True, contiguous_gradients: bool = True) -> Rewrite | None:
+    """The pass as inductor's cache accepts it; None when `available()` is False or this torch
+    has no custom-pass base class."""
+    cls = _pass_class() if available() else None
+    return None if cls is None else cls(fuse_small, contiguous_gradients)
+
+
+def __getattr__(name: str) -> Any:
+    """`ONEDNN_MATMULS`, the pass as shipped, made on first use (it imports inductor)."""
+    if name == "ONEDNN_MATMULS":
+        value = globals()[name] = matmul_pass()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

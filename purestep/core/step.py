@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
@@ -105,68 +108,155 @@ def default_compile_cache() -> Path:
 
 
 def set_compile_cache(path: str | os.PathLike[str] | None = None) -> Path:
-    """Point inductor's on-disk cache at `path` (default `default_compile_cache()`).
+    """Point inductor's on-disk cache at `path` (default `default_compile_cache()`), and keep
+    compiled steps that have a `key` there as packages (`core/artifacts.py`).
 
-    Every process that uses the same directory after the first compiles warm.
+    Every process that uses the same directory after the first starts warm.
     """
+    global _ARTIFACTS
     path = Path(path if path is not None else default_compile_cache()).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    _ARTIFACTS = path / "steps"
     return path
 
 
-def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None) -> Fn:
+_ARTIFACTS: Path | None = None
+"""Where compiled steps with a `key` are saved and loaded (`set_compile_cache`); None: nowhere."""
+_SHORT: contextvars.ContextVar[bool] = contextvars.ContextVar("purestep_short_batch", default=False)
+
+
+def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None, key: str | None = None) -> Fn:
     """`torch.compile(fn, fullgraph=True, dynamic=False, options=_inductor_options())`, as a
     `CompiledStep`.
 
     Static shapes give one specialised graph for full batches (the loops run an epoch's
     short last batch eagerly, see `short_batch`); hyperparameters and step counts are
     tensors, so nothing else recompiles. The recompile limit is raised so that a search
-    over several batch sizes and widths keeps every graph compiled.
+    over several batch sizes and widths keeps every graph compiled. With `key`, the text
+    that says what the arguments do not (model, optimizer family, loss, precision,
+    batching), and a compile cache set, each layout's graph (the short last batch's too) is
+    saved once and later processes load it without tracing (`core/artifacts.py`).
     """
     if cache_dir is not None:
         set_compile_cache(cache_dir)
-    return cast(Fn, CompiledStep(fn, _inductor_options()))
+    return cast(Fn, CompiledStep(fn, None, key))
 
 
 class CompiledStep:
-    """A step compiled by `torch.compile`, whose graphs a loop can also enter directly.
+    """A step compiled by `torch.compile` or loaded from a saved package, whose graphs a loop
+    can also enter directly.
 
-    A call runs through Dynamo as any compiled function does: guards, recompiles, stances
-    (`short_batch`, `fail_on_recompile`). With the direct-entry fast path (`core/_direct.py`)
+    Without a saved package, a call runs through Dynamo as any compiled function does:
+    guards, recompiles, stances (`short_batch`, `fail_on_recompile`), and `torch.compile`
+    is built on the first such call. With the direct-entry fast path (`core/_direct.py`)
     `direct()` then gives the graph that call ran as a plain function of the step's
     arguments, skipping Dynamo's entry and guard checks. It is valid only for arguments laid
     out exactly as that call's (see `steady`), which is what an epoch's later steps are, and
     only because steps are pure: Dynamo has no side effects to replay around the graph.
+    With a `key` and a compile cache, every call runs the package saved for its arguments'
+    layout (built on first use), never through Dynamo, and `direct()` is the package of the
+    last full batch. An epoch's short last batch has a package of its own, so a warm
+    process never runs a step eagerly (whose `grad_and_value` would import Dynamo).
     """
 
-    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
-        torch.compiler.config.recompile_limit = max(torch.compiler.config.recompile_limit, 64)
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any] | None, key: str | None = None):
+        """`options` for inductor, None for `_inductor_options()` (made when first needed)."""
         functools.update_wrapper(self, fn)
-        self._options = options
+        self._fn, self._given, self._key = fn, options, key
+        self._default = options is None
+        self._compiled: Callable[..., Any] | None = None
         self._ran: _direct.Ran | None = None
-        self._last: tuple[tuple[Any, ...], Any, _direct.Ran] | None = None
-        backend = _direct.backend(options, self._note)
-        if backend is None:
-            self._compiled = torch.compile(fn, fullgraph=True, dynamic=False, options=options)
-        else:
-            self._compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+        self._last: tuple[tuple[Any, ...], Any, _direct.Ran] | Callable[..., Any] | None = None
+        self._packages: dict[str, Callable[..., Any] | None] = {}
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The inductor options this step compiles with."""
+        if self._given is None:
+            self._given = _inductor_options()
+        return self._given
+
+    def _options_text(self) -> dict[str, str]:
+        """The options as a cache key's part, without making the default ones (that loads inductor);
+        the same text before and after they are made, so every layout's key is found warm."""
+        from purestep.core.artifacts import option_text
+
+        if self._default:
+            return {"size_asserts": "False", "onednn matmul pass": str(_matmul_pass_wanted())}
+        return {name: option_text(value) for name, value in sorted(self._given.items())}
+
+    def _dynamo(self) -> Callable[..., Any]:
+        if self._compiled is None:
+            torch.compiler.config.recompile_limit = max(torch.compiler.config.recompile_limit, 64)
+            backend = _direct.backend(self.options, self._note)
+            if backend is None:
+                self._compiled = torch.compile(self._fn, fullgraph=True, dynamic=False, options=self.options)
+            else:
+                self._compiled = torch.compile(self._fn, fullgraph=True, dynamic=False, backend=backend)
+        return self._compiled
 
     def _note(self, ran: _direct.Ran) -> None:
         self._ran = ran
 
     def __call__(self, *args: Any) -> Any:
+        if self._key is not None and _ARTIFACTS is not None:
+            package = self._package(args, _ARTIFACTS)
+            short = _SHORT.get()
+            self._last = None if short else package
+            if package is not None:
+                return package(*args)
+            if short:
+                return self._fn(*args)
         self._ran = None
-        result = self._compiled(*args)
+        result = self._dynamo()(*args)
         self._last = (args, result, self._ran) if self._ran is not None else None
         self._ran = None
         return result
+
+    def _package(self, args: tuple[Any, ...], folder: Path) -> Callable[..., Any] | None:
+        """The saved package for `args`' layout as the step itself: loaded, or built and saved
+        first; None (and a warning, once per layout) when the step cannot be saved."""
+        from purestep.core import artifacts
+
+        if artifacts.structure(args) is None:
+            return None
+        layout = repr(artifacts.layout(args))
+        if layout not in self._packages:
+            self._packages[layout] = None
+            parts = artifacts.key(self._key or "", args, self._options_text())
+            try:
+                path = folder / f"{artifacts.name(parts)}.pt2"
+                found = artifacts.load(path, parts)
+                if found is None:
+                    artifacts.build(self._fn, args, parts, folder, self.options)
+                    found = artifacts.load(path, parts)
+            except Exception as e:  # export and AOTInductor raise many kinds: compile in-process instead
+                cause = f"{type(e).__name__}: {e}"
+                warnings.warn(f"compiled step not saved ({cause}); compiled in this process", stacklevel=3)
+                return None
+            if found is not None:
+                self._packages[layout] = _package_step(*found)
+        return self._packages[layout]
 
     def direct(self) -> Callable[..., Any] | None:
         """The graph the last call ran, callable as the step itself; None if no graph ran (an
         eager stance, or the fast path off) or its inputs and results are not all the step's
         own tensors."""
-        return None if self._last is None else _direct.entry(*self._last)
+        if self._last is None or callable(self._last):
+            return self._last
+        return _direct.entry(*self._last)
+
+
+def _package_step(run: Callable[..., Any], results: list[Any], single: bool) -> Callable[..., Any]:
+    """A saved package as the step itself: `run` over the arguments' tensors, results rebuilt."""
+    from purestep.core.artifacts import leaves, rebuild
+
+    def step(*args: Any) -> Any:
+        out = rebuild(results, run(leaves(args)))
+        return out[0] if single else tuple(out)
+
+    return step
 
 
 def direct_step(step: Callable[..., Any]) -> Callable[..., Any] | None:
@@ -175,11 +265,27 @@ def direct_step(step: Callable[..., Any]) -> Callable[..., Any] | None:
 
 
 def short_batch(rows: int, batch_size: int) -> contextlib.AbstractContextManager[Any]:
-    """Where a step runs on a batch of `rows` < `batch_size` (an epoch's last), compiled steps
-    run eagerly: one such step per epoch is not worth a graph of its own (BENCHMARKS.md)."""
+    """Where a step runs on a batch of `rows` < `batch_size` (an epoch's last), steps compiled
+    in this process run eagerly (one such step per epoch is not worth a Dynamo recompile);
+    steps with saved packages run the package saved for that batch's shape."""
     if rows < batch_size:
-        return torch.compiler.set_stance("force_eager")
+        return _eager()
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _eager() -> Any:
+    """Once Dynamo is loaded, every compiled function runs eagerly; steps with saved packages
+    run theirs, or eagerly when none can be saved."""
+    token = _SHORT.set(True)
+    try:
+        if "torch._dynamo" in sys.modules:
+            with torch.compiler.set_stance("force_eager"):
+                yield
+        else:
+            yield
+    finally:
+        _SHORT.reset(token)
 
 
 def _layout(trees: Sequence[dict[str, Tensor]]) -> list[tuple[Any, ...]]:
@@ -217,13 +323,21 @@ def _inductor_options() -> dict[str, Any]:
     a fast path); `PURESTEP_ONEDNN=0` turns that pass off alone.
     """
     options: dict[str, Any] = {"size_asserts": False}
+    if _matmul_pass_wanted():
+        from purestep.core import _onednn
+
+        matmul_pass = _onednn.matmul_pass()
+        if matmul_pass is not None:
+            options["post_grad_custom_post_pass"] = matmul_pass
+    return options
+
+
+def _matmul_pass_wanted() -> bool:
     if os.environ.get("PURESTEP_ONEDNN", "1") == "0":
-        return options
+        return False
     from purestep.core import _onednn
 
-    if _onednn.available():
-        options["post_grad_custom_post_pass"] = _onednn.ONEDNN_MATMULS
-    return options
+    return _onednn.available()
 
 
 def stack(trees: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:

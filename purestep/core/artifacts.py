@@ -1,0 +1,191 @@
+"""Compiled steps saved on disk as AOTInductor packages, which a later process loads and runs
+without Dynamo, tracing or a compiler: a warm start in milliseconds.
+
+A step is captured once with `make_fx` (a pure step is one flat graph of ATen ops; the
+`torch.func` transforms inside it trace away), exported with `torch.export`, compiled with
+inductor's options into a `.pt2` package (`torch._inductor.aoti_compile_and_package`, the
+documented AOTInductor entry point), and loaded with `aoti_load_package`. A package's name
+is the hash of everything that shapes its graph (`key`): the caller's description of the
+step (model, optimizer family, loss, precision, batching), every argument's key, shape,
+strides, dtype and device, the inductor options, torch's version and purestep's core
+source. The package's sidecar JSON repeats those parts, and a load checks them.
+
+Fast path (`fastpath.enabled()`): the package is loaded through the private
+`torch._C._aoti.AOTIModelPackageLoader`, which needs neither Dynamo nor inductor's Python
+modules (about 1.2-2 s of imports); otherwise through `aoti_load_package`, which imports them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from purestep.core import fastpath
+
+Runner = Callable[[list[Tensor]], list[Tensor]]
+Structure = list[list[str] | None]
+"""A step's arguments or results: per tree, its dict keys in order, or None for one tensor."""
+
+_CORE = Path(__file__).resolve().parent
+
+
+def structure(trees: Sequence[Any]) -> Structure | None:
+    """Per tree, its keys (a dict of tensors) or None (a tensor); None if any leaf is not a tensor."""
+    out: Structure = []
+    for tree in trees:
+        if isinstance(tree, Tensor):
+            out.append(None)
+        elif isinstance(tree, dict) and all(isinstance(v, Tensor) for v in tree.values()):
+            out.append(list(tree))
+        else:
+            return None
+    return out
+
+
+def leaves(trees: Sequence[Any]) -> list[Tensor]:
+    """The tensors of trees, dicts' values in order."""
+    return [leaf for tree in trees for leaf in (tree.values() if isinstance(tree, dict) else (tree,))]
+
+
+def rebuild(shape: Structure, values: Sequence[Tensor]) -> list[Any]:
+    """Trees of `shape` from their leaves in order."""
+    it = iter(values)
+    return [next(it) if keys is None else {k: next(it) for k in keys} for keys in shape]
+
+
+def layout(trees: Sequence[Any]) -> list[list[Any]]:
+    """Every leaf's shape, strides, dtype and device: what a graph is specialised to."""
+    return [[list(v.shape), list(v.stride()), str(v.dtype), str(v.device)] for v in leaves(trees)]
+
+
+@functools.cache
+def _source_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(_CORE.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def option_text(value: Any) -> str:
+    """An inductor option as text: a custom pass by its `uuid()`, anything else by its repr."""
+    return value.uuid().hex() if hasattr(value, "uuid") else repr(value)
+
+
+def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: bool) -> str | None:
+    """What shapes a step's graph beyond its arguments: the model (its factory and keyword
+    arguments in sorted order, its module tree, and the source files of the module's classes
+    and factory), the optimizer family (its update function), the loss, the precision and
+    batching; None when a source file cannot be found (a model defined interactively: its
+    steps are not saved)."""
+    with torch.device("meta"):
+        module = model.module()
+    digest = hashlib.sha256()
+    for owner in sorted({type(m) for m in module.modules()} | {model.factory}, key=repr):
+        target = owner if inspect.isclass(owner) or inspect.isfunction(owner) else type(owner)
+        try:
+            source = inspect.getsourcefile(target)
+        except TypeError:
+            return None
+        if source is None or not os.path.exists(source):
+            return None
+        digest.update(Path(source).read_bytes())
+    update = f"{optimizer.update.__module__}.{optimizer.update.__qualname__}"
+    kwargs = dict(sorted(model.kwargs.items()))  # in any order, the same model (as `Model.__eq__`)
+    described = f"{model.factory!r} {kwargs!r} {model.name!r} {module!r} sources={digest.hexdigest()}"
+    return f"{described} {update} {loss} {precision} batched={batched}"
+
+
+def key(description: str, args: Sequence[Any], options: dict[str, str]) -> dict[str, Any]:
+    """Everything that shapes a step's graph, as JSON-ready parts (`name` hashes them)."""
+    return {
+        "step": description,
+        "arguments": structure(args),
+        "layout": layout(args),
+        "options": options,
+        "torch": torch.__version__,
+        "purestep.core": _source_hash(),
+    }
+
+
+def name(parts: dict[str, Any]) -> str:
+    """The file name of the package for `parts`."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def build(
+    fn: Callable[..., Any], args: Sequence[Any], parts: dict[str, Any], folder: Path, options: dict[str, Any]
+) -> Path:
+    """Trace `fn(*args)`, compile it into `folder/<name>.pt2` with its sidecar, return the path.
+
+    Written under a temporary name and renamed, so a reader sees a whole package or none.
+    """
+    from torch._inductor import aoti_compile_and_package
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    shape_in = structure(args)
+    if shape_in is None:
+        raise ValueError("a step's arguments must be tensors or dicts of tensors")
+    results: dict[str, Any] = {}
+
+    def flat(*values: Tensor) -> list[Tensor]:
+        out = fn(*rebuild(shape_in, values))
+        single = not isinstance(out, tuple)
+        trees = (out,) if single else out
+        results["structure"], results["single"] = structure(trees), single
+        return leaves(trees)
+
+    inputs = tuple(leaves(args))
+    graph = make_fx(flat)(*inputs)
+    if results.get("structure") is None:
+        raise ValueError("a step's results must be tensors or dicts of tensors")
+    exported = torch.export.export(graph, inputs, strict=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name(parts)}.pt2"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".partial.pt2")
+    os.close(fd)
+    try:
+        aoti_compile_and_package(exported, package_path=tmp, inductor_configs=options)
+        sidecar = {"parts": parts, "results": results["structure"], "single": results["single"]}
+        path.with_suffix(".json").write_text(json.dumps(sidecar))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load(path: Path, parts: dict[str, Any]) -> tuple[Runner, Structure, bool] | None:
+    """The package at `path` as `run(leaves) -> leaves`, with its results' structure; None when
+    there is none, or its sidecar records other parts (never a graph built for other settings)."""
+    sidecar = path.with_suffix(".json")
+    if not (path.exists() and sidecar.exists()):
+        return None
+    saved = json.loads(sidecar.read_text())
+    if saved["parts"] != json.loads(json.dumps(parts)):
+        return None
+    return _runner(path), saved["results"], saved["single"]
+
+
+def _runner(path: Path) -> Runner:
+    from purestep.core import _onednn  # noqa: F401  (registers the ops a package may call)
+
+    loader = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    if fastpath.enabled() and loader is not None:
+        try:
+            return loader(str(path), "model", False, 1, -1).run
+        except (RuntimeError, TypeError):  # another torch's signature: the public loader below
+            pass
+    from torch._inductor import aoti_load_package
+
+    model = aoti_load_package(str(path))
+    return lambda values: list(model(*values))

@@ -1,0 +1,206 @@
+"""Compiled steps saved as packages: a later step loads them without tracing, and only for
+the settings they were built for."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from purestep.core import artifacts, fastpath
+from purestep.core import step as step_module
+from purestep.core.loop import evaluate, train_epoch
+from purestep.core.model import mlp
+from purestep.core.optim import adam, sgd
+from purestep.core.step import CompiledStep, compile_step, make_eval_step, make_train_step
+
+pytestmark = pytest.mark.compile
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _batch(rows: int = 8, features: int = 6, dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(rows, features, generator=g, dtype=dtype), torch.randint(0, 3, (rows,), generator=g)
+
+
+def _no_builds(*args, **kwargs):
+    raise AssertionError("built a package that should have been loaded")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    folder = tmp_path / "steps"
+    monkeypatch.setattr(step_module, "_ARTIFACTS", folder)
+    return folder
+
+
+def test_a_saved_step_loads_in_a_new_step_without_tracing_and_runs_without_dynamo(store, monkeypatch):
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1, momentum=0.9)
+    params, buffers = model.init(0)
+    state = optimizer.init(params)
+    x, y = _batch()
+    eager = make_train_step(model, optimizer)(params, buffers, state, x, y)
+    first = compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")
+    built = first(params, buffers, state, x, y)
+    assert len(list(store.glob("*.pt2"))) == 1
+    for mine, theirs in zip(built, eager):
+        mine, theirs = (mine, theirs) if isinstance(mine, dict) else ({"": mine}, {"": theirs})
+        assert list(mine) == list(theirs)
+        assert all(torch.allclose(mine[k], theirs[k], rtol=1e-5, atol=1e-6) for k in mine)
+
+    monkeypatch.setattr(artifacts, "build", _no_builds)
+    monkeypatch.setattr(artifacts, "make_fx", _no_builds, raising=False)
+    later = compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")
+    loaded = later(params, buffers, state, x, y)
+    assert later._compiled is None  # no torch.compile, no Dynamo
+    for mine, theirs in zip(loaded, built):
+        mine, theirs = (mine, theirs) if isinstance(mine, dict) else ({"": mine}, {"": theirs})
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert later.direct() is not None
+
+
+WARM_EPOCH = """
+import json, sys
+import torch
+from purestep.core.loop import evaluate, train_epoch
+from purestep.core.model import mlp
+from purestep.core.optim import sgd
+from purestep.core.step import compile_step, make_eval_step, make_train_step, set_compile_cache
+
+set_compile_cache(sys.argv[1])
+model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+params, buffers = model.init(0)
+g = torch.Generator().manual_seed(0)
+x, y = torch.rand(20, 6, generator=g), torch.randint(0, 3, (20,), generator=g)
+train = compile_step(make_train_step(model, optimizer), key="train mlp sgd fp32")
+test = compile_step(make_eval_step(model), key="eval mlp sgd fp32")
+state = optimizer.init(params)
+params, buffers, state, losses = train_epoch(train, params, buffers, state, x, y, 8, log_every=0)
+metrics = evaluate(test, params, buffers, x, y, 8)
+loaded = sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules)
+print(json.dumps({"loaded": loaded, "losses": losses.tolist(), "eval": [metrics.loss, metrics.accuracy],
+                  "params": {k: v.tolist() for k, v in params.items()}}))
+"""
+
+
+def _epoch(train, test, model, optimizer):
+    params, buffers = model.init(0)
+    x, y = _batch(20)
+    params, _, _, losses = train_epoch(train, params, buffers, optimizer.init(params), x, y, 8, log_every=0)
+    metrics = evaluate(test, params, buffers, x, y, 8)
+    return losses, metrics, params
+
+
+def test_the_short_last_batch_has_its_own_package_and_a_warm_epoch_never_loads_dynamo(store):
+    """An epoch of 20 rows in batches of 8 builds four packages (train and eval, 8 rows and the
+    last 4) whose results equal the eager epoch's within one step's rounding; a later process
+    runs the whole epoch and its evaluation from them to the same bits, with neither Dynamo nor
+    inductor loaded (fast paths on)."""
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+    train = compile_step(make_train_step(model, optimizer), key="train mlp sgd fp32")
+    test = compile_step(make_eval_step(model), key="eval mlp sgd fp32")
+    losses, metrics, params = _epoch(train, test, model, optimizer)
+    assert train._compiled is None and test._compiled is None
+    assert len(list(store.glob("*.pt2"))) == 4
+    eager_losses, eager_metrics, eager_params = _epoch(
+        make_train_step(model, optimizer), make_eval_step(model), model, optimizer
+    )
+    assert torch.allclose(losses, eager_losses, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(params[k], eager_params[k], rtol=1e-5, atol=1e-6) for k in params)
+    assert (
+        metrics.loss == pytest.approx(eager_metrics.loss, rel=1e-5)
+        and metrics.accuracy == eager_metrics.accuracy
+    )
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_EPOCH, str(store.parent)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    warm = json.loads(done.stdout.strip().splitlines()[-1])
+    if fastpath.enabled():  # the public loader, with the fast paths off, imports both
+        assert warm["loaded"] == []
+    assert len(list(store.glob("*.pt2"))) == 4  # nothing built again
+    assert warm["losses"] == losses.tolist() and warm["eval"] == [metrics.loss, metrics.accuracy]
+    assert warm["params"] == {k: v.tolist() for k, v in params.items()}
+
+
+def _parts(description: str, args, options=None):
+    return artifacts.key(description, args, options or {"size_asserts": "False"})
+
+
+def test_every_setting_that_shapes_the_graph_changes_the_name():
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+    params, _ = model.init(0)
+    state = optimizer.init(params)
+    x, y = _batch()
+    base = _parts("mlp sgd fp32", (params, state, x, y))
+    wider, _ = mlp(6, (7,), 3).init(0)
+    changed = [
+        _parts("mlp sgd bf16", (params, state, x, y)),
+        _parts("mlp adam fp32", (params, adam(0.1).init(params), x, y)),
+        _parts("mlp sgd fp32", (wider, sgd(0.1).init(wider), x, y)),
+        _parts("mlp sgd fp32", (params, state, *_batch(16))),
+        _parts("mlp sgd fp32", (params, state, *_batch(dtype=torch.float64))),
+        _parts("mlp sgd fp32", (params, state, x.t().contiguous().t(), y)),
+        _parts("mlp sgd fp32", (params, state, x, y), {"size_asserts": "True"}),
+        _parts("mlp sgd fp32", ({k: v.double() for k, v in params.items()}, state, x, y)),
+    ]
+    names = {artifacts.name(parts) for parts in changed}
+    assert artifacts.name(base) not in names and len(names) == len(changed)
+    assert base["torch"] == torch.__version__ and base["purestep.core"]
+
+
+def test_the_step_key_names_the_model_its_sources_the_optimizer_loss_precision_and_batching():
+    from purestep.core.model import Model, NeuralNetwork, cnn, functional
+
+    keys = {
+        artifacts.step_key(mlp(), sgd(0.1), "cross_entropy", "fp32", False),
+        artifacts.step_key(mlp(hidden=(256,)), sgd(0.1), "cross_entropy", "fp32", False),
+        artifacts.step_key(cnn(), sgd(0.1), "cross_entropy", "fp32", False),
+        artifacts.step_key(mlp(), adam(0.1), "cross_entropy", "fp32", False),
+        artifacts.step_key(mlp(), sgd(0.1), "nll", "fp32", False),
+        artifacts.step_key(mlp(), sgd(0.1), "cross_entropy", "bf16", False),
+        artifacts.step_key(mlp(), sgd(0.1), "cross_entropy", "fp32", True),
+    }
+    assert None not in keys and len(keys) == 7
+    assert artifacts.step_key(mlp(), sgd(0.5), "cross_entropy", "fp32", False) in keys  # lr is data
+    reordered = Model(NeuralNetwork, {"classes": 10, "hidden": (512, 512), "in_features": 784}, "mlp")
+    assert reordered == mlp()  # the same model, so the same packages
+    assert artifacts.step_key(reordered, sgd(0.1), "cross_entropy", "fp32", False) in keys
+    typed_in = functional(eval("lambda: torch.nn.Linear(3, 4)"))  # no source file to hash: not saved
+    assert artifacts.step_key(typed_in, sgd(0.1), "mse", "fp32", False) is None
+
+
+def test_a_package_under_another_settings_name_is_never_loaded(store, monkeypatch):
+    """Even a package copied under the name of other settings is refused: its sidecar records the
+    settings it was built for, and a step whose settings differ builds (here: fails to build,
+    and falls back to compiling in-process) rather than load it."""
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+    params, buffers = model.init(0)
+    state = optimizer.init(params)
+    x, y = _batch()
+    args = (params, buffers, state, x, y)
+    compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")(*args)
+    (built,) = store.glob("*.pt2")
+    other = _parts("mlp sgd bf16", args, CompiledStep(lambda: None, None)._options_text())
+    target = store / f"{artifacts.name(other)}.pt2"
+    shutil.copy(built, target)
+    shutil.copy(built.with_suffix(".json"), target.with_suffix(".json"))
+    assert artifacts.load(target, other) is None
+
+    calls = []
+    monkeypatch.setattr(artifacts, "build", lambda *a, **k: calls.append(a) or _no_builds())
+    bf16 = compile_step(make_train_step(model, optimizer, precision="bf16"), key="mlp sgd bf16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bf16(*args)
+    assert len(calls) == 1 and any("not saved" in str(w.message) for w in caught)
+    assert bf16._compiled is not None  # compiled in this process instead
