@@ -271,7 +271,7 @@ def run(args: argparse.Namespace, command: str) -> Report:
         if not args.no_jax and _jax_available():
             from benchmarks import jax_step
 
-            init = spec.init(args.seed)
+            init, _ = spec.init(args.seed)
             prepare.append(("jax", lambda: jax_step.jax_jit(init, x, y, args.lr, args.batch_size)))
         prepared: list[tuple[str, Variant, int]] = []
         for key, build in prepare:
@@ -355,8 +355,8 @@ def _one_step(spec: Any, args: argparse.Namespace, x: torch.Tensor, y: torch.Ten
     from purestep.core.step import make_train_step
 
     optimizer = sgd(args.lr)
-    params = spec.init(args.seed)
-    return make_train_step(spec, optimizer), params, optimizer.init(params), x[:n], y[:n]
+    params, buffers = spec.init(args.seed)
+    return make_train_step(spec, optimizer), params, buffers, optimizer.init(params), x[:n], y[:n]
 
 
 def _accuracy(

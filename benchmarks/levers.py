@@ -25,7 +25,7 @@ from torch import Tensor
 from benchmarks.data import synthetic
 from purestep.core._onednn import OneDNNMatmuls
 from purestep.core.loop import _BatchCall, evaluate, steps_for, train_epoch
-from purestep.core.model import MLP, Params, mlp
+from purestep.core.model import Buffers, Model, NeuralNetwork, Params, mlp
 from purestep.core.optim import Optimizer, State, sgd
 from purestep.core.step import (
     CompiledStep,
@@ -37,12 +37,20 @@ from purestep.core.step import (
 )
 
 
-class LinearChainMLP(MLP):
+class LinearChainMLP(Model):
     """`apply` as a plain chain of `F.linear`/`F.relu` over the params dict (no `functional_call`)."""
 
-    def apply(self, params: Params, x: Tensor) -> Tensor:
+    def __init__(self) -> None:
+        super().__init__(NeuralNetwork, {}, "linear chain")
+
+    def apply(
+        self, params: Params, buffers: Buffers, x: Tensor, train: bool = True
+    ) -> tuple[Tensor, Buffers]:
+        return self._chain(params, x), buffers
+
+    def _chain(self, params: Params, x: Tensor) -> Tensor:
         h = x.flatten(1)
-        layers = len(self.hidden) + 1
+        layers = 3
         for i in range(layers):
             name = f"linear_relu_stack.{2 * i}"
             h = F.linear(h, params[f"{name}.weight"], params[f"{name}.bias"])
@@ -73,7 +81,7 @@ def _through_dynamo(step: Callable[..., Any], skip_guards: bool) -> Callable[...
     return call
 
 
-def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any], MLP, Optimizer, str]]:
+def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any], Model, Optimizer, str]]:
     """name -> (compiled step, model, optimizer, batching)."""
     spec, optimizer = mlp(), sgd(lr)
     step = make_train_step(spec, optimizer)
@@ -109,7 +117,12 @@ def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any]
             optimizer,
             "slices",
         ),
-        "bf16 autocast": (compile_step(make_train_step(spec, optimizer, "bf16")), spec, optimizer, "slices"),
+        "bf16 autocast": (
+            compile_step(make_train_step(spec, optimizer, precision="bf16")),
+            spec,
+            optimizer,
+            "slices",
+        ),
     }
     if cpp_wrapper:
         out["inductor cpp_wrapper"] = (_compile(step, cpp_wrapper=True), spec, optimizer, "slices")
@@ -117,9 +130,9 @@ def variants(lr: float, cpp_wrapper: bool) -> dict[str, tuple[Callable[..., Any]
 
 
 def _views_epoch(step: Callable[..., Any], params: Params, state: State, xs: Any, ys: Any) -> Tensor:
-    losses, call = [], _BatchCall(step, len(ys[0]))
+    losses, call, buffers = [], _BatchCall(step, len(ys[0])), {}
     for i, (xb, yb) in enumerate(zip(xs, ys)):
-        new_params, new_state, loss = call(params, state, xb, yb)
+        new_params, buffers, new_state, loss = call(params, buffers, state, xb, yb)
         if i == 0 and steady((params, state), (new_params, new_state)):
             call.go_direct()
         params, state = new_params, new_state
@@ -150,18 +163,18 @@ def main(argv: list[str] | None = None) -> None:
     }
     runs: dict[str, list[float]] = {name: [] for name in table}
     for step, spec, optimizer, _ in table.values():
-        params = spec.init(0)
-        step(params, optimizer.init(params), x[:64], y[:64])
+        params, buffers = spec.init(0)
+        step(params, buffers, optimizer.init(params), x[:64], y[:64])
     for r in range(args.rounds):
         order = list(table.items())
         for name, (step, spec, optimizer, batching) in order[:: -1 if r % 2 else 1]:
-            params = spec.init(0)
+            params, buffers = spec.init(0)
             state = optimizer.init(params)
             start = time.perf_counter()
             if batching == "views":
                 _views_epoch(step, params, state, xs, ys).sum().item()
             else:
-                train_epoch(step, params, state, x, y, 64)[2].sum().item()
+                train_epoch(step, params, buffers, state, x, y, 64)[3].sum().item()
             runs[name].append((time.perf_counter() - start) / len(ys) * 1e3)
     shipped = runs[SHIPPED]
     print(f"{torch.get_num_threads()} threads, {len(ys)} steps per pass, {args.rounds} rounds")
@@ -175,10 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     eval_step = compile_step(make_eval_step(spec))
     ex, ey = synthetic(10_000, 2)
     ex = ex.float().div(255).unsqueeze(1)
-    params = spec.init(0)
+    params, buffers = spec.init(0)
     for batch in (64, 1000, 10_000):
-        evaluate(eval_step, params, ex, ey, batch)
-        best = min(_timed(lambda b=batch: evaluate(eval_step, params, ex, ey, b)) for _ in range(3))
+        evaluate(eval_step, params, buffers, ex, ey, batch)
+        best = min(_timed(lambda b=batch: evaluate(eval_step, params, buffers, ex, ey, b)) for _ in range(3))
         print(f"| mean of per-batch losses, as the tutorial | {batch} | {best:.4f} |")
 
 

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     set_compile_cache(args.cache_dir)
     imported = time.perf_counter()
     spec, optimizer = mlp(), sgd(1e-3)
-    params = spec.init(0)
+    params, buffers = spec.init(0)
     state = optimizer.init(params)
     begin = time.perf_counter()
     train_step, eval_step = steps_for(spec, optimizer, compiled=True)
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         x, y = torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
         start = time.perf_counter()
         with short_batch(n, args.batch_size):
-            out = train_step(params, state, x, y) if train else eval_step(params, x, y)
+            out = train_step(params, buffers, state, x, y) if train else eval_step(params, buffers, x, y)
         out[-1].sum().item()
         graphs[name] = time.perf_counter() - start
     done = time.perf_counter()

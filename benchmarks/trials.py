@@ -96,12 +96,13 @@ def drop_or_ride(trials: int, epochs: int, threads: int) -> None:
     inits = [model.init(k) for k in range(trials)]
 
     def run(n: int, epochs: int, drop: bool | None, stop_half: bool) -> float:
-        states = [o.init(p) for o, p in zip(optimizers[:n], inits[:n])]
+        states = [o.init(p) for o, (p, _) in zip(optimizers[:n], inits[:n])]
         start = time.perf_counter()
         fit_trials(
             model,
             optimizers[0],
-            inits[:n],
+            [p for p, _ in inits[:n]],
+            [b for _, b in inits[:n]],
             states,
             x,
             y,

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from purestep.core.data import batches, num_batches
 from purestep.core.loop import evaluate, steps_for, train_epoch
-from purestep.core.model import MLP, Params
+from purestep.core.model import Model, Params
 from purestep.core.optim import sgd
 from purestep.core.reference import train_loop
 from purestep.core.step import batch_over_trials, compile_step, make_train_step, short_batch, stack
@@ -55,7 +55,7 @@ def _steps(steps: int, epoch_steps: int) -> tuple[int, float, str]:
     return steps, epoch_steps / steps, f"{steps} steps, x {epoch_steps}/{steps}"
 
 
-def tutorial(root: Path, spec: MLP, lr: float, batch_size: int, steps: int, seed: int) -> Variant:
+def tutorial(root: Path, spec: Model, lr: float, batch_size: int, steps: int, seed: int) -> Variant:
     """The tutorial as written: torchvision `FashionMNIST` + `ToTensor()` + `DataLoader`, `nn.Module`."""
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets
@@ -77,7 +77,7 @@ def tutorial(root: Path, spec: MLP, lr: float, batch_size: int, steps: int, seed
 
 
 def reference_loader(
-    spec: MLP, x: Tensor, y: Tensor, lr: float, batch_size: int, steps: int, seed: int
+    spec: Model, x: Tensor, y: Tensor, lr: float, batch_size: int, steps: int, seed: int
 ) -> Variant:
     """The tutorial's `train_loop` on preloaded tensors through `DataLoader(TensorDataset)`."""
     from torch.utils.data import DataLoader, Subset, TensorDataset
@@ -96,7 +96,7 @@ def reference_loader(
     return Variant(name, how, _timed(run, scale))
 
 
-def reference_slices(spec: MLP, x: Tensor, y: Tensor, lr: float, batch_size: int, seed: int) -> Variant:
+def reference_slices(spec: Model, x: Tensor, y: Tensor, lr: float, batch_size: int, seed: int) -> Variant:
     """`nn.Module` + `torch.optim.SGD` on batches that are tensor slices: the eager baseline."""
     torch.manual_seed(seed)
     model = spec.module()
@@ -124,7 +124,7 @@ def _warm_up(step: Step, params: Params, state: Params, x: Tensor, y: Tensor, ba
     start = time.perf_counter()
     for n in (batch, tail) if tail else (batch,):
         with short_batch(n, batch):
-            step(params, state, x[:n], y[:n])[2].sum().item()
+            step(params, {}, state, x[:n], y[:n])[3].sum().item()
     return time.perf_counter() - start
 
 
@@ -136,8 +136,8 @@ def _epoch_variant(
 
     def once() -> float:
         start = time.perf_counter()
-        out = train_epoch(step, params, state, x, y, batch, **kw)
-        out[2].sum().item()
+        out = train_epoch(step, params, {}, state, x, y, batch, **kw)
+        out[3].sum().item()
         seconds = time.perf_counter() - start
         variant.info["params"] = out[0]
         return seconds
@@ -147,12 +147,12 @@ def _epoch_variant(
 
 
 def functional(
-    spec: MLP, x: Tensor, y: Tensor, lr: float, batch_size: int, seed: int, compiled: bool
+    spec: Model, x: Tensor, y: Tensor, lr: float, batch_size: int, seed: int, compiled: bool
 ) -> Variant:
     """purestep's step as `fit` runs it (`steps_for`, `train_epoch`), eager or compiled."""
     optimizer = sgd(lr)
     train_step, _ = steps_for(spec, optimizer, compiled)
-    params = spec.init(seed)
+    params, _ = spec.init(seed)
     state = optimizer.init(params)
     name = "purestep compiled step" if compiled else "purestep eager step"
     variant = _epoch_variant(name, train_step, params, state, x, y, batch_size)
@@ -168,7 +168,7 @@ def proposed(x: Tensor, y: Tensor, lr: float, batch_size: int, seed: int) -> Var
 
     spec, optimizer = LinearChainMLP(), sgd(lr)
     step = compile_step(make_train_step(spec, optimizer))
-    params = spec.init(seed)
+    params, _ = spec.init(seed)
     state = optimizer.init(params)
     name = "purestep compiled step + apply as an F.linear chain (not shipped)"
     variant = _epoch_variant(name, step, params, state, x, y, batch_size)
@@ -176,13 +176,14 @@ def proposed(x: Tensor, y: Tensor, lr: float, batch_size: int, seed: int) -> Var
     return variant
 
 
-def batched(spec: MLP, x: Tensor, y: Tensor, lrs: list[float], batch_size: int, seed: int) -> Variant:
+def batched(spec: Model, x: Tensor, y: Tensor, lrs: list[float], batch_size: int, seed: int) -> Variant:
     """K trials (own init and learning rate each) in one vmapped, compiled step; per trial."""
     k = len(lrs)
     optimizer = sgd(lrs[0])
     step = compile_step(batch_over_trials(make_train_step(spec, optimizer)))
-    params = stack([spec.init(seed + i) for i in range(k)])
-    state = stack([sgd(lr).init(spec.init(seed + i)) for i, lr in enumerate(lrs)])
+    inits = [spec.init(seed + i)[0] for i in range(k)]
+    params = stack(inits)
+    state = stack([sgd(lr).init(p) for p, lr in zip(inits, lrs)])
     compile_s = _warm_up(step, params, state, x, y, batch_size)
     whole = _epoch_variant("", step, params, state, x, y, batch_size, log_every=0)
     name = f"purestep compiled, {k} trials batched (vmap), per trial"
@@ -190,16 +191,16 @@ def batched(spec: MLP, x: Tensor, y: Tensor, lrs: list[float], batch_size: int, 
     return Variant(name, how, lambda: whole.once() / k, {"compile_s": compile_s})
 
 
-def bf16_step(spec: MLP, lr: float) -> Callable[..., Any]:
+def bf16_step(spec: Model, lr: float) -> Callable[..., Any]:
     """The compiled train step with its matmuls in bfloat16 (`torch.autocast`), params in fp32."""
     return compile_step(make_train_step(spec, sgd(lr), precision="bf16"))
 
 
-def bf16(spec: MLP, x: Tensor, y: Tensor, lr: float, batch_size: int, seed: int) -> Variant:
+def bf16(spec: Model, x: Tensor, y: Tensor, lr: float, batch_size: int, seed: int) -> Variant:
     """The bf16 autocast step through `train_epoch`."""
     optimizer = sgd(lr)
     step = bf16_step(spec, lr)
-    params = spec.init(seed)
+    params, _ = spec.init(seed)
     state = optimizer.init(params)
     variant = _epoch_variant("purestep compiled step, bf16 autocast", step, params, state, x, y, batch_size)
     variant.info["compile_s"] = _warm_up(step, params, state, x, y, batch_size)
@@ -209,7 +210,7 @@ def bf16(spec: MLP, x: Tensor, y: Tensor, lr: float, batch_size: int, seed: int)
 
 def accuracy_after(
     step: Callable[..., Any],
-    spec: MLP,
+    spec: Model,
     train: tuple[Tensor, Tensor],
     test: tuple[Tensor, Tensor],
     lr: float,
@@ -219,9 +220,10 @@ def accuracy_after(
 ) -> tuple[float, float]:
     """Test `(accuracy, loss)` after `epochs` epochs of `step` from `spec.init(seed)` (fp32 eval)."""
     optimizer = sgd(lr)
-    params, state = spec.init(seed), optimizer.init(spec.init(seed))
+    params, buffers = spec.init(seed)
+    state = optimizer.init(params)
     for _ in range(epochs):
-        params, state, _ = train_epoch(step, params, state, *train, batch_size, log_every=0)
+        params, buffers, state, _ = train_epoch(step, params, buffers, state, *train, batch_size, log_every=0)
     _, eval_step = steps_for(spec, optimizer, compiled=True)
-    metrics = evaluate(eval_step, params, *test, batch_size)
+    metrics = evaluate(eval_step, params, buffers, *test, batch_size)
     return metrics.accuracy, metrics.loss

@@ -1,9 +1,9 @@
 """purestep: the PyTorch tutorial's training, as pure functions.
 
-    model = mlp(); params = model.init(seed=0)
+    model = mlp(); params, buffers = model.init(seed=0)   # or functional(MyModule, width=64)
     opt = sgd(lr=1e-3); state = opt.init(params)
     step = compile_step(make_train_step(model, opt))
-    params, state, loss = step(params, state, x, y)
+    params, buffers, state, loss = step(params, buffers, state, x, y)
 
 Names load on first use, so `import purestep` (and the CLI's `--help`) does not
 import torch until a function is asked for.
@@ -31,7 +31,19 @@ _EXPORTS = {
         "steps_for",
         "train_epoch",
     ],
-    "purestep.core.model": ["MLP", "NeuralNetwork", "Params", "mlp"],
+    "purestep.core.losses": ["LOSSES"],
+    "purestep.core.model": [
+        "Buffers",
+        "ConvNet",
+        "Model",
+        "NeuralNetwork",
+        "Params",
+        "build_model",
+        "cnn",
+        "functional",
+        "mlp",
+        "state_of",
+    ],
     "purestep.core.optim": ["Optimizer", "OptimizerConfig", "State", "adam", "adamw", "sgd"],
     "purestep.core.step": [
         "batch_eval_over_trials",
@@ -79,7 +91,19 @@ if TYPE_CHECKING:
         steps_for,
         train_epoch,
     )
-    from purestep.core.model import MLP, NeuralNetwork, Params, mlp
+    from purestep.core.losses import LOSSES
+    from purestep.core.model import (
+        Buffers,
+        ConvNet,
+        Model,
+        NeuralNetwork,
+        Params,
+        build_model,
+        cnn,
+        functional,
+        mlp,
+        state_of,
+    )
     from purestep.core.optim import Optimizer, OptimizerConfig, State, adam, adamw, sgd
     from purestep.core.step import (
         batch_eval_over_trials,

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from purestep.core.data import Dataset
 from purestep.core.interop import load, save
 from purestep.core.loop import Callbacks, evaluate, steps_for, train_epoch
-from purestep.core.model import MLP, Params
+from purestep.core.model import Model, Params, mlp
 from purestep.core.optim import OptimizerConfig
 from purestep.core.reference import (
     loader,
@@ -87,7 +87,7 @@ def _module_params(module: nn.Module) -> Params:
 
 
 def reference_vs_eager(
-    spec: MLP,
+    spec: Model,
     config: OptimizerConfig,
     seed: int,
     train: tuple[Tensor, Tensor],
@@ -113,12 +113,13 @@ def reference_vs_eager(
     eager_lines: list[str] = []
     optimizer = config.build()
     train_step, eval_step = steps_for(spec, optimizer, compiled=False)
-    params = spec.init(seed, train[0].device)
+    params, buffers = spec.init(seed, train[0].device)
+    spec.seed_like_module(seed)
     log = Callbacks(on_log=lambda b, loss, cur, size: eager_lines.append(train_line(loss, cur, size)))
-    params, _, losses = train_epoch(
-        train_step, params, optimizer.init(params), *train, batch_size, callbacks=log
+    params, buffers, _, losses = train_epoch(
+        train_step, params, buffers, optimizer.init(params), *train, batch_size, callbacks=log
     )
-    metrics = evaluate(eval_step, params, *test, batch_size)
+    metrics = evaluate(eval_step, params, buffers, *test, batch_size)
     eager_lines.append(test_report(metrics.accuracy, metrics.loss))
 
     relative = config.name != "sgd"
@@ -139,7 +140,7 @@ def float32_bound(floor: float, at_least: float = REORDER_BOUND) -> float:
 
 
 def float32_floor(
-    spec: MLP, config: OptimizerConfig, seed: int, train: tuple[Tensor, Tensor], batch_size: int
+    spec: Model, config: OptimizerConfig, seed: int, train: tuple[Tensor, Tensor], batch_size: int
 ) -> tuple[Params, Tensor, float]:
     """The eager float32 run from `spec.init(seed)` over `train`: its params, its per-step losses,
     and how far it is from the same run in float64, which is the rounding any float32
@@ -147,32 +148,37 @@ def float32_floor(
     its largest per-step loss difference (the two quantities a `Row` bounds)."""
     optimizer = config.build()
     step = make_train_step(spec, optimizer)
-    params = spec.init(seed, train[0].device)
+    params, buffers = spec.init(seed, train[0].device)
     exact = {k: v.double() for k, v in params.items()}
-    params, _, losses = train_epoch(step, params, optimizer.init(params), *train, batch_size, log_every=0)
+    params, _, _, losses = train_epoch(
+        step, params, buffers, optimizer.init(params), *train, batch_size, log_every=0
+    )
     x64 = (train[0].double(), train[1])
-    exact, _, exact_losses = train_epoch(step, exact, optimizer.init(exact), *x64, batch_size, log_every=0)
+    exact64 = {k: v.double() if v.is_floating_point() else v for k, v in buffers.items()}
+    exact, _, _, exact_losses = train_epoch(
+        step, exact, exact64, optimizer.init(exact), *x64, batch_size, log_every=0
+    )
     loss_floor = (losses.double() - exact_losses).abs().max().item()
     return params, losses, max(max_rel_diff(params, exact), loss_floor)
 
 
 def compiled_vs_eager(
-    spec: MLP, config: OptimizerConfig, seed: int, train: tuple[Tensor, Tensor], batch_size: int
+    spec: Model, config: OptimizerConfig, seed: int, train: tuple[Tensor, Tensor], batch_size: int
 ) -> Row:
     """The compiled step against the eager one: params and every step's loss."""
     optimizer = config.build()
     eager, eager_losses, floor = float32_floor(spec, config, seed, train, batch_size)
     train_step, _ = steps_for(spec, optimizer, compiled=True)
-    params = spec.init(seed, train[0].device)
-    comp, _, comp_losses = train_epoch(
-        train_step, params, optimizer.init(params), *train, batch_size, log_every=0
+    params, buffers = spec.init(seed, train[0].device)
+    comp, _, _, comp_losses = train_epoch(
+        train_step, params, buffers, optimizer.init(params), *train, batch_size, log_every=0
     )
     loss_diff = (eager_losses.double() - comp_losses.double()).abs().max().item()
     return _row("compiled vs eager", len(eager_losses), comp, eager, loss_diff, float32_bound(floor), True)
 
 
 def batched_vs_alone(
-    spec: MLP,
+    spec: Model,
     config: OptimizerConfig,
     seed: int,
     train: tuple[Tensor, Tensor],
@@ -183,9 +189,17 @@ def batched_vs_alone(
     configs = [OptimizerConfig(**{**config.to_dict(), "lr": config.lr * 2.0**k}) for k in range(trials)]
     optimizers = [c.build() for c in configs]
     inits = [spec.init(seed + k, train[0].device) for k in range(trials)]
-    states = [o.init(p) for o, p in zip(optimizers, inits)]
+    states = [o.init(p) for o, (p, _) in zip(optimizers, inits)]
     batched = batch_over_trials(make_train_step(spec, optimizers[0]))
-    params, _, losses = train_epoch(batched, stack(inits), stack(states), *train, batch_size, log_every=0)
+    params, _, _, losses = train_epoch(
+        batched,
+        stack([p for p, _ in inits]),
+        stack([b for _, b in inits]),
+        stack(states),
+        *train,
+        batch_size,
+        log_every=0,
+    )
     alone = [float32_floor(spec, c, seed + k, train, batch_size) for k, c in enumerate(configs)]
     loss_diff = (losses.double() - torch.stack([a[1] for a in alone], 1).double()).abs().max().item()
     rows = [
@@ -204,9 +218,10 @@ def batched_vs_alone(
     )
 
 
-def safetensors_round_trip(spec: MLP, seed: int) -> Row:
-    """Params through a safetensors file and back: bitwise."""
-    params = spec.init(seed)
+def safetensors_round_trip(spec: Model, seed: int) -> Row:
+    """Params and buffers through a safetensors file and back: bitwise."""
+    params, buffers = spec.init(seed)
+    params = params | buffers
     with tempfile.TemporaryDirectory() as tmp:
         back, _ = load(save(Path(tmp) / "params.safetensors", params, {"seed": seed}))
     return _row("safetensors round trip", 0, back, params, 0.0, 0.0, False)
@@ -229,14 +244,14 @@ def run_checks(
     batch_size: int = 64,
     steps: int | None = None,
     hidden: tuple[int, ...] = (512, 512),
-    extra: Callable[[MLP, tuple[Tensor, Tensor], int], list[Row]] | None = None,
+    extra: Callable[[Model, tuple[Tensor, Tensor], int], list[Row]] | None = None,
 ) -> tuple[list[Row], bool]:
     """Every pair on the first `steps` batches of the training set (`None`: a whole epoch).
 
     `config` sets the SGD row; Adam runs with the same learning rate and weight decay.
     Returns the rows and whether the printed tutorial lines of reference and eager agree.
     """
-    spec = MLP(data.in_features, hidden, data.classes)
+    spec = mlp(data.in_features, hidden, data.classes)
     n = len(data.y_train) if steps is None else min(len(data.y_train), steps * batch_size)
     train = data.x_train[:n], data.y_train[:n]
     test = data.x_test, data.y_test

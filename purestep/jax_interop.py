@@ -28,7 +28,7 @@ from torch import Tensor
 
 from purestep.check import Row, float32_bound, float32_floor, max_abs_diff, max_rel_diff
 from purestep.core.data import batches
-from purestep.core.model import MLP, Params
+from purestep.core.model import Model, Params
 from purestep.core.optim import OptimizerConfig
 
 FlaxParams = dict[str, dict[str, jax.Array]]
@@ -107,9 +107,9 @@ class FlaxMLP(nn.Module):
         return nn.Dense(self.classes, precision=self.precision)(x)
 
 
-def flax_model(spec: MLP) -> FlaxMLP:
+def flax_model(spec: Model) -> FlaxMLP:
     """The flax module of the same shape as `spec` (its input width comes from the data)."""
-    return FlaxMLP(hidden=spec.hidden, classes=spec.classes)
+    return FlaxMLP(hidden=tuple(spec.kwargs["hidden"]), classes=spec.kwargs["classes"])
 
 
 def _as_jax(leaf: Any) -> jax.Array:
@@ -250,7 +250,7 @@ def _label(config: OptimizerConfig) -> str:
 
 
 def jax_vs_eager(
-    spec: MLP,
+    spec: Model,
     config: OptimizerConfig,
     seed: int,
     train: tuple[Tensor, Tensor],
@@ -277,7 +277,7 @@ def jax_vs_eager(
     params, torch_losses, floor = float32_floor(spec, config, seed, part, batch_size)
     tx = optax_optimizer(config)
     jax_step = make_jax_train_step(flax_model(spec), tx)
-    jax_params = to_flax(spec.init(seed, x.device))["params"]
+    jax_params = to_flax(spec.init(seed, x.device)[0])["params"]
     (device,) = jax_params["Dense_0"]["kernel"].devices()
     opt_state = jax.device_put(tx.init(jax_params), device)
     jax_losses = []
@@ -301,7 +301,7 @@ def jax_vs_eager(
 
 
 def jax_rows(
-    spec: MLP,
+    spec: Model,
     train: tuple[Tensor, Tensor],
     seed: int,
     *,

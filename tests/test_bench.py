@@ -37,10 +37,10 @@ def test_synthetic_idx_files_read_back_through_torchvision(tmp_path):
 
 def test_floor_records_every_product_of_the_step():
     model, optimizer = mlp(), sgd(1e-3)
-    params = model.init(0)
+    params, buffers = model.init(0)
     x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
     step = make_train_step(model, optimizer)
-    matmuls = bench_floor.record_matmuls(step, params, optimizer.init(params), x, y)
+    matmuls = bench_floor.record_matmuls(step, params, buffers, optimizer.init(params), x, y)
     forward = 784 * 512 + 512 * 512 + 512 * 10
     # forward, weight gradients, and input gradients of every layer but the first
     assert sum(m.flops for m in matmuls) == 2 * 64 * (2 * forward + 512 * 512 + 512 * 10)
@@ -64,19 +64,19 @@ def test_compiled_step_stays_close_to_eager_and_never_recompiles():
     compiled = compile_step(step)
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(96, 1, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g)
-    params = model.init(0)
+    params, _ = model.init(0)
     state = sgd(1e-3, momentum=0.9).init(params)
     for n in (64, 32):
-        compiled(params, state, x[:n], y[:n])
+        compiled(params, {}, state, x[:n], y[:n])
     torch.compiler.set_stance("fail_on_recompile")
     try:
         for seed, lr in enumerate((1e-3, 0.1, 0.02)):
-            p_eager = p_comp = model.init(seed)
+            p_eager = p_comp = model.init(seed)[0]
             s_eager = s_comp = sgd(lr, momentum=0.9).init(p_eager)
             for start in (0, 64, 0, 64):
                 xb, yb = x[start : start + 64], y[start : start + 64]
-                p_eager, s_eager, l_eager = step(p_eager, s_eager, xb, yb)
-                p_comp, s_comp, l_comp = compiled(p_comp, s_comp, xb, yb)
+                p_eager, _, s_eager, l_eager = step(p_eager, {}, s_eager, xb, yb)
+                p_comp, _, s_comp, l_comp = compiled(p_comp, {}, s_comp, xb, yb)
                 assert abs(l_eager.item() - l_comp.item()) <= 1e-5
             assert max_rel_diff(p_comp, p_eager) <= 1e-5
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -15,19 +16,24 @@ runner = CliRunner()
 BASE = ["train", "--dataset", "digits", "--impl", "eager", "--lr", "0.05", "--momentum", "0.9", "--shuffle"]
 
 
-def test_resume_ends_bitwise_equal_to_an_unbroken_run(tmp_path):
+@pytest.mark.parametrize(
+    "model", [[], ["--model", "cnn", "--model-arg", "width=4", "--model-arg", "dense=16"]]
+)
+def test_resume_ends_bitwise_equal_to_an_unbroken_run(tmp_path, model):
+    """The MLP, and the CNN: its BatchNorm buffers and its dropout's generator resume as they were."""
     full, resumed, ckpt = tmp_path / "full.safetensors", tmp_path / "resumed.safetensors", tmp_path / "ckpt"
-    assert runner.invoke(app, [*BASE, "--epochs", "3", "--save", str(full)]).exit_code == 0
-    assert runner.invoke(app, [*BASE, "--epochs", "2", "--checkpoint", str(ckpt)]).exit_code == 0
+    base = [*BASE, *model]
+    assert runner.invoke(app, [*base, "--epochs", "3", "--save", str(full)]).exit_code == 0
+    assert runner.invoke(app, [*base, "--epochs", "2", "--checkpoint", str(ckpt)]).exit_code == 0
     assert json.loads((ckpt / LATEST).read_text())["epoch"] == 1
     result = runner.invoke(
-        app, [*BASE, "--epochs", "3", "--checkpoint", str(ckpt), "--resume", "--save", str(resumed)]
+        app, [*base, "--epochs", "3", "--checkpoint", str(ckpt), "--resume", "--save", str(resumed)]
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Epoch 3\n")
     a, _ = load(full)
     b, meta = load(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [h["epoch"] for h in meta["history"]] == [0, 1, 2]
 
 
@@ -43,9 +49,9 @@ def test_resume_with_other_settings_is_refused_and_the_checkpoint_kept(tmp_path)
 
 
 def test_a_crash_mid_write_leaves_the_previous_checkpoint_latest(tmp_path):
-    params = mlp(4, (3,), 2).init(0)
+    params, buffers = mlp(4, (3,), 2).init(0)
     state = sgd(0.1, momentum=0.9).init(params)
-    save_checkpoint(tmp_path, 0, params, state, {"history": []})
+    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []})
     # what a crash leaves behind: a half-written folder and pointer under temporary names
     (tmp_path / ".epoch-0002.abc").mkdir()
     (tmp_path / ".epoch-0002.abc" / "params.safetensors").write_bytes(b"\x00" * 5)
@@ -56,7 +62,7 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint_latest(tmp_path):
     assert all(
         torch.equal(found.state[k], state[k]) and found.state[k].dtype == state[k].dtype for k in state
     )
-    save_checkpoint(tmp_path, 1, params, state, {"history": []})
+    save_checkpoint(tmp_path, 1, params, buffers, state, {"history": []})
     assert load_checkpoint(tmp_path).epoch == 1
 
 

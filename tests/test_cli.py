@@ -57,6 +57,27 @@ def test_reference_and_eager_print_identical_tutorial_lines():
     assert lines[-1] == "Done!"
 
 
+@pytest.mark.parametrize("model", ["cnn", "file"])
+def test_any_model_prints_identical_lines_by_reference_and_eager(tmp_path, model):
+    """The CNN (BatchNorm, dropout) and a user's factory: the module loop and the functional step
+    print the same lines, dropout included (the same seed gives the same masks)."""
+    if model == "file":
+        (tmp_path / "net.py").write_text(
+            "import torch.nn as nn\n"
+            "def make(in_features, classes, width=16, p=0.2):\n"
+            "    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(),\n"
+            "                         nn.Dropout(p), nn.Linear(width, classes))\n"
+        )
+        model = f"{tmp_path / 'net.py'}:make"
+    args = ["train", "--dataset", "digits", "--model", model, "--epochs", "2", "--lr", "0.05"]
+    args += ["--model-arg", "width=8"] if model == "cnn" else ["--model-arg", "p=0.3"]
+    reference, eager = run(*args, "--impl", "reference"), run(*args, "--impl", "eager")
+    assert reference.exit_code == 0 and eager.exit_code == 0, reference.output + eager.output
+    assert reference.stdout == eager.stdout
+    lines = eager.stdout.splitlines()
+    assert lines[2].startswith("loss: ") and lines[4].startswith(" Accuracy: ") and lines[-1] == "Done!"
+
+
 def test_bf16_trains_as_well_as_fp32_and_is_recorded():
     args = ["train", "--dataset", "digits", "--epochs", "3", "--lr", "0.05", "--impl", "eager", "--json"]
     fp32, bf16 = run(*args), run(*args, "--precision", "bf16")
@@ -83,7 +104,7 @@ def test_json_and_save_write_params_with_config_and_metrics(tmp_path):
     assert summary["config"]["optimizer"]["lr"] == 1e-3 and summary["config"]["batch_size"] == 64
     assert len(summary["history"]) == 1 and 0 <= summary["test_accuracy"] <= 1
     params, meta = load(out)
-    assert set(params) == set(mlp(64).init(0))
+    assert set(params) == set(mlp(64).init(0)[0])
     assert (
         meta["config"]["dataset"] == "digits"
         and meta["history"][0]["eval_accuracy"] == summary["test_accuracy"]
@@ -176,6 +197,12 @@ def test_every_bad_value_is_one_line_and_exit_2(data, command):
         ["train", "--impl", "reference", "--precision", "bf16"],
         ["train", "--precision", "fp16"],
         ["train", "--bogus"],
+        ["train", "--dataset", "digits", "--loss", "mse"],
+        ["train", "--dataset", "digits", "--model", "vgg"],
+        ["train", "--dataset", "digits", "--model-arg", "width"],
+        ["train", "--dataset", "digits", "--model-arg", "depth=3"],
+        ["train", "--dataset", "digits", "--model", "cnn", "--hidden", "64"],
+        ["train", "--dataset", "digits", "--model", "missing.py:make"],
         ["fly"],
     ],
 )

@@ -99,7 +99,7 @@ def test_dlpack_round_trip_is_bitwise(jx, params):
 
 
 def test_params_cross_to_jax_and_back_without_a_copy(jx):
-    params = mlp(12, (8, 8), 3).init(0)
+    params, _ = mlp(12, (8, 8), 3).init(0)
     arrays = jx.to_jax(params)
     back = jx.from_jax(arrays)
     for k, t in params.items():
@@ -113,10 +113,10 @@ mlp_specs = st.builds(mlp, widths, st.lists(widths, max_size=3).map(tuple), widt
 
 @given(spec=mlp_specs, seed=st.integers(0, 2**16), dtype=st.sampled_from(DTYPES[:4]))
 def test_flax_layout_round_trip_is_bitwise(jx, spec, seed, dtype):
-    params = {k: v.to(dtype) for k, v in spec.init(seed).items()}
+    params = {k: v.to(dtype) for k, v in spec.init(seed)[0].items()}
     variables = jx.to_flax(params)
     dense = variables["params"]
-    assert list(dense) == [f"Dense_{j}" for j in range(len(spec.hidden) + 1)]
+    assert list(dense) == [f"Dense_{j}" for j in range(len(spec.kwargs["hidden"]) + 1)]
     for j, layer in enumerate(dense.values()):
         weight = params[f"linear_relu_stack.{2 * j}.weight"]
         assert layer["kernel"].shape == weight.T.shape
@@ -127,10 +127,10 @@ def test_flax_layout_round_trip_is_bitwise(jx, spec, seed, dtype):
 
 @given(spec=mlp_specs, seed=st.integers(0, 2**16), n=st.integers(1, 6))
 def test_flax_mlp_gives_purestep_logits(jx, spec, seed, n):
-    params = spec.init(seed)
-    x = torch.rand(n, spec.in_features, generator=torch.Generator().manual_seed(seed))
+    params, buffers = spec.init(seed)
+    x = torch.rand(n, spec.kwargs["in_features"], generator=torch.Generator().manual_seed(seed))
     flax_logits = jx.flax_model(spec).apply(jx.to_flax(params), jx.tensor_to_jax(x))
-    torch_logits = spec.apply(params, x)
+    torch_logits, _ = spec.apply(params, buffers, x)
     assert (jx.jax_to_tensor(flax_logits) - torch_logits).abs().max().item() <= 1e-5
 
 
@@ -142,13 +142,13 @@ def test_params_initialised_in_flax_come_back_to_torch(jx):
     model = jx.flax_model(spec)
     variables = model.init(jax.random.key(0), x)
     params = jx.from_flax(variables)
-    assert {k: v.shape for k, v in params.items()} == {k: v.shape for k, v in spec.init(0).items()}
-    torch_logits = spec.apply(params, jx.jax_to_tensor(x))
+    assert {k: v.shape for k, v in params.items()} == {k: v.shape for k, v in spec.init(0)[0].items()}
+    torch_logits, _ = spec.apply(params, {}, jx.jax_to_tensor(x))
     assert (torch_logits - jx.jax_to_tensor(model.apply(variables, x))).abs().max().item() <= 1e-5
 
 
 def test_layout_mapping_rejects_what_is_not_the_mlp(jx):
-    params = mlp(4, (3,), 2).init(0)
+    params, _ = mlp(4, (3,), 2).init(0)
     with pytest.raises(ValueError, match="not an MLP parameter"):
         jx.to_flax({**params, "head.weight": params["linear_relu_stack.0.weight"]})
     with pytest.raises(ValueError, match="needs both a weight and a bias"):
@@ -166,7 +166,7 @@ def test_saved_file_serves_safetensors_flax_and_numpy_as_it_is(jx, tmp_path):
     import safetensors.numpy
 
     spec = mlp()
-    params = spec.init(0)
+    params, _ = spec.init(0)
     meta = {"optimizer": OptimizerConfig().to_dict(), "metrics": {"accuracy": 0.5, "loss": 2.2}}
     path = save(tmp_path / "model.safetensors", params, meta)
 
@@ -180,7 +180,7 @@ def test_saved_file_serves_safetensors_flax_and_numpy_as_it_is(jx, tmp_path):
     x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     variables = jx.to_flax(safetensors.flax.load_file(str(path)))
     logits = jx.FlaxMLP().apply(variables, jx.tensor_to_jax(x))
-    assert (jx.jax_to_tensor(logits) - spec.apply(params, x)).abs().max().item() <= 1e-5
+    assert (jx.jax_to_tensor(logits) - spec.apply(params, {}, x)[0]).abs().max().item() <= 1e-5
 
 
 def test_scale_by_torch_adam_is_optax_adam_with_exact_bias_correction(jx):

@@ -1,34 +1,188 @@
-"""Model contract: params are the reference module's named parameters; init is bitwise the tutorial's."""
+"""Model contract: any nn.Module as init/apply; params and buffers are the module's own; the
+functional eager step equals `module.train()` + `torch.optim` (bitwise for SGD) for every model
+of a zoo: MLP, CNN with BatchNorm and dropout, LayerNorm MLP, residual block, tied weights, and a
+registered non-trainable buffer."""
 
 from __future__ import annotations
 
+import pytest
 import torch
-from hypothesis import given
+import torch.nn.functional as F
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 from torch.func import functional_call
 
-from purestep import NeuralNetwork, mlp
+from purestep import ConvNet, NeuralNetwork, OptimizerConfig, cnn, functional, mlp
+from purestep.check import max_rel_diff
+from purestep.core.model import ModelError, build_model, state_of
+from purestep.core.reference import torch_optimizer
+from purestep.core.step import batch_over_trials, compile_step, make_eval_step, make_train_step, stack
 
-widths = st.lists(st.integers(1, 48), min_size=0, max_size=3).map(tuple)
+# --- the zoo: every model takes (N, 1, 8, 8) images and gives 10 logits --------------------
 
 
-@given(
-    seed=st.integers(0, 2**31 - 1), hidden=widths, in_features=st.integers(1, 40), classes=st.integers(2, 12)
-)
-def test_init_is_bitwise_the_tutorials_module(seed, hidden, in_features, classes):
-    params = mlp(in_features, hidden, classes).init(seed)
+class LayerNormMLP(nn.Module):
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, width), nn.LayerNorm(width), nn.GELU(), nn.Linear(width, 10)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Residual(nn.Module):
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.inp = nn.Linear(64, width)
+        self.block = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+        self.out = nn.Linear(width, 10)
+
+    def forward(self, x):
+        h = F.relu(self.inp(x.flatten(1)))
+        return self.out(F.relu(h + self.block(h)))
+
+
+class Tied(nn.Module):
+    """Two layers that share one weight, as a decoder shares its encoder's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encode = nn.Linear(64, 10)
+        self.mix = nn.Linear(10, 10, bias=False)
+        self.mix2 = nn.Linear(10, 10, bias=False)
+        self.mix2.weight = self.mix.weight  # tied
+        self.head = nn.Linear(10, 10)
+
+    def forward(self, x):
+        h = torch.tanh(self.encode(x.flatten(1)))
+        return self.head(self.mix2(torch.relu(self.mix(h))))
+
+
+class WithBuffer(nn.Module):
+    """A registered non-trainable buffer, read every call and updated in train mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 64))
+        self.register_buffer("seen", torch.zeros(()))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        if self.training:
+            self.seen.add_(x.shape[0])
+        return self.fc(x.flatten(1) * self.scale)
+
+
+def small_cnn():
+    return ConvNet(channels=1, classes=10, width=4, dense=16, dropout=0.3)
+
+
+ZOO = {
+    "mlp": lambda: NeuralNetwork(64, (16, 16), 10),
+    "cnn": small_cnn,
+    "layernorm": LayerNormMLP,
+    "residual": Residual,
+    "tied": Tied,
+    "buffer": WithBuffer,
+}
+RANDOM = {"cnn"}  # dropout: compared bitwise with the module loop, not across vmap or compile
+
+OPTIMIZERS = [
+    OptimizerConfig("sgd", lr=0.05),
+    OptimizerConfig("sgd", lr=0.05, momentum=0.9),
+    OptimizerConfig("sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    OptimizerConfig("adam", lr=1e-2),
+    OptimizerConfig("adamw", lr=1e-2, weight_decay=0.05),
+]
+
+
+def data(seed: int, n: int = 8 * 21):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def assert_equal(mine, theirs, exact: bool, what: str):
+    assert list(mine) == list(theirs), what
+    for k in theirs:
+        if exact or not theirs[k].is_floating_point():
+            assert torch.equal(mine[k], theirs[k]), (what, k)
+    floats = [k for k in theirs if theirs[k].is_floating_point()]
+    if not exact and floats:
+        assert max_rel_diff({k: mine[k] for k in floats}, {k: theirs[k] for k in floats}) <= 1e-6, what
+
+
+def load_into(module: nn.Module, tensors: dict) -> None:
+    """`load_state_dict` as is; the only keys it misses are tied aliases of a loaded parameter."""
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    every = dict(module.named_parameters(remove_duplicate=False))
+    aliases = set(every) - set(dict(module.named_parameters()))
+    assert not unexpected and set(missing) <= aliases
+
+
+@settings(max_examples=30)
+@given(name=st.sampled_from(sorted(ZOO)), config=st.sampled_from(OPTIMIZERS), seed=st.integers(0, 10_000))
+def test_eager_step_equals_the_module_loop_for_every_model(name, config, seed):
+    """21 steps of `module.train()` + torch.optim against the functional eager step: params and
+    buffers bitwise (the Adam family within 1e-6 relative), then eval mode against `module.eval()`."""
+    model = functional(ZOO[name])
+    x, y = data(seed)
     torch.manual_seed(seed)
-    module = NeuralNetwork(in_features, hidden, classes)
-    expected = dict(module.named_parameters())
-    assert list(params) == list(expected)
-    for k, v in expected.items():
-        assert torch.equal(params[k], v), k
+    module = model.module()
+    opt = torch_optimizer(config, module.parameters())
+    optimizer = config.build()
+    step = make_train_step(model, optimizer)
+    params, buffers = model.init(seed)
+    state = optimizer.init(params)
+    model.seed_like_module(seed)
+    generator = torch.get_rng_state()
+    for i in range(21):
+        xb, yb = x[i * 8 : (i + 1) * 8], y[i * 8 : (i + 1) * 8]
+        torch.set_rng_state(generator)  # both sides draw the same dropout masks
+        ref = F.cross_entropy(module(xb), yb)
+        ref.backward()
+        opt.step()
+        opt.zero_grad()
+        after_module = torch.get_rng_state()
+        torch.set_rng_state(generator)
+        params, buffers, state, loss = step(params, buffers, state, xb, yb)
+        assert torch.equal(torch.get_rng_state(), after_module)
+        generator = after_module
+        assert torch.equal(loss, ref.detach()) or config.name != "sgd"
+    exact = config.name == "sgd"
+    theirs_params, theirs_buffers = state_of(module)
+    assert_equal(params, theirs_params, exact, "params")
+    assert_equal(buffers, theirs_buffers, exact, "buffers")
+    module.eval()
+    with torch.no_grad():
+        expected = module(x)
+    out, same = model.apply(params, buffers, x, train=False)
+    torch.testing.assert_close(out, expected, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
+    assert same is buffers
 
 
-def test_default_is_the_tutorials_784_512_512_10_stack():
-    params = mlp().init(0)
-    shapes = {k: tuple(v.shape) for k, v in params.items()}
-    assert shapes == {
+@given(seed=st.integers(0, 2**31 - 1), name=st.sampled_from(sorted(ZOO)))
+def test_init_is_bitwise_the_modules_and_leaves_the_global_rng_alone(seed, name):
+    model = functional(ZOO[name])
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    params, buffers = model.init(seed)
+    assert torch.equal(before, torch.random.get_rng_state())
+    torch.manual_seed(seed)
+    module = ZOO[name]()
+    assert list(params) == [k for k, _ in module.named_parameters()]
+    assert list(buffers) == [k for k, _ in module.named_buffers()]
+    for k, v in [*module.named_parameters(), *module.named_buffers()]:
+        assert torch.equal((params | buffers)[k], v), k
+    load_into(module, params | buffers)
+
+
+def test_mlp_is_the_tutorials_784_512_512_10_stack_and_has_no_buffers():
+    params, buffers = mlp().init(0)
+    assert buffers == {}
+    assert {k: tuple(v.shape) for k, v in params.items()} == {
         "linear_relu_stack.0.weight": (512, 784),
         "linear_relu_stack.0.bias": (512,),
         "linear_relu_stack.2.weight": (512, 512),
@@ -38,24 +192,134 @@ def test_default_is_the_tutorials_784_512_512_10_stack():
     }
 
 
-def test_init_leaves_the_global_rng_alone():
-    torch.manual_seed(123)
-    before = torch.random.get_rng_state()
-    mlp(8, (4,), 3).init(7)
-    assert torch.equal(before, torch.random.get_rng_state())
+@given(seed=st.integers(0, 1000), batch=st.integers(2, 9))
+def test_apply_is_pure_and_returns_updated_buffers_in_train_mode(seed, batch):
+    model = functional(small_cnn)
+    params, buffers = model.init(seed)
+    before = {k: v.clone() for k, v in (params | buffers).items()}
+    x = torch.rand(batch, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    out, new = model.apply(params, buffers, x, train=True)
+    assert out.shape == (batch, 10)
+    assert all(torch.equal(before[k], v) for k, v in (params | buffers).items())  # nothing written
+    assert new["features.1.num_batches_tracked"].item() == 1
+    assert not torch.equal(new["features.1.running_mean"], buffers["features.1.running_mean"])
+    assert all(p.device.type == "meta" for p in model._train.parameters())
 
 
-@given(seed=st.integers(0, 1000), batch=st.integers(1, 9))
-def test_apply_equals_the_module_and_params_fit_it(seed, batch):
-    model = mlp(12, (16, 8), 5)
-    params = model.init(seed)
-    x = torch.rand(batch, 1, 3, 4, generator=torch.Generator().manual_seed(seed))
-    reference = model.module()
-    reference.load_state_dict(params)
-    assert torch.equal(model.apply(params, x), reference(x))
-    assert torch.equal(functional_call(reference, params, (x,)), reference(x))
+def test_tied_weights_stay_tied():
+    model = functional(Tied)
+    params, buffers = model.init(0)
+    assert "mix2.weight" not in params  # one tensor for both uses, as named_parameters gives it
+    x, y = data(0, 8)
+    optimizer = OptimizerConfig("sgd", lr=0.1).build()
+    new, _, _, _ = make_train_step(model, optimizer)(params, buffers, optimizer.init(params), x, y)
+    torch.manual_seed(0)
+    module = Tied()
+    load_into(module, new | buffers)
+    assert module.mix2.weight is module.mix.weight
+    out, _ = model.apply(new, buffers, x, train=False)
+    torch.testing.assert_close(out, module.eval()(x), rtol=0, atol=0)
 
 
-def test_apply_holds_no_real_weights():
-    model = mlp()
-    assert all(p.device.type == "meta" for p in model._skeleton.parameters())
+def test_an_instance_stands_for_its_architecture():
+    module = small_cnn()
+    model = functional(module)
+    params, buffers = model.init(3)
+    assert [k for k, _ in module.named_parameters()] == list(params)
+    assert list(buffers) == [k for k, _ in module.named_buffers()]
+    with pytest.raises(TypeError, match="no keyword"):
+        functional(module, width=3)
+
+
+def test_models_with_the_same_factory_and_arguments_are_equal():
+    assert mlp(8, [4], 3) == mlp(8, (4,), 3) and hash(mlp(8, [4], 3)) == hash(mlp(8, (4,), 3))
+    assert mlp(8, (4,), 3) != mlp(8, (5,), 3)
+    assert cnn(dropout=0.1) != cnn(dropout=0.2)
+
+
+def test_build_model_fits_the_data_and_names_bad_arguments(tmp_path):
+    model = build_model("cnn", (1, 8, 8), 10, {"width": 4})
+    assert model.kwargs["channels"] == 1 and model.kwargs["classes"] == 10 and model.kwargs["width"] == 4
+    assert build_model("mlp", (1, 8, 8), 3).kwargs["in_features"] == 64
+    with pytest.raises(ModelError, match="takes no argument 'depth'"):
+        build_model("mlp", (1, 8, 8), 3, {"depth": 2})
+    with pytest.raises(ModelError, match="unknown model 'vgg'"):
+        build_model("vgg", (1, 8, 8), 3)
+    file = tmp_path / "net.py"
+    file.write_text(
+        "import torch.nn as nn\n"
+        "def make(in_features, classes, width=8):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(),"
+        " nn.Linear(width, classes))\n"
+    )
+    user = build_model(f"{file}:make", (1, 8, 8), 10, {"width": 5})
+    assert user.init(0)[0]["1.weight"].shape == (5, 64)
+    with pytest.raises(ModelError, match="has no callable 'nope'"):
+        build_model(f"{file}:nope", (1, 8, 8), 10)
+    with pytest.raises(ModelError, match="does not exist"):
+        build_model(f"{tmp_path / 'missing.py'}:make", (1, 8, 8), 10)
+
+
+def test_the_cnn_runs_on_digits_and_fashion_mnist_shapes():
+    for side in (8, 28):
+        model = cnn()
+        params, buffers = model.init(0)
+        out, _ = model.apply(params, buffers, torch.rand(3, 1, side, side), train=False)
+        assert out.shape == (3, 10)
+
+
+def test_eval_step_scores_regression_by_squared_error():
+    model = functional(nn.Linear, in_features=3, out_features=2)
+    params, buffers = model.init(0)
+    x, y = torch.rand(5, 3), torch.rand(5, 2)
+    loss_sum, sse = make_eval_step(model, "mse")(params, buffers, x, y)
+    out = functional_call(model.module(), params, (x,))
+    torch.testing.assert_close(sse, ((out - y) ** 2).sum())
+    torch.testing.assert_close(loss_sum, F.mse_loss(out, y, reduction="sum"))
+
+
+DETERMINISTIC = sorted(set(ZOO) - RANDOM)
+
+
+@given(name=st.sampled_from(DETERMINISTIC), seed=st.integers(0, 1000), k=st.integers(2, 3))
+@settings(max_examples=12)
+def test_batched_trials_equal_each_alone_for_every_deterministic_model(name, seed, k):
+    model = functional(ZOO[name])
+    optimizers = [OptimizerConfig("sgd", lr=0.02 * (i + 1), momentum=0.9).build() for i in range(k)]
+    inits = [model.init(seed + i) for i in range(k)]
+    states = [o.init(p) for o, (p, _) in zip(optimizers, inits)]
+    step = make_train_step(model, optimizers[0])
+    P, B, S = stack([p for p, _ in inits]), stack([b for _, b in inits]), stack(states)
+    alone = [(p, b, s) for (p, b), s in zip(inits, states)]
+    x, y = data(seed, 8 * 5)
+    for i in range(5):
+        xb, yb = x[i * 8 : (i + 1) * 8], y[i * 8 : (i + 1) * 8]
+        P, B, S, losses = batch_over_trials(step)(P, B, S, xb, yb)
+        for j in range(k):
+            p, b, s, loss = step(*alone[j], xb, yb)
+            alone[j] = (p, b, s)
+            torch.testing.assert_close(losses[j], loss, rtol=1e-5, atol=1e-6)
+    for j in range(k):
+        assert max_rel_diff({n: v[j] for n, v in P.items()}, alone[j][0]) <= 1e-5
+        for n, v in alone[j][1].items():
+            torch.testing.assert_close(B[n][j], v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.compile
+def test_compiled_step_equals_eager_for_models_with_buffers():
+    """The CNN with dropout off (deterministic), in lockstep: each compiled step from the eager state."""
+    model = functional(ConvNet, width=4, dense=16, dropout=0.0)
+    optimizer = OptimizerConfig("sgd", lr=0.05, momentum=0.9).build()
+    step = make_train_step(model, optimizer)
+    compiled = compile_step(step)
+    params, buffers = model.init(0)
+    state = optimizer.init(params)
+    x, y = data(0, 8 * 4)
+    for i in range(4):
+        xb, yb = x[i * 8 : (i + 1) * 8], y[i * 8 : (i + 1) * 8]
+        want = step(params, buffers, state, xb, yb)
+        got = compiled(params, buffers, state, xb, yb)
+        assert max_rel_diff(got[0], want[0]) <= 1e-5
+        for n, v in want[1].items():
+            torch.testing.assert_close(got[1][n], v, rtol=1e-5, atol=1e-6)
+        params, buffers, state = want[:3]

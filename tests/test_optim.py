@@ -28,7 +28,7 @@ def _run_both(config: OptimizerConfig, seed: int, hidden, batch: int, steps: int
     loss_fn = nn.CrossEntropyLoss()
     optimizer = config.build()
     step = make_train_step(model, optimizer)
-    params = model.init(seed)
+    params, buffers = model.init(seed)
     state = optimizer.init(params)
     for i in range(steps):
         xb, yb = x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]
@@ -36,7 +36,7 @@ def _run_both(config: OptimizerConfig, seed: int, hidden, batch: int, steps: int
         ref_loss.backward()
         opt.step()
         opt.zero_grad()
-        params, state, loss = step(params, state, xb, yb)
+        params, buffers, state, loss = step(params, buffers, state, xb, yb)
         assert torch.equal(loss, ref_loss.detach()) or config.name != "sgd"
     return params, {k: v.detach() for k, v in module.named_parameters()}
 
@@ -70,7 +70,7 @@ def test_adam_eager_is_within_1e6_of_the_reference(name, seed, lr, weight_decay)
 
 
 def test_hyperparameters_are_0d_tensors_in_state():
-    params = mlp(6, (3,), 2).init(0)
+    params, _ = mlp(6, (3,), 2).init(0)
     state = sgd(0.1, momentum=0.9, weight_decay=1e-3).init(params)
     for name in ("lr", "momentum", "dampening", "weight_decay"):
         assert state[name].ndim == 0
@@ -79,7 +79,7 @@ def test_hyperparameters_are_0d_tensors_in_state():
 
 
 def test_sgd_keeps_momentum_buffers_only_with_momentum_as_torch_optim():
-    params = mlp(6, (3,), 2).init(0)
+    params, _ = mlp(6, (3,), 2).init(0)
     assert not any(k.startswith("momentum_buffer.") for k in sgd(0.1, weight_decay=0.1).init(params))
     state = sgd(0.1, momentum=0.5).init(params)
     assert {k for k in state if k.startswith("momentum_buffer.")} == {f"momentum_buffer.{k}" for k in params}
@@ -92,7 +92,7 @@ def test_every_sgd_shares_one_update_so_a_new_lr_is_new_data():
 
 def test_update_writes_nothing_in_place():
     model = mlp(6, (5,), 3)
-    params = model.init(0)
+    params, buffers = model.init(0)
     optimizer = sgd(0.1, momentum=0.9, weight_decay=0.01)
     state = optimizer.init(params)
     x, y = torch.rand(4, 6), torch.tensor([0, 1, 2, 0])
@@ -100,7 +100,7 @@ def test_update_writes_nothing_in_place():
     before_s = {k: v.clone() for k, v in state.items()}
     step = make_train_step(model, optimizer)
     for _ in range(2):
-        step(params, state, x, y)
+        step(params, buffers, state, x, y)
     assert all(torch.equal(before_p[k], params[k]) for k in params)
     assert all(torch.equal(before_s[k], state[k]) for k in state)
 
@@ -113,10 +113,10 @@ def test_update_writes_nothing_in_place():
 def test_update_returns_state_and_params_in_their_own_layout(optimizer):
     """Keys in `init`'s order, shapes, strides and dtypes: what a loop needs to skip guards."""
     model = mlp(6, (5,), 3)
-    params = model.init(0)
+    params, buffers = model.init(0)
     state = optimizer.init(params)
-    new_params, new_state, _ = make_train_step(model, optimizer)(
-        params, state, torch.rand(4, 6), torch.tensor([0, 1, 2, 0])
+    new_params, _, new_state, _ = make_train_step(model, optimizer)(
+        params, buffers, state, torch.rand(4, 6), torch.tensor([0, 1, 2, 0])
     )
     assert steady((params, state), (new_params, new_state))
 

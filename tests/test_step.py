@@ -36,10 +36,10 @@ def digits():
 
 def test_eval_step_counts_loss_sum_and_correct():
     model = mlp(6, (4,), 3)
-    params = model.init(0)
+    params, buffers = model.init(0)
     x, y = torch.rand(10, 6), torch.randint(0, 3, (10,))
-    loss_sum, n_correct = make_eval_step(model)(params, x, y)
-    logits = model.apply(params, x)
+    loss_sum, n_correct = make_eval_step(model)(params, buffers, x, y)
+    logits, _ = model.apply(params, buffers, x, train=False)
     assert torch.equal(loss_sum / 10, torch.nn.functional.cross_entropy(logits, y))
     assert n_correct.item() == (logits.argmax(1) == y).sum().item()
 
@@ -48,20 +48,20 @@ def test_eval_step_counts_loss_sum_and_correct():
 def test_batched_trials_equal_each_trial_alone(k, seed, lr, momentum):
     model = mlp(12, (8,), 3)
     optimizers = [sgd(lr * (i + 1), momentum=momentum, weight_decay=1e-3 * i) for i in range(k)]
-    params = [model.init(seed + i) for i in range(k)]
+    params = [model.init(seed + i)[0] for i in range(k)]
     states = [o.init(p) for o, p in zip(optimizers, params)]
     step = make_train_step(model, optimizers[0])
     g = torch.Generator().manual_seed(seed)
-    bp, bs = stack(params), stack(states)
+    bp, bb, bs = stack(params), stack([{}] * k), stack(states)
     for _ in range(5):
         x, y = torch.rand(7, 12, generator=g), torch.randint(0, 3, (7,), generator=g)
-        bp, bs, losses = batch_over_trials(step)(bp, bs, x, y)
+        bp, bb, bs, losses = batch_over_trials(step)(bp, bb, bs, x, y)
         for i in range(k):
-            params[i], states[i], loss = step(params[i], states[i], x, y)
+            params[i], _, states[i], loss = step(params[i], {}, states[i], x, y)
             assert torch.allclose(losses[i], loss, rtol=1e-5, atol=1e-6)
     for mine, alone in zip(unstack(bp), params):
         assert max_rel_diff(mine, alone) <= 1e-5
-    sums, correct = batch_eval_over_trials(make_eval_step(model))(bp, x, y)
+    sums, correct = batch_eval_over_trials(make_eval_step(model))(bp, bb, x, y)
     assert sums.shape == correct.shape == (k,)
 
 
@@ -117,13 +117,13 @@ def test_no_recompile_across_epochs_trials_and_learning_rates(digits):
     ]
     # the train and eval steps' full-batch graphs; the second family adds its train graph
     for expected, (warm_up, *others) in zip([2, 3], families):
-        fit(model, warm_up, model.init(0), x, y, epochs=1, eval_data=(ex, ey))
+        fit(model, warm_up, *model.init(0), x, y, epochs=1, eval_data=(ex, ey))
         assert counters["stats"]["unique_graphs"] == expected
         torch.compiler.set_stance("fail_on_recompile")
         try:
             for seed, optimizer in enumerate(others):
                 result = fit(
-                    model, optimizer, model.init(seed + 1), x, y, epochs=2, eval_data=(ex, ey), shuffle=True
+                    model, optimizer, *model.init(seed + 1), x, y, epochs=2, eval_data=(ex, ey), shuffle=True
                 )
                 assert len(result.history) == 2
         finally:
@@ -132,7 +132,7 @@ def test_no_recompile_across_epochs_trials_and_learning_rates(digits):
 
 
 def test_trials_with_and_without_momentum_buffers_do_not_stack():
-    params = mlp(6, (3,), 2).init(0)
+    params, _ = mlp(6, (3,), 2).init(0)
     states = [sgd(0.1).init(params), sgd(0.1, momentum=0.9).init(params)]
     with pytest.raises(ValueError, match="different keys"):
         stack(states)
@@ -144,15 +144,15 @@ def test_bf16_step_keeps_params_and_state_fp32_and_tracks_fp32(seed, lr):
     model, optimizer = mlp(12, (16,), 3), sgd(lr, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
     x, y = torch.rand(32, 12, generator=g), torch.randint(0, 3, (32,), generator=g)
-    runs, init = {}, model.init(seed)
+    runs, (init, buffers) = {}, model.init(seed)
     for precision in ("fp32", "bf16"):
         params = init
         state = optimizer.init(params)
-        step = make_train_step(model, optimizer, precision)
+        step = make_train_step(model, optimizer, precision=precision)
         for _ in range(3):
-            params, state, loss = step(params, state, x, y)
+            params, buffers, state, loss = step(params, buffers, state, x, y)
         assert all(v.dtype == torch.float32 for v in params.values()) and loss.dtype == torch.float32
-        sums, _ = make_eval_step(model, precision)(params, x, y)
+        sums, _ = make_eval_step(model, precision=precision)(params, buffers, x, y)
         runs[precision] = (params, loss, sums)
 
     def norm(a, b):
@@ -167,9 +167,9 @@ def test_bf16_step_keeps_params_and_state_fp32_and_tracks_fp32(seed, lr):
 
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
-        make_train_step(mlp(4, (3,), 2), sgd(0.1), "fp8")
+        make_train_step(mlp(4, (3,), 2), sgd(0.1), precision="fp8")
     with pytest.raises(ValueError, match="precision"):
-        make_eval_step(mlp(4, (3,), 2), "fp16")
+        make_eval_step(mlp(4, (3,), 2), precision="fp16")
 
 
 def _transposed(params):
@@ -179,9 +179,12 @@ def _transposed(params):
 
 def test_steady_needs_the_inputs_layout_back_and_no_other_thread():
     model, optimizer = mlp(6, (5,), 3), sgd(0.1, momentum=0.9)
-    params = model.init(0)
+    params, buffers = model.init(0)
     state = optimizer.init(params)
-    out = make_train_step(model, optimizer)(params, state, torch.rand(4, 6), torch.randint(0, 3, (4,)))
+    out = make_train_step(model, optimizer)(
+        params, buffers, state, torch.rand(4, 6), torch.randint(0, 3, (4,))
+    )
+    out = out[0], out[2]
     assert steady((params, state), out[:2])
     assert not steady((_transposed(params), state), out[:2])
     assert not steady((params, state), (params, {**state, "lr": state["lr"].float()}))
@@ -204,11 +207,11 @@ def test_steady_needs_the_inputs_layout_back_and_no_other_thread():
 def test_direct_is_none_until_a_graph_has_run():
     """A compiled step that ran eagerly (as the short last batch does) offers no graph to enter."""
     model, optimizer = mlp(6, (5,), 3), sgd(0.1)
-    params = model.init(0)
+    params, buffers = model.init(0)
     step = compile_step(make_train_step(model, optimizer))
     assert direct_step(step) is None
     with short_batch(4, 8):
-        step(params, optimizer.init(params), torch.rand(4, 6), torch.randint(0, 3, (4,)))
+        step(params, buffers, optimizer.init(params), torch.rand(4, 6), torch.randint(0, 3, (4,)))
     assert direct_step(step) is None
     assert direct_step(make_train_step(model, optimizer)) is None
 
@@ -218,9 +221,9 @@ def _stepped(step, params, state, x, y, batch_size):
     losses = []
     for xb, yb in batches(x, y, batch_size):
         with short_batch(len(yb), batch_size):
-            params, state, loss = step(params, state, xb, yb)
+            params, buffers, state, loss = step(params, {}, state, xb, yb)
         losses.append(loss)
-    return params, state, torch.stack(losses)
+    return params, buffers, state, torch.stack(losses)
 
 
 def _counting(step):
@@ -245,12 +248,12 @@ def test_epochs_enter_the_graph_directly_and_equal_stepping_through_dynamo(digit
     model, optimizer = mlp(64, (32,), 10), sgd(0.05, momentum=0.9)
     step = compile_step(make_train_step(model, optimizer))
     x, y = digits.x_train[:650], digits.y_train[:650]
-    init = model.init(0)
+    init, _ = model.init(0)
     calls = _counting(step)
     for params in (_transposed(init), init, _transposed(init)):
         state = optimizer.init(params)
         calls.clear()
-        got = train_epoch(step, params, state, x, y, 64, log_every=0)
+        got = train_epoch(step, params, {}, state, x, y, 64, log_every=0)
         assert calls == [64, 10]
         want = _stepped(step, params, state, x, y, 64)
         for mine, theirs in zip(got, want):
@@ -258,12 +261,12 @@ def test_epochs_enter_the_graph_directly_and_equal_stepping_through_dynamo(digit
             assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     eval_step = compile_step(make_eval_step(model))
     eval_calls = _counting(eval_step)
-    direct_metrics = evaluate(eval_step, init, x, y, 64)
+    direct_metrics = evaluate(eval_step, init, {}, x, y, 64)
     assert eval_calls == [64, 10]
     monkeypatch.setattr("purestep.core.loop.steady", lambda inputs, outputs: False)
     calls.clear()
-    train_epoch(step, init, optimizer.init(init), x, y, 64, log_every=0)
+    train_epoch(step, init, {}, optimizer.init(init), x, y, 64, log_every=0)
     assert len(calls) == 11
     eval_calls.clear()
-    assert evaluate(eval_step, init, x, y, 64) == direct_metrics
+    assert evaluate(eval_step, init, {}, x, y, 64) == direct_metrics
     assert len(eval_calls) == 11

@@ -37,13 +37,12 @@ def test_trial_k_of_a_batch_equals_it_alone(digits, trials, momentum, seed, shuf
     x, y, ex, ey = digits
     model = mlp(64, (32,), 10)
     optimizers = [sgd(lr, momentum=m if momentum else 0.0, weight_decay=wd) for lr, m, wd in trials]
-    inits = [model.init(seed + k) for k in range(len(trials))]
+    inits = [model.init(seed + k)[0] for k in range(len(trials))]
     common = dict(epochs=2, batch_size=48, eval_data=(ex, ey), shuffle=shuffle, seed=seed, compiled=False)
-    batched = fit_trials(
-        model, optimizers[0], inits, [o.init(p) for o, p in zip(optimizers, inits)], x, y, **common
-    )
+    states = [o.init(p) for o, p in zip(optimizers, inits)]
+    batched = fit_trials(model, optimizers[0], inits, [{}] * len(inits), states, x, y, **common)
     for k, (optimizer, init) in enumerate(zip(optimizers, inits)):
-        alone = fit(model, optimizer, init, x, y, **common).history
+        alone = fit(model, optimizer, init, {}, x, y, **common).history
         mine = batched[k].history
         assert len(mine) == len(alone) == 2 and batched[k].stopped is None
         for a, b in zip(mine, alone):
@@ -56,12 +55,13 @@ def test_pruned_and_diverged_trials_stop_and_the_rest_go_on(digits, drop):
     x, y, ex, ey = digits
     model = mlp(64, (32,), 10)
     optimizers = [sgd(0.05), sgd(0.05), sgd(0.1)]
-    inits = [model.init(0), {k: v * float("nan") for k, v in model.init(1).items()}, model.init(2)]
+    inits = [model.init(0)[0], {k: v * float("nan") for k, v in model.init(1)[0].items()}, model.init(2)[0]]
     states = [o.init(p) for o, p in zip(optimizers, inits)]
     results = fit_trials(
         model,
         optimizers[0],
         inits,
+        [{}] * 3,
         states,
         x,
         y,
@@ -74,7 +74,7 @@ def test_pruned_and_diverged_trials_stop_and_the_rest_go_on(digits, drop):
     assert results[1].stopped == "training loss became nan in epoch 1" and not results[1].history
     assert results[2].stopped == "stopped after epoch 1" and len(results[2].history) == 1
     assert results[0].stopped is None and len(results[0].history) == 3
-    alone = fit(model, optimizers[0], inits[0], x, y, epochs=3, eval_data=(ex, ey), compiled=False)
+    alone = fit(model, optimizers[0], inits[0], {}, x, y, epochs=3, eval_data=(ex, ey), compiled=False)
     assert close(results[0].history[-1].eval_loss, alone.history[-1].eval_loss)
 
 
@@ -96,9 +96,9 @@ def test_a_new_group_of_the_same_shape_does_not_recompile(digits, monkeypatch):
 
     def group(lrs, seed, **more):
         optimizers = [sgd(lr, momentum=0.9) for lr in lrs]
-        inits = [model.init(seed + k) for k in range(len(lrs))]
+        inits = [model.init(seed + k)[0] for k in range(len(lrs))]
         states = [o.init(p) for o, p in zip(optimizers, inits)]
-        return fit_trials(model, optimizers[0], inits, states, x, y, **{**common, **more})
+        return fit_trials(model, optimizers[0], inits, [{}] * len(inits), states, x, y, **{**common, **more})
 
     group([0.01, 0.02, 0.03, 0.04], 0)
     group([0.01, 0.02], 0)

@@ -29,14 +29,13 @@ def test_each_batched_trial_has_the_validation_metrics_it_has_alone(tmp_path: Pa
     assert len(done) == 8
     splits = make_splits(load_dataset("digits"), 0.2, 0)
     for t in done:
-        config = TrialConfig(**t.user_attrs["config"])
+        config = TrialConfig.from_dict(t.user_attrs["config"])
         alone = train(
             config,
             splits.x_fit,
             splits.y_fit,
             (splits.x_val, splits.y_val),
-            in_features=splits.in_features,
-            classes=splits.classes,
+            splits=splits,
             epochs=3,
             seed=0,
             compiled=False,

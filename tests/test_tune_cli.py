@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from purestep.cli import app
 from purestep.core.interop import load
-from purestep.search.objective import TrialConfig, lr_at, score, train
+from purestep.search.objective import TrialConfig, lr_at, make_splits, score, train
 from purestep.search.runner import Shield, _surplus
 from purestep.search.space import default_space, parse_space
 
@@ -85,7 +85,7 @@ def test_tune_writes_a_resumable_study_best_json_and_weights(tuned: tuple[Path, 
         "batch_size": 64,
         "schedule": "constant",
     }
-    assert TrialConfig(**baseline.user_attrs["config"]) == TrialConfig()
+    assert TrialConfig.from_dict(baseline.user_attrs["config"]) == TrialConfig()
     assert baseline.value is not None and baseline.value < 0.3  # the tutorial barely moves on digits
 
     best = json.loads((tmp / "out" / "best.json").read_text())
@@ -359,14 +359,13 @@ def test_constant_schedule_is_core_fit_bit_for_bit_and_cosine_decays_to_near_zer
     data = load_dataset("digits")
     config = TrialConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=128, shuffle=True)
     test = (data.x_test, data.y_test)
-    ours = train(
-        config, data.x_train, data.y_train, test, in_features=64, classes=10, epochs=2, seed=1, compiled=False
-    )
+    splits = make_splits(data, 0.2, 0)
+    ours = train(config, data.x_train, data.y_train, test, splits=splits, epochs=2, seed=1, compiled=False)
     model = mlp(64, config.hidden_layers(), 10)
     theirs = fit(
         model,
         config.optimizer_config().build(),
-        model.init(1),
+        *model.init(1),
         data.x_train,
         data.y_train,
         epochs=2,
@@ -429,7 +428,7 @@ def test_a_new_trial_and_its_schedule_reuse_the_compiled_graphs() -> None:
 
     data = load_dataset("digits")
     x, y, xv, yv = split(data.x_train, data.y_train, 0.2, 0)
-    common = {"in_features": 64, "classes": 10, "epochs": 2, "seed": 0, "compiled": True}
+    common = {"splits": make_splits(data, 0.2, 0), "epochs": 2, "seed": 0, "compiled": True}
     warm = TrialConfig(optimizer="sgd", lr=0.01, momentum=0.5, batch_size=128)
     train(warm, x, y, (xv, yv), **common)
     other = TrialConfig(

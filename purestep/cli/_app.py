@@ -22,10 +22,6 @@ from typer.core import TyperGroup
 DEBUG_ENV = "PURESTEP_DEBUG"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _debug() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
@@ -45,7 +41,7 @@ class _Group(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        from purestep.core.errors import PurestepError
+        from purestep.core.errors import PurestepError, one_line
 
         code = 0
         try:
@@ -54,7 +50,7 @@ class _Group(TyperGroup):
             )
             code = rv if isinstance(rv, int) else 0
         except typer.TyperException as e:
-            typer.echo(f"Error: {_one_line(e.format_message())}", err=True)
+            typer.echo(f"Error: {one_line(e.format_message())}", err=True)
             code = e.exit_code
         except typer.Abort:
             code = 130
@@ -64,7 +60,7 @@ class _Group(TyperGroup):
         except (PurestepError, ValueError, OSError) as e:
             if _debug():
                 traceback.print_exc()
-            typer.echo(f"Error: {_one_line(str(e)) or type(e).__name__}", err=True)
+            typer.echo(f"Error: {one_line(e)}", err=True)
             code = 1
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
@@ -72,7 +68,7 @@ class _Group(TyperGroup):
             if _debug():
                 traceback.print_exc()
             typer.echo(
-                f"Error: {type(e).__name__}: {_one_line(str(e))} (set {DEBUG_ENV}=1 for the traceback)",
+                f"Error: {type(e).__name__}: {one_line(str(e))} (set {DEBUG_ENV}=1 for the traceback)",
                 err=True,
             )
             code = 1

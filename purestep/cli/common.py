@@ -9,6 +9,7 @@ import typer
 
 if TYPE_CHECKING:
     from purestep.core.data import Dataset
+    from purestep.core.model import Model
     from purestep.core.optim import OptimizerConfig
 
 
@@ -44,3 +45,36 @@ def load_data(dataset: str, data_dir: Path, device: str) -> Dataset:
     from purestep.core.data import load_dataset
 
     return load_dataset(dataset, data_dir, resolve_device(device))
+
+
+def loss_for(data: Dataset, loss: str | None) -> str:
+    """The loss `--loss` names, or the task's default; a loss that does not fit the targets is a
+    usage error (exit 2)."""
+    from purestep.core.losses import loss_for_targets
+
+    try:
+        return loss_for_targets(loss, data.y_train)
+    except ValueError as e:
+        raise typer.BadParameter(f"{e} ({data.name})", param_hint="--loss") from None
+
+
+def model_for(
+    data: Dataset, ref: str, model_args: dict[str, object], loss: str, hidden: tuple[int, ...] | None = None
+) -> Model:
+    """The model `--model` names, fitted to the data's input shape and outputs, with `--model-arg`s;
+    `hidden` sets the MLP's widths unless an argument does. A model that cannot be found or built
+    is a usage error (exit 2)."""
+    from purestep.core.model import ModelError, build_model
+
+    args = dict(model_args)
+    if hidden is not None and ref == "mlp":
+        args.setdefault("hidden", hidden)
+    try:
+        return build_model(ref, tuple(data.x_train.shape[1:]), _out_features(data), args, loss)
+    except ModelError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _out_features(data: Dataset) -> int:
+    y = data.y_train
+    return (y.shape[1] if y.ndim > 1 else 1) if y.is_floating_point() else data.classes

@@ -77,6 +77,67 @@ Shuffle = Annotated[
 Device = Annotated[str, typer.Option("--device", callback=_device, help="cpu, cuda or cuda:N.")]
 
 
+def _model_args(values: list[str] | None) -> list[str]:
+    for value in values or []:
+        key, sep, _ = value.partition("=")
+        if not sep or not key.isidentifier():
+            raise typer.BadParameter(f"must be key=value, e.g. dropout=0.2; got {value!r}")
+    return values or []
+
+
+def parse_value(text: str) -> bool | int | float | str | tuple[int, ...]:
+    """A command-line value as the Python value it spells: true/false, an integer, a number,
+    integers separated by commas (a tuple, e.g. widths), else the string itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    parts = text.split(",")
+    if len(parts) > 1 and all(p.strip().lstrip("-").isdigit() for p in parts):
+        return tuple(int(p) for p in parts)
+    return text
+
+
+def parse_model_args(values: list[str] | None) -> dict[str, object]:
+    """`["width=64", "dropout=0.2"]` to `{"width": 64, "dropout": 0.2}` (already validated)."""
+    return {k: parse_value(v) for k, _, v in (value.partition("=") for value in values or [])}
+
+
+ModelRef = Annotated[
+    str,
+    typer.Option(
+        "--model", help="mlp (the tutorial's), cnn (BatchNorm and dropout), or path/to/file.py:factory."
+    ),
+]
+ModelArgs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-arg",
+        callback=_model_args,
+        help="A keyword argument of the model's factory, key=value (repeatable), e.g. dropout=0.2.",
+    ),
+]
+
+
+class LossName(str, Enum):
+    cross_entropy = "cross_entropy"
+    nll = "nll"
+    mse = "mse"
+
+
+Loss = Annotated[
+    LossName | None,
+    typer.Option(
+        "--loss",
+        help="cross_entropy (the default for labels), nll (the model ends in log_softmax), "
+        "or mse (the default for float targets: a regression).",
+    ),
+]
+
+
 class Impl(str, Enum):
     reference = "reference"
     eager = "eager"

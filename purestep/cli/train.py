@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.common import load_data, optimizer_config
+from purestep.cli.common import load_data, loss_for, model_for, optimizer_config
 from purestep.cli.options import (
     BatchSize,
     DataDir,
@@ -25,6 +25,9 @@ from purestep.cli.options import (
     Impl,
     ImplOpt,
     LearningRate,
+    Loss,
+    ModelArgs,
+    ModelRef,
     Momentum,
     Nesterov,
     Optimizer,
@@ -35,11 +38,12 @@ from purestep.cli.options import (
     Shuffle,
     WeightDecay,
     parse_hidden,
+    parse_model_args,
 )
 
 if TYPE_CHECKING:
     from purestep.core.data import Dataset as Data
-    from purestep.core.model import MLP
+    from purestep.core.model import Model
     from purestep.core.optim import OptimizerConfig
 
 Say = Callable[[str], None]
@@ -62,7 +66,7 @@ def _progress(total: int):
     return progress
 
 
-def _run_reference(spec: MLP, config: OptimizerConfig, data: Data, run: dict[str, Any], say: Say):
+def _run_reference(spec: Model, config: OptimizerConfig, data: Data, run: dict[str, Any], say: Say):
     from purestep.core.reference import fit_reference
 
     model, tests = fit_reference(
@@ -75,16 +79,17 @@ def _run_reference(spec: MLP, config: OptimizerConfig, data: Data, run: dict[str
         seed=run["seed"],
         shuffle=run["shuffle"],
         log=say,
+        loss=run["loss"],
     )
+    score = "eval_r2" if run["loss"] == "mse" else "eval_accuracy"
     history = [
-        {"epoch": t, "train_loss": None, "eval_loss": loss, "eval_accuracy": acc}
-        for t, (acc, loss) in enumerate(tests)
+        {"epoch": t, "train_loss": None, "eval_loss": loss, score: s} for t, (s, loss) in enumerate(tests)
     ]
-    return {k: v.detach() for k, v in model.named_parameters()}, history
+    return {k: v.detach() for k, v in model.state_dict().items()}, history
 
 
 def _run_functional(
-    spec: MLP,
+    spec: Model,
     config: OptimizerConfig,
     data: Data,
     run: dict[str, Any],
@@ -93,23 +98,31 @@ def _run_functional(
     resume: bool,
     show_progress: bool,
 ):
+    from torch import set_rng_state
+
     from purestep.core.checkpoint import check_like, load_checkpoint, save_checkpoint
     from purestep.core.data import num_batches
     from purestep.core.errors import PurestepError
     from purestep.core.loop import Callbacks, NonFiniteLoss, fit
-    from purestep.core.reference import epoch_header, test_report, train_line
+    from purestep.core.reference import epoch_header, eval_report, train_line
     from purestep.core.step import set_compile_cache
 
     optimizer = config.build()
     device = data.x_train.device
-    params, state, history, start = spec.init(run["seed"], device), None, [], 0
+    (params, buffers), state, history, start = spec.init(run["seed"], device), None, [], 0
+    spec.seed_like_module(run["seed"])  # dropout draws what the tutorial's loop would
     if resume and checkpoint is not None:
         found = load_checkpoint(checkpoint, device)
         if found is not None:
             _check_resumable(found.meta, run, checkpoint)
-            check_like(found.params, params, f"the checkpoint in {checkpoint}")
-            check_like(found.state, optimizer.init(params), f"the checkpoint in {checkpoint}")
-            params, state, history, start = found.params, found.state, found.meta["history"], found.epoch + 1
+            where = f"the checkpoint in {checkpoint}"
+            check_like(found.params, params, where)
+            check_like(found.buffers, buffers, where)
+            check_like(found.state, optimizer.init(params), where)
+            params, buffers, state = found.params, found.buffers, found.state
+            history, start = found.meta["history"], found.epoch + 1
+            if found.rng is not None:
+                set_rng_state(found.rng)
     if run["impl"] == Impl.compiled.value:
         set_compile_cache()
 
@@ -121,16 +134,16 @@ def _run_functional(
         if progress is not None:
             progress.update(0, epoch=t + 1)
 
-    def keep(row, p, s) -> None:
+    def keep(row, p, b, s) -> None:
         history.append(asdict(row))
         if checkpoint is not None:
-            save_checkpoint(checkpoint, row.epoch, p, s, {"run": run, "history": history})
+            save_checkpoint(checkpoint, row.epoch, p, b, s, {"run": run, "history": history})
 
     callbacks = Callbacks(
         on_epoch_start=epoch_start,
         on_log=lambda batch, loss, current, size: say(train_line(loss, current, size)),
         on_batch=lambda batch: progress.advance(0) if progress is not None else None,
-        on_eval=lambda m: say(test_report(m.accuracy, m.loss)),
+        on_eval=lambda m: say(eval_report(m.accuracy, m.r2, m.loss)),
         on_epoch_state=keep,
     )
     if progress is not None:
@@ -140,6 +153,7 @@ def _run_functional(
             spec,
             optimizer,
             params,
+            buffers,
             data.x_train,
             data.y_train,
             epochs=run["epochs"],
@@ -152,6 +166,7 @@ def _run_functional(
             precision=run["precision"],
             callbacks=callbacks,
             start_epoch=start,
+            loss=run["loss"],
         )
     except NonFiniteLoss as e:
         if checkpoint is not None and history:
@@ -161,10 +176,20 @@ def _run_functional(
     finally:
         if progress is not None:
             progress.stop()
-    return result.params, history
+    return result.params | result.buffers, history
 
 
-RESUME_KEYS = ("dataset", "hidden", "batch_size", "seed", "shuffle", "optimizer")
+RESUME_KEYS = (
+    "dataset",
+    "model",
+    "model_args",
+    "loss",
+    "hidden",
+    "batch_size",
+    "seed",
+    "shuffle",
+    "optimizer",
+)
 
 
 def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Path) -> None:
@@ -183,6 +208,9 @@ def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Pat
 def train(
     dataset: Dataset = DatasetName.fashion_mnist,
     data_dir: DataDir = Path("data"),
+    model: ModelRef = "mlp",
+    model_arg: ModelArgs = None,
+    loss: Loss = None,
     epochs: Epochs = 10,
     batch_size: BatchSize = 64,
     lr: LearningRate = 1e-3,
@@ -215,7 +243,7 @@ def train(
         bool, typer.Option("--json", help="Print one JSON document instead of the tutorial's lines.")
     ] = False,
 ) -> None:
-    """Train the tutorial's MLP (defaults: the tutorial's) and print the tutorial's lines."""
+    """Train a model (defaults: the tutorial's MLP and run) and print the tutorial's lines."""
     config = optimizer_config(optimizer.value, lr, momentum, nesterov, weight_decay)
     if (checkpoint or resume) and impl is Impl.reference:
         raise typer.BadParameter("--checkpoint and --resume need --impl eager or compiled")
@@ -224,8 +252,14 @@ def train(
     if resume and checkpoint is None:
         raise typer.BadParameter("--resume needs --checkpoint DIR")
     widths = parse_hidden(hidden)
+    model_args = parse_model_args(model_arg)
+    if model != "mlp" and widths != (512, 512):
+        raise typer.BadParameter("--hidden sets the MLP's widths; for another model use --model-arg")
     run: dict[str, Any] = {
         "dataset": dataset.value,
+        "model": model,
+        "model_args": model_args,
+        "loss": loss.value if loss is not None else None,
         "hidden": list(widths),
         "epochs": epochs,
         "batch_size": batch_size,
@@ -238,10 +272,8 @@ def train(
     }
     start = time.perf_counter()
     data = load_data(dataset.value, data_dir, device)
-
-    from purestep.core.model import MLP
-
-    spec = MLP(data.in_features, widths, data.classes)
+    run["loss"] = loss_for(data, run["loss"])
+    spec = model_for(data, model, model_args, run["loss"], widths)
     lines: list[str] = []
     say = lines.append if json_output else print
     if impl is Impl.reference:
@@ -251,11 +283,13 @@ def train(
         params, history = _run_functional(spec, config, data, run, say, checkpoint, resume, show)
         say("Done!")
 
+    last = history[-1] if history else {}
     summary: dict[str, Any] = {
         "config": run,
         "history": history,
-        "test_accuracy": history[-1]["eval_accuracy"] if history else None,
-        "test_loss": history[-1]["eval_loss"] if history else None,
+        "test_accuracy": last.get("eval_accuracy"),
+        "test_r2": last.get("eval_r2"),
+        "test_loss": last.get("eval_loss"),
         "seconds": time.perf_counter() - start,
     }
     if save is not None:

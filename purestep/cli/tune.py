@@ -11,7 +11,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.options import DataDir, Dataset, DatasetName, Device, Epochs, Seed
+from purestep.cli.options import (
+    DataDir,
+    Dataset,
+    DatasetName,
+    Device,
+    Epochs,
+    Loss,
+    ModelArgs,
+    ModelRef,
+    Seed,
+    parse_model_args,
+)
 
 if TYPE_CHECKING:
     from purestep.search.space import Space
@@ -110,6 +121,9 @@ Out = Annotated[
 def tune(
     dataset: Dataset = DatasetName.fashion_mnist,
     data_dir: DataDir = Path("data"),
+    model: ModelRef = "mlp",
+    model_arg: ModelArgs = None,
+    loss: Loss = None,
     epochs: Epochs = 10,
     n_trials: NTrials = 30,
     timeout: Timeout = None,
@@ -154,8 +168,9 @@ def tune(
 ) -> None:
     """Tune the tutorial's hyperparameters with Optuna on a validation split; re-running resumes.
 
-    Trial 0 is the tutorial's own configuration. At the end: the best trial, best.json, and the
-    best configuration re-trained on the whole training set and tested once.
+    Trial 0 is the tutorial's own configuration (of the chosen model). A space file can search the
+    model's own arguments (`key = "model.dropout"`). At the end: the best trial, best.json, and the
+    best and the tutorial's configurations re-trained on the whole training set and tested once.
     """
     from purestep.search.space import SpaceError, load_space
 
@@ -169,7 +184,7 @@ def tune(
 
     from purestep.search.storage import StorageURLError, parse_storage
     from purestep.search.study import IncompatibleStudy
-    from purestep.search.tune import TuneOptions, default_out, finish
+    from purestep.search.tune import TuneOptions, UsageError, default_out, finish
     from purestep.search.tune import tune as run
 
     try:
@@ -195,12 +210,17 @@ def tune(
         batch=batch,
         impl=impl.value,
         threads=threads,
+        model=model,
+        model_args=parse_model_args(model_arg),
+        loss=loss.value if loss is not None else None,
     )
     line = _LiveLine(sys.stderr.isatty())
     try:
         outcome, data = run(options, progress=line.show, on_ready=_announce)
     except IncompatibleStudy as e:
         raise typer.BadParameter(str(e), param_hint="--study") from None
+    except UsageError as e:
+        raise typer.BadParameter(str(e)) from None
     finally:
         line.close()
     if outcome.complete + outcome.pruned < n_trials:
@@ -228,7 +248,9 @@ class _LiveLine:
             return
         self.last = key
         best = (
-            f"best {p.best_value:.2%} (trial {p.best_number})" if p.best_value is not None else "no best yet"
+            f"best {_value(p.best_value, p.accuracy)} (trial {p.best_number})"
+            if p.best_value is not None
+            else "no best yet"
         )
         if p.running is not None:
             head = f"trial {p.finished + 1} of {p.n_trials} running (number {p.running})"
@@ -268,6 +290,11 @@ def _short_of(outcome: Outcome, n_trials: int) -> str:
     return f"the study has {done} of {n_trials} finished trials{why}; re-run the command to continue"
 
 
+def _value(value: float, accuracy: bool) -> str:
+    """A trial's value: accuracy as a percentage, a regression's MSE as a number."""
+    return f"{value:.2%}" if accuracy else f"{value:.4g}"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -279,13 +306,14 @@ def _fmt(value: Any) -> str:
 def _summary(outcome: Outcome, space: Space) -> str:
     """The end-of-run table: the baseline and the best trial, the final test, and the files written."""
     keys = list(dict.fromkeys(p.key for p in space.params))
-    header = ["", "trial", "val acc", *keys]
+    header = ["", "trial", "val acc" if outcome.accuracy else "val mse", *keys]
     rows = [header]
     for label, trial in (("baseline", outcome.baseline), ("best", outcome.best)):
         if trial is None:
             continue
-        config = trial.user_attrs.get("config") or {}
-        value = "-" if trial.value is None else f"{trial.value:.2%}"
+        config = dict(trial.user_attrs.get("config") or {})
+        config |= {f"model.{k}": v for k, v in config.get("model_args", {}).items()}
+        value = "-" if trial.value is None else _value(trial.value, outcome.accuracy)
         if trial.state.name == "PRUNED":
             value += " (pruned)"
         rows.append([label, str(trial.number), value, *(_fmt(config.get(k, "-")) for k in keys)])
@@ -298,9 +326,17 @@ def _summary(outcome: Outcome, space: Space) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if outcome.final:
         f = outcome.final
+        if outcome.accuracy:
+            test = f"test accuracy {f['test_accuracy']:.2%}"
+        else:
+            test = f"test R2 {f['test_r2']:.4f}, MSE {f['test_mse']:.4g}"
         lines.append(
-            f"final: trained on all {f['train_images']} training images for {f['epochs']} epochs; "
-            f"test accuracy {f['test_accuracy']:.2%} (loss {f['test_loss']:.4f}) on {f['test_images']} images"
+            f"final: trained on all {f['train_images']} training rows for {f['epochs']} epochs; "
+            f"{test} (loss {f['test_loss']:.4f}) on {f['test_images']} rows"
         )
+        base = f.get("baseline")
+        if base:
+            got = f"{base['test_accuracy']:.2%}" if outcome.accuracy else f"R2 {base['test_r2']:.4f}"
+            lines.append(f"the tutorial's configuration, trained the same way: test {got}")
     lines.append("wrote " + ", ".join(outcome.files))
     return "\n".join(lines)

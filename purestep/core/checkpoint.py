@@ -1,4 +1,5 @@
-"""Per-epoch checkpoints: params and optimizer state as safetensors, the rest as JSON.
+"""Per-epoch checkpoints: params, buffers, optimizer state and the random generator's state as
+safetensors, the rest as JSON.
 
 A checkpoint is a directory `epoch-NNNN/` written under a temporary name and renamed
 into place; `latest.json` is then replaced atomically to point at it. A crash at any
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from purestep.core.errors import PurestepError
+from purestep.core.files import write_json
 from purestep.core.interop import load, save
 
 LATEST = "latest.json"
@@ -26,27 +28,22 @@ LATEST = "latest.json"
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What resuming needs: the epoch just finished, params, optimizer state, and free-form meta."""
+    """What resuming needs: the epoch just finished, params, buffers, optimizer state, the global
+    generator's state (random layers go on drawing where they stopped), and free-form meta."""
 
     epoch: int
     params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
     state: dict[str, Tensor]
     meta: dict[str, Any]
-
-
-def _write_json(path: Path, value: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    rng: Tensor | None = None
 
 
 def save_checkpoint(
     directory: str | os.PathLike[str],
     epoch: int,
     params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
     state: dict[str, Tensor],
     meta: dict[str, Any],
 ) -> Path:
@@ -56,12 +53,14 @@ def save_checkpoint(
     final = directory / f"epoch-{epoch + 1:04d}"
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}."))
     save(tmp / "params.safetensors", params)
+    save(tmp / "buffers.safetensors", buffers)
     save(tmp / "state.safetensors", state)
-    _write_json(tmp / "meta.json", {"epoch": epoch, **meta})
+    save(tmp / "rng.safetensors", {"cpu": torch.get_rng_state()})
+    write_json(tmp / "meta.json", {"epoch": epoch, **meta}, indent=1)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_json(directory / LATEST, {"checkpoint": final.name, "epoch": epoch})
+    write_json(directory / LATEST, {"checkpoint": final.name, "epoch": epoch}, indent=1)
     return final
 
 
@@ -80,10 +79,12 @@ def load_checkpoint(
         raise PurestepError(f"cannot read the checkpoint in {directory}: {e}") from None
     try:
         params, _ = load(folder / "params.safetensors", device)
+        buffers, _ = load(folder / "buffers.safetensors", device)
         state, _ = load(folder / "state.safetensors", device)
+        rng, _ = load(folder / "rng.safetensors")
     except PurestepError as e:
         raise PurestepError(f"cannot read the checkpoint in {directory}: {e}") from None
-    return Checkpoint(int(meta.pop("epoch")), params, state, meta)
+    return Checkpoint(int(meta.pop("epoch")), params, buffers, state, meta, rng.get("cpu"))
 
 
 def check_like(found: dict[str, Tensor], template: dict[str, Tensor], what: str) -> None:

@@ -1,4 +1,5 @@
-"""The one exception type the CLI turns into a one-line message and exit code 1."""
+"""The one exception type the CLI turns into a one-line message and exit code 1, and the one way
+to make any error's text a single line."""
 
 
 class PurestepError(RuntimeError):
@@ -7,3 +8,11 @@ class PurestepError(RuntimeError):
 
 class DataError(PurestepError):
     """A dataset that cannot be found, downloaded or read."""
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error's message on one line (white space folded), or its type's name if it has none."""
+    text = " ".join(str(error).split())
+    if text or isinstance(error, str):
+        return text
+    return type(error).__name__

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from purestep.core.errors import PurestepError
+from purestep.core.files import replacing
 
 META_KEY = "purestep"
 
@@ -23,13 +24,10 @@ def save(path: str | os.PathLike[str], params: dict[str, Tensor], meta: dict[str
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in params.items()}
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta or {})})
-    os.replace(tmp, path)
-    return path
+    with replacing(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta or {})})
+    return Path(path)
 
 
 def load(

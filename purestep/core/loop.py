@@ -18,7 +18,8 @@ from torch import Tensor
 
 from purestep.core.data import batches, epoch_order
 from purestep.core.errors import PurestepError
-from purestep.core.model import MLP, Params
+from purestep.core.losses import LossName, r2_score
+from purestep.core.model import Buffers, Model, Params
 from purestep.core.optim import Optimizer, State
 from purestep.core.step import (
     EvalStep,
@@ -48,10 +49,13 @@ class NonFiniteLoss(PurestepError):
 
 @dataclass(frozen=True)
 class EvalMetrics:
-    """The tutorial's test metrics: mean of per-batch mean losses, and accuracy in [0, 1]."""
+    """The tutorial's test metrics: the mean of per-batch mean losses, and accuracy in [0, 1]
+    (classification) or MSE over every target value and R² (regression)."""
 
     loss: float
-    accuracy: float
+    accuracy: float | None = None
+    mse: float | None = None
+    r2: float | None = None
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,10 @@ class EpochMetrics:
     epoch: int
     train_loss: float
     eval_loss: float
-    eval_accuracy: float
+    eval_accuracy: float | None
     seconds: float
+    eval_mse: float | None = None
+    eval_r2: float | None = None
 
 
 @dataclass
@@ -74,28 +80,33 @@ class Callbacks:
     on_batch: Callable[[int], None] = lambda batch: None
     on_eval: Callable[[EvalMetrics], None] = lambda metrics: None
     on_epoch_end: Callable[[EpochMetrics], None] = lambda metrics: None
-    on_epoch_state: Callable[[EpochMetrics, Params, State], None] = lambda metrics, params, state: None
+    on_epoch_state: Callable[[EpochMetrics, Params, Buffers, State], None] = (
+        lambda metrics, params, buffers, state: None
+    )
 
 
 @dataclass
 class FitResult:
-    """Final params and optimizer state, one `EpochMetrics` per epoch, and why it stopped early."""
+    """Final params, buffers and optimizer state, one `EpochMetrics` per epoch, and why it
+    stopped early."""
 
     params: Params
+    buffers: Buffers
     state: State
     history: list[EpochMetrics] = field(default_factory=list)
     stopped: str | None = None
 
 
-_STEPS: dict[tuple[MLP, object, bool, bool, Precision], tuple[TrainStep, EvalStep]] = {}
+_STEPS: dict[tuple[Model, object, bool, bool, Precision, str], tuple[TrainStep, EvalStep]] = {}
 
 
 def steps_for(
-    model: MLP,
+    model: Model,
     optimizer: Optimizer,
     compiled: bool,
     batched: bool = False,
     precision: Precision = "fp32",
+    loss: LossName = "cross_entropy",
 ) -> tuple[TrainStep, EvalStep]:
     """The (train, eval) steps of a model and optimizer family, built once per process.
 
@@ -103,10 +114,10 @@ def steps_for(
     trial or learning rate reuses the same step, and so the same compiled graphs.
     `batched` gives the steps over stacked trials (`vmap` on a leading trial axis).
     """
-    key = (model, optimizer.update, compiled, batched, precision)
+    key = (model, optimizer.update, compiled, batched, precision, loss)
     if key not in _STEPS:
-        train_step = make_train_step(model, optimizer, precision)
-        eval_step = make_eval_step(model, precision)
+        train_step = make_train_step(model, optimizer, loss, precision)
+        eval_step = make_eval_step(model, loss, precision)
         if batched:
             train_step, eval_step = batch_over_trials(train_step), batch_eval_over_trials(eval_step)
         if compiled:
@@ -138,6 +149,7 @@ class _BatchCall:
 def train_epoch(
     train_step: TrainStep,
     params: Params,
+    buffers: Buffers,
     state: State,
     x: Tensor,
     y: Tensor,
@@ -145,34 +157,36 @@ def train_epoch(
     order: Tensor | None = None,
     log_every: int = 100,
     callbacks: Callbacks | None = None,
-) -> tuple[Params, State, Tensor]:
-    """One pass over `(x, y)`; returns params, state and the per-batch losses as one tensor."""
+) -> tuple[Params, Buffers, State, Tensor]:
+    """One pass over `(x, y)`; returns params, buffers, state and the per-batch losses as one tensor."""
     callbacks = callbacks or Callbacks()
     losses = []
     call = _BatchCall(train_step, batch_size)
     for i, (xb, yb) in enumerate(batches(x, y, batch_size, order)):
-        new_params, new_state, loss = call(params, state, xb, yb)
-        if i == 0 and steady((params, state), (new_params, new_state)):
+        new_params, new_buffers, new_state, loss = call(params, buffers, state, xb, yb)
+        if i == 0 and steady((params, buffers, state), (new_params, new_buffers, new_state)):
             call.go_direct()
-        params, state = new_params, new_state
+        params, buffers, state = new_params, new_buffers, new_state
         losses.append(loss)
         if log_every and i % log_every == 0:
             callbacks.on_log(i, loss.item(), i * len(yb), len(y))
         callbacks.on_batch(i)
-    return params, state, torch.stack(losses)
+    return params, buffers, state, torch.stack(losses)
 
 
-def _eval_batches(eval_step: EvalStep, params: Params, x: Tensor, y: Tensor, batch_size: int):
-    """Per-batch mean losses `(B, ...)` and total correct `(...)`; `...` is the trial axis if any."""
-    means, correct = [], []
+def _eval_batches(
+    eval_step: EvalStep, params: Params, buffers: Buffers, x: Tensor, y: Tensor, batch_size: int
+):
+    """Per-batch mean losses `(B, ...)` and the metric's total `(...)`; `...` is the trial axis if any."""
+    means, metric = [], []
     call = _BatchCall(eval_step, batch_size)
     for i, (xb, yb) in enumerate(batches(x, y, batch_size)):
-        loss_sum, n_correct = call(params, xb, yb)
-        if i == 0 and steady((params,), (params,)):
+        loss_sum, metric_sum = call(params, buffers, xb, yb)
+        if i == 0 and steady((params, buffers), (params, buffers)):
             call.go_direct()
         means.append(loss_sum / len(yb))
-        correct.append(n_correct)
-    return torch.stack(means), torch.stack(correct).sum(0)
+        metric.append(metric_sum)
+    return torch.stack(means), torch.stack(metric).sum(0)
 
 
 def _tutorial_loss(batch_means: list[float]) -> float:
@@ -183,27 +197,38 @@ def _tutorial_loss(batch_means: list[float]) -> float:
     return total / len(batch_means)
 
 
-def evaluate(eval_step: EvalStep, params: Params, x: Tensor, y: Tensor, batch_size: int) -> EvalMetrics:
-    """The tutorial's `test_loop` numbers: per-batch mean losses averaged, and accuracy."""
-    means, correct = _eval_batches(eval_step, params, x, y, batch_size)
-    return EvalMetrics(_tutorial_loss(means.tolist()), correct.item() / len(y))
+def _metrics(batch_means: list[float], metric: float, y: Tensor) -> EvalMetrics:
+    loss = _tutorial_loss(batch_means)
+    if y.is_floating_point():
+        return EvalMetrics(loss, mse=metric / y.numel(), r2=r2_score(metric, y))
+    return EvalMetrics(loss, accuracy=metric / len(y))
+
+
+def evaluate(
+    eval_step: EvalStep, params: Params, buffers: Buffers, x: Tensor, y: Tensor, batch_size: int
+) -> EvalMetrics:
+    """The tutorial's `test_loop` numbers: per-batch mean losses averaged, and accuracy (or MSE, R²)."""
+    means, metric = _eval_batches(eval_step, params, buffers, x, y, batch_size)
+    return _metrics(means.tolist(), metric.item(), y)
 
 
 def evaluate_trials(
-    eval_step: EvalStep, params: Params, x: Tensor, y: Tensor, batch_size: int
+    eval_step: EvalStep, params: Params, buffers: Buffers, x: Tensor, y: Tensor, batch_size: int
 ) -> list[EvalMetrics]:
     """`evaluate` for stacked trials and a batched eval step: one `EvalMetrics` per trial."""
-    means, correct = _eval_batches(eval_step, params, x, y, batch_size)
-    return [
-        EvalMetrics(_tutorial_loss(column), c / len(y))
-        for column, c in zip(means.T.tolist(), correct.tolist())
-    ]
+    means, metric = _eval_batches(eval_step, params, buffers, x, y, batch_size)
+    return [_metrics(column, m, y) for column, m in zip(means.T.tolist(), metric.tolist())]
+
+
+def _row(epoch: int, train_loss: float, metrics: EvalMetrics, seconds: float) -> EpochMetrics:
+    return EpochMetrics(epoch, train_loss, metrics.loss, metrics.accuracy, seconds, metrics.mse, metrics.r2)
 
 
 def fit(
-    model: MLP,
+    model: Model,
     optimizer: Optimizer,
     params: Params,
+    buffers: Buffers,
     x: Tensor,
     y: Tensor,
     *,
@@ -220,12 +245,14 @@ def fit(
     start_epoch: int = 0,
     lr_at: Callable[[int], float] | None = None,
     precision: Precision = "fp32",
+    loss: LossName = "cross_entropy",
 ) -> FitResult:
     """Train for `epochs` and evaluate after each one, as the tutorial's main loop.
 
     Args:
         model, optimizer: the model and optimizer families.
-        params: initial params (e.g. `model.init(seed)`); state defaults to `optimizer.init(params)`.
+        params, buffers: initial params and buffers (`model.init(seed)`); state defaults to
+            `optimizer.init(params)`.
         x, y: training tensors, already on the device.
         eval_data: tensors to evaluate on after every epoch (the test set in `train`,
             a validation split in tuning); defaults to the training set.
@@ -236,6 +263,7 @@ def fit(
         lr_at: a schedule, `epoch -> learning rate`, written into the state's 0-d `lr` before
             each epoch: new data for the step, not a new graph. None keeps the state's.
         precision: "fp32", or "bf16" for the products of both steps in bfloat16 (autocast).
+        loss: `cross_entropy`, `nll` or `mse` (float targets: metrics are MSE and R²).
     Raises:
         NonFiniteLoss: an epoch's mean training loss is NaN or infinite.
     """
@@ -243,27 +271,27 @@ def fit(
         raise ValueError("epochs and batch_size must be >= 1, and 0 <= start_epoch <= epochs")
     callbacks = callbacks or Callbacks()
     state = optimizer.init(params) if state is None else state
-    train_step, eval_step = steps_for(model, optimizer, compiled, precision=precision)
+    train_step, eval_step = steps_for(model, optimizer, compiled, precision=precision, loss=loss)
     ex, ey = eval_data if eval_data is not None else (x, y)
-    result = FitResult(params, state)
+    result = FitResult(params, buffers, state)
     for epoch in range(start_epoch, epochs):
         callbacks.on_epoch_start(epoch)
         start = time.perf_counter()
         if lr_at is not None:
             state = {**state, "lr": torch.full_like(state["lr"], lr_at(epoch))}
         order = epoch_order(len(y), epoch, seed, y.device) if shuffle else None
-        params, state, losses = train_epoch(
-            train_step, params, state, x, y, batch_size, order, log_every, callbacks
+        params, buffers, state, losses = train_epoch(
+            train_step, params, buffers, state, x, y, batch_size, order, log_every, callbacks
         )
         train_loss = losses.mean().item()
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(epoch, train_loss)
-        metrics = evaluate(eval_step, params, ex, ey, eval_batch_size or batch_size)
+        metrics = evaluate(eval_step, params, buffers, ex, ey, eval_batch_size or batch_size)
         callbacks.on_eval(metrics)
-        row = EpochMetrics(epoch, train_loss, metrics.loss, metrics.accuracy, time.perf_counter() - start)
-        result.params, result.state = params, state
+        row = _row(epoch, train_loss, metrics, time.perf_counter() - start)
+        result.params, result.buffers, result.state = params, buffers, state
         result.history.append(row)
-        callbacks.on_epoch_state(row, params, state)
+        callbacks.on_epoch_state(row, params, buffers, state)
         callbacks.on_epoch_end(row)
     return result
 
@@ -288,9 +316,10 @@ def _stack_shape(step: TrainStep, trials: int, x: Tensor, batch_size: int) -> tu
 
 
 def fit_trials(
-    model: MLP,
+    model: Model,
     optimizer: Optimizer,
     params: list[Params],
+    buffers: list[Buffers],
     states: list[State],
     x: Tensor,
     y: Tensor,
@@ -305,10 +334,11 @@ def fit_trials(
     keep: Callable[[int, EpochMetrics], bool] = lambda trial, metrics: True,
     drop: bool | None = None,
     lr_at: Sequence[Callable[[int], float]] | None = None,
+    loss: LossName = "cross_entropy",
 ) -> list[FitResult]:
     """Train K trials of one model and optimizer family in lockstep: one `vmap`ped step per batch.
 
-    Each trial has its own params and state (so its own init and hyperparameters); all see
+    Each trial has its own params, buffers and state (its own init and hyperparameters); all see
     the same batches. After every epoch each trial is evaluated and `keep(k, metrics)` asked
     whether it goes on (a pruner says no); a trial whose training loss is not finite stops
     with the reason in `stopped`. With `drop`, stopped trials leave the stack, which costs a
@@ -319,34 +349,38 @@ def fit_trials(
     `lr_at[k]` is trial k's schedule, as in `fit`. Trial k's history equals `fit` of that
     trial alone (within float rounding).
     """
-    if not params or len(params) != len(states):
-        raise ValueError("need as many states as params, and at least one trial")
-    train_step, eval_step = steps_for(model, optimizer, compiled, batched=True)
+    if not params or not len(params) == len(buffers) == len(states):
+        raise ValueError("need as many buffers and states as params, and at least one trial")
+    train_step, eval_step = steps_for(model, optimizer, compiled, batched=True, loss=loss)
     ex, ey = eval_data if eval_data is not None else (x, y)
-    results = [FitResult(p, s) for p, s in zip(params, states)]
+    results = [FitResult(p, b, s) for p, b, s in zip(params, buffers, states)]
     active = list(range(len(params)))
-    stacked_params, stacked_state = stack(params), stack(states)
+    stacked_params, stacked_buffers, stacked_state = stack(params), stack(buffers), stack(states)
     for epoch in range(epochs):
         start = time.perf_counter()
         if lr_at is not None:
             lrs = stacked_state["lr"].new_tensor([lr_at[k](epoch) for k in active])
             stacked_state = {**stacked_state, "lr": lrs}
         order = epoch_order(len(y), epoch, seed, y.device) if shuffle else None
-        stacked_params, stacked_state, losses = train_epoch(
-            train_step, stacked_params, stacked_state, x, y, batch_size, order, log_every=0
+        stacked_params, stacked_buffers, stacked_state, losses = train_epoch(
+            train_step, stacked_params, stacked_buffers, stacked_state, x, y, batch_size, order, log_every=0
         )
         train_losses = losses.mean(0).tolist()
-        metrics = evaluate_trials(eval_step, stacked_params, ex, ey, eval_batch_size or batch_size)
+        metrics = evaluate_trials(
+            eval_step, stacked_params, stacked_buffers, ex, ey, eval_batch_size or batch_size
+        )
         seconds = time.perf_counter() - start
-        for i, (k, p, s) in enumerate(zip(active, unstack(stacked_params), unstack(stacked_state))):
+        n = len(active)
+        each = zip(active, unstack(stacked_params), unstack(stacked_buffers, n), unstack(stacked_state))
+        for i, (k, p, b, s) in enumerate(each):
             result = results[k]
             if result.stopped is not None:
                 continue
             if not math.isfinite(train_losses[i]):
                 result.stopped = str(NonFiniteLoss(epoch, train_losses[i]))
                 continue
-            result.params, result.state = p, s
-            row = EpochMetrics(epoch, train_losses[i], metrics[i].loss, metrics[i].accuracy, seconds)
+            result.params, result.buffers, result.state = p, b, s
+            row = _row(epoch, train_losses[i], metrics[i], seconds)
             result.history.append(row)
             if not keep(k, row):
                 result.stopped = f"stopped after epoch {epoch + 1}"
@@ -358,7 +392,9 @@ def fit_trials(
         ride = (len(active) - len(going)) * (epochs - epoch - 1) * seconds / len(active)
         if len(going) < len(active) and leave_stack(drop, known, ride):
             index = torch.tensor(going, device=y.device)
-            stacked_params = {k: v.index_select(0, index) for k, v in stacked_params.items()}
-            stacked_state = {k: v.index_select(0, index) for k, v in stacked_state.items()}
+            stacked_params, stacked_buffers, stacked_state = (
+                {k: v.index_select(0, index) for k, v in tree.items()}
+                for tree in (stacked_params, stacked_buffers, stacked_state)
+            )
             active = [active[i] for i in going]
     return results

@@ -1,24 +1,59 @@
-"""The tutorial's MLP as a pure `init`/`apply` pair over a flat dict of tensors."""
+"""Any `nn.Module` as a pure `init`/`apply` pair over flat dicts of params and buffers.
+
+`init(seed)` builds the module as `torch.manual_seed(seed); factory(**kwargs)` does and
+hands back its `named_parameters()` and `named_buffers()`. `apply` runs them through one
+weightless (meta-device) copy of the module with `torch.func.functional_call`, so the
+model itself holds no state: params and buffers travel as values, in and out.
+
+Where purity ends: dropout and other random layers draw from torch's global generator,
+exactly as the module does, because that is what keeps an eager functional step bitwise
+equal to the module loop. `seed_like_module(seed)` puts that generator where the module
+loop's would be; under `vmap` each trial draws its own numbers from it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from purestep.core.errors import PurestepError
+
 Params = dict[str, Tensor]
+Buffers = dict[str, Tensor]
+Factory = Callable[..., nn.Module]
+
+
+class ModelError(PurestepError):
+    """A model that cannot be found or built from what was given."""
+
+
+# --- the zoo ------------------------------------------------------------------------------
 
 
 class NeuralNetwork(nn.Module):
-    """The tutorial's model; the defaults build exactly its 784-512-512-10 stack."""
+    """The tutorial's model; the defaults build exactly its 784-512-512-10 stack.
+
+    `log_softmax=True` ends it in log-probabilities, the input `nn.NLLLoss` expects.
+    """
 
     def __init__(
-        self, in_features: int = 28 * 28, hidden: Sequence[int] = (512, 512), classes: int = 10
+        self,
+        in_features: int = 28 * 28,
+        hidden: Sequence[int] = (512, 512),
+        classes: int = 10,
+        log_softmax: bool = False,
     ) -> None:
         super().__init__()
+        self.log_softmax = log_softmax
         self.flatten = nn.Flatten()
         widths = [in_features, *hidden]
         layers: list[nn.Module] = []
@@ -30,48 +65,268 @@ class NeuralNetwork(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.flatten(x)
         logits = self.linear_relu_stack(x)
-        return logits
+        return logits.log_softmax(1) if self.log_softmax else logits
 
 
-@dataclass(frozen=True)
-class MLP:
-    """An MLP spec; `init` makes params, `apply` runs them through a weightless module."""
+class ConvNet(nn.Module):
+    """A small CNN for 1-channel images, shaped like flax's `examples/mnist` CNN, with BatchNorm
+    and dropout: conv-BN-ReLU-pool twice, then a dense layer and dropout before the classifier.
 
-    in_features: int = 28 * 28
-    hidden: tuple[int, ...] = (512, 512)
-    classes: int = 10
-    _skeleton: NeuralNetwork = field(init=False, repr=False, compare=False)
+    Pooling is adaptive to a 4x4 grid, so 28x28 (FashionMNIST) and 8x8 (digits) both fit.
+    """
+
+    def __init__(
+        self,
+        channels: int = 1,
+        classes: int = 10,
+        width: int = 32,
+        dense: int = 256,
+        dropout: float = 0.5,
+        log_softmax: bool = False,
+    ) -> None:
+        super().__init__()
+        self.log_softmax = log_softmax
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(2 * width * 16, dense),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(dense, classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.classifier(self.features(x))
+        return logits.log_softmax(1) if self.log_softmax else logits
+
+
+# --- a module as init/apply ---------------------------------------------------------------
+
+
+def _frozen(kwargs: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+
+
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A module factory and its keyword arguments, as pure `init`/`apply` functions.
+
+    Two models are equal when they build the same module (same factory, same arguments),
+    so steps built for one serve the other.
+    """
+
+    factory: Factory
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    name: str = ""
+    _train: nn.Module = field(init=False, repr=False)
+    _eval: nn.Module = field(init=False, repr=False)
+    _tied: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "kwargs", dict(self.kwargs))
+        if not self.name:
+            object.__setattr__(self, "name", getattr(self.factory, "__name__", type(self.factory).__name__))
         with torch.device("meta"):
-            object.__setattr__(self, "_skeleton", self.module())
+            skeleton = self.module()
+        # Two weightless copies, one per mode, so that neither step flips the other's flag.
+        object.__setattr__(self, "_train", skeleton.train())
+        with torch.device("meta"):
+            object.__setattr__(self, "_eval", self.module().eval())
+        every = dict(skeleton.named_parameters(remove_duplicate=False))
+        object.__setattr__(self, "_tied", len(every) != len(dict(skeleton.named_parameters())))
 
-    def module(self) -> NeuralNetwork:
-        """A fresh `NeuralNetwork` of this shape (weights from the global RNG, as nn.Linear does)."""
-        return NeuralNetwork(self.in_features, self.hidden, self.classes)
+    def _key(self) -> tuple[object, ...]:
+        return (type(self), self.factory, _frozen(self.kwargs))
 
-    def init(self, seed: int, device: torch.device | str = "cpu") -> Params:
-        """Params bitwise equal to `torch.manual_seed(seed); NeuralNetwork(...)`, global RNG untouched.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Model) and self._key() == other._key()
 
-        The weights are drawn on the CPU and then moved, so a seed gives the same
-        model on every device.
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def module(self) -> nn.Module:
+        """A fresh module (weights drawn from the global generator, as its constructor does)."""
+        return self.factory(**self.kwargs)
+
+    def init(self, seed: int, device: torch.device | str = "cpu") -> tuple[Params, Buffers]:
+        """`(params, buffers)` bitwise equal to `torch.manual_seed(seed); factory(**kwargs)`'s,
+        with the global generator left as it was.
+
+        Drawn on the CPU and then moved, so a seed gives the same model on every device.
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             with torch.device("cpu"):
                 module = self.module()
-        return {k: v.detach().to(device) for k, v in module.named_parameters()}
+        return state_of(module, device)
 
-    def apply(self, params: Params, x: Tensor) -> Tensor:
-        """Logits of `x` under `params` (a pure function of both).
+    def seed_like_module(self, seed: int) -> None:
+        """Leave the global generator where `torch.manual_seed(seed); factory(**kwargs)` leaves it,
+        so random layers (dropout) draw what the module loop draws from there."""
+        torch.manual_seed(seed)
+        with torch.device("cpu"):
+            self.module()
 
-        The network ties no weights, so `functional_call` is told not to look for tied ones:
-        the same result, and half the time for Dynamo to trace a step (0.5 -> 0.25 s).
+    def apply(
+        self, params: Params, buffers: Buffers, x: Tensor, train: bool = True
+    ) -> tuple[Tensor, Buffers]:
+        """The module's output on `x` and its buffers after the call; inputs are never written.
+
+        In train mode buffers come back updated (BatchNorm's running statistics); in eval
+        mode they come back as given.
         """
-        return functional_call(self._skeleton, params, (x,), tie_weights=False)
+        if not train:
+            return functional_call(self._eval, (params, buffers), (x,), tie_weights=self._tied), buffers
+        # The module updates buffers in place: it gets copies, which become the new buffers.
+        new = {k: v.clone() for k, v in buffers.items()}
+        return functional_call(self._train, (params, new), (x,), tie_weights=self._tied), new
 
 
-def mlp(in_features: int = 28 * 28, hidden: Sequence[int] = (512, 512), classes: int = 10) -> MLP:
+def state_of(module: nn.Module, device: torch.device | str = "cpu") -> tuple[Params, Buffers]:
+    """A module's `named_parameters()` and `named_buffers()` as detached copies on `device`."""
+    params = {k: v.detach().to(device, copy=True) for k, v in module.named_parameters()}
+    buffers = {k: v.detach().to(device, copy=True) for k, v in module.named_buffers()}
+    return params, buffers
+
+
+def functional(factory: Factory | nn.Module, **kwargs: Any) -> Model:
+    """Any module class, factory or instance as a `Model`.
+
+    A factory is called with `kwargs` each time a module is needed; an instance stands for
+    its own architecture (its current weights are not kept: `state_of(module)` gives them).
+    """
+    if isinstance(factory, nn.Module):
+        if kwargs:
+            raise TypeError("an nn.Module instance takes no keyword arguments")
+        instance = factory
+        return Model(lambda: _copy_structure(instance), {}, type(instance).__name__)
+    if not callable(factory):
+        raise TypeError(f"expected an nn.Module class, factory or instance, got {type(factory).__name__}")
+    return Model(factory, kwargs)
+
+
+def _copy_structure(module: nn.Module) -> nn.Module:
+    """A module of the same structure: a deep copy whose weights are drawn afresh where it can."""
+    import copy
+
+    clone = copy.deepcopy(module).to(torch.get_default_device())
+    for m in clone.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return clone
+
+
+def mlp(in_features: int = 28 * 28, hidden: Sequence[int] = (512, 512), classes: int = 10) -> Model:
     """The tutorial's model family: `mlp()` is its 784-512-512-10 network."""
-    return MLP(in_features, tuple(hidden), classes)
+    return Model(
+        NeuralNetwork, {"in_features": in_features, "hidden": tuple(hidden), "classes": classes}, "mlp"
+    )
+
+
+def cnn(channels: int = 1, classes: int = 10, **kwargs: Any) -> Model:
+    """The zoo's small CNN (`ConvNet`: BatchNorm and dropout) for `channels`-channel images."""
+    return Model(ConvNet, {"channels": channels, "classes": classes, **kwargs}, "cnn")
+
+
+# --- models by name -----------------------------------------------------------------------
+
+ZOO: dict[str, Factory] = {"mlp": NeuralNetwork, "cnn": ConvNet}
+"""Built-in models by name; `--model NAME`."""
+
+
+def resolve_factory(ref: str) -> Factory:
+    """`mlp`, `cnn`, or `path/to/file.py:factory` (a module class or a function returning one)."""
+    if ref in ZOO:
+        return ZOO[ref]
+    path, sep, attr = ref.rpartition(":")
+    if not sep or not path.endswith(".py"):
+        raise ModelError(f"unknown model {ref!r}; use one of {', '.join(ZOO)} or path/to/file.py:factory")
+    file = Path(path)
+    if not file.is_file():
+        raise ModelError(f"model file {file} does not exist")
+    name = f"purestep_user_model_{abs(hash(str(file.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise ModelError(f"cannot import {file}")
+    module = sys.modules.get(name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # a user's file: any error is theirs to read, in one line
+            del sys.modules[name]
+            raise ModelError(f"cannot import {file}: {type(e).__name__}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"{file} has no callable {attr!r}")
+    return factory
+
+
+def accepted(factory: Factory) -> set[str] | None:
+    """The keyword arguments `factory` takes, or None if it takes any (`**kwargs`)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def defaults(factory: Factory) -> dict[str, Any]:
+    """The default values of `factory`'s keyword arguments (what it builds when not told)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def build_model(
+    ref: str,
+    in_shape: Sequence[int],
+    out_features: int,
+    model_args: Mapping[str, Any] | None = None,
+    loss: str = "cross_entropy",
+) -> Model:
+    """The model `ref` names, fitted to the data: the shape arguments it takes are filled in
+    (`in_features`, `channels`, `classes`, `out_features`) unless `model_args` sets them, and a
+    zoo model trained with `nll` ends in `log_softmax`.
+
+    Raises:
+        ModelError: unknown model, an argument it does not take, or a module that fails to build.
+    """
+    factory = resolve_factory(ref)
+    takes = accepted(factory)
+    args = dict(model_args or {})
+    unknown = sorted(set(args) - takes) if takes is not None else []
+    if unknown:
+        raise ModelError(
+            f"model {ref!r} takes no argument {unknown[0]!r}; it takes {', '.join(sorted(takes))}"
+        )
+    fitted = {
+        "in_features": int(torch.Size(in_shape).numel()),
+        "channels": int(in_shape[0]) if len(in_shape) == 3 else 1,
+        "classes": out_features,
+        "out_features": out_features,
+    }
+    if ref in ZOO and loss == "nll":
+        fitted["log_softmax"] = True
+    for k, v in fitted.items():
+        if takes is not None and k in takes and k not in args:
+            args[k] = v
+    try:
+        model = Model(factory, args, ref if ref in ZOO else Path(ref.rpartition(":")[0]).stem)
+    except Exception as e:  # a user's module: one line naming what failed
+        raise ModelError(f"cannot build model {ref!r} with {args}: {type(e).__name__}: {e}") from None
+    return model

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from purestep.core.data import epoch_order
-from purestep.core.model import MLP
+from purestep.core.losses import loss_module, r2_score
+from purestep.core.model import Model
 from purestep.core.optim import OptimizerConfig
 
 
@@ -25,6 +26,18 @@ def train_line(loss: float, current: int, size: int) -> str:
 def test_report(correct: float, test_loss: float) -> str:
     """The tutorial's end-of-epoch report (two lines and a blank one)."""
     return f"Test Error: \n Accuracy: {(100 * correct):>0.1f}%, Avg loss: {test_loss:>8f} \n"
+
+
+def regression_report(r2: float, test_loss: float) -> str:
+    """The same report for a regression: R² in place of accuracy."""
+    return f"Test Error: \n R2: {r2:>0.4f}, Avg loss: {test_loss:>8f} \n"
+
+
+def eval_report(accuracy: float | None, r2: float | None, test_loss: float) -> str:
+    """`test_report` for classification, `regression_report` when there is no accuracy."""
+    if accuracy is not None:
+        return test_report(accuracy, test_loss)
+    return regression_report(r2 if r2 is not None else float("nan"), test_loss)
 
 
 def epoch_header(t: int) -> str:
@@ -52,19 +65,31 @@ def train_loop(dataloader, model, loss_fn, optimizer, log: Callable[[str], None]
 
 
 def test_loop(dataloader, model, loss_fn, log: Callable[[str], None] = print) -> tuple[float, float]:
-    """The tutorial's evaluation; returns `(accuracy, avg_loss)` as well as printing them."""
+    """The tutorial's evaluation; returns `(accuracy, avg_loss)` as well as printing them.
+
+    For float targets (a regression) the first number is R² instead of accuracy.
+    """
     model.eval()
     size = len(dataloader.dataset)
     num_batches = len(dataloader)
     test_loss, correct = 0, 0
+    targets = dataloader.dataset.tensors[1]
+    regression = targets.is_floating_point()
 
     with torch.no_grad():
         for X, y in dataloader:
             pred = model(X)
             test_loss += loss_fn(pred, y).item()
-            correct += (pred.argmax(1) == y).type(torch.float).sum().item()
+            if regression:
+                correct += (pred - y).square().sum().item()
+            else:
+                correct += (pred.argmax(1) == y).type(torch.float).sum().item()
 
     test_loss /= num_batches
+    if regression:
+        r2 = r2_score(correct, targets)
+        log(regression_report(r2, test_loss))
+        return r2, test_loss
     correct /= size
     log(test_report(correct, test_loss))
     return correct, test_loss
@@ -85,19 +110,26 @@ def torch_optimizer(config: OptimizerConfig, parameters: Iterator[nn.Parameter])
 
 
 def loader(x: Tensor, y: Tensor, batch_size: int, order: Tensor | None = None) -> DataLoader:
-    """A `DataLoader` over preloaded tensors, in file order or in `order`."""
+    """A `DataLoader` over preloaded tensors, in file order or in `order`.
+
+    It has a generator of its own: a `DataLoader` otherwise draws a seed for its workers from
+    the global generator each time it is iterated, which would shift the dropout masks that
+    the model draws from there, and a loop without a `DataLoader` draws no such seed.
+    """
     sampler = order.tolist() if order is not None else None
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, sampler=sampler)
+    return DataLoader(
+        TensorDataset(x, y), batch_size=batch_size, sampler=sampler, generator=torch.Generator()
+    )
 
 
-def reference_model(spec: MLP, seed: int, device: torch.device | str = "cpu") -> nn.Module:
-    """`torch.manual_seed(seed); NeuralNetwork()`, as the tutorial builds it."""
+def reference_model(model: Model, seed: int, device: torch.device | str = "cpu") -> nn.Module:
+    """`torch.manual_seed(seed); NeuralNetwork()`, as the tutorial builds it (any model's factory)."""
     torch.manual_seed(seed)
-    return spec.module().to(device)
+    return model.module().to(device)
 
 
 def fit_reference(
-    spec: MLP,
+    spec: Model,
     config: OptimizerConfig,
     train: tuple[Tensor, Tensor],
     test: tuple[Tensor, Tensor],
@@ -107,10 +139,11 @@ def fit_reference(
     seed: int = 0,
     shuffle: bool = False,
     log: Callable[[str], None] = print,
+    loss: str = "cross_entropy",
 ) -> tuple[nn.Module, list[tuple[float, float]]]:
     """The tutorial's main loop, fed the same batch order as `fit`; returns model and test metrics."""
     model = reference_model(spec, seed, train[0].device)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss_module(loss)
     optimizer = torch_optimizer(config, model.parameters())
     test_dataloader = loader(*test, batch_size)
     history = []

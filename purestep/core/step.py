@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.func import grad_and_value, vmap
-from torch.utils import _pytree as pytree
 
-from purestep.core.model import MLP, Params
+from purestep.core.losses import LossName, batch_metric, loss_fn
+from purestep.core.model import Buffers, Model, Params
 from purestep.core.optim import Optimizer, State
 
-TrainStep = Callable[[Params, State, Tensor, Tensor], tuple[Params, State, Tensor]]
-EvalStep = Callable[[Params, Tensor, Tensor], tuple[Tensor, Tensor]]
+TrainStep = Callable[[Params, Buffers, State, Tensor, Tensor], tuple[Params, Buffers, State, Tensor]]
+EvalStep = Callable[[Params, Buffers, Tensor, Tensor], tuple[Tensor, Tensor]]
 Fn = TypeVar("Fn", bound=Callable[..., Any])
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
@@ -31,8 +30,7 @@ def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractC
     """The matmul precision of a step's forward and backward: fp32 as is, or bf16 autocast.
 
     Under bf16 the products run in bfloat16 while params, gradients, the optimizer and the
-    loss's softmax stay in float32 (`torch.autocast`'s policy): about a quarter less time per
-    step on a CPU with AVX-512 BF16 or AMX, and on recent GPUs; not bitwise the fp32 step.
+    loss's softmax stay in float32 (`torch.autocast`'s policy); not bitwise the fp32 step.
     """
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -45,39 +43,47 @@ def _checked(precision: Precision) -> Precision:
     return precision
 
 
-def make_loss(model: MLP, precision: Precision = "fp32") -> Callable[[Params, Tensor, Tensor], Tensor]:
-    """Mean cross-entropy of `model` on a batch, as the tutorial's `nn.CrossEntropyLoss()`."""
+def make_loss(
+    model: Model, loss: LossName = "cross_entropy", precision: Precision = "fp32"
+) -> Callable[[Params, Buffers, Tensor, Tensor], tuple[Tensor, Buffers]]:
+    """`loss(params, buffers, x, y) -> (mean loss, new buffers)` of `model` in train mode,
+    as the tutorial's `loss_fn(model(X), y)`."""
     _checked(precision)
+    fn = loss_fn(loss)
 
-    def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
+    def train_loss(params: Params, buffers: Buffers, x: Tensor, y: Tensor) -> tuple[Tensor, Buffers]:
         with autocast(precision, x.device):
-            return F.cross_entropy(model.apply(params, x), y)
+            out, buffers = model.apply(params, buffers, x, train=True)
+            return fn(out, y), buffers
 
-    return loss
+    return train_loss
 
 
-def make_train_step(model: MLP, optimizer: Optimizer, precision: Precision = "fp32") -> TrainStep:
-    """`train_step(params, state, x, y) -> (params, state, loss)`: one SGD-style update, pure."""
-    grad_fn = grad_and_value(make_loss(model, precision))
+def make_train_step(
+    model: Model, optimizer: Optimizer, loss: LossName = "cross_entropy", precision: Precision = "fp32"
+) -> TrainStep:
+    """`train_step(params, buffers, state, x, y) -> (params, buffers, state, loss)`: one update, pure."""
+    grad_fn = grad_and_value(make_loss(model, loss, precision), has_aux=True)
 
-    def train_step(params: Params, state: State, x: Tensor, y: Tensor):
-        grads, loss = grad_fn(params, x, y)
+    def train_step(params: Params, buffers: Buffers, state: State, x: Tensor, y: Tensor):
+        grads, (value, buffers) = grad_fn(params, buffers, x, y)
         params, state = optimizer.update(grads, state, params)
-        return params, state, loss
+        return params, buffers, state, value
 
     return train_step
 
 
-def make_eval_step(model: MLP, precision: Precision = "fp32") -> EvalStep:
-    """`eval_step(params, x, y) -> (loss_sum, n_correct)` over one batch, both 0-d tensors."""
+def make_eval_step(model: Model, loss: LossName = "cross_entropy", precision: Precision = "fp32") -> EvalStep:
+    """`eval_step(params, buffers, x, y) -> (loss_sum, metric_sum)` over one batch in eval mode,
+    both 0-d: the metric is the number correct (integer labels) or the squared error (floats)."""
     _checked(precision)
+    fn = loss_fn(loss)
 
-    def eval_step(params: Params, x: Tensor, y: Tensor):
+    def eval_step(params: Params, buffers: Buffers, x: Tensor, y: Tensor):
         with autocast(precision, x.device):
-            logits = model.apply(params, x)
-            loss_sum = F.cross_entropy(logits, y, reduction="sum")
-        n_correct = (logits.argmax(1) == y).sum()
-        return loss_sum, n_correct
+            out, _ = model.apply(params, buffers, x, train=False)
+            loss_sum = fn(out, y, reduction="sum")
+        return loss_sum, batch_metric(out.float(), y)
 
     return eval_step
 
@@ -265,20 +271,25 @@ def stack(trees: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
         if differ:
             example = f"{differ[0]!r} and {len(differ) - 1} more"
             raise ValueError(f"cannot stack trees with different keys ({example})")
-    return pytree.tree_map(lambda *leaves: torch.stack(leaves), *trees)
+    return {k: torch.stack([tree[k] for tree in trees]) for k in trees[0]}
 
 
-def unstack(tree: dict[str, Tensor]) -> list[dict[str, Tensor]]:
-    """Split a stacked tree back into one tree per trial (views, no copies)."""
-    n = len(next(iter(tree.values())))
-    return [pytree.tree_map(lambda leaf, i=i: leaf[i], tree) for i in range(n)]
+def unstack(tree: dict[str, Tensor], n: int | None = None) -> list[dict[str, Tensor]]:
+    """Split a stacked tree back into one tree per trial (views, no copies); `n` trials of an
+    empty tree (a model without buffers) are `n` empty dicts."""
+    if n is None:
+        n = len(next(iter(tree.values())))
+    return [{k: v[i] for k, v in tree.items()} for i in range(n)]
 
 
 def batch_over_trials(train_step: TrainStep) -> TrainStep:
-    """K trials in one call: params and state stacked on axis 0, one batch of data shared."""
-    return vmap(train_step, in_dims=(0, 0, None, None))
+    """K trials in one call: params, buffers and state stacked on axis 0, one batch of data shared.
+
+    Random layers draw their own numbers for every trial (`randomness="different"`).
+    """
+    return vmap(train_step, in_dims=(0, 0, 0, None, None), randomness="different")
 
 
 def batch_eval_over_trials(eval_step: EvalStep) -> EvalStep:
-    """The eval step for stacked params: returns per-trial `(loss_sum, n_correct)`."""
-    return vmap(eval_step, in_dims=(0, None, None))
+    """The eval step for stacked params and buffers: returns per-trial `(loss_sum, metric_sum)`."""
+    return vmap(eval_step, in_dims=(0, 0, None, None))

@@ -1,8 +1,9 @@
 """The objective: one configuration trained on the fit split, scored on the validation split.
 
-A trial's value is its validation accuracy at the end of training (see `score`; the number
-of epochs is the budget, as in the final re-train). Accuracy is reported after every epoch
-so that a pruner can stop a poor trial early. The test set is never touched here.
+A trial's value is its validation accuracy (classification, maximised) or MSE (regression,
+minimised) at the end of training (see `score`; the number of epochs is the budget, as in the
+final re-train). The metric is reported after every epoch so that a pruner can stop a poor
+trial early. The test set is never touched here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from purestep.search.space import Choices, Range, Sample, Scalar, Space, sample
+from purestep.search.space import MODEL_PREFIX, Choices, Range, Sample, Scalar, Space, model_args, sample
 
 if TYPE_CHECKING:
     import optuna
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
     from purestep.core.data import Dataset
     from purestep.core.loop import EpochMetrics, FitResult
+    from purestep.core.model import Model
     from purestep.core.optim import OptimizerConfig
 
 Guard = Callable[[], AbstractContextManager[object]]
@@ -33,15 +35,20 @@ EVAL_BATCH_SIZE = 4096
 """Validation batch: all of digits' split in one call; one compiled graph whatever the trial's batch."""
 
 
+def metric(row: EpochMetrics) -> float:
+    """What a trial is scored by: validation accuracy, or MSE for a regression."""
+    return row.eval_accuracy if row.eval_accuracy is not None else row.eval_mse  # type: ignore[return-value]
+
+
 def score(history: list[EpochMetrics]) -> float:
-    """Mean validation accuracy over the last third of the epochs (at most 3, at least 1).
+    """Mean validation metric over the last third of the epochs (at most 3, at least 1).
 
     The last epoch's accuracy alone swings by a point or two from one epoch to the next on a
     small split; the mean of the final epochs estimates what the last model scores with less
     noise, so the search does not chase a lucky epoch.
     """
     tail = history[-max(1, min(3, len(history) // 3)) :]
-    return sum(m.eval_accuracy for m in tail) / len(tail)
+    return sum(metric(m) for m in tail) / len(tail)
 
 
 class ConfigError(ValueError):
@@ -65,11 +72,14 @@ class TrialConfig:
     layers: int = 2
     shuffle: bool = False
     schedule: str = "constant"
+    model_args: tuple[tuple[str, Scalar], ...] = ()
+    """The model arguments the space sets (`model.NAME` keys), by name."""
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Scalar]) -> TrialConfig:
         """The config of a space's settings (unknown keys are an error, missing ones the tutorial's)."""
-        return cls(**settings)  # type: ignore[arg-type]
+        plain = {k: v for k, v in settings.items() if not k.startswith(MODEL_PREFIX)}
+        return cls(**plain, model_args=tuple(sorted(model_args(settings).items())))  # type: ignore[arg-type]
 
     def optimizer_config(self) -> OptimizerConfig:
         """The core optimizer description, validated (raises `ConfigError`)."""
@@ -95,28 +105,67 @@ class TrialConfig:
         return (self.hidden,) * self.layers
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return asdict(self)
+        """JSON-ready fields (`model_args` as a table)."""
+        return {**asdict(self), "model_args": dict(self.model_args)}
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> TrialConfig:
+        """The config `to_dict` wrote (as a trial's `config` user attribute keeps it)."""
+        return cls(**{**fields, "model_args": tuple(sorted(dict(fields.get("model_args", {})).items()))})
 
 
 @dataclass(frozen=True)
 class Splits:
-    """The fit and validation tensors of a study, and the model's input and output widths."""
+    """The fit and validation tensors of a study, and the model and loss its trials train:
+    `model` as `--model` names it, `model_args` its fixed arguments, shapes from the data."""
 
     x_fit: Tensor
     y_fit: Tensor
     x_val: Tensor
     y_val: Tensor
-    in_features: int
-    classes: int
+    in_shape: tuple[int, ...]
+    out_features: int
+    model: str = "mlp"
+    model_args: tuple[tuple[str, Any], ...] = ()
+    loss: str = "cross_entropy"
+
+    def model_for(self, config: TrialConfig) -> Model:
+        """The model a trial trains: the fixed arguments, then the sampled ones (and the MLP's
+        widths from `hidden` and `layers` unless an argument sets them)."""
+        from purestep.core.model import ModelError, build_model
+
+        args = {**dict(self.model_args), **dict(config.model_args)}
+        if self.model == "mlp":
+            args.setdefault("hidden", config.hidden_layers())
+        try:
+            return build_model(self.model, self.in_shape, self.out_features, args, self.loss)
+        except ModelError as e:
+            raise ConfigError(str(e)) from None
 
 
-def make_splits(data: Dataset, val_fraction: float, seed: int) -> Splits:
+def out_features(data: Dataset) -> int:
+    """The model's output width: the number of classes, or of target columns for a regression."""
+    y = data.y_train
+    if y.is_floating_point():
+        return y.shape[1] if y.ndim > 1 else 1
+    return data.classes
+
+
+def make_splits(
+    data: Dataset,
+    val_fraction: float,
+    seed: int,
+    model: str = "mlp",
+    model_args: Mapping[str, Any] | None = None,
+    loss: str = "cross_entropy",
+) -> Splits:
     """Hold out `val_fraction` of the training set (seeded: every worker and re-run gets the same)."""
     from purestep.core.data import split
 
     x_fit, y_fit, x_val, y_val = split(data.x_train, data.y_train, val_fraction, seed)
-    return Splits(x_fit, y_fit, x_val, y_val, data.in_features, data.classes)
+    shape = tuple(data.x_train.shape[1:])
+    args = tuple(sorted((model_args or {}).items()))
+    return Splits(x_fit, y_fit, x_val, y_val, shape, out_features(data), model, args, loss)
 
 
 def lr_at(config: TrialConfig, epoch: int, epochs: int) -> float:
@@ -136,28 +185,30 @@ def train(
     y: Tensor,
     eval_data: tuple[Tensor, Tensor],
     *,
-    in_features: int,
-    classes: int,
+    splits: Splits,
     epochs: int,
     seed: int,
     compiled: bool,
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
 ) -> FitResult:
-    """Train `config` from `mlp(...).init(seed)` for `epochs`, evaluating on `eval_data` each epoch.
+    """Train `config` from `model.init(seed)` for `epochs`, evaluating on `eval_data` each epoch;
+    the model and loss are `splits`'s.
 
     Raises:
         ConfigError: the optimizer rejects the combination.
         NonFiniteLoss: the training loss became NaN or infinite.
     """
     from purestep.core.loop import Callbacks, fit
-    from purestep.core.model import mlp
 
     optimizer = config.optimizer_config().build()
-    model = mlp(in_features, config.hidden_layers(), classes)
+    model = splits.model_for(config)
+    params, buffers = model.init(seed, x.device)
+    model.seed_like_module(seed)
     return fit(
         model,
         optimizer,
-        model.init(seed, x.device),
+        params,
+        buffers,
         x,
         y,
         epochs=epochs,
@@ -170,6 +221,7 @@ def train(
         log_every=0,
         callbacks=Callbacks(on_epoch_end=on_epoch_end or (lambda row: None)),
         lr_at=lambda epoch: lr_at(config, epoch, epochs),
+        loss=splits.loss,
     )
 
 
@@ -222,11 +274,13 @@ def make_objective(
 
 
 def pruned_reason(trial: optuna.Trial, metrics: EpochMetrics, guard: Guard = nullcontext) -> str | None:
-    """Report the epoch's validation accuracy to Optuna; the reason to stop if the pruner says so."""
+    """Report the epoch's validation metric to Optuna; the reason to stop if the pruner says so."""
+    value = metric(metrics)
     with guard():
-        trial.report(metrics.eval_accuracy, metrics.epoch + 1)
+        trial.report(value, metrics.epoch + 1)
     if trial.should_prune():
-        return f"pruned after epoch {metrics.epoch + 1} at validation accuracy {metrics.eval_accuracy:.4f}"
+        name = "accuracy" if metrics.eval_accuracy is not None else "MSE"
+        return f"pruned after epoch {metrics.epoch + 1} at validation {name} {value:.4f}"
     return None
 
 
@@ -234,7 +288,11 @@ def record_result(trial: optuna.Trial, history: list[EpochMetrics], guard: Guard
     """Store the last epoch's metrics on the trial; its value is `score(history)`."""
     last = history[-1]
     with guard():
-        trial.set_user_attr("val_accuracy_last", last.eval_accuracy)
+        if last.eval_accuracy is not None:
+            trial.set_user_attr("val_accuracy_last", last.eval_accuracy)
+        else:
+            trial.set_user_attr("val_mse_last", last.eval_mse)
+            trial.set_user_attr("val_r2_last", last.eval_r2)
         trial.set_user_attr("val_loss", last.eval_loss)
         trial.set_user_attr("train_loss", last.train_loss)
     return score(history)
@@ -266,8 +324,7 @@ def run_config(
             splits.x_fit,
             splits.y_fit,
             (splits.x_val, splits.y_val),
-            in_features=splits.in_features,
-            classes=splits.classes,
+            splits=splits,
             epochs=epochs,
             seed=seed,
             compiled=compiled,

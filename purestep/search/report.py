@@ -5,7 +5,6 @@ and the optimization history, intermediate values and importances drawn to PNG f
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from purestep.core.files import replacing
 from purestep.search.study import baseline_trial, best_trial, stored_spec
 
 PLOTS = ("history.png", "intermediate.png", "importance.png")
@@ -164,9 +164,8 @@ def write_plots(study: optuna.Study, out: Path, importances_ok: bool) -> list[Pa
                     legend.remove()
             figure = ax.figure
             path = out / name
-            tmp = out / f".{name}.tmp"
-            figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            with replacing(path) as tmp:
+                figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
             plt.close(figure)
-            os.replace(tmp, path)
             written.append(path)
     return written

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from purestep.core.errors import one_line
 from purestep.search.objective import (
     EVAL_BATCH_SIZE,
     ConfigError,
@@ -114,7 +115,7 @@ def _interrupt_reason(e: BaseException) -> str:
         return "interrupted (SIGINT)"
     if isinstance(e, SystemExit):
         return f"terminated (exit {e.code})"
-    return f"{type(e).__name__}: {e}".splitlines()[0]
+    return one_line(f"{type(e).__name__}: {e}")
 
 
 def _reap(study: optuna.Study) -> None:
@@ -201,7 +202,8 @@ def _report_end(study: optuna.Study, number: int, on_trial_end: Callable[[TrialE
     """Tell `on_trial_end` how trial `number` ended, with the study's count and best so far."""
     frozen = study.get_trials(deepcopy=False)
     done = next(t for t in frozen if t.number == number)
-    on_trial_end(TrialEnd(done, count(frozen, FINISHED), best_of(frozen)))
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    on_trial_end(TrialEnd(done, count(frozen, FINISHED), best_of(frozen, minimize)))
 
 
 def _surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
@@ -228,14 +230,14 @@ def _tell(
 
 
 def group_key(config: TrialConfig) -> tuple[object, ...]:
-    """What decides a trial's step graph: optimizer family, widths, batch size and order.
+    """What decides a trial's step graph: optimizer family, widths, model arguments, batch size, order.
 
     Adam and AdamW share one update (decoupling is state data), so they share groups; SGD
     without momentum keeps no buffers, so it groups apart from SGD with momentum. Every other
     hyperparameter is data in the optimizer state and may differ inside a group.
     """
     family = "adam" if config.optimizer != "sgd" else "sgd" if config.momentum else "sgd, no momentum"
-    return family, config.hidden_layers(), config.batch_size, config.shuffle
+    return family, config.hidden_layers(), config.model_args, config.batch_size, config.shuffle
 
 
 def run_trial_batches(
@@ -323,12 +325,11 @@ def _train_group(
         return
 
     from purestep.core.loop import fit_trials
-    from purestep.core.model import mlp
 
     optimizers = [config.optimizer_config().build() for _, config in members]
     first = members[0][1]
-    model = mlp(splits.in_features, first.hidden_layers(), splits.classes)
-    init = model.init(seed, splits.x_fit.device)
+    model = splits.model_for(first)
+    params, buffers = model.init(seed, splits.x_fit.device)
     reasons: dict[int, str] = {}
 
     def keep(k: int, metrics: EpochMetrics) -> bool:
@@ -340,8 +341,9 @@ def _train_group(
     results = fit_trials(
         model,
         optimizers[0],
-        [init] * len(members),
-        [o.init(init) for o in optimizers],
+        [params] * len(members),
+        [buffers] * len(members),
+        [o.init(params) for o in optimizers],
         splits.x_fit,
         splits.y_fit,
         epochs=epochs,
@@ -353,6 +355,7 @@ def _train_group(
         compiled=compiled,
         keep=keep,
         lr_at=[partial(lr_at, config, epochs=epochs) for _, config in members],
+        loss=splits.loss,
     )
     for k, ((trial, _), result) in enumerate(zip(members, results)):
         if k in reasons:

@@ -87,6 +87,10 @@ SETTINGS: dict[str, Setting] = {
 
 TUTORIAL: dict[str, Scalar] = {key: s.tutorial for key, s in SETTINGS.items()}
 
+MODEL_PREFIX = "model."
+"""A key `model.NAME` sets the model factory's keyword argument NAME (e.g. `model.dropout`); its
+kind is its values' own, and the tutorial's value is the factory's default."""
+
 DEFAULT_SPACE_TOML = """\
 # purestep's default search space. Table = Optuna parameter; `key` = the setting it sets.
 # A --space file is merged over this one, table by table.
@@ -283,16 +287,29 @@ class _Outside(Exception):
     pass
 
 
-def tutorial_params(space: Space) -> dict[str, Scalar] | None:
-    """The Optuna params that give exactly the tutorial's configuration, or None if the space lacks it."""
+def tutorial_params(
+    space: Space, model_defaults: Mapping[str, Scalar] | None = None
+) -> dict[str, Scalar] | None:
+    """The Optuna params that give exactly the tutorial's configuration, or None if the space lacks it.
+
+    A model argument's tutorial value is the model factory's default (`model_defaults`, by
+    argument name); one without a default has none, and the space then lacks the tutorial.
+    """
     params: dict[str, Scalar] = {}
     by_name = {p.name: p for p in space.params}
+    tutorial = dict(TUTORIAL)
+    for p in space.params:
+        arg = p.key.removeprefix(MODEL_PREFIX)
+        if p.key.startswith(MODEL_PREFIX) and model_defaults is not None and arg in model_defaults:
+            tutorial[p.key] = model_defaults[arg]
 
     def suggest(name: str, domain: Choices | Range) -> Scalar:
         if name not in by_name:  # a zero switch: on exactly when the tutorial's value is 0
-            params[name] = TUTORIAL[by_name[name.removesuffix("_zero")].key] == 0
+            params[name] = tutorial[by_name[name.removesuffix("_zero")].key] == 0
             return params[name]
-        value = TUTORIAL[by_name[name].key]
+        if by_name[name].key not in tutorial:
+            raise _Outside
+        value = tutorial[by_name[name].key]
         inside = domain.contains(value) if isinstance(domain, Range) else _member(value, domain.values)
         if not inside:
             raise _Outside
@@ -303,7 +320,7 @@ def tutorial_params(space: Space) -> dict[str, Scalar] | None:
         drawn = sample(space, suggest)
     except _Outside:
         return None
-    if any(not _same(drawn.settings[k], v) for k, v in TUTORIAL.items()):
+    if any(not _same(drawn.settings.get(k), v) for k, v in tutorial.items() if k in drawn.settings):
         return None
     return params
 
@@ -474,10 +491,11 @@ def _param(name: str, table: dict[str, Any], fail: Callable[..., SpaceError]) ->
         if f not in _FIELDS:
             raise fail(name, f, f"unknown field; a parameter has {', '.join(_FIELDS)}")
     key = table.get("key", name)
-    if not isinstance(key, str) or key not in SETTINGS:
+    setting = setting_of(key, table)
+    if setting is None:
         field = "key" if "key" in table else None
-        raise fail(name, field, f"unknown setting {_show(key)}; settings are {', '.join(SETTINGS)}")
-    setting = SETTINGS[key]
+        settings = ", ".join([*SETTINGS, f"{MODEL_PREFIX}NAME"])
+        raise fail(name, field, f"unknown setting {_show(key)}; settings are {settings}")
     kinds = {_DOMAIN_FIELDS[f] for f in table if f in _DOMAIN_FIELDS}
     if len(kinds) != 1:
         detail = "none given" if not kinds else f"got {' and '.join(sorted(kinds))}"
@@ -491,6 +509,37 @@ def _param(name: str, table: dict[str, Any], fail: Callable[..., SpaceError]) ->
         domain = _range(name, table, setting, fail)
     when = _conditions(name, table.get("when", {}), fail)
     return Param(name, key, domain, when)
+
+
+def setting_of(key: Any, table: Mapping[str, Any]) -> Setting | None:
+    """The setting `key` names: one of `SETTINGS`, or a model argument `model.NAME` whose kind is
+    that of the values `table` gives it (int, float, bool or str); None if it is neither."""
+    if not isinstance(key, str):
+        return None
+    if key in SETTINGS:
+        return SETTINGS[key]
+    if not key.startswith(MODEL_PREFIX) or not key.removeprefix(MODEL_PREFIX).isidentifier():
+        return None
+    values = [table[f] for f in ("value", "low", "high") if f in table]
+    values += table.get("choices", []) if isinstance(table.get("choices"), list) else []
+    for kind in (bool, int, str):
+        if values and all(_is_kind(v, kind) for v in values):
+            return Setting(kind, None)  # type: ignore[arg-type]
+    return Setting(float, None)  # type: ignore[arg-type]
+
+
+def _domain_table(domain: Domain) -> dict[str, Any]:
+    """A parsed domain as the fields of its table (what `setting_of` reads a kind from)."""
+    if isinstance(domain, Fixed):
+        return {"value": domain.value}
+    if isinstance(domain, Choices):
+        return {"choices": list(domain.values)}
+    return {"low": domain.low, "high": domain.high}
+
+
+def model_args(settings: Mapping[str, Scalar]) -> dict[str, Scalar]:
+    """The model arguments among a sample's settings, by argument name."""
+    return {k.removeprefix(MODEL_PREFIX): v for k, v in settings.items() if k.startswith(MODEL_PREFIX)}
 
 
 def _value(name: str, field: str, value: Any, setting: Setting, fail: Callable[..., SpaceError]) -> Scalar:
@@ -581,7 +630,7 @@ def _check_condition(
     if c.parent not in params:
         raise fail(p.name, "when", f"unknown parameter {c.parent!r}; parameters are {', '.join(params)}")
     parent = params[c.parent]
-    setting = SETTINGS[parent.key]
+    setting = setting_of(parent.key, _domain_table(parent.domain))
     if c.values is None:
         if setting.kind not in (int, float):
             raise fail(p.name, "when", f"{c.parent} is {_KIND_NAMES[setting.kind]}: compare it by value")

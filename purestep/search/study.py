@@ -1,7 +1,7 @@
 """Studies: what defines one (so a re-run resumes only a compatible study), samplers, pruners,
 the tutorial's baseline trial, and counting trials.
 
-A study's definition (dataset, epochs, seed, validation fraction and search space) is kept
+A study's definition (dataset, epochs, seed, validation fraction, search space, model and loss) is kept
 in its user attributes under `purestep`; a re-run with another definition is refused before
 anything is written. Samplers and pruners are not part of it: a study may change them.
 """
@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
@@ -46,11 +47,20 @@ class StudySpec:
     seed: int
     val_fraction: float
     space: Space
+    model: str = "mlp"
+    model_args: Mapping[str, Any] = field(default_factory=dict)
+    loss: str = "cross_entropy"
+
+    @property
+    def direction(self) -> str:
+        """Validation accuracy is maximised; a regression's validation MSE is minimised."""
+        return "minimize" if self.loss == "mse" else "maximize"
 
     def to_attr(self) -> dict[str, object]:
         """The JSON-ready form stored in the study's user attributes."""
         fields = asdict(self)
         fields["space"] = json.loads(self.space.to_json())
+        fields["model_args"] = json.loads(json.dumps(dict(self.model_args)))
         return fields
 
     @classmethod
@@ -58,16 +68,27 @@ class StudySpec:
         """Read a stored definition back."""
         space = space_from_json(json.dumps(attr["space"]))
         return cls(
-            str(attr["dataset"]), int(attr["epochs"]), int(attr["seed"]), float(attr["val_fraction"]), space
-        )  # type: ignore[arg-type]
+            str(attr["dataset"]),
+            int(attr["epochs"]),  # type: ignore[arg-type]
+            int(attr["seed"]),  # type: ignore[arg-type]
+            float(attr["val_fraction"]),  # type: ignore[arg-type]
+            space,
+            str(attr.get("model", "mlp")),
+            dict(attr.get("model_args", {})),  # type: ignore[arg-type]
+            str(attr.get("loss", "cross_entropy")),
+        )
 
     def mismatch(self, other: StudySpec) -> str | None:
         """How `other` differs from this definition, in one line, or None."""
-        for field in ("dataset", "epochs", "seed", "val_fraction"):
-            mine, theirs = getattr(self, field), getattr(other, field)
+        for name in ("dataset", "epochs", "seed", "val_fraction", "model", "loss"):
+            mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
-                option = "--" + field.replace("_", "-")
+                option = "--" + name.replace("_", "-")
                 return f"{option} is {mine} in the study, {theirs} here"
+        if json.dumps(dict(self.model_args), sort_keys=True) != json.dumps(
+            dict(other.model_args), sort_keys=True
+        ):
+            return f"--model-arg is {dict(self.model_args)} in the study, {dict(other.model_args)} here"
         diff = difference(self.space, other.space)
         return f"the search space differs: {diff}" if diff else None
 
@@ -197,21 +218,24 @@ def open_study(
         storage=storage,
         sampler=sampler,
         pruner=pruner,
-        direction="maximize",
+        direction=spec.direction,
         load_if_exists=True,
     )
-    study.set_metric_names(["val_accuracy"])
+    study.set_metric_names(["val_mse" if spec.loss == "mse" else "val_accuracy"])
     study.set_user_attr(ATTR, spec.to_attr())
     return study, True
 
 
-def ensure_baseline(study: optuna.Study, space: Space, n_trials: int) -> bool:
+def ensure_baseline(
+    study: optuna.Study, space: Space, n_trials: int, model_defaults: Mapping[str, Any] | None = None
+) -> bool:
     """Queue the tutorial's configuration unless the study has it (finished, running or queued).
 
-    It runs first in a new study, so every study shows what tuning gained over the tutorial.
-    Returns False when the space does not contain the tutorial's configuration.
+    It runs first in a new study, so every study shows what tuning gained over the tutorial; the
+    model's arguments take their defaults (`model_defaults`). Returns False when the space does
+    not contain the tutorial's configuration.
     """
-    params = tutorial_params(space)
+    params = tutorial_params(space, model_defaults)
     if params is None:
         return False
     trials = study.get_trials(deepcopy=False)
@@ -233,12 +257,15 @@ def baseline_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
     return next((t for t in trials if t.user_attrs.get("baseline") and t.state in FINISHED), None)
 
 
-def best_of(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
-    """The completed trial with the highest validation accuracy (the earliest on a tie), or None."""
+def best_of(trials: Sequence[FrozenTrial], minimize: bool = False) -> FrozenTrial | None:
+    """The completed trial with the best value (highest, or lowest when `minimize`; the earliest
+    on a tie), or None."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    sign = -1 if minimize else 1
+    return max(complete, key=lambda t: (sign * t.value, -t.number)) if complete else None
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The study's best trial, as `best_of`."""
-    return best_of(study.get_trials(deepcopy=False))
+    """The study's best trial, as `best_of` in the study's direction."""
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    return best_of(study.get_trials(deepcopy=False), minimize)

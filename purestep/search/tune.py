@@ -9,7 +9,6 @@ study is compared with this run's definition before anything is written to it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from purestep.core.errors import PurestepError
+from purestep.core.files import write_json
 from purestep.search.objective import EVAL_BATCH_SIZE, Splits, TrialConfig, make_objective, make_splits, train
 from purestep.search.runner import Shield, TrialEnd, run_trial_batches, run_trials
 from purestep.search.space import Space, settings_of, space_from_json
@@ -78,6 +78,10 @@ class TuneOptions:
     impl: str = "auto"
     threads: int = 1
     batch: int = 1
+    model: str = "mlp"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    loss: str | None = None
+    """None until the data is loaded: then the task's default (`resolve_loss`)."""
 
     @property
     def space(self) -> Space:
@@ -86,7 +90,22 @@ class TuneOptions:
 
     def spec(self) -> StudySpec:
         """The study definition these options ask for."""
-        return StudySpec(self.dataset, self.epochs, self.seed, self.val_fraction, self.space)
+        return StudySpec(
+            self.dataset,
+            self.epochs,
+            self.seed,
+            self.val_fraction,
+            self.space,
+            self.model,
+            self.model_args,
+            self.loss or "cross_entropy",
+        )
+
+    def splits(self, data: Dataset) -> Splits:
+        """The fit and validation splits of `data`, with the model and loss trials train."""
+        return make_splits(
+            data, self.val_fraction, self.seed, self.model, self.model_args, self.loss or "cross_entropy"
+        )
 
     def to_json(self) -> str:
         """For a worker process's command line."""
@@ -103,6 +122,8 @@ class Progress:
     best_value: float | None
     best_number: int | None
     elapsed: float
+    accuracy: bool = True
+    """Whether values are validation accuracies (else a regression's validation MSE)."""
 
 
 @dataclass
@@ -123,6 +144,8 @@ class Outcome:
     baseline: FrozenTrial | None
     best_config: TrialConfig | None
     seconds: float
+    accuracy: bool = True
+    """Whether values are validation accuracies (else a regression's validation MSE)."""
     final: dict[str, Any] | None = None
     files: list[str] = field(default_factory=list)
 
@@ -150,6 +173,41 @@ def load_data(options: TuneOptions, download: bool = True) -> Dataset:
         if not torch.cuda.is_available():
             raise PurestepError(f"--device {options.device} was asked for, but no CUDA device is available")
     return load_dataset(options.dataset, options.data_dir, options.device, download=download)
+
+
+class UsageError(PurestepError):
+    """Options that do not fit the data or the model (a usage error: nothing was written)."""
+
+
+def resolve_loss(options: TuneOptions, data: Dataset) -> TuneOptions:
+    """The options with their loss decided: `--loss` if it fits the targets, else the task's default.
+
+    Raises:
+        UsageError: the loss does not fit the targets (mse for labels, a classification loss for floats).
+    """
+    from purestep.core.losses import loss_for_targets
+
+    try:
+        return replace(options, loss=loss_for_targets(options.loss, data.y_train))
+    except ValueError as e:
+        raise UsageError(f"{e} ({data.name})") from None
+
+
+def _check_model(options: TuneOptions, splits: Splits) -> None:
+    """Build the tutorial configuration's model once, so a bad --model fails before the study opens."""
+    from purestep.search.objective import ConfigError
+
+    try:
+        splits.model_for(TrialConfig())
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def model_defaults(ref: str) -> dict[str, Any]:
+    """The default values of the model factory's keyword arguments (the tutorial's, for `model.NAME`)."""
+    from purestep.core.model import defaults, resolve_factory
+
+    return defaults(resolve_factory(ref))
 
 
 def _setup_torch(options: TuneOptions, compiled: bool) -> int:
@@ -183,7 +241,9 @@ def tune(
     url = parse_storage(options.storage)
     space = options.space
     data = load_data(options)
-    splits = make_splits(data, options.val_fraction, options.seed)
+    options = resolve_loss(options, data)
+    splits = options.splits(data)
+    _check_model(options, splits)
     compiled = use_compiled(options.impl, len(splits.y_fit), options.epochs)
     threads = _setup_torch(options, compiled)
     storage = open_storage(url, create=True)
@@ -191,7 +251,7 @@ def tune(
         study, created = open_study(
             storage, options.study, options.spec(), make_sampler(options.sampler, options.seed), pruner
         )
-        queued = ensure_baseline(study, space, options.n_trials)
+        queued = ensure_baseline(study, space, options.n_trials, model_defaults(options.model))
         outcome = _outcome(study, url, created, queued, compiled, threads, start)
         on_ready(outcome)
         deadline = start + options.timeout if options.timeout else None
@@ -212,6 +272,7 @@ def _progress(
         best.value if best else None,
         best.number if best else None,
         time.time() - start,
+        options.loss != "mse",
     )
 
 
@@ -286,7 +347,7 @@ def run_worker(options: TuneOptions, index: int, deadline: float | None) -> int:
     quiet_optuna()
     url = parse_storage(options.storage)
     data = load_data(options, download=False)
-    splits = make_splits(data, options.val_fraction, options.seed)
+    splits = options.splits(data)
     compiled = use_compiled(options.impl, len(splits.y_fit), options.epochs)
     _setup_torch(options, compiled)
     storage = open_storage(url, create=False)
@@ -379,6 +440,7 @@ def _outcome(
         baseline_trial(trials),
         config,
         time.time() - start,
+        study.direction != optuna.study.StudyDirection.MINIMIZE,
     )
 
 
@@ -391,56 +453,89 @@ def study_space(study: optuna.Study) -> Space:
 
 
 def final_train(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path) -> dict[str, Any]:
-    """Re-train the best configuration on the whole training set, test it once, save the weights.
+    """Re-train the best configuration on the whole training set, test it once, save the weights;
+    the tutorial's configuration (the baseline trial) is re-trained and tested beside it.
 
     Returns the `final` section of `best.json`; the weights go to `out/best.safetensors`.
     """
     from purestep.core.interop import save
-    from purestep.core.loop import evaluate, steps_for
-    from purestep.core.model import mlp
 
     assert outcome.best is not None and outcome.best_config is not None
     config = outcome.best_config
+    splits = options.splits(data)
     began = time.perf_counter()
-    result = train(
-        config,
-        data.x_train,
-        data.y_train,
-        (data.x_train, data.y_train),
-        in_features=data.in_features,
-        classes=data.classes,
-        epochs=options.epochs,
-        seed=options.seed,
-        compiled=outcome.compiled,
-    )
-    model = mlp(data.in_features, config.hidden_layers(), data.classes)
-    _, eval_step = steps_for(model, config.optimizer_config().build(), outcome.compiled)
-    test = evaluate(eval_step, result.params, data.x_test, data.y_test, EVAL_BATCH_SIZE)
+    result, test = _retrain(config, data, splits, options, outcome.compiled)
     seconds = time.perf_counter() - began
     weights = out / "best.safetensors"
     final = {
-        "test_accuracy": test.accuracy,
-        "test_loss": test.loss,
-        "train_accuracy": result.history[-1].eval_accuracy,
+        **test,
         "train_images": len(data.y_train),
         "test_images": len(data.y_test),
         "epochs": options.epochs,
         "seconds": round(seconds, 3),
         "weights": weights.name,
     }
+    if outcome.baseline is not None:
+        tutorial = TrialConfig.from_settings(settings_of(options.space, outcome.baseline.params))
+        final["baseline"] = _retrain(tutorial, data, splits, options, outcome.compiled)[1]
     meta = {
         "study": outcome.study,
         "trial": outcome.best.number,
         "config": config.to_dict(),
         "dataset": options.dataset,
-        "in_features": data.in_features,
-        "hidden": list(config.hidden_layers()),
-        "classes": data.classes,
-        "test_accuracy": test.accuracy,
+        "model": options.model,
+        "model_args": splits.model_for(config).kwargs,
+        "loss": splits.loss,
+        **{k: v for k, v in test.items() if k.startswith("test_")},
     }
-    save(weights, result.params, meta)
+    save(weights, result.params | result.buffers, json.loads(json.dumps(meta)))
     outcome.files.append(str(weights))
     return final
+
+
+def _retrain(
+    config: TrialConfig, data: Dataset, splits: Splits, options: TuneOptions, compiled: bool
+) -> tuple[Any, dict[str, Any]]:
+    """`config` trained on the whole training set and tested once: the result and its test metrics
+    (accuracy, or R² and MSE in the targets' own units for a regression)."""
+    from purestep.core.loop import evaluate, steps_for
+
+    result = train(
+        config,
+        data.x_train,
+        data.y_train,
+        (data.x_train, data.y_train),
+        splits=splits,
+        epochs=options.epochs,
+        seed=options.seed,
+        compiled=compiled,
+    )
+    model = splits.model_for(config)
+    _, eval_step = steps_for(model, config.optimizer_config().build(), compiled, loss=splits.loss)
+    test = evaluate(eval_step, result.params, result.buffers, data.x_test, data.y_test, EVAL_BATCH_SIZE)
+    last = result.history[-1]
+    if test.accuracy is not None:
+        return result, {
+            "test_accuracy": test.accuracy,
+            "test_loss": test.loss,
+            "train_accuracy": last.eval_accuracy,
+        }
+    return result, {
+        "test_r2": test.r2,
+        "test_mse": original_mse(data, test.mse),
+        "test_loss": test.loss,
+        "train_r2": last.eval_r2,
+    }
+
+
+def original_mse(data: Dataset, mse: float | None) -> float | None:
+    """An MSE of standardised targets in the targets' own units (as given when not standardised)."""
+    std = getattr(data, "target_std", None)
+    if mse is None or std is None:
+        return mse
+    import torch
+
+    return float(mse * torch.as_tensor(std).double().square().mean())
 
 
 def finish(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path, final: bool) -> dict[str, Any]:
@@ -452,6 +547,7 @@ def finish(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path, fin
     if outcome.best is None:
         why = f"{outcome.pruned} pruned, {outcome.failed} failed"
         raise PurestepError(f"study {outcome.study!r} has no completed trial ({why})")
+    options = resolve_loss(options, data)
     if final:
         outcome.final = final_train(outcome, data, options, out)
     content = best_json(outcome, options)
@@ -467,7 +563,10 @@ def best_json(outcome: Outcome, options: TuneOptions) -> dict[str, Any]:
         "study": outcome.study,
         "storage": outcome.storage,
         "dataset": options.dataset,
-        "metric": "validation accuracy",
+        "model": options.model,
+        "model_args": options.model_args,
+        "loss": options.loss,
+        "metric": "validation MSE" if options.loss == "mse" else "validation accuracy",
         "trial": outcome.best.number,
         "value": outcome.best.value,
         "params": outcome.best.params,
@@ -478,15 +577,6 @@ def best_json(outcome: Outcome, options: TuneOptions) -> dict[str, Any]:
         "trials": {"complete": outcome.complete, "pruned": outcome.pruned, "failed": outcome.failed},
         "final": outcome.final,
     }
-
-
-def write_json(path: Path, content: dict[str, Any]) -> Path:
-    """Write JSON next to `path` and rename it into place (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def default_out(study: str) -> Path:

@@ -13,7 +13,7 @@ import signal
 import sys
 import traceback
 
-from purestep.core.errors import PurestepError
+from purestep.core.errors import PurestepError, one_line
 from purestep.search.tune import TuneOptions, run_worker
 
 
@@ -31,18 +31,14 @@ def main(argv: list[str]) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
     except (PurestepError, ValueError, OSError) as e:
-        print(f"Error: worker {index}: {_one_line(e)}", file=sys.stderr)
+        print(f"Error: worker {index}: {one_line(e)}", file=sys.stderr)
         return 1
     except Exception as e:  # a bug: one line here too; the traceback with PURESTEP_DEBUG=1
         if os.environ.get("PURESTEP_DEBUG", "") not in ("", "0"):
             traceback.print_exc()
-        print(f"Error: worker {index}: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+        print(f"Error: worker {index}: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

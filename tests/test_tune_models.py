@@ -1,0 +1,117 @@
+"""`purestep tune` for any model: the model's own arguments in the space, the tutorial's
+configuration of that model as trial 0, best.json naming the model, `--batch` with buffers."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from purestep.cli import app
+from purestep.core.interop import load
+from purestep.search.objective import TrialConfig
+from purestep.search.space import SpaceError, parse_space, sample, tutorial_params
+
+runner = CliRunner()
+CNN_SPACE = """\
+[dropout]
+key = "model.dropout"
+low = 0.0
+high = 0.6
+[width]
+key = "model.width"
+choices = [8, 32]
+"""
+
+
+def test_model_arguments_join_the_space_with_their_own_kinds():
+    space = parse_space(CNN_SPACE + '[norm]\nkey = "model.norm"\nchoices = ["batch", "none"]\n')
+    drawn = sample(space, lambda name, domain: domain.values[0] if hasattr(domain, "values") else domain.low)
+    assert drawn.settings["model.dropout"] == 0.0 and drawn.settings["model.width"] == 8
+    config = TrialConfig.from_settings(drawn.settings)
+    assert dict(config.model_args) == {"dropout": 0.0, "norm": "batch", "width": 8}
+    assert TrialConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@given(default=st.sampled_from([0.0, 0.25, 0.6, 0.9]))
+def test_the_tutorial_trial_takes_the_models_defaults(default):
+    space = parse_space(CNN_SPACE)
+    params = tutorial_params(space, {"dropout": default, "width": 32})
+    if default <= 0.6:
+        assert params is not None and params["dropout"] == default and params["width"] == 32
+    else:
+        assert params is None  # the default lies outside the searched range
+    assert tutorial_params(space, {"dropout": 0.5}) is None  # width has no default: no tutorial
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ('[x]\nkey = "model."\nvalue = 1\n', "unknown setting"),
+        ('[x]\nkey = "model.a-b"\nvalue = 1\n', "unknown setting"),
+        ('[x]\nkey = "model.flag"\nlow = true\nhigh = false\n', "take value or choices"),
+    ],
+)
+def test_bad_model_keys_are_named(table, message):
+    with pytest.raises(SpaceError, match=message):
+        parse_space(table)
+
+
+def _tune(tmp_path, *args):
+    space = tmp_path / "space.toml"
+    space.write_text(CNN_SPACE)
+    storage = f"sqlite:///{tmp_path / 'cnn.db'}"
+    common = ["tune", "--dataset", "digits", "--model", "cnn", "--model-arg", "dense=16", "--epochs", "1"]
+    common += ["--space", str(space), "--storage", storage, "--out", str(tmp_path / "out")]
+    return runner.invoke(app, [*common, *args]), storage
+
+
+@pytest.mark.parametrize("batch", ["1", "3"])
+def test_tune_searches_a_cnns_own_arguments_and_names_the_model(tmp_path, batch):
+    result, storage = _tune(tmp_path, "--n-trials", "4", "--sampler", "random", "--batch", batch)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="purestep-digits", storage=storage)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 4 and all({"dropout", "width"} <= set(t.params) for t in done)
+    baseline = next(t for t in done if t.user_attrs.get("baseline"))
+    assert baseline.params["dropout"] == 0.5 and baseline.params["width"] == 32  # ConvNet's defaults
+    best = json.loads((tmp_path / "out" / "best.json").read_text())
+    assert best["model"] == "cnn" and best["model_args"] == {"dense": 16} and best["loss"] == "cross_entropy"
+    assert set(best["config"]["model_args"]) == {"dropout", "width"}
+    assert 0 <= best["final"]["test_accuracy"] <= 1 and "test_accuracy" in best["final"]["baseline"]
+    tensors, meta = load(tmp_path / "out" / "best.safetensors")
+    assert meta["model"] == "cnn" and meta["model_args"]["dense"] == 16
+    assert any(k.endswith("running_mean") for k in tensors)  # buffers are saved beside params
+
+
+def test_resuming_with_another_model_is_refused(tmp_path):
+    result, _ = _tune(tmp_path, "--n-trials", "1", "--no-final")
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(
+        app,
+        ["tune", "--dataset", "digits", "--epochs", "1", "--n-trials", "2"]
+        + ["--storage", f"sqlite:///{tmp_path / 'cnn.db'}", "--no-final"],
+    )
+    assert again.exit_code == 2 and "--model is cnn in the study, mlp here" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--loss", "mse"], "does not fit class labels"),
+        (["--model", "vgg"], "unknown model 'vgg'"),
+        (["--model-arg", "depth=2"], "takes no argument 'depth'"),
+    ],
+)
+def test_bad_model_or_loss_is_a_usage_error_before_the_storage(tmp_path, args, message):
+    db = tmp_path / "x.db"
+    result = runner.invoke(
+        app, ["tune", "--dataset", "digits", "--storage", f"sqlite:///{db}", "--n-trials", "1", *args]
+    )
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert result.stderr.count("\n") == 1 and not db.exists()
