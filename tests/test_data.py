@@ -1,16 +1,27 @@
-"""Data contract: torchvision files read as ToTensor() does; batches cover every sample once."""
+"""Data contract: torchvision files read as ToTensor() does; diabetes standardised on its training
+split; a user's .npz/.safetensors arrays round-trip, and a bad file is one line; batches cover every
+sample once."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import pickle
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from safetensors.torch import save_file
 from torchvision import datasets
 from torchvision.transforms import ToTensor
+from typer.testing import CliRunner
 
-from purestep import DataError, batches, epoch_order, load_dataset, split
-from purestep.core.data import num_batches, write_fake_mnist
+from purestep import DATASETS, DataError, batches, epoch_order, load_dataset, split
+from purestep.cli import app
+from purestep.core.data import is_file_name, num_batches, write_fake_mnist
 
 
 @pytest.mark.parametrize("name", ["fashion-mnist", "mnist", "kmnist"])
@@ -91,3 +102,322 @@ def test_split_is_seeded_disjoint_and_complete(n, fraction, seed):
     assert sorted(torch.cat([ya, yb]).tolist()) == list(range(n))
     assert len(yb) == max(1, round(n * fraction))
     assert torch.equal(split(x, y, fraction, seed)[3], yb)
+
+
+# --- what a dataset carries ------------------------------------------------------------------------
+
+
+def test_image_datasets_describe_themselves(tmp_path):
+    write_fake_mnist(tmp_path, "mnist", 20, 5)
+    for data in (load_dataset("mnist", tmp_path, download=False), load_dataset("digits")):
+        assert data.task == "classification" and data.classes == data.out_features == 10
+        assert data.in_shape == tuple(data.x_train.shape[1:]) and data.in_features == math.prod(data.in_shape)
+        assert data.target_mean is None and data.original_mse(0.25) == 0.25
+
+
+def test_diabetes_is_offline_standardised_on_the_training_split():
+    data = load_dataset("diabetes")
+    assert data.name == "diabetes" and data.task == "regression" and data.classes is None
+    assert data.x_train.shape == (354, 10) and data.y_train.shape == (354, 1)
+    assert data.x_test.shape == (88, 10) and data.y_test.shape == (88, 1)
+    assert data.in_shape == (10,) and data.in_features == 10 and data.out_features == 1
+    assert all(t.dtype == torch.float32 for t in (data.x_train, data.y_train, data.x_test, data.y_test))
+    for t in (data.x_train, data.y_train):
+        assert torch.allclose(t.mean(0), torch.zeros(t.shape[1]), atol=1e-5)
+        assert torch.allclose(t.std(0, correction=0), torch.ones(t.shape[1]), atol=1e-5)
+    # the test split is scaled by the training statistics, not its own
+    assert data.x_test.mean(0).abs().max() > 1e-3
+
+
+def test_diabetes_rows_stay_aligned_and_return_to_the_original_units():
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression
+
+    raw = torch.from_numpy(load_diabetes(scaled=False).target).float()
+    data = load_dataset("diabetes")
+    back = data.original_targets(torch.cat([data.y_train, data.y_test])).squeeze(1)
+    assert torch.allclose(back.sort().values, raw.sort().values, rtol=1e-5, atol=1e-3)
+    assert data.target_mean == pytest.approx(
+        data.original_targets(data.y_train).double().mean().item(), rel=1e-6
+    )
+    # inputs and targets moved together: a linear model explains a good part of the test variance
+    fit = LinearRegression().fit(data.x_train.numpy(), data.y_train.numpy())
+    assert fit.score(data.x_test.numpy(), data.y_test.numpy()) > 0.3
+
+
+@given(predictions=st.lists(st.floats(-3, 3, width=32), min_size=88, max_size=88))
+def test_original_mse_is_the_mse_of_the_original_units(predictions):
+    data = load_dataset("diabetes")
+    p = torch.tensor(predictions).double().unsqueeze(1)
+    y = data.y_test.double()
+    standardised = ((p - y) ** 2).mean().item()
+    original = ((data.original_targets(p) - data.original_targets(y)) ** 2).mean().item()
+    assert data.original_mse(standardised) == pytest.approx(original, rel=1e-9)
+
+
+@given(
+    n=st.integers(2, 60), targets=st.integers(1, 3), seed=st.integers(0, 99), batch_size=st.integers(1, 16)
+)
+def test_split_and_batches_carry_float_targets_row_for_row(n, targets, seed, batch_size):
+    x = torch.arange(n).float().unsqueeze(1).expand(n, 4)
+    y = torch.arange(n).float().unsqueeze(1).expand(n, targets) / 7
+    xa, ya, xb, yb = split(x, y, 0.3, seed)
+    assert ya.shape == (len(xa), targets) and yb.shape == (len(xb), targets)
+    assert torch.equal(xa[:, 0] / 7, ya[:, 0]) and torch.equal(xb[:, 0] / 7, yb[:, 0])
+    for xs, ys in batches(xa, ya, batch_size, epoch_order(len(ya), 0, seed)):
+        assert torch.equal(xs[:, :1] / 7, ys[:, :1])
+
+
+# --- a user's own arrays ---------------------------------------------------------------------------
+
+FLOATS = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+LABELS = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+
+
+def save_arrays(path, arrays: dict[str, torch.Tensor]) -> None:
+    """Write tensors as the file type `path` names (`.npz` through numpy)."""
+    if path.suffix == ".npz":
+        np.savez(path, **{k: v.numpy() for k, v in arrays.items()})
+    else:
+        save_file({k: v.contiguous() for k, v in arrays.items()}, path)
+
+
+@st.composite
+def user_arrays(draw):
+    suffix = draw(st.sampled_from([".npz", ".safetensors"]))
+    names = [n for n in FLOATS if suffix == ".safetensors" or n != "bfloat16"]  # numpy has no bfloat16
+    shape = tuple(draw(st.lists(st.integers(1, 4), max_size=3)))
+    sizes = {"train": draw(st.integers(1, 30)), "test": draw(st.integers(1, 10))}
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    x_dtype = FLOATS[draw(st.sampled_from(names))]
+    arrays = {f"x_{p}": torch.randn((n, *shape), generator=g).to(x_dtype) for p, n in sizes.items()}
+    if draw(st.booleans()):
+        classes, dtype = draw(st.integers(1, 12)), draw(st.sampled_from(LABELS))
+        arrays |= {f"y_{p}": torch.randint(0, classes, (n,), generator=g).to(dtype) for p, n in sizes.items()}
+    else:
+        columns = draw(st.sampled_from([(), (1,), (3,)]))
+        y_dtype = FLOATS[draw(st.sampled_from(names))]
+        arrays |= {f"y_{p}": torch.randn((n, *columns), generator=g).to(y_dtype) for p, n in sizes.items()}
+    return suffix, arrays
+
+
+@given(case=user_arrays())
+def test_npz_and_safetensors_round_trip(tmp_path_factory, case):
+    suffix, arrays = case
+    path = tmp_path_factory.mktemp("arrays") / f"my-data{suffix}"
+    save_arrays(path, arrays)
+    data = load_dataset(str(path))
+    assert data.name == "my-data" and data.target_mean is None and data.original_mse(2.0) == 2.0
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        x_loaded, y_loaded = getattr(data, f"x_{part}"), getattr(data, f"y_{part}")
+        assert torch.equal(x_loaded, (x if x.ndim > 1 else x.unsqueeze(1)).float())
+        if y.is_floating_point():
+            assert torch.equal(y_loaded, (y if y.ndim > 1 else y.unsqueeze(1)).float())
+        else:
+            assert y_loaded.dtype == torch.int64 and torch.equal(y_loaded, y.long())
+    assert data.in_shape == (tuple(arrays["x_train"].shape[1:]) or (1,))
+    if arrays["y_train"].is_floating_point():
+        assert data.task == "regression" and data.classes is None
+        assert data.out_features == data.y_train.shape[1] == data.y_test.shape[1]
+    else:
+        labels = torch.cat([arrays["y_train"], arrays["y_test"]]).long()
+        assert data.task == "classification" and data.classes == data.out_features == labels.max() + 1
+    assert load_dataset(path).name == "my-data"  # a Path works as well as its string
+
+
+def _good(n_train: int = 10, n_test: int = 4) -> dict[str, np.ndarray]:
+    r = np.random.default_rng(0)
+    return {
+        "x_train": r.random((n_train, 5), dtype=np.float32),
+        "y_train": r.integers(0, 3, n_train),
+        "x_test": r.random((n_test, 5), dtype=np.float32),
+        "y_test": r.integers(0, 3, n_test),
+    }
+
+
+def _npz(**changes):
+    """Writer of an .npz holding the good arrays with `changes` (None deletes a key)."""
+
+    def write(path):
+        arrays = {k: v for k, v in (_good() | changes).items() if v is not None}
+        np.savez(path, **arrays)
+
+    return write
+
+
+class _MakesADirectory:
+    """Unpickling this creates the directory `marker`: a file that runs code when unpickled."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _pickled(path):
+    path.write_bytes(pickle.dumps(_MakesADirectory(str(path.parent / "unpickled"))))
+
+
+def _pickle_inside(path):
+    arrays = _good() | {"y_test": np.array([_MakesADirectory(str(path.parent / "unpickled"))] * 4)}
+    np.savez(path, **arrays)
+
+
+def _truncated(path):
+    _npz()(path)
+    path.write_bytes(path.read_bytes()[:300])
+
+
+def _safetensors(**changes):
+    def write(path):
+        arrays = {k: torch.from_numpy(v) for k, v in (_good() | changes).items() if v is not None}
+        save_file(arrays, path)
+
+    return write
+
+
+BAD_FILES = {
+    "missing key": ("d.npz", _npz(y_test=None), "missing y_test"),
+    "missing keys, safetensors": (
+        "d.safetensors",
+        _safetensors(x_train=None, y_train=None),
+        "missing x_train, y_train",
+    ),
+    "x and y lengths": (
+        "d.npz",
+        _npz(y_train=np.zeros(9, dtype=np.int64)),
+        "x_train has 10 rows but y_train has 9",
+    ),
+    "train and test shapes": ("d.npz", _npz(x_test=np.zeros((4, 6), np.float32)), "they must match"),
+    "target columns": (
+        "d.npz",
+        _npz(y_train=np.zeros((10, 2)), y_test=np.zeros((4, 3))),
+        "the splits have different targets",
+    ),
+    "string labels": ("d.npz", _npz(y_train=np.array(["cat"] * 10)), "y_train has dtype <U3"),
+    "complex inputs": (
+        "d.npz",
+        _npz(x_train=np.zeros((10, 5), np.complex64)),
+        "inputs must be floating point",
+    ),
+    "complex inputs, safetensors": (
+        "d.safetensors",
+        _safetensors(x_test=np.zeros((4, 5), np.complex64)),
+        "x_test has dtype complex64; inputs must be floating point",
+    ),
+    "integer inputs": ("d.npz", _npz(x_train=np.zeros((10, 5), np.uint8)), "x_train has dtype uint8; inputs"),
+    "bool labels": ("d.npz", _npz(y_test=np.ones(4, bool)), "y_test has dtype bool"),
+    "labels and targets": ("d.npz", _npz(y_test=np.zeros(4)), "both integer labels or both float targets"),
+    "negative label": ("d.npz", _npz(y_train=np.arange(10) - 1), "y_train has a negative label (-1)"),
+    "2-D labels": ("d.npz", _npz(y_train=np.zeros((10, 2), np.int64)), "class labels are 1-D"),
+    "NaN input": (
+        "d.npz",
+        _npz(x_test=np.full((4, 5), np.nan, np.float32)),
+        "x_test has NaN or infinite values",
+    ),
+    "inf target": (
+        "d.npz",
+        _npz(y_train=np.full(10, np.inf), y_test=np.zeros(4)),
+        "y_train has NaN or infinite",
+    ),
+    "float32 overflow": ("d.npz", _npz(x_train=np.full((10, 5), 1e300)), "x_train has values beyond float32"),
+    "empty split": (
+        "d.npz",
+        _npz(x_test=np.zeros((0, 5), np.float32), y_test=np.zeros(0, np.int64)),
+        "test set is empty",
+    ),
+    "no features": (
+        "d.npz",
+        _npz(x_train=np.zeros((10, 0), np.float32), x_test=np.zeros((4, 0), np.float32)),
+        "no features",
+    ),
+    "scalar": ("d.npz", _npz(y_test=np.int64(3)), "y_test is a single number"),
+    "truncated npz": ("d.npz", _truncated, "corrupt .npz archive"),
+    "not an npz": ("d.npz", lambda p: p.write_bytes(b"x_train,y_train\n1,2\n"), "not an .npz archive"),
+    "a pickle": ("d.npz", _pickled, "not an .npz archive"),
+    "a pickle inside": ("d.npz", _pickle_inside, "y_test holds Python objects, never loaded"),
+    "corrupt safetensors": (
+        "d.safetensors",
+        lambda p: p.write_bytes(b"\x00" * 5),
+        "corrupt .safetensors file",
+    ),
+    "wrong extension": ("d.csv", lambda p: p.write_text("1,2\n"), "unsupported file type .csv"),
+    "missing file": ("d.npz", lambda p: None, "no such file"),
+    "a directory": ("d.npz", lambda p: p.mkdir(), "not a file"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_a_bad_file_is_one_line_naming_the_file_and_the_problem(tmp_path, case):
+    name, write, problem = BAD_FILES[case]
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(DataError) as e:
+        load_dataset(str(path))
+    message = str(e.value)
+    assert message.startswith(f"{path}: ") and problem in message and "\n" not in message, message
+    assert not (tmp_path / "unpickled").exists()
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_a_bad_file_through_the_cli_is_one_line_and_exit_1(tmp_path, case):
+    name, write, problem = BAD_FILES[case]
+    path = tmp_path / name
+    write(path)
+    result = CliRunner().invoke(app, ["train", "--dataset", str(path), "--epochs", "1", "--impl", "eager"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"Error: {path}: ") and problem in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert not (tmp_path / "unpickled").exists()
+
+
+# --- the --dataset option ---------------------------------------------------------------------------
+
+
+def test_the_cli_knows_every_built_in_name_and_lists_it_in_help():
+    from purestep.cli.options import DATASET_NAMES
+
+    assert DATASET_NAMES == DATASETS
+    text = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).stdout.split())
+    assert all(name in text for name in DATASETS) and ".npz/.safetensors" in text
+
+
+@pytest.mark.parametrize("value", ["cifar10", "", "MNIST!", "Digits"])
+def test_a_value_that_is_neither_a_name_nor_a_file_is_a_usage_error(value):
+    result = CliRunner().invoke(app, ["train", "--dataset", value])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "--dataset" in result.stderr and "or an .npz/.safetensors file" in result.stderr
+    assert not is_file_name(value)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_file_trains_and_is_labelled_by_its_stem(tmp_path, monkeypatch, task):
+    arrays = _good(70, 12)
+    if task == "regression":
+        arrays |= {"y_train": arrays["x_train"].sum(1), "y_test": arrays["x_test"].sum(1)}
+    save_arrays(tmp_path / "blobs.npz", {k: torch.from_numpy(v) for k, v in arrays.items()})
+    monkeypatch.chdir(tmp_path)  # a relative path works, and is read from where the command runs
+    args = ["train", "--dataset", "blobs.npz", "--epochs", "1", "--impl", "eager", "--json", "--hidden", "8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["config"]["dataset"] == "blobs" and len(summary["history"]) == 1
+    assert summary["config"]["loss"] == ("mse" if task == "regression" else "cross_entropy")
+
+
+def test_tune_names_its_study_after_the_file(tmp_path):
+    save_arrays(tmp_path / "blobs.safetensors", {k: torch.from_numpy(v) for k, v in _good(70, 12).items()})
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["tune", "--dataset", str(tmp_path / "blobs.safetensors"), "--epochs", "1", "--n-trials", "1"]
+    result = CliRunner().invoke(
+        app, [*args, "--storage", storage, "--no-final", "--json", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["study"] == "purestep-blobs"

@@ -115,3 +115,16 @@ def test_bad_model_or_loss_is_a_usage_error_before_the_storage(tmp_path, args, m
     )
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert result.stderr.count("\n") == 1 and not db.exists()
+
+
+def test_a_zoo_models_default_space_searches_its_own_arguments():
+    from purestep.core.model import ConvNet, defaults
+    from purestep.search.space import default_space, load_space
+
+    space = load_space(None, "cnn")
+    assert {p.key for p in space.params} >= {"model.dropout", "model.width"}
+    assert not any(p.key.startswith("model.") for p in default_space().params)
+    params = tutorial_params(space, defaults(ConvNet))
+    assert params is not None and params["dropout"] == 0.5 and params["width"] == 32
+    shown = runner.invoke(app, ["tune", "--model", "cnn", "--show-space"])
+    assert shown.exit_code == 0 and 'key = "model.dropout"' in shown.stdout

@@ -15,7 +15,6 @@ from purestep.cli.options import (
     BatchSize,
     DataDir,
     Dataset,
-    DatasetName,
     Device,
     Hidden,
     LearningRate,
@@ -33,7 +32,7 @@ class Against(str, Enum):
 
 @app.command()
 def check(
-    dataset: Dataset = DatasetName.fashion_mnist,
+    dataset: Dataset = "fashion-mnist",
     data_dir: DataDir = Path("data"),
     steps: Annotated[
         int | None, typer.Option("--steps", min=1, help="Steps to run (default: one whole epoch).")
@@ -58,7 +57,7 @@ def check(
     learning rate and weight decay.
     """
     config = optimizer_config("sgd", lr, momentum, nesterov, weight_decay)
-    data = load_data(dataset.value, data_dir, device)
+    data = load_data(dataset, data_dir, device)
 
     from purestep.check import run_checks
 

@@ -41,7 +41,7 @@ def resolve_device(device: str) -> str:
 
 
 def load_data(dataset: str, data_dir: Path, device: str) -> Dataset:
-    """The dataset's tensors on `device` (downloaded into `data_dir` when missing)."""
+    """The dataset's tensors on `device`: built in (downloaded into `data_dir` when missing) or a file's."""
     from purestep.core.data import load_dataset
 
     return load_dataset(dataset, data_dir, resolve_device(device))
@@ -70,11 +70,7 @@ def model_for(
     if hidden is not None and ref == "mlp":
         args.setdefault("hidden", hidden)
     try:
-        return build_model(ref, tuple(data.x_train.shape[1:]), _out_features(data), args, loss)
+        return build_model(ref, data.in_shape, data.out_features, args, loss)
     except ModelError as e:
         raise typer.BadParameter(str(e)) from None
 
-
-def _out_features(data: Dataset) -> int:
-    y = data.y_train
-    return (y.shape[1] if y.ndim > 1 else 1) if y.is_floating_point() else data.classes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from enum import Enum
 from pathlib import Path
@@ -10,12 +11,8 @@ from typing import Annotated
 
 import typer
 
-
-class DatasetName(str, Enum):
-    fashion_mnist = "fashion-mnist"
-    mnist = "mnist"
-    kmnist = "kmnist"
-    digits = "digits"
+# the names of purestep.core.data.DATASETS, here without importing torch
+DATASET_NAMES = ("fashion-mnist", "mnist", "kmnist", "digits", "diabetes")
 
 
 class OptimizerName(str, Enum):
@@ -42,6 +39,26 @@ def _momentum(value: float) -> float:
     return value
 
 
+def _dataset(value: str) -> str:
+    """A built-in name as is; a file (a suffix or a folder in the name, or it exists) as an absolute path.
+
+    The file itself is read, and any problem with it reported (exit 1), when the data loads.
+    """
+    path = Path(value)
+    if value in DATASET_NAMES:
+        return value
+    if value and (path.suffix or "/" in value or os.sep in value or path.exists()):
+        return str(path.expanduser().absolute())
+    raise typer.BadParameter(
+        f"must be one of {', '.join(DATASET_NAMES)}, or an .npz/.safetensors file; got {value!r}"
+    )
+
+
+def dataset_label(dataset: str) -> str:
+    """The dataset's name in study names and reports: the built-in name, or the file's stem."""
+    return dataset if dataset in DATASET_NAMES else Path(dataset).stem
+
+
 def _device(value: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
         raise typer.BadParameter(f"must be cpu, cuda or cuda:N, got {value!r}")
@@ -49,8 +66,14 @@ def _device(value: str) -> str:
 
 
 Dataset = Annotated[
-    DatasetName,
-    typer.Option("--dataset", help="Dataset; digits is bundled with scikit-learn and works offline."),
+    str,
+    typer.Option(
+        "--dataset",
+        callback=_dataset,
+        metavar="NAME|FILE",
+        help="fashion-mnist, mnist, kmnist (downloaded); digits or diabetes (regression), bundled with "
+        "scikit-learn, offline; or an .npz/.safetensors file holding x_train, y_train, x_test, y_test.",
+    ),
 ]
 DataDir = Annotated[
     Path,

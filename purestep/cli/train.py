@@ -18,7 +18,6 @@ from purestep.cli.options import (
     BatchSize,
     DataDir,
     Dataset,
-    DatasetName,
     Device,
     Epochs,
     Hidden,
@@ -37,6 +36,7 @@ from purestep.cli.options import (
     Seed,
     Shuffle,
     WeightDecay,
+    dataset_label,
     parse_hidden,
     parse_model_args,
 )
@@ -206,7 +206,7 @@ def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Pat
 
 @app.command()
 def train(
-    dataset: Dataset = DatasetName.fashion_mnist,
+    dataset: Dataset = "fashion-mnist",
     data_dir: DataDir = Path("data"),
     model: ModelRef = "mlp",
     model_arg: ModelArgs = None,
@@ -256,7 +256,7 @@ def train(
     if model != "mlp" and widths != (512, 512):
         raise typer.BadParameter("--hidden sets the MLP's widths; for another model use --model-arg")
     run: dict[str, Any] = {
-        "dataset": dataset.value,
+        "dataset": dataset_label(dataset),
         "model": model,
         "model_args": model_args,
         "loss": loss.value if loss is not None else None,
@@ -271,7 +271,7 @@ def train(
         "optimizer": config.to_dict(),
     }
     start = time.perf_counter()
-    data = load_data(dataset.value, data_dir, device)
+    data = load_data(dataset, data_dir, device)
     run["loss"] = loss_for(data, run["loss"])
     spec = model_for(data, model, model_args, run["loss"], widths)
     lines: list[str] = []

@@ -14,13 +14,13 @@ from purestep.cli._app import app
 from purestep.cli.options import (
     DataDir,
     Dataset,
-    DatasetName,
     Device,
     Epochs,
     Loss,
     ModelArgs,
     ModelRef,
     Seed,
+    dataset_label,
     parse_model_args,
 )
 
@@ -119,7 +119,7 @@ Out = Annotated[
 
 @app.command()
 def tune(
-    dataset: Dataset = DatasetName.fashion_mnist,
+    dataset: Dataset = "fashion-mnist",
     data_dir: DataDir = Path("data"),
     model: ModelRef = "mlp",
     model_arg: ModelArgs = None,
@@ -175,7 +175,7 @@ def tune(
     from purestep.search.space import SpaceError, load_space
 
     try:
-        search_space = load_space(space)
+        search_space = load_space(space, model)
     except SpaceError as e:
         raise typer.BadParameter(str(e), param_hint="--space") from None
     if show_space:
@@ -191,9 +191,9 @@ def tune(
         parse_storage(storage)
     except StorageURLError as e:
         raise typer.BadParameter(str(e), param_hint="--storage") from None
-    name = study or f"purestep-{dataset.value}"
+    name = study or f"purestep-{dataset_label(dataset)}"
     options = TuneOptions(
-        dataset=dataset.value,
+        dataset=dataset,
         data_dir=str(data_dir),
         device=device,
         epochs=epochs,

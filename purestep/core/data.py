@@ -7,40 +7,89 @@ are gathered once through a permutation seeded by `(seed, epoch)`.
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from purestep.core.errors import DataError
 
+if TYPE_CHECKING:
+    import numpy as np
+
 TORCHVISION = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST", "kmnist": "KMNIST"}
-DATASETS = (*TORCHVISION, "digits")
+DATASETS = (*TORCHVISION, "digits", "diabetes")
+FILE_TYPES = (".npz", ".safetensors")
+ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 DIGITS_TEST_SIZE = 360
+DIABETES_TEST_SIZE = 88
+
+Task = Literal["classification", "regression"]
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test tensors: images `(N, 1, H, W)` float32 in [0, 1], labels int64."""
+    """Train and test tensors, and what a model and its metrics need to know about them.
+
+    Inputs are float `(N, *in_shape)` (images `(N, 1, H, W)` in [0, 1]). Classification labels
+    are int64 `(N,)` in `[0, classes)`; regression targets are float `(N, targets)`, standardised
+    when `target_std` is set (then `original_mse` gives a metric back in the data's units).
+    """
 
     name: str
     x_train: Tensor
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
+    task: Task
+    classes: int | None
+    target_mean: float | None = None
+    target_std: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.task == "classification") != (self.classes is not None):
+            raise ValueError(f"a {self.task} dataset has classes={self.classes}")
+        if self.task == "classification" and self.target_std is not None:
+            raise ValueError("a classification dataset has no target mean or std")
+        if (self.target_mean is None) != (self.target_std is None):
+            raise ValueError("target_mean and target_std go together")
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """One input's shape, e.g. `(1, 28, 28)`: what a conv net is built for."""
+        return tuple(self.x_train.shape[1:])
 
     @property
     def in_features(self) -> int:
-        """Pixels per image: the model's input width."""
-        return self.x_train[0].numel()
+        """Numbers per input (pixels per image): an MLP's input width."""
+        return math.prod(self.in_shape)
 
     @property
-    def classes(self) -> int:
-        """Number of label classes."""
-        return 10
+    def out_features(self) -> int:
+        """The model's output width: the classes, or the regression targets per row."""
+        return self.classes if self.classes is not None else self.y_train.shape[1]
+
+    def original_mse(self, mse: float) -> float:
+        """A mean squared error on the standardised targets, in the data's own units (R² needs none)."""
+        return mse if self.target_std is None else mse * self.target_std**2
+
+    def original_targets(self, y: Tensor) -> Tensor:
+        """Targets or predictions on the standardised scale, back in the data's own units."""
+        if self.target_std is None or self.target_mean is None:
+            return y
+        return y * self.target_std + self.target_mean
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same dataset with its four tensors on `device`."""
+        moved = {k: getattr(self, k).to(device) for k in ARRAYS}
+        return replace(self, **moved)
 
 
 def _images(uint8: Tensor) -> Tensor:
@@ -75,17 +124,191 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else ""
 
 
-def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _sklearn(what: str) -> ModuleType:
     try:
-        from sklearn.datasets import load_digits
+        from sklearn import datasets
     except ImportError:
-        raise DataError("the digits dataset needs scikit-learn: pip install 'purestep[digits]'") from None
-    bunch = load_digits()
+        raise DataError(f"the {what} dataset needs scikit-learn: pip install 'purestep[digits]'") from None
+    return datasets
+
+
+def _seeded_split(n: int, test_size: int) -> tuple[Tensor, Tensor]:
+    """Row indices `(train, test)`: a permutation seeded by 0, its first `test_size` rows the test set."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    return order[test_size:], order[:test_size]
+
+
+def _digits() -> Dataset:
+    bunch = _sklearn("digits").load_digits()
     x = torch.from_numpy(bunch.images).to(torch.get_default_dtype()).div(16).unsqueeze(1)
     y = torch.from_numpy(bunch.target).long()
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    test, train = order[:DIGITS_TEST_SIZE], order[DIGITS_TEST_SIZE:]
-    return x[train], y[train], x[test], y[test]
+    train, test = _seeded_split(len(y), DIGITS_TEST_SIZE)
+    return Dataset("digits", x[train], y[train], x[test], y[test], "classification", 10)
+
+
+def _diabetes() -> Dataset:
+    """scikit-learn's raw diabetes data (442 rows, 10 features), standardised on the training rows.
+
+    Each input column and the target get the training rows' mean and (population) std, applied
+    to both splits, so the test set informs nothing; the target's mean and std travel along.
+    """
+    bunch = _sklearn("diabetes").load_diabetes(scaled=False)
+    x = torch.from_numpy(bunch.data).double()
+    y = torch.from_numpy(bunch.target).double().unsqueeze(1)
+    train, test = _seeded_split(len(y), DIABETES_TEST_SIZE)
+    x_mean, x_std = x[train].mean(0), x[train].std(0, correction=0)
+    y_mean, y_std = y[train].mean(), y[train].std(correction=0)
+    dtype = torch.get_default_dtype()
+    x, y = ((x - x_mean) / x_std).to(dtype), ((y - y_mean) / y_std).to(dtype)
+    return Dataset(
+        "diabetes", x[train], y[train], x[test], y[test], "regression", None, y_mean.item(), y_std.item()
+    )
+
+
+# --- a user's own arrays --------------------------------------------------------------------------
+
+
+def read_arrays(path: str | os.PathLike[str]) -> Dataset:
+    """A user's dataset from an `.npz` or `.safetensors` file holding `x_train, y_train, x_test, y_test`.
+
+    Used as given, not standardised (what is trained on is what the file holds, and a saved model
+    predicts in the file's units). Inputs of any float dtype and any trailing shape become float32;
+    integer labels (>= 0) mean classification with `max + 1` classes, float targets regression
+    (a 1-D target becomes `(N, 1)`). Pickled arrays are never loaded.
+    Raises:
+        DataError: one line naming the file and its problem.
+    """
+    path = Path(path)
+    if path.suffix not in FILE_TYPES:
+        raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'}; use .npz or .safetensors")
+    if not path.is_file():
+        raise DataError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+    try:
+        arrays = _read_npz(path) if path.suffix == ".npz" else _read_safetensors(path)
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    return _from_arrays(path, arrays)
+
+
+def _read_npz(path: Path) -> dict[str, Tensor]:
+    import numpy as np
+
+    with path.open("rb") as f:
+        if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
+            raise DataError(f"{path}: not an .npz archive (np.savez writes one)")
+    arrays: dict[str, Tensor] = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            _require_keys(path, archive.files)
+            for key in ARRAYS:
+                try:
+                    array = archive[key]
+                except ValueError as e:
+                    if "allow_pickle" in str(e):
+                        raise DataError(f"{path}: {key} holds Python objects, never loaded") from None
+                    raise
+                arrays[key] = _from_numpy(path, key, array)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
+        raise DataError(f"{path}: corrupt .npz archive ({_first_line(e) or type(e).__name__})") from None
+    return arrays
+
+
+def _from_numpy(path: Path, key: str, array: np.ndarray) -> Tensor:
+    """Numbers as a tensor of their dtype, or the nearest torch has (uint16-64: int64, float128: float64)."""
+    import numpy as np
+
+    kind, dtype = array.dtype.kind, array.dtype.newbyteorder("=")
+    if kind not in "biufc":
+        raise DataError(f"{path}: {key} has dtype {array.dtype}; dataset arrays hold numbers")
+    if kind == "u" and dtype.itemsize > 1:
+        if dtype.itemsize == 8 and array.size and array.max() > np.iinfo(np.int64).max:
+            raise DataError(f"{path}: {key} holds labels beyond int64")
+        dtype = np.dtype(np.int64)
+    elif kind in "fc" and dtype.itemsize > 8 * (1 + (kind == "c")):
+        dtype = np.dtype(np.float64 if kind == "f" else np.complex128)
+    return torch.from_numpy(np.asarray(array, dtype=dtype, order="C"))
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise DataError(f"{path}: corrupt .safetensors file ({_first_line(e) or type(e).__name__})") from None
+    _require_keys(path, list(tensors))
+    return {key: tensors[key] for key in ARRAYS}
+
+
+def _require_keys(path: Path, present: list[str]) -> None:
+    missing = [key for key in ARRAYS if key not in present]
+    if missing:
+        raise DataError(f"{path}: missing {', '.join(missing)} (a dataset file holds {', '.join(ARRAYS)})")
+
+
+def _from_arrays(path: Path, arrays: dict[str, Tensor]) -> Dataset:
+    """Check a file's four arrays and make them a dataset (every problem a `DataError` naming the file)."""
+
+    def check(ok: bool | Tensor, problem: str) -> None:
+        if not ok:
+            raise DataError(f"{path}: {problem}")
+
+    x_train, y_train, x_test, y_test = (arrays[key] for key in ARRAYS)
+    for key, t in arrays.items():
+        check(t.ndim > 0, f"{key} is a single number; it needs one row per sample")
+        dtype = _dtype_name(t)
+        if key.startswith("x"):
+            check(t.is_floating_point(), f"{key} has dtype {dtype}; inputs must be floating point")
+        else:
+            usable = t.dtype != torch.bool and not t.is_complex()
+            check(usable, f"{key} has dtype {dtype}; targets are integer class labels or float values")
+        check(not t.is_floating_point() or torch.isfinite(t).all(), f"{key} has NaN or infinite values")
+    for part, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        check(len(x) == len(y), f"x_{part} has {len(x)} rows but y_{part} has {len(y)}")
+        check(len(y) > 0, f"the {part} set is empty")
+    x_train, x_test = (x if x.ndim > 1 else x.unsqueeze(1) for x in (x_train, x_test))
+    shapes = f"x_train rows are {tuple(x_train.shape[1:])}, x_test rows {tuple(x_test.shape[1:])}"
+    check(x_train.shape[1:] == x_test.shape[1:], f"{shapes}; they must match")
+    check(x_train[0].numel() > 0, f"inputs have no features ({shapes})")
+    check(
+        y_train.is_floating_point() == y_test.is_floating_point(),
+        f"y_train is {_dtype_name(y_train)} but y_test {_dtype_name(y_test)}; "
+        "both integer labels or both float targets",
+    )
+    if y_train.is_floating_point():
+        task, classes = "regression", None
+        y_train, y_test = (y if y.ndim > 1 else y.unsqueeze(1) for y in (y_train, y_test))
+        shapes = f"y_train {tuple(y_train.shape)}, y_test {tuple(y_test.shape)}"
+        check(y_train.ndim == y_test.ndim == 2, f"regression targets are (rows, targets); got {shapes}")
+        check(y_train.shape[1] == y_test.shape[1], f"the splits have different targets: {shapes}")
+        y_train, y_test = _as_float(path, "y_train", y_train), _as_float(path, "y_test", y_test)
+    else:
+        task = "classification"
+        for key, y in (("y_train", y_train), ("y_test", y_test)):
+            check(y.ndim == 1, f"{key} has shape {tuple(y.shape)}; class labels are 1-D, one per row")
+            check(y.min() >= 0, f"{key} has a negative label ({y.min().item()}); labels are 0, 1, 2, ...")
+        classes = int(max(y_train.max(), y_test.max())) + 1
+        y_train, y_test = y_train.long(), y_test.long()
+    x_train, x_test = _as_float(path, "x_train", x_train), _as_float(path, "x_test", x_test)
+    return Dataset(path.stem, x_train, y_train, x_test, y_test, task, classes)
+
+
+def _as_float(path: Path, key: str, t: Tensor) -> Tensor:
+    """`t` in the default float dtype (float32), refusing values that overflow it."""
+    cast = t.to(torch.get_default_dtype())
+    if not torch.isfinite(cast).all():
+        raise DataError(f"{path}: {key} has values beyond {_dtype_name(cast)}'s range")
+    return cast
+
+
+def _dtype_name(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def is_file_name(name: str) -> bool:
+    """Whether a dataset name that is not built in means a file: it has a suffix or a folder, or exists."""
+    return bool(name) and (bool(Path(name).suffix) or "/" in name or os.sep in name or Path(name).exists())
 
 
 def default_data_dir() -> Path:
@@ -94,7 +317,7 @@ def default_data_dir() -> Path:
 
 
 def load_dataset(
-    name: str,
+    name: str | os.PathLike[str],
     root: str | os.PathLike[str] | None = None,
     device: torch.device | str = "cpu",
     download: bool | None = None,
@@ -103,7 +326,8 @@ def load_dataset(
 
     Args:
         name: one of `DATASETS` (`fashion-mnist`, `mnist`, `kmnist` through torchvision;
-            `digits`, scikit-learn's bundled 8x8 digits, offline).
+            `digits` (classification) and `diabetes` (regression), bundled with scikit-learn,
+            offline), or the path of an `.npz`/`.safetensors` file (see `read_arrays`).
         root: directory of the torchvision files (downloaded there when missing).
         device: where the tensors live for the whole run.
         download: fetch missing torchvision files, as the tutorial does; by default
@@ -111,17 +335,23 @@ def load_dataset(
     Raises:
         DataError: unknown name, no data and no network, or unreadable files.
     """
-    if name == "digits":
-        x_train, y_train, x_test, y_test = _digits()
+    if not isinstance(name, str) or (name not in DATASETS and is_file_name(name)):
+        data = read_arrays(name)
+    elif name == "digits":
+        data = _digits()
+    elif name == "diabetes":
+        data = _diabetes()
     elif name in TORCHVISION:
         root = Path(root) if root is not None else default_data_dir()
         if download is None:
             download = os.environ.get("PURESTEP_OFFLINE", "0") in ("", "0")
         x_train, y_train = _torchvision_split(name, root, True, download)
         x_test, y_test = _torchvision_split(name, root, False, download)
+        data = Dataset(name, x_train, y_train, x_test, y_test, "classification", 10)
     else:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return Dataset(name, *(t.to(device) for t in (x_train, y_train, x_test, y_test)))
+        choices = ", ".join(DATASETS)
+        raise DataError(f"unknown dataset {name!r}; choose one of {choices}, or an .npz/.safetensors file")
+    return data.to(device)
 
 
 def split(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -143,14 +143,6 @@ class Splits:
             raise ConfigError(str(e)) from None
 
 
-def out_features(data: Dataset) -> int:
-    """The model's output width: the number of classes, or of target columns for a regression."""
-    y = data.y_train
-    if y.is_floating_point():
-        return y.shape[1] if y.ndim > 1 else 1
-    return data.classes
-
-
 def make_splits(
     data: Dataset,
     val_fraction: float,
@@ -163,9 +155,8 @@ def make_splits(
     from purestep.core.data import split
 
     x_fit, y_fit, x_val, y_val = split(data.x_train, data.y_train, val_fraction, seed)
-    shape = tuple(data.x_train.shape[1:])
     args = tuple(sorted((model_args or {}).items()))
-    return Splits(x_fit, y_fit, x_val, y_val, shape, out_features(data), model, args, loss)
+    return Splits(x_fit, y_fit, x_val, y_val, data.in_shape, data.out_features, model, args, loss)
 
 
 def lr_at(config: TrialConfig, epoch: int, epochs: int) -> float:

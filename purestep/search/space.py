@@ -347,28 +347,45 @@ def parse_space(text: str, source: str = "space file", base: Space | None = None
     return _build(merged, origin)
 
 
-def load_space(path: str | Path | None) -> Space:
-    """The default space, with the TOML file at `path` merged over it when given."""
+def load_space(path: str | Path | None, model: str = "mlp") -> Space:
+    """The default space of `model`, with the TOML file at `path` merged over it when given."""
+    base = default_space(model)
     if path is None:
-        return default_space()
+        return base
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpaceError(f"cannot read space file {path}: {e}") from None
-    return parse_space(text, str(path))
+    return parse_space(text, str(path), base)
 
 
-_DEFAULT: list[Space] = []
+MODEL_SPACES_TOML = {
+    "cnn": """
+# The CNN's own arguments (zoo model `cnn`); its defaults are the tutorial trial's.
+[dropout]
+key = "model.dropout"
+low = 0.0
+high = 0.6
+
+[width]
+key = "model.width"
+choices = [16, 32, 64]
+""",
+}
+"""What the default space adds for a zoo model: its own keyword arguments."""
+
+_DEFAULT: dict[str, Space] = {}
 
 
-def default_space() -> Space:
-    """The default space (parsed once)."""
-    if not _DEFAULT:
-        tables = _read_toml(DEFAULT_SPACE_TOML, "default space")
-        where = _Locator("default space", DEFAULT_SPACE_TOML)
-        _DEFAULT.append(_build(tables, {(n, f): where.at(n, f) for n, t in tables.items() for f in t}))
-    return _DEFAULT[0]
+def default_space(model: str = "mlp") -> Space:
+    """The default space, plus the model's own arguments for a zoo model that has some (parsed once)."""
+    if model not in _DEFAULT:
+        text = DEFAULT_SPACE_TOML + MODEL_SPACES_TOML.get(model, "")
+        tables = _read_toml(text, "default space")
+        where = _Locator("default space", text)
+        _DEFAULT[model] = _build(tables, {(n, f): where.at(n, f) for n, t in tables.items() for f in t})
+    return _DEFAULT[model]
 
 
 def space_from_json(text: str) -> Space:

@@ -522,20 +522,10 @@ def _retrain(
         }
     return result, {
         "test_r2": test.r2,
-        "test_mse": original_mse(data, test.mse),
+        "test_mse": data.original_mse(test.mse) if test.mse is not None else None,
         "test_loss": test.loss,
         "train_r2": last.eval_r2,
     }
-
-
-def original_mse(data: Dataset, mse: float | None) -> float | None:
-    """An MSE of standardised targets in the targets' own units (as given when not standardised)."""
-    std = getattr(data, "target_std", None)
-    if mse is None or std is None:
-        return mse
-    import torch
-
-    return float(mse * torch.as_tensor(std).double().square().mean())
 
 
 def finish(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path, final: bool) -> dict[str, Any]:
