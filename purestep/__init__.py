@@ -44,7 +44,16 @@ _EXPORTS = {
         "mlp",
         "state_of",
     ],
-    "purestep.core.optim": ["Optimizer", "OptimizerConfig", "State", "adam", "adamw", "sgd"],
+    "purestep.core.optim": [
+        "Optimizer",
+        "OptimizerConfig",
+        "State",
+        "adam",
+        "adamw",
+        "rmsprop",
+        "sgd",
+        "tunable",
+    ],
     "purestep.core.step": [
         "batch_eval_over_trials",
         "batch_over_trials",
@@ -104,7 +113,7 @@ if TYPE_CHECKING:
         mlp,
         state_of,
     )
-    from purestep.core.optim import Optimizer, OptimizerConfig, State, adam, adamw, sgd
+    from purestep.core.optim import Optimizer, OptimizerConfig, State, adam, adamw, rmsprop, sgd, tunable
     from purestep.core.step import (
         batch_eval_over_trials,
         batch_over_trials,

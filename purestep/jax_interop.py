@@ -26,10 +26,10 @@ import optax
 import torch
 from torch import Tensor
 
-from purestep.check import Row, float32_bound, float32_floor, max_abs_diff, max_rel_diff
-from purestep.core.data import batches
+from purestep.check import Carry, Row, Side, Tree, Twin, describe, lockstep, lockstep_row, one_at_a_time, side
 from purestep.core.model import Model, Params
 from purestep.core.optim import OptimizerConfig
+from purestep.core.step import make_train_step
 
 FlaxParams = dict[str, dict[str, jax.Array]]
 FlaxVariables = dict[str, FlaxParams]
@@ -37,7 +37,6 @@ JaxTrainStep = Callable[
     [FlaxParams, optax.OptState, jax.Array, jax.Array], tuple[FlaxParams, optax.OptState, jax.Array]
 ]
 
-JAX_BOUND = 1e-4
 _LINEAR = re.compile(r"linear_relu_stack\.(\d+)\.(weight|bias)")
 _DENSE = re.compile(r"Dense_(\d+)")
 _DLPACK_ERRORS = (BufferError, RuntimeError, TypeError, ValueError)
@@ -238,15 +237,60 @@ def make_jax_train_step(model: FlaxMLP, tx: optax.GradientTransformation) -> Jax
     return train_step
 
 
-def _label(config: OptimizerConfig) -> str:
-    parts = [config.name]
-    if config.name == "sgd" and config.momentum:
-        parts.append(f"momentum {config.momentum:g}")
-    if config.name == "sgd" and config.nesterov:
-        parts.append("nesterov")
-    if config.weight_decay:
-        parts.append(f"wd {config.weight_decay:g}")
-    return f"jax/optax vs eager ({', '.join(parts)})"
+def _moments(state: Tree, prefix: str) -> FlaxParams:
+    return to_flax({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})["params"]
+
+
+def to_optax_state(tx: optax.GradientTransformation, state: Tree, params: FlaxParams) -> optax.OptState:
+    """purestep's optimizer state as the state of `tx = optax_optimizer(config)`: momentum
+    buffers as optax's trace, Adam's moments and step count as `ScaleByTorchAdamState`."""
+
+    def fill(leaf: Any) -> Any:
+        if isinstance(leaf, optax.TraceState):
+            return optax.TraceState(trace=_moments(state, "momentum_buffer."))
+        if isinstance(leaf, ScaleByTorchAdamState):
+            count = jnp.asarray(int(state["step"].item()), jnp.int32)
+            return ScaleByTorchAdamState(count, _moments(state, "exp_avg."), _moments(state, "exp_avg_sq."))
+        return leaf
+
+    is_state = lambda leaf: isinstance(leaf, (optax.TraceState, ScaleByTorchAdamState))  # noqa: E731
+    return jax.tree.map(fill, tx.init(params), is_leaf=is_state)
+
+
+def from_optax_state(opt_state: optax.OptState, state: Tree) -> Tree:
+    """The inverse of `to_optax_state`, given the purestep state the step started from (for
+    its hyperparameters): moments back under purestep's keys, and the step count advanced."""
+    new = {k: v for k, v in state.items() if "." not in k}
+    new["step"] = state["step"] + 1
+    is_state = lambda leaf: isinstance(leaf, (optax.TraceState, ScaleByTorchAdamState))  # noqa: E731
+    for leaf in jax.tree.leaves(opt_state, is_leaf=is_state):
+        if isinstance(leaf, optax.TraceState):
+            new |= {f"momentum_buffer.{k}": v for k, v in from_flax(leaf.trace).items()}
+        if isinstance(leaf, ScaleByTorchAdamState):
+            new |= {f"exp_avg.{k}": v for k, v in from_flax(leaf.mu).items()}
+            new |= {f"exp_avg_sq.{k}": v for k, v in from_flax(leaf.nu).items()}
+    return {k: new[k].to(state[k].device) for k in state}
+
+
+def jax_side(spec: Model, config: OptimizerConfig) -> Side:
+    """The flax/optax step as a `Side` over purestep's `(params, buffers, state)` (the MLP has no
+    buffers): each call converts the carry to JAX, takes one jitted step, and converts back."""
+    tx = optax_optimizer(config)
+    step = make_jax_train_step(flax_model(spec), tx)
+
+    def run(carry: Carry, x: Tensor, y: Tensor) -> tuple[Carry, Tensor]:
+        params, buffers, state = carry
+        flax_params = to_flax(params)["params"]
+        new_params, opt_state, loss = step(
+            flax_params,
+            to_optax_state(tx, state, flax_params),
+            tensor_to_jax(x),
+            tensor_to_jax(y.to(torch.int32)),
+        )
+        back = {k: v.to(x.device) for k, v in from_flax({"params": new_params}).items()}
+        return (back, buffers, from_optax_state(opt_state, state)), jax_to_tensor(loss).to(x.device)
+
+    return run
 
 
 def jax_vs_eager(
@@ -258,46 +302,25 @@ def jax_vs_eager(
     batch_size: int = 64,
     steps: int = 200,
 ) -> Row:
-    """purestep's eager step and the flax/optax step from the same init on the same batches.
-
-    Runs one step per batch of `train` in file order, at most `steps` of them (fewer when
-    `train` has fewer batches: the row says how many). The row holds the final params'
-    max abs and relative difference and the largest per-step loss difference.
-
-    The bound is `JAX_BOUND` (1e-4 relative) or twice float32's own rounding floor on this
-    run, whichever is larger; the floor is how far purestep's float32 run ends from the same
-    run in float64. Adam rescales every gradient to about `lr`, so rounding noise in small
-    gradients becomes parameter movement whatever library computes it: over 200 steps of the
-    tutorial's MLP that floor alone is 1.3e-4 to 1.9e-4, and no float32 Adam can promise 1e-4.
-    """
+    """purestep's eager step and the flax/optax step in lockstep, from `spec.init(seed)`, on the
+    first `steps` batches of `train` in file order (fewer when `train` has fewer: the row says
+    how many). See `purestep.check.lockstep`."""
     x, y = train
     if len(y) == 0 or steps < 1:
         raise ValueError("need at least one batch and steps >= 1")
-    part = x[: steps * batch_size], y[: steps * batch_size]
-    params, torch_losses, floor = float32_floor(spec, config, seed, part, batch_size)
-    tx = optax_optimizer(config)
-    jax_step = make_jax_train_step(flax_model(spec), tx)
-    jax_params = to_flax(spec.init(seed, x.device)[0])["params"]
-    (device,) = jax_params["Dense_0"]["kernel"].devices()
-    opt_state = jax.device_put(tx.init(jax_params), device)
-    jax_losses = []
-    for xb, yb in batches(*part, batch_size):
-        jax_params, opt_state, jax_loss = jax_step(
-            jax_params, opt_state, tensor_to_jax(xb), tensor_to_jax(yb.to(torch.int32))
-        )
-        jax_losses.append(jax_loss)
-    back = {k: v.to(x.device) for k, v in from_flax({"params": jax_params}).items()}
-    jax_loss_tensor = jax_to_tensor(jnp.stack(jax_losses)).to(x.device)
-    loss_diff = (torch_losses.double() - jax_loss_tensor.double()).abs().max().item()
-    return Row(
-        _label(config),
-        len(torch_losses),
-        max_abs_diff(back, params),
-        loss_diff,
-        max_rel_diff(back, params),
-        float32_bound(floor, JAX_BOUND),
-        True,
+    optimizer = config.build()
+    eager = make_train_step(spec, optimizer)
+    params, buffers = spec.init(seed, x.device)
+    result, distance = lockstep(
+        Twin(spec, optimizer),
+        side(eager),
+        one_at_a_time(jax_side(spec, config)),
+        [(params, buffers, optimizer.init(params))],
+        x[: steps * batch_size],
+        y[: steps * batch_size],
+        batch_size,
     )
+    return lockstep_row(f"jax/optax vs eager ({describe(config)})", result, distance)
 
 
 def jax_rows(

@@ -78,6 +78,27 @@ def test_any_model_prints_identical_lines_by_reference_and_eager(tmp_path, model
     assert lines[2].startswith("loss: ") and lines[4].startswith(" Accuracy: ") and lines[-1] == "Done!"
 
 
+def test_rmsprop_reference_and_eager_print_identical_tutorial_lines():
+    args = ["train", "--dataset", "digits", "--epochs", "2", "--optimizer", "rmsprop", "--lr", "1e-3"]
+    args += ["--momentum", "0.5", "--centered", "--alpha", "0.9", "--eps", "1e-6", "--impl"]
+    reference, eager = run(*args, "reference"), run(*args, "eager", "--json")
+    assert reference.exit_code == 0 and eager.exit_code == 0, reference.output + eager.output
+    summary = json.loads(eager.stdout)
+    assert summary["config"]["optimizer"] | {"lr": 1e-3} == {
+        "name": "rmsprop",
+        "lr": 1e-3,
+        "momentum": 0.5,
+        "nesterov": False,
+        "weight_decay": 0.0,
+        "betas": [0.9, 0.999],
+        "eps": 1e-6,
+        "alpha": 0.9,
+        "centered": True,
+    }
+    assert run(*args, "eager").stdout == reference.stdout
+    assert summary["test_accuracy"] > 0.8
+
+
 def test_bf16_trains_as_well_as_fp32_and_is_recorded():
     args = ["train", "--dataset", "digits", "--epochs", "3", "--lr", "0.05", "--impl", "eager", "--json"]
     fp32, bf16 = run(*args), run(*args, "--precision", "bf16")
@@ -170,7 +191,9 @@ BAD_VALUES = {
     "--momentum": st.sampled_from(["-0.1", "1", "1.5", "nan"]),
     "--weight-decay": st.sampled_from(["-1", "inf", "nan"]),
     "--dataset": st.sampled_from(["cifar10", "", "MNIST!"]),
-    "--optimizer": st.sampled_from(["rmsprop", "SGD2"]),
+    "--optimizer": st.sampled_from(["lion", "SGD2"]),
+    "--alpha": st.sampled_from(["-0.1", "1.5", "nan", "x"]),
+    "--eps": st.sampled_from(["0", "-1e-8", "inf", "nan"]),
     "--impl": st.sampled_from(["jit", "fast"]),
     "--device": st.sampled_from(["tpu", "cuda:x", "gpu"]),
     "--hidden": st.sampled_from(["", "0", "512,", "a,b", "-3"]),
@@ -180,7 +203,8 @@ BAD_VALUES = {
 
 @given(data=st.data(), command=st.sampled_from(["train", "check"]))
 def test_every_bad_value_is_one_line_and_exit_2(data, command):
-    options = [o for o in BAD_VALUES if command == "train" or o not in ("--epochs", "--optimizer", "--impl")]
+    train_only = ("--epochs", "--optimizer", "--impl", "--alpha", "--eps")
+    options = [o for o in BAD_VALUES if command == "train" or o not in train_only]
     option = data.draw(st.sampled_from(options))
     value = data.draw(BAD_VALUES[option])
     result = run(command, "--dataset", "digits", option, value)
@@ -194,6 +218,10 @@ def test_every_bad_value_is_one_line_and_exit_2(data, command):
     [
         ["train", "--nesterov"],
         ["train", "--optimizer", "adam", "--momentum", "0.5"],
+        ["train", "--optimizer", "rmsprop", "--nesterov", "--momentum", "0.5"],
+        ["train", "--alpha", "0.9"],
+        ["train", "--optimizer", "adamw", "--centered"],
+        ["train", "--eps", "1e-6"],
         ["train", "--impl", "reference", "--precision", "bf16"],
         ["train", "--precision", "fp16"],
         ["train", "--bogus"],
@@ -219,5 +247,21 @@ def test_check_passes_every_pair_on_digits():
     assert report["passed"] and report["printed_lines_identical"]
     rows = {r["pair"].split(" (")[0]: r for r in report["rows"]}
     assert rows["eager vs reference"]["max_abs_param_diff"] == 0.0
-    assert rows["compiled vs eager"]["error"] <= 1e-5
+    assert rows["compiled vs eager"]["how"] == "lockstep" and rows["compiled vs eager"]["passed"]
+    assert rows["compiled vs eager"]["free_running_distance"] is not None
     assert all(r["steps"] == 6 for r in report["rows"] if r["pair"] != "safetensors round trip")
+
+
+def test_a_checkpoint_written_before_the_rmsprop_fields_still_resumes(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    base = ["train", "--dataset", "digits", "--impl", "eager", "--lr", "0.05", "--checkpoint", str(ckpt)]
+    assert run(*base, "--epochs", "1").exit_code == 0
+    meta_file = next(ckpt.glob("epoch-*")) / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    for field in ("alpha", "centered"):
+        del meta["run"]["optimizer"][field]
+    meta_file.write_text(json.dumps(meta))
+    result = run(*base, "--epochs", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Epoch 2\n")
+    assert run(*base, "--epochs", "3", "--resume", "--alpha", "0.5").exit_code == 2

@@ -28,6 +28,8 @@ OPTIONS = {
         "--optimizer",
         "--momentum",
         "--weight-decay",
+        "--alpha",
+        "--eps",
         "--hidden",
         "--seed",
         "--impl",

@@ -1,4 +1,5 @@
-"""Optimizer contract: eager functional == torch.optim bit for bit (SGD), 1e-6 relative (Adam)."""
+"""Optimizer contract: eager functional == torch.optim bit for bit (SGD, RMSprop), 1e-6 relative
+(Adam); the union update == each optimizer alone, bit for bit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from purestep import OptimizerConfig, adam, adamw, make_train_step, mlp, sgd
+from purestep import (
+    OptimizerConfig,
+    adam,
+    adamw,
+    compile_step,
+    make_train_step,
+    mlp,
+    rmsprop,
+    sgd,
+    stack,
+    tunable,
+    unstack,
+)
 from purestep.check import max_abs_diff, max_rel_diff
 from purestep.core.reference import torch_optimizer
 from purestep.core.step import steady
@@ -37,7 +50,7 @@ def _run_both(config: OptimizerConfig, seed: int, hidden, batch: int, steps: int
         opt.step()
         opt.zero_grad()
         params, buffers, state, loss = step(params, buffers, state, xb, yb)
-        assert torch.equal(loss, ref_loss.detach()) or config.name != "sgd"
+        assert torch.equal(loss, ref_loss.detach()) or config.name in ("adam", "adamw")
     return params, {k: v.detach() for k, v in module.named_parameters()}
 
 
@@ -67,6 +80,193 @@ def test_adam_eager_is_within_1e6_of_the_reference(name, seed, lr, weight_decay)
     config = OptimizerConfig(name, lr=lr, weight_decay=weight_decay)
     params, expected = _run_both(config, seed, (16,), 8)
     assert max_rel_diff(params, expected) <= 1e-6
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    hidden=st.lists(st.integers(1, 32), min_size=1, max_size=2).map(tuple),
+    batch=st.integers(1, 16),
+    lr=st.floats(1e-4, 1e-2),
+    alpha=st.sampled_from([0.99, 0.9]) | st.floats(0.5, 0.999),
+    eps=st.sampled_from([1e-8, 1e-6]) | st.floats(1e-8, 1e-3),
+    momentum=st.sampled_from([0.0, 0.9]) | st.floats(0.0, 0.95),
+    centered=st.booleans(),
+    weight_decay=st.sampled_from([0.0, 1e-4]) | st.floats(0.0, 0.1),
+)
+def test_rmsprop_eager_is_bitwise_the_reference(
+    seed, hidden, batch, lr, alpha, eps, momentum, centered, weight_decay
+):
+    config = OptimizerConfig(
+        "rmsprop",
+        lr=lr,
+        alpha=alpha,
+        eps=eps,
+        momentum=momentum,
+        centered=centered,
+        weight_decay=weight_decay,
+    )
+    params, expected = _run_both(config, seed, hidden, batch)
+    assert max_abs_diff(params, expected) == 0.0
+
+
+def test_rmsprop_keeps_the_buffers_torch_optim_keeps():
+    params, _ = mlp(6, (3,), 2).init(0)
+    for momentum, centered in [(0.0, False), (0.9, False), (0.0, True), (0.5, True)]:
+        state = rmsprop(0.01, momentum=momentum, centered=centered).init(params)
+        module = mlp(6, (3,), 2).module()
+        opt = torch.optim.RMSprop(module.parameters(), lr=0.01, momentum=momentum, centered=centered)
+        module(torch.rand(2, 6)).sum().backward()
+        opt.step()
+        expected = {
+            f"{name}.{k}" for k, p in module.named_parameters() for name in opt.state[p] if name != "step"
+        }
+        assert {k for k in state if "." in k} == expected
+
+
+# --- the union update -----------------------------------------------------------------------
+
+SHAPES = st.dictionaries(
+    st.sampled_from(["w", "b", "layer.0.weight"]),
+    st.lists(st.integers(1, 9), min_size=1, max_size=2).map(tuple),
+    min_size=1,
+    max_size=3,
+)
+
+
+def configs():
+    """Every family the union serves, with random hyperparameters."""
+    lr = st.floats(1e-4, 0.2)
+    decay = st.sampled_from([0.0, 1e-4]) | st.floats(0.0, 0.1)
+    sgd_configs = st.builds(
+        lambda lr, momentum, nesterov, wd: OptimizerConfig(
+            "sgd", lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=wd
+        ),
+        lr,
+        st.sampled_from([0.0, 0.9]) | st.floats(0.0, 0.99),
+        st.booleans(),
+        decay,
+    )
+    adam_configs = st.builds(
+        lambda name, lr, b1, b2, wd: OptimizerConfig(name, lr=lr, betas=(b1, b2), weight_decay=wd),
+        st.sampled_from(["adam", "adamw"]),
+        lr,
+        st.floats(0.0, 0.99),
+        st.floats(0.5, 0.9999),
+        decay,
+    )
+    rmsprop_configs = st.builds(
+        lambda lr, alpha, momentum, centered, wd: OptimizerConfig(
+            "rmsprop", lr=lr, alpha=alpha, momentum=momentum, centered=centered, weight_decay=wd
+        ),
+        lr,
+        st.floats(0.5, 0.999),
+        st.sampled_from([0.0, 0.9]) | st.floats(0.0, 0.95),
+        st.booleans(),
+        decay,
+    )
+    return sgd_configs | adam_configs | rmsprop_configs
+
+
+def _random_params(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(shape, generator=g) for k, shape in shapes.items()}
+
+
+def _bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and torch.equal(a[k].view(torch.int32), b[k].view(torch.int32)) for k in a
+    )
+
+
+def _walk(optimizer, states, params, shapes, seed, steps=STEPS):
+    """`steps` updates of each trial with the same seeded gradients."""
+    for i in range(steps):
+        grads = _random_params(shapes, seed * 1000 + i + 1)
+        params, states = optimizer(grads, states, params)
+    return params, states
+
+
+UNION_SLOT = {"square_avg": "exp_avg_sq", "grad_avg": "exp_avg"}
+
+
+@given(config=configs(), shapes=SHAPES, seed=st.integers(0, 10_000))
+def test_union_steps_equal_each_optimizer_bitwise(config, shapes, seed):
+    own, union = config.build(), tunable(config)
+    params = _random_params(shapes, seed)
+    own_params, own_state = _walk(own.update, own.init(params), params, shapes, seed)
+    union_params, union_state = _walk(union.update, union.init(params), params, shapes, seed)
+    assert _bitwise_equal(union_params, own_params)
+    for key, value in own_state.items():  # every buffer and hyperparameter of its own, too
+        name, _, leaf = key.partition(".")
+        assert torch.equal(union_state[f"{UNION_SLOT.get(name, name)}.{leaf}" if leaf else key], value)
+
+
+@given(
+    trials=st.lists(configs(), min_size=2, max_size=6),
+    shapes=SHAPES,
+    seed=st.integers(0, 10_000),
+)
+def test_union_trials_of_every_family_stack_under_vmap_each_as_alone(trials, shapes, seed):
+    params = _random_params(shapes, seed)
+    optimizers = [tunable(c) for c in trials]
+    states = [o.init(params) for o in optimizers]
+    batched = torch.func.vmap(optimizers[0].update)
+
+    def one(grads, state, params):  # the same gradients for every trial
+        return batched({k: g.expand(len(trials), *g.shape) for k, g in grads.items()}, state, params)
+
+    stacked_params, _ = _walk(one, stack(states), stack([params] * len(trials)), shapes, seed)
+    for config, got in zip(trials, unstack(stacked_params)):
+        own = config.build()
+        alone, _ = _walk(own.update, own.init(params), params, shapes, seed)
+        assert _bitwise_equal({k: v.contiguous() for k, v in got.items()}, alone), config
+
+
+def test_every_tunable_shares_one_update_and_one_state_layout():
+    params, _ = mlp(6, (3,), 2).init(0)
+    every = [
+        OptimizerConfig("sgd", lr=0.1),
+        OptimizerConfig("sgd", lr=0.1, momentum=0.9, nesterov=True),
+        OptimizerConfig("adam", lr=1e-3),
+        OptimizerConfig("adamw", lr=1e-3, weight_decay=0.1),
+        OptimizerConfig("rmsprop", lr=1e-3, momentum=0.5, centered=True),
+    ]
+    optimizers = [tunable(c) for c in every]
+    assert len({o.update for o in optimizers}) == 1
+    layouts = {tuple((k, v.shape, v.dtype) for k, v in o.init(params).items()) for o in optimizers}
+    assert len(layouts) == 1
+
+
+@pytest.mark.compile
+def test_one_compiled_union_step_serves_every_optimizer_without_recompiling():
+    model = mlp(6, (5,), 3)
+    every = [
+        OptimizerConfig("sgd", lr=0.1),
+        OptimizerConfig("sgd", lr=0.05, momentum=0.9),
+        OptimizerConfig("sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        OptimizerConfig("adam", lr=1e-2),
+        OptimizerConfig("adamw", lr=1e-2, weight_decay=0.1),
+        OptimizerConfig("rmsprop", lr=1e-2),
+        OptimizerConfig("rmsprop", lr=1e-2, momentum=0.9, centered=True, weight_decay=1e-3),
+    ]
+    eager = make_train_step(model, tunable(every[0]))
+    compiled = compile_step(eager)
+    x, y = torch.rand(8, 6), torch.arange(8) % 3
+    torch._dynamo.reset()
+    params, buffers = model.init(0)
+    compiled(params, buffers, tunable(every[0]).init(params), x, y)  # the one compile
+    torch.compiler.set_stance("fail_on_recompile")
+    try:
+        for seed, config in enumerate(every):
+            params, buffers = model.init(seed)
+            state = tunable(config).init(params)
+            for _ in range(3):  # the first step and later ones (SGD's buffer starts as the gradient)
+                want, _, _, want_loss = eager(params, buffers, state, x, y)
+                params, buffers, state, loss = compiled(params, buffers, state, x, y)
+                assert torch.allclose(loss, want_loss, rtol=1e-5)
+                assert max_rel_diff(params, want) <= 1e-5, config
+    finally:
+        torch.compiler.set_stance("default")
 
 
 def test_hyperparameters_are_0d_tensors_in_state():
@@ -107,8 +307,15 @@ def test_update_writes_nothing_in_place():
 
 @pytest.mark.parametrize(
     "optimizer",
-    [sgd(0.1), sgd(0.1, momentum=0.9, nesterov=True, weight_decay=0.01), adam(0.01), adamw(0.01)],
-    ids=["sgd", "sgd momentum", "adam", "adamw"],
+    [
+        sgd(0.1),
+        sgd(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+        adam(0.01),
+        adamw(0.01),
+        rmsprop(0.01, momentum=0.9, centered=True),
+        tunable(OptimizerConfig("rmsprop", lr=0.01)),
+    ],
+    ids=["sgd", "sgd momentum", "adam", "adamw", "rmsprop", "union"],
 )
 def test_update_returns_state_and_params_in_their_own_layout(optimizer):
     """Keys in `init`'s order, shapes, strides and dtypes: what a loop needs to skip guards."""
@@ -132,9 +339,21 @@ def test_update_returns_state_and_params_in_their_own_layout(optimizer):
         lambda: sgd(0.1, weight_decay=-1),
         lambda: adam(0.1, betas=(1.5, 0.9)),
         lambda: adam(0.1, eps=-1),
-        lambda: OptimizerConfig("rmsprop").build(),
+        lambda: rmsprop(0.0),
+        lambda: rmsprop(0.1, alpha=1.5),
+        lambda: rmsprop(0.1, alpha=float("nan")),
+        lambda: rmsprop(0.1, eps=-1e-8),
+        lambda: rmsprop(0.1, momentum=-0.5),
+        lambda: rmsprop(0.1, weight_decay=-1),
+        lambda: tunable(OptimizerConfig("rmsprop", lr=0.1, alpha=2.0)),
+        lambda: OptimizerConfig("lion").build(),  # type: ignore[arg-type]
     ],
 )
 def test_bad_hyperparameters_are_refused(make):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"must be|needs|unknown optimizer"):
         make()
+
+
+def test_a_refusal_names_the_value_and_its_bounds():
+    with pytest.raises(ValueError, match=r"^alpha must be >= 0.0 and <= 1.0, got 1.5$"):
+        rmsprop(0.1, alpha=1.5)

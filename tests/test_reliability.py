@@ -1,6 +1,7 @@
 """Reliability with real processes and a real database: concurrent `purestep tune` workers on one
 study in PostgreSQL and in a journal file, a worker killed with SIGKILL (heartbeat, then a retry),
-SIGTERM, and database URLs that cannot be used.
+a worker paused past the grace period (SIGSTOP, SIGCONT), SIGTERM, and database URLs that cannot
+be used.
 
 The PostgreSQL tests need a server: `PURESTEP_TEST_POSTGRES` is the URL of a role that may create
 databases (`.ci/run` starts one with `.ci/postgres.sh`); each test creates its own database and drops it.
@@ -8,10 +9,12 @@ databases (`.ci/run` starts one with `.ci/postgres.sh`); each test creates its o
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +27,8 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 from test_tune_cli import FAST, PURESTEP, finished, invoke, one_line_error, trials
 
+from purestep.search.heartbeat import fail_stale_trials, start_heartbeat
+from purestep.search.runner import run_trials
 from purestep.search.storage import HeartbeatRDBStorage, open_storage, parse_storage
 
 N = 6
@@ -32,6 +37,7 @@ WORKERS = 3
 SLOW = ["--epochs", "20", "--pruner", "none"]
 # Seconds: short, so that a dead worker's trial is found within a test; the grace is 3 beats.
 HEARTBEAT = {"PURESTEP_HEARTBEAT_INTERVAL": "1", "PURESTEP_HEARTBEAT_GRACE": "3"}
+GRACE = int(HEARTBEAT["PURESTEP_HEARTBEAT_GRACE"])
 
 
 def _tune(storage: str, out: Path, *args: str) -> list[str]:
@@ -47,7 +53,14 @@ def _poll(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     while not predicate():
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.2)
+
+
+def _watch(storage: str) -> Callable[[], list[FrozenTrial]]:
+    """The study's trials, read through one storage object: opening one per read (`trials`) costs
+    ~65 ms of CPU, and a test polling that way takes a core from the workers it watches."""
+    opened = optuna.storages.RDBStorage(storage)
+    return lambda: optuna.load_study(study_name="purestep-digits", storage=opened).get_trials()
 
 
 def _left_open(ts: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -110,8 +123,10 @@ def test_three_worker_processes_on_one_study_stop_at_exactly_n(
 
 
 def _mid_trial(storage: str) -> Callable[[], bool]:
+    watch = _watch(storage)
+
     def check() -> bool:
-        ts = trials(storage)
+        ts = watch()
         running = [t for t in ts if t.state == TrialState.RUNNING]
         return len(finished(ts)) >= 1 and bool(running) and len(running[0].intermediate_values) >= 2
 
@@ -128,12 +143,12 @@ def _start_and_catch_mid_trial(cmd: list[str], storage: str, env: dict[str, str]
         if proc.poll() is not None:
             raise AssertionError(f"tune ended early with {proc.returncode}: {proc.stderr.read()}")
         assert time.monotonic() < end, "timed out waiting for a trial mid-way"
-        time.sleep(0.05)
+        time.sleep(0.2)
     return proc
 
 
 def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_its_trial_retried(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """On PostgreSQL when there is a server to test against, else on SQLite (the same storage class)."""
     if os.environ.get("PURESTEP_TEST_POSTGRES"):
@@ -150,18 +165,8 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_its_trial_retried(
         proc.kill()
     assert proc.returncode == -signal.SIGKILL
     (dead,) = [t for t in trials(storage) if t.state == TrialState.RUNNING]  # nobody failed it: it died
-
-    for name, value in HEARTBEAT.items():
-        monkeypatch.setenv(name, value)
-    rdb = open_storage(parse_storage(storage), create=False)
-    assert isinstance(rdb, HeartbeatRDBStorage)
-    study_id = rdb.get_study_id_from_name("purestep-digits")
-    _poll(
-        lambda: rdb.stale_trial_ids(study_id) == [dead._trial_id],
-        60,
-        "the dead trial's heartbeat to go stale",
-    )
-    assert trials(storage)[dead.number].state == TrialState.RUNNING  # stale is only a reading
+    time.sleep(GRACE + 2)  # its last stamp is now older than the grace (+1 s: SQLite stamps whole seconds)
+    assert trials(storage)[dead.number].state == TrialState.RUNNING  # stale is failed only by a worker
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(**HEARTBEAT))
     assert rerun.returncode == 0, rerun.stderr
@@ -173,25 +178,215 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_its_trial_retried(
     assert len(finished(ts)) == n and not _left_open(ts)
 
 
+_BUSY = """
+import sys, time, optuna
+from pathlib import Path
+from purestep.search.storage import open_storage, parse_storage
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.load_study(study_name="s", storage=open_storage(parse_storage(sys.argv[1]), create=False))
+print("ready", flush=True)
+stop, done = Path(sys.argv[2]), 0
+while not stop.exists():
+    trial = study.ask()
+    for step in range(20):
+        trial.report(0.5, step)
+        study.get_trials(deepcopy=False)
+        done += 1
+    study.tell(trial, 1.0)
+print(done, flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_live_trial_keeps_its_heartbeat_and_is_never_stale(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
+    """Two grace periods with two other processes writing and reading the study as fast as they can
+    (what held a SQLite heartbeat up for over a second in rollback-journal mode) and a worker
+    failing stale trials every half second: the live trial is never failed."""
     for name, value in HEARTBEAT.items():
         monkeypatch.setenv(name, value)
-    url = parse_storage(f"sqlite:///{tmp_path / 's.db'}")
-    rdb = open_storage(url, create=True)
-    assert isinstance(rdb, HeartbeatRDBStorage) and rdb.get_heartbeat_interval() is None
+    url = request.getfixturevalue("postgres") if kind == "postgresql" else f"sqlite:///{tmp_path / 's.db'}"
+    rdb = open_storage(parse_storage(url), create=True)
+    assert isinstance(rdb, HeartbeatRDBStorage)
     study = optuna.create_study(storage=rdb, study_name="s")
-    trial = study.ask()
-    end = time.monotonic() + 2 * int(HEARTBEAT["PURESTEP_HEARTBEAT_GRACE"])
-    while time.monotonic() < end:  # two grace periods with the trial running and polled
-        assert rdb.stale_trial_ids(study._study_id) == []
-        assert rdb.fail_stale_trials(study._study_id) == []
-        time.sleep(0.5)
+    stop = tmp_path / "stop"
+    busy = [
+        subprocess.Popen([sys.executable, "-c", _BUSY, url, str(stop)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        for p in busy:  # started (imports take seconds on a loaded machine) and using the study
+            ready, _, _ = select.select([p.stdout], [], [], 240)
+            assert ready and p.stdout.readline().strip() == "ready"
+        trial = study.ask()
+        beat = start_heartbeat(trial)
+        assert beat is not None
+        end = time.monotonic() + 2 * GRACE
+        while time.monotonic() < end:
+            fail_stale_trials(study)
+            assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING
+            time.sleep(0.5)
+        stop.touch()
+        outs = [p.communicate(timeout=120)[0] for p in busy]
+    finally:
+        stop.touch()
+        for p in busy:
+            p.kill()
+    assert all(p.returncode == 0 for p in busy)
+    assert all(int(out.split()[-1]) > 0 for out in outs)  # both wrote to the study meanwhile
+    beat.stop()
     study.tell(trial, 1.0)
-    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
-    clone = pickle.loads(pickle.dumps(rdb))  # e.g. to a process pool: without this process's threads
-    assert [t.state for t in clone.get_all_trials(study._study_id)] == [TrialState.COMPLETE]
+    assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.COMPLETE
+    clone = pickle.loads(pickle.dumps(rdb))  # e.g. to a process pool
+    assert clone.get_trial(trial._trial_id).state == TrialState.COMPLETE
+
+
+def test_a_beat_held_up_past_its_interval_is_counted_and_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another connection holds SQLite's write lock for 2.5 intervals: the beat due meanwhile lands
+    late, and is logged at debug level and counted."""
+    for name, value in HEARTBEAT.items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level(logging.DEBUG, logger="purestep.search.heartbeat")
+    path = tmp_path / "s.db"
+    study = optuna.create_study(storage=open_storage(parse_storage(f"sqlite:///{path}"), create=True))
+    trial = study.ask()
+    beat = start_heartbeat(trial)
+    assert beat is not None and beat.missed == 0
+    holder = sqlite3.connect(path, isolation_level=None)
+    assert holder.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # a new file: readers never block
+    holder.execute("BEGIN IMMEDIATE")
+    time.sleep(2.5)
+    holder.execute("ROLLBACK")
+    holder.close()
+    _poll(lambda: beat.missed >= 1, 10, "the late beat to be counted")
+    beat.stop()
+    assert any(f"trial {trial.number}: heartbeat missed" in r.getMessage() for r in caplog.records)
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "purestep.search.heartbeat")
+    study.tell(trial, 1.0)
+    assert study.get_trials()[0].state == TrialState.COMPLETE
+
+
+@pytest.mark.parametrize("where", ["report", "tell"])
+def test_a_trial_failed_by_another_worker_is_dropped_and_counted_once(tmp_path: Path, where: str) -> None:
+    """What a worker paused past the grace period finds when it resumes: its trial was failed and a
+    retry queued (here by a second handle on the study, as another worker's stale check does). It
+    stops that trial at its next report or at its tell, does not count it, and goes on: the retry
+    and the other trials make exactly n."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=open_storage(parse_storage(url), create=True), study_name="s")
+    other = optuna.load_study(study_name="s", storage=open_storage(parse_storage(url), create=False))
+    seen: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        seen.append(trial.number)
+        if trial.number == 0:
+            other.tell(0, state=TrialState.FAIL)
+            other.enqueue_trial({"x": x})
+            if where == "report":
+                trial.report(x, 1)
+                raise AssertionError("the report of a failed trial went through")
+        return x
+
+    assert run_trials(study, objective, n_trials=3) == 3
+    ts = study.get_trials()
+    assert seen == [0, 1, 2, 3] and ts[0].state == TrialState.FAIL and ts[0].value is None
+    assert ts[0].intermediate_values == {}
+    assert [t.state for t in ts[1:]] == [TrialState.COMPLETE] * 3 and ts[1].params == ts[0].params
+
+
+def _write_locked(storage: str) -> bool:
+    """Whether some connection holds the database's write lock or an open transaction (a paused
+    process caught in the middle of a write would hold up every other worker's writes)."""
+    if storage.startswith("sqlite:///"):
+        conn = sqlite3.connect(storage.removeprefix("sqlite:///"), timeout=0.1, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(storage, connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')"
+        ).fetchone()
+        return bool(row and row[0])
+
+
+def _pause_between_writes(proc: subprocess.Popen, storage: str) -> None:
+    end = time.monotonic() + 60
+    while True:
+        proc.send_signal(signal.SIGSTOP)
+        if not _write_locked(storage):
+            return
+        proc.send_signal(signal.SIGCONT)
+        assert time.monotonic() < end, "the worker never paused outside a write"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_worker_paused_past_the_grace_drops_its_trial_and_the_study_stays_consistent(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str
+) -> None:
+    """SIGSTOP a worker mid-trial until a second worker has failed its trial as stale and started
+    the retry, then SIGCONT: the first notices at its next report, stops that trial, drops its
+    result (nothing reported after the pause), and both go on to exactly n finished trials."""
+    storage = (
+        request.getfixturevalue("postgres") if kind == "postgresql" else f"sqlite:///{tmp_path / 's.db'}"
+    )
+    n = 3
+    env = _env(**HEARTBEAT)
+    first = _start_and_catch_mid_trial(
+        _tune(storage, tmp_path / "a", "--n-trials", str(n), *SLOW), storage, env
+    )
+    second = None
+    try:
+        _pause_between_writes(first, storage)
+        watch = _watch(storage)
+        (paused,) = [t for t in watch() if t.state == TrialState.RUNNING]
+        second = subprocess.Popen(
+            _tune(storage, tmp_path / "b", "--n-trials", str(n), *SLOW),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        _poll(lambda: watch()[paused.number].state == TrialState.FAIL, 240, "the paused trial to fail")
+        _poll(
+            lambda: any(t.system_attrs.get("failed_trial") == paused.number for t in _taken(watch())),
+            240,
+            "the retry to start",
+        )
+        first.send_signal(signal.SIGCONT)
+        _, first_err = first.communicate(timeout=300)
+        _, second_err = second.communicate(timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first.kill()
+        if second is not None:
+            second.kill()
+    assert first.returncode == 0 and second.returncode == 0, (first_err, second_err)
+    assert "Traceback" not in first_err + second_err
+    assert f"trial {paused.number} was failed by another worker" in first_err
+    ts = trials(storage)
+    assert ts[paused.number].state == TrialState.FAIL
+    assert ts[paused.number].intermediate_values == paused.intermediate_values  # nothing after the pause
+    (retry,) = [t for t in ts if t.system_attrs.get("failed_trial") == paused.number]
+    assert retry.params == paused.params and retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert len(finished(ts)) == n and not _left_open(ts)
+    assert len({t.number for t in ts}) == len(ts)
+
+
+def _taken(ts: list[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in ts if t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)]
 
 
 def test_sigterm_fails_the_running_trial_exits_143_and_a_rerun_completes(tmp_path: Path) -> None:
@@ -247,7 +442,7 @@ def test_an_unreachable_database_is_one_line_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("interval", "grace"), [("0", "60"), ("five", "60"), ("5", "5")])
+@pytest.mark.parametrize(("interval", "grace"), [("0", "60"), ("five", "60"), ("5", "9")])
 def test_a_bad_heartbeat_setting_is_one_line_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: str, grace: str
 ) -> None:

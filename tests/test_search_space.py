@@ -53,6 +53,8 @@ def test_default_space_is_centred_on_the_tutorial() -> None:
         "optimizer",
         "sgd_lr",
         "adam_lr",
+        "rmsprop_lr",
+        "centered",
         "momentum",
         "nesterov",
         "weight_decay",
@@ -77,6 +79,7 @@ def test_default_space_conditions_hold_over_many_draws() -> None:
         opt = drawn.values["optimizer"]
         assert ("sgd_lr" in params) == (opt == "sgd")
         assert ("adam_lr" in params) == (opt == "adam")
+        assert ("rmsprop_lr" in params) == ("centered" in params) == (opt == "rmsprop")
         assert ("momentum" in params) == (opt == "sgd")
         assert ("nesterov" in params) == (opt == "sgd" and drawn.values["momentum"] > 0)
         assert ("weight_decay" in params) == (params["weight_decay_zero"] is False)

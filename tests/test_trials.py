@@ -120,7 +120,7 @@ def test_a_new_group_of_the_same_shape_does_not_recompile(digits, monkeypatch):
         assert close(mine.history[0].eval_loss, alone.history[0].eval_loss)
 
 
-def test_groups_split_sgd_with_and_without_momentum_and_join_adam_with_adamw():
+def test_groups_split_by_optimizer_buffers_and_join_adam_with_adamw():
     from purestep.search.objective import TrialConfig
     from purestep.search.runner import group_key
 
@@ -129,6 +129,8 @@ def test_groups_split_sgd_with_and_without_momentum_and_join_adam_with_adamw():
     assert group_key(plain) != group_key(with_momentum)
     assert group_key(with_momentum) == group_key(TrialConfig(momentum=0.5, nesterov=True))
     assert group_key(TrialConfig("adam")) == group_key(TrialConfig("adamw", lr=0.01))
+    rmsprop = {group_key(TrialConfig("rmsprop", momentum=m, centered=c)) for m in (0.0, 0.9) for c in (0, 1)}
+    assert len(rmsprop | {group_key(plain), group_key(with_momentum), group_key(TrialConfig("adam"))}) == 7
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,6 @@ Nothing here imports torch: `purestep --help` stays fast.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import logging
 import os
 import signal
@@ -100,21 +98,6 @@ def main() -> NoReturn:
     signal.signal(signal.SIGTERM, _sigterm)
     # torch warns on every compile that a CUDA toolkit without a GPU is "no CUDA runtime"
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    _exit(app(standalone_mode=False))
+    from purestep.cli._fast_exit import exit_now
 
-
-def _exit(code: int) -> NoReturn:
-    """End the process with `code`, skipping the interpreter's teardown once torch is loaded.
-
-    Tearing down torch, Dynamo and inductor's modules takes 1.0-1.7 s at the end of a
-    compiled run, longer than a warm compile. Every file a command writes is closed by
-    then; the atexit handlers (logging's flush among them) still run, then stdout and
-    stderr are flushed, then the process exits.
-    """
-    if "torch" not in sys.modules:
-        sys.exit(code)
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(code)
+    exit_now(app(standalone_mode=False))

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from purestep.core.settings import OPTIMIZER_SETTINGS, tutorial
+
 if TYPE_CHECKING:
     from purestep.core.data import Dataset
     from purestep.core.model import Model
@@ -14,14 +16,45 @@ if TYPE_CHECKING:
 
 
 def optimizer_config(
-    name: str, lr: float, momentum: float, nesterov: bool, weight_decay: float
+    name: str,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    *,
+    alpha: float | None = None,
+    eps: float | None = None,
+    centered: bool = False,
 ) -> OptimizerConfig:
-    """A validated `OptimizerConfig`; an impossible combination is a usage error (exit 2)."""
+    """A validated `OptimizerConfig`; an impossible combination is a usage error (exit 2).
+
+    `alpha` and `eps` are None when not given, so that giving one to an optimizer without it
+    is refused rather than ignored.
+    """
     from purestep.core.optim import OptimizerConfig
 
-    if name != "sgd" and (momentum or nesterov):
-        raise typer.BadParameter("--momentum and --nesterov apply to --optimizer sgd only")
-    config = OptimizerConfig(name, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    given = {
+        "momentum": momentum != 0,
+        "nesterov": nesterov,
+        "alpha": alpha is not None,
+        "eps": eps is not None,
+        "centered": centered,
+    }
+    for key, on in given.items():
+        readers = OPTIMIZER_SETTINGS[key].optimizers
+        if on and name not in readers:
+            flag = "--" + key.replace("_", "-")
+            raise typer.BadParameter(f"{flag} applies to --optimizer {', '.join(readers)} only")
+    config = OptimizerConfig(
+        name,  # type: ignore[arg-type]
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        eps=tutorial("eps") if eps is None else eps,
+        alpha=tutorial("alpha") if alpha is None else alpha,
+        centered=centered,
+    )
     try:
         config.build()
     except ValueError as e:

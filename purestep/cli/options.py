@@ -2,41 +2,54 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from purestep.core.settings import OPTIMIZER_SETTINGS, OPTIMIZERS
 
 # the names of purestep.core.data.DATASETS, here without importing torch
 DATASET_NAMES = ("fashion-mnist", "mnist", "kmnist", "digits", "diabetes")
 
-
-class OptimizerName(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
-    adamw = "adamw"
+OptimizerName = Enum(  # type: ignore[misc]
+    "OptimizerName", {name: name for name in OPTIMIZERS}, type=str
+)
 
 
-def _positive(value: float) -> float:
-    if not math.isfinite(value) or value <= 0:
-        raise typer.BadParameter(f"must be a finite number > 0, got {value}")
-    return value
+def _setting(name: str) -> Callable[[Any], Any]:
+    """The option's callback: refuses a value outside the setting's domain (None: not given)."""
+    setting = OPTIMIZER_SETTINGS[name]
+
+    def check(value: Any) -> Any:
+        problem = None if value is None else setting.problem(value)
+        if problem is not None:
+            raise typer.BadParameter(problem)
+        return value
+
+    return check
 
 
-def _non_negative(value: float) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise typer.BadParameter(f"must be a finite number >= 0, got {value}")
-    return value
+def _help(name: str, default_note: bool = False) -> str:
+    """The option's help, from the setting's: what it does, its domain, which optimizers read it."""
+    setting = OPTIMIZER_SETTINGS[name]
+    text = setting.help.rstrip(".")
+    if setting.kind is float:
+        text += f", in {setting.describe_bounds()}"
+    if default_note:
+        text += f" (default {setting.tutorial:g})"
+    if setting.optimizers != OPTIMIZERS:
+        text += f"; {', '.join(setting.optimizers)}"
+    return text + "."
 
 
-def _momentum(value: float) -> float:
-    if not math.isfinite(value) or not 0 <= value < 1:
-        raise typer.BadParameter(f"must be in [0, 1), got {value}")
-    return value
+def _option(name: str, flag: str, default_note: bool = False) -> Any:
+    """A Typer option for an optimizer setting, checked and explained by its one description."""
+    return typer.Option(flag, callback=_setting(name), help=_help(name, default_note))
 
 
 def _dataset(value: str) -> str:
@@ -86,13 +99,14 @@ DataDir = Annotated[
 ]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training set.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per step.")]
-LearningRate = Annotated[float, typer.Option("--lr", callback=_positive, help="Learning rate (> 0).")]
-Optimizer = Annotated[OptimizerName, typer.Option("--optimizer", help="Optimizer.")]
-Momentum = Annotated[float, typer.Option("--momentum", callback=_momentum, help="SGD momentum in [0, 1).")]
-Nesterov = Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (SGD).")]
-WeightDecay = Annotated[
-    float, typer.Option("--weight-decay", callback=_non_negative, help="Weight decay (>= 0).")
-]
+LearningRate = Annotated[float, _option("lr", "--lr")]
+Optimizer = Annotated[OptimizerName, typer.Option("--optimizer", help=_help("optimizer"))]
+Momentum = Annotated[float, _option("momentum", "--momentum")]
+Nesterov = Annotated[bool, typer.Option("--nesterov/--no-nesterov", help=_help("nesterov"))]
+WeightDecay = Annotated[float, _option("weight_decay", "--weight-decay")]
+Alpha = Annotated[float | None, _option("alpha", "--alpha", default_note=True)]
+Eps = Annotated[float | None, _option("eps", "--eps", default_note=True)]
+Centered = Annotated[bool, typer.Option("--centered/--no-centered", help=_help("centered"))]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the init and the batch order.")]
 Shuffle = Annotated[
     bool, typer.Option("--shuffle/--no-shuffle", help="Seeded permutation per epoch, or file order.")

@@ -15,11 +15,14 @@ import typer
 from purestep.cli._app import app
 from purestep.cli.common import load_data, loss_for, model_for, optimizer_config
 from purestep.cli.options import (
+    Alpha,
     BatchSize,
+    Centered,
     DataDir,
     Dataset,
     Device,
     Epochs,
+    Eps,
     Hidden,
     Impl,
     ImplOpt,
@@ -40,6 +43,7 @@ from purestep.cli.options import (
     parse_hidden,
     parse_model_args,
 )
+from purestep.core.settings import OPTIMIZER_SETTINGS
 
 if TYPE_CHECKING:
     from purestep.core.data import Dataset as Data
@@ -179,6 +183,9 @@ def _run_functional(
     return result.params | result.buffers, history
 
 
+_TUTORIAL = {name: setting.tutorial for name, setting in OPTIMIZER_SETTINGS.items()}
+"""The optimizer options' defaults: the tutorial's."""
+
 RESUME_KEYS = (
     "dataset",
     "model",
@@ -194,8 +201,12 @@ RESUME_KEYS = (
 
 def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Path) -> None:
     """A checkpoint resumes only the run that wrote it (more epochs and another impl are fine)."""
-    before = saved.get("run", {})
+    from purestep.core.optim import OptimizerConfig
+
+    before = dict(saved.get("run", {}))
     now = json.loads(json.dumps(run))
+    if isinstance(before.get("optimizer"), dict):  # fields added since the checkpoint keep their defaults
+        before["optimizer"] = json.loads(json.dumps(OptimizerConfig().to_dict())) | before["optimizer"]
     changed = [k for k in RESUME_KEYS if before.get(k) != now[k]]
     if changed:
         raise typer.BadParameter(
@@ -213,11 +224,14 @@ def train(
     loss: Loss = None,
     epochs: Epochs = 10,
     batch_size: BatchSize = 64,
-    lr: LearningRate = 1e-3,
-    optimizer: Optimizer = OptimizerName.sgd,
-    momentum: Momentum = 0.0,
-    nesterov: Nesterov = False,
-    weight_decay: WeightDecay = 0.0,
+    lr: LearningRate = _TUTORIAL["lr"],
+    optimizer: Optimizer = OptimizerName[_TUTORIAL["optimizer"]],
+    momentum: Momentum = _TUTORIAL["momentum"],
+    nesterov: Nesterov = _TUTORIAL["nesterov"],
+    weight_decay: WeightDecay = _TUTORIAL["weight_decay"],
+    alpha: Alpha = None,
+    eps: Eps = None,
+    centered: Centered = _TUTORIAL["centered"],
     hidden: Hidden = "512,512",
     seed: Seed = 0,
     shuffle: Shuffle = False,
@@ -244,7 +258,9 @@ def train(
     ] = False,
 ) -> None:
     """Train a model (defaults: the tutorial's MLP and run) and print the tutorial's lines."""
-    config = optimizer_config(optimizer.value, lr, momentum, nesterov, weight_decay)
+    config = optimizer_config(
+        optimizer.value, lr, momentum, nesterov, weight_decay, alpha=alpha, eps=eps, centered=centered
+    )
     if (checkpoint or resume) and impl is Impl.reference:
         raise typer.BadParameter("--checkpoint and --resume need --impl eager or compiled")
     if precision is not Precision.fp32 and impl is Impl.reference:

@@ -18,6 +18,12 @@ is twice as fast at the tutorial's shapes on the AMD EPYC of BENCHMARKS.md (353 
 
 The pass changes the summation order of products, nothing else: compiled results stay
 within rounding of eager.
+
+A fast path on three private torch names, and the only place they are used:
+`torch._inductor.custom_graph_pass` (the pass's base class and file hash),
+`torch.ops.mkldnn._linear_pointwise` and `torch.backends.mkldnn`'s op set. Its measured win
+is in BENCHMARKS.md ("Private names"). When `fastpath.enabled()` is False or a name is
+missing, `available()` is False and products run as inductor compiles them by default.
 """
 
 from __future__ import annotations
@@ -26,8 +32,13 @@ import math
 
 import torch
 from torch import Tensor
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
-from torch._subclasses.fake_tensor import FakeTensor
+
+from purestep.core import fastpath
+
+try:
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+except ImportError:  # another torch: the pass is unavailable, products compile as inductor's default
+    CustomGraphPass, get_hash_for_files = object, None
 
 aten = torch.ops.aten
 MIN_SIDE = 32
@@ -72,8 +83,13 @@ torch.library.register_fake("purestep::onednn_addmm", _addmm_fake)
 
 
 def available() -> bool:
-    """True when this torch has oneDNN (mkldnn) for the CPU."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """True when fast paths are on and this torch has oneDNN's linear for the CPU and custom passes."""
+    return (
+        fastpath.enabled()
+        and get_hash_for_files is not None
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
 
 
 def _value(node: object) -> Tensor | None:
@@ -143,7 +159,7 @@ def _call(graph: torch.fx.Graph, target, *args) -> torch.fx.Node:
     """A new node computing `target(*args)`, with its fake value as the pass's inputs have."""
     node = graph.call_function(target, args)
     values = [_value(arg) if isinstance(arg, torch.fx.Node) else arg for arg in args]
-    mode = next((v.fake_mode for v in values if isinstance(v, FakeTensor)), None)
+    mode = next((v.fake_mode for v in values if getattr(v, "fake_mode", None) is not None), None)
     if mode is None:
         node.meta["val"] = target(*values)
     else:
@@ -163,7 +179,7 @@ def _decompose(graph: torch.fx.Graph, node: torch.fx.Node, operands: Operands) -
         return out if bias is None else _call(graph, aten.add.Tensor, out, bias)
 
 
-class OneDNNMatmuls(CustomGraphPass):
+class OneDNNMatmuls(CustomGraphPass):  # type: ignore[misc,valid-type]
     """Inductor post-grad pass: large fp32 CPU products to oneDNN, small ones to fused kernels.
 
     `fuse_small` and `contiguous_gradients` turn off one half each, to measure them

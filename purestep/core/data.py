@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
-from purestep.core.errors import DataError
+from purestep.core.errors import DataError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -110,7 +110,7 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tu
                 f"{name} is not in {raw} and could not be downloaded; "
                 "connect to the internet once, or use --dataset digits to work offline"
             ) from None
-        cause = _first_line(e) or type(e).__name__
+        cause = first_line(e)
         raise DataError(
             f"cannot read {name} from {raw} (truncated or corrupt file: {cause}); "
             "delete the files to download them again"
@@ -119,9 +119,6 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tu
         raise DataError(f"cannot read {name} from {raw}: images and labels do not match")
     return _images(ds.data), ds.targets.long()
 
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else ""
 
 
 def _sklearn(what: str) -> ModuleType:
@@ -209,7 +206,7 @@ def _read_npz(path: Path) -> dict[str, Tensor]:
                     raise
                 arrays[key] = _from_numpy(path, key, array)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
-        raise DataError(f"{path}: corrupt .npz archive ({_first_line(e) or type(e).__name__})") from None
+        raise DataError(f"{path}: corrupt .npz archive ({first_line(e)})") from None
     return arrays
 
 
@@ -236,7 +233,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise DataError(f"{path}: corrupt .safetensors file ({_first_line(e) or type(e).__name__})") from None
+        raise DataError(f"{path}: corrupt .safetensors file ({first_line(e)})") from None
     _require_keys(path, list(tensors))
     return {key: tensors[key] for key in ARRAYS}
 

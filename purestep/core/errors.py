@@ -16,3 +16,9 @@ def one_line(error: BaseException | str) -> str:
     if text or isinstance(error, str):
         return text
     return type(error).__name__
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (a driver's long report stops there), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__

@@ -3,7 +3,8 @@
 The state is a flat dict of tensors. It holds the hyperparameters as 0-d float64
 tensors, so a new learning rate is new data rather than a new graph, and `vmap`
 can give every trial its own. `update` reads nothing but its arguments: every
-`sgd(...)` shares one update function, as does every `adam(...)`/`adamw(...)`.
+`sgd(...)` shares one update function, as does every `adam(...)`/`adamw(...)` and
+every `rmsprop(...)`; every `tunable(config)` shares one update for all of them.
 
 The arithmetic follows `torch.optim`'s single-tensor path op for op. Where
 torch.optim passes a Python scalar (`add(p, g, alpha=-lr)`), the update passes
@@ -23,10 +24,12 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from purestep.core.settings import tutorial
+
 Params = dict[str, Tensor]
 State = dict[str, Tensor]
 
-OptimizerName = Literal["sgd", "adam", "adamw"]
+OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 
 
 class Optimizer(NamedTuple):
@@ -54,27 +57,131 @@ def _check(name: str, value: float, low: float, high: float = math.inf, *, open_
         raise ValueError(f"{name} must be {bound}, got {value}")
 
 
-def _sgd_update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-    dtype = next(iter(params.values())).dtype
+# --- Each family's arithmetic, once -------------------------------------------------------
+#
+# A family's rule reads its hyperparameters from the state (cast once per update) and returns
+# the step of one parameter: `(p, g, slots) -> (new p, new slots)`, where `slots` holds that
+# parameter's buffers by their torch.optim names. A feature whose buffer is absent is off, as
+# in torch.optim's state. The union holds every buffer and passes `flags`: per-trial 0-d bools
+# that `torch.where` turns into each trial's own arithmetic, the same ops either way.
+
+Slots = dict[str, Tensor]
+Rule = Callable[[Tensor, Tensor, Slots], tuple[Tensor, Slots]]
+Flag = bool | Tensor
+
+_BUFFERS = {
+    "sgd": ("momentum_buffer",),
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "rmsprop": ("square_avg", "momentum_buffer", "grad_avg"),
+}
+"""Each family's per-parameter buffers, by their torch.optim names."""
+
+
+def _where(flag: Flag, if_on: Callable[[], Tensor], if_off: Callable[[], Tensor]) -> Tensor:
+    """`if_on()` where `flag` holds, else `if_off()`: chosen in Python, or per trial by `torch.where`."""
+    if isinstance(flag, bool):
+        return if_on() if flag else if_off()
+    return torch.where(flag, if_on(), if_off())
+
+
+def _sgd_rule(state: State, dtype: torch.dtype, with_momentum: Flag = True) -> Rule:
     lr = state["lr"].to(dtype)
     momentum = state["momentum"].to(dtype)
     keep = (1 - state["dampening"]).to(dtype)
     decay = state["weight_decay"].to(dtype)
     first = state["step"] == 0
     nesterov = state["nesterov"] != 0
+
+    def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
+        g = torch.addcmul(g, p, decay)
+        if "momentum_buffer" in slots:
+            buf = torch.where(first, g, torch.addcmul(slots["momentum_buffer"] * momentum, g, keep))
+            slots = {"momentum_buffer": buf}
+            direction = torch.where(nesterov, torch.addcmul(g, buf, momentum), buf)
+            g = _where(with_momentum, lambda: direction, lambda: g)
+        return torch.addcmul(p, g, lr, value=-1), slots
+
+    return rule
+
+
+def _adam_rule(state: State, dtype: torch.dtype) -> Rule:
+    step = state["step"] + 1
+    lr, beta1, beta2 = state["lr"], state["beta1"], state["beta2"]
+    decoupled = state["decoupled"]
+    shrink = (1 - lr * state["weight_decay"] * decoupled).to(dtype)
+    l2 = (state["weight_decay"] * (1 - decoupled)).to(dtype)
+    keep1 = (1 - beta1).to(dtype)
+    keep2 = (1 - beta2).to(dtype)
+    b2 = beta2.to(dtype)
+    eps = state["eps"].to(dtype)
+    neg_step_size = (-lr / (1 - beta1**step)).to(dtype)
+    bias_correction2_sqrt = torch.sqrt(1 - beta2**step).to(dtype)
+
+    def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
+        p = p * shrink
+        g = torch.addcmul(g, p, l2)
+        m = torch.lerp(slots["exp_avg"], g, keep1)
+        v = torch.addcmul(slots["exp_avg_sq"] * b2, g * keep2, g)
+        denom = torch.sqrt(v) / bias_correction2_sqrt + eps
+        return torch.addcdiv(p, m * neg_step_size, denom), {"exp_avg": m, "exp_avg_sq": v}
+
+    return rule
+
+
+def _rmsprop_rule(
+    state: State, dtype: torch.dtype, with_momentum: Flag = True, centered: Flag = True
+) -> Rule:
+    lr = state["lr"].to(dtype)
+    neg_lr = (-state["lr"]).to(dtype)
+    alpha = state["alpha"].to(dtype)
+    keep = (1 - state["alpha"]).to(dtype)
+    eps = state["eps"].to(dtype)
+    decay = state["weight_decay"].to(dtype)
+    momentum = state["momentum"].to(dtype)
+
+    def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
+        g = torch.addcmul(g, p, decay)
+        square_avg = torch.addcmul(slots["square_avg"] * alpha, g * keep, g)
+        new: Slots = {"square_avg": square_avg}
+        if "grad_avg" in slots:
+            grad_avg = new["grad_avg"] = torch.lerp(slots["grad_avg"], g, keep)
+            avg = _where(
+                centered,
+                lambda: torch.addcmul(square_avg, grad_avg, grad_avg, value=-1).sqrt(),
+                square_avg.sqrt,
+            )
+        else:
+            avg = square_avg.sqrt()
+        avg = avg + eps
+
+        def plain() -> Tensor:
+            return torch.addcdiv(p, g * neg_lr, avg)
+
+        if "momentum_buffer" not in slots:
+            return plain(), new
+        buf = new["momentum_buffer"] = torch.addcdiv(slots["momentum_buffer"] * momentum, g, avg)
+        return _where(with_momentum, lambda: torch.addcmul(p, buf, lr, value=-1), plain), new
+
+    return rule
+
+
+def _apply(rule: Rule, grads: Params, state: State, params: Params, family: str) -> tuple[Params, State]:
+    """One family's update of every parameter; the state comes back in its own key order."""
     new_params: Params = {}
-    new_state: State = {k: state[k] for k in ("lr", "momentum", "dampening", "weight_decay")}
-    new_state["nesterov"] = state["nesterov"]
-    new_state["step"] = state["step"] + 1
+    new: State = {"step": state["step"] + 1}
     for k, p in params.items():
-        g = torch.addcmul(grads[k], p, decay)
-        slot = f"momentum_buffer.{k}"
-        if slot in state:
-            buf = torch.where(first, g, torch.addcmul(state[slot] * momentum, g, keep))
-            g = torch.where(nesterov, torch.addcmul(g, buf, momentum), buf)
-            new_state[slot] = buf
-        new_params[k] = torch.addcmul(p, g, lr, value=-1)
-    return new_params, new_state
+        slots = {s: state[f"{s}.{k}"] for s in _BUFFERS[family] if f"{s}.{k}" in state}
+        new_params[k], slots = rule(p, grads[k], slots)
+        new |= {f"{s}.{k}": v for s, v in slots.items()}
+    return new_params, {key: new.get(key, state[key]) for key in state}
+
+
+# --- The optimizers ----------------------------------------------------------------------
+
+
+def _sgd_update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+    dtype = next(iter(params.values())).dtype
+    return _apply(_sgd_rule(state, dtype), grads, state, params, "sgd")
 
 
 def sgd(
@@ -90,7 +197,8 @@ def sgd(
         lr: learning rate (> 0).
         momentum: momentum factor. At 0 the state holds no momentum buffers, as torch.optim
             keeps none: the step reads and writes only params (a different graph than
-            momentum > 0, so trials of the two kinds are not stacked together).
+            momentum > 0, so trials of the two kinds are not stacked together; `tunable`
+            stacks them).
         dampening: dampening of the momentum (ignored without momentum, as in torch).
         nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
         weight_decay: L2 penalty added to the gradient.
@@ -124,32 +232,7 @@ def sgd(
 
 def _adam_update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
     dtype = next(iter(params.values())).dtype
-    step = state["step"] + 1
-    lr, beta1, beta2 = state["lr"], state["beta1"], state["beta2"]
-    decoupled = state["decoupled"]
-    shrink = (1 - lr * state["weight_decay"] * decoupled).to(dtype)
-    l2 = (state["weight_decay"] * (1 - decoupled)).to(dtype)
-    keep1 = (1 - beta1).to(dtype)
-    keep2 = (1 - beta2).to(dtype)
-    b2 = beta2.to(dtype)
-    eps = state["eps"].to(dtype)
-    neg_step_size = (-lr / (1 - beta1**step)).to(dtype)
-    bias_correction2_sqrt = torch.sqrt(1 - beta2**step).to(dtype)
-    new_params: Params = {}
-    new_state: State = {k: state[k] for k in ("lr", "beta1", "beta2", "eps", "weight_decay")}
-    new_state["decoupled"] = decoupled
-    new_state["step"] = step
-    second: State = {}
-    for k, p in params.items():
-        p = p * shrink
-        g = torch.addcmul(grads[k], p, l2)
-        m = torch.lerp(state[f"exp_avg.{k}"], g, keep1)
-        v = torch.addcmul(state[f"exp_avg_sq.{k}"] * b2, g * keep2, g)
-        denom = torch.sqrt(v) / bias_correction2_sqrt + eps
-        new_params[k] = torch.addcdiv(p, m * neg_step_size, denom)
-        new_state[f"exp_avg.{k}"] = m
-        second[f"exp_avg_sq.{k}"] = v
-    return new_params, new_state | second  # the keys in `init`'s order
+    return _apply(_adam_rule(state, dtype), grads, state, params, "adam")
 
 
 def _adam(lr: float, betas: tuple[float, float], eps: float, weight_decay: float, decoupled: bool):
@@ -195,17 +278,137 @@ def adamw(
     return _adam(lr, betas, eps, weight_decay, decoupled=True)
 
 
+def _rmsprop_update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+    dtype = next(iter(params.values())).dtype
+    return _apply(_rmsprop_rule(state, dtype), grads, state, params, "rmsprop")
+
+
+def rmsprop(
+    lr: float = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+) -> Optimizer:
+    """RMSprop, equal bit for bit to `torch.optim.RMSprop` on the CPU.
+
+    Args:
+        lr: learning rate (> 0).
+        alpha: smoothing constant of the squared-gradient average, in [0, 1].
+        eps: added to the denominator (>= 0).
+        weight_decay: L2 penalty added to the gradient.
+        momentum: momentum factor; at 0 the state holds no momentum buffers, as torch.optim.
+        centered: divide by the gradient's estimated variance rather than its second moment
+            (the state holds a gradient average only then, as torch.optim).
+    Returns:
+        An `Optimizer` whose state holds these values as 0-d tensors.
+    """
+    _check("lr", lr, 0.0, open_low=True)
+    _check("alpha", alpha, 0.0, 1.0)
+    _check("eps", eps, 0.0)
+    _check("weight_decay", weight_decay, 0.0)
+    _check("momentum", momentum, 0.0)
+
+    def init(params: Params) -> State:
+        state = _hyper(
+            params,
+            lr=lr,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=float(centered),
+            step=0.0,
+        )
+        state |= _slots("square_avg", params)
+        if momentum != 0:
+            state |= _slots("momentum_buffer", params)
+        if centered:
+            state |= _slots("grad_avg", params)
+        return state
+
+    return Optimizer(init, _rmsprop_update)
+
+
+# --- One update for every optimizer, for tuning -------------------------------------------
+#
+# The union state holds every hyperparameter any family reads, a `family` selector, and three
+# buffers per parameter: RMSprop keeps its square and gradient averages in Adam's second- and
+# first-moment slots. Every family's rule runs on every step and `torch.where` keeps the chosen
+# family's results, so a trial's params follow its own arithmetic bit for bit. A buffer that a
+# trial's optimizer does not use holds values the trial never reads.
+
+FAMILIES = ("sgd", "adam", "rmsprop")
+"""The union's families, in the order of the `family` selector's values (AdamW is Adam's)."""
+
+_UNION_SLOT = {"square_avg": "exp_avg_sq", "grad_avg": "exp_avg"}
+_UNION_HYPER = {
+    **{k: float(tutorial(k)) for k in ("lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2")},
+    **{k: float(tutorial(k)) for k in ("eps", "alpha", "centered")},
+    "dampening": 0.0,
+    "decoupled": 0.0,
+}
+"""Every hyperparameter a family reads; a trial's own optimizer sets its own, the tutorial's fill the rest."""
+
+
+def _union_update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+    dtype = next(iter(params.values())).dtype
+    with_momentum = state["momentum"] != 0
+    rules = {
+        "sgd": _sgd_rule(state, dtype, with_momentum),
+        "adam": _adam_rule(state, dtype),
+        "rmsprop": _rmsprop_rule(state, dtype, with_momentum, state["centered"] != 0),
+    }
+    new_params: Params = {}
+    new: State = {"step": state["step"] + 1}
+    for k, p in params.items():
+        for i, family in enumerate(FAMILIES):
+            chosen = state["family"] == i
+            keys = {s: f"{_UNION_SLOT.get(s, s)}.{k}" for s in _BUFFERS[family]}
+            p_family, slots = rules[family](p, grads[k], {s: state[key] for s, key in keys.items()})
+            new_params[k] = torch.where(chosen, p_family, new_params[k]) if i else p_family
+            for s, v in slots.items():
+                new[keys[s]] = torch.where(chosen, v, new.get(keys[s], state[keys[s]]))
+    return new_params, {key: new.get(key, state[key]) for key in state}
+
+
+def tunable(config: OptimizerConfig) -> Optimizer:
+    """`config`'s optimizer over the union state: trials of any optimizer stack and share one graph.
+
+    Each trial's params and loss equal `config.build()`'s bit for bit, step after step.
+    """
+    own = config.build()
+    family = FAMILIES.index("adam" if config.name == "adamw" else config.name)
+
+    def init(params: Params) -> State:
+        own_state = own.init(params)
+        state = _hyper(params, **_UNION_HYPER, family=family, step=0.0)
+        state = {k: own_state.get(k, v) for k, v in state.items()}
+        for buffer in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
+            state |= _slots(buffer, params)
+        return state
+
+    return Optimizer(init, _union_update)
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """Plain-data description of an optimizer, for CLIs, files and search spaces."""
+    """Plain-data description of an optimizer, for CLIs, files and search spaces.
 
-    name: OptimizerName = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    Defaults are the tutorial's, from `OPTIMIZER_SETTINGS` (fields an optimizer does not read
+    are ignored by `build`).
+    """
+
+    name: OptimizerName = tutorial("optimizer")
+    lr: float = tutorial("lr")
+    momentum: float = tutorial("momentum")
+    nesterov: bool = tutorial("nesterov")
+    weight_decay: float = tutorial("weight_decay")
+    betas: tuple[float, float] = (tutorial("beta1"), tutorial("beta2"))
+    eps: float = tutorial("eps")
+    alpha: float = tutorial("alpha")
+    centered: bool = tutorial("centered")
 
     def build(self) -> Optimizer:
         """The functional optimizer this config describes (validates the values)."""
@@ -214,7 +417,9 @@ class OptimizerConfig:
         if self.name in ("adam", "adamw"):
             factory = adam if self.name == "adam" else adamw
             return factory(self.lr, self.betas, self.eps, self.weight_decay)
-        raise ValueError(f"unknown optimizer {self.name!r}; choose sgd, adam or adamw")
+        if self.name == "rmsprop":
+            return rmsprop(self.lr, self.alpha, self.eps, self.weight_decay, self.momentum, self.centered)
+        raise ValueError(f"unknown optimizer {self.name!r}; choose sgd, adam, adamw or rmsprop")
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready fields."""

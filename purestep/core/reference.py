@@ -105,6 +105,16 @@ def torch_optimizer(config: OptimizerConfig, parameters: Iterator[nn.Parameter])
             nesterov=config.nesterov,
             weight_decay=config.weight_decay,
         )
+    if config.name == "rmsprop":
+        return torch.optim.RMSprop(
+            parameters,
+            lr=config.lr,
+            alpha=config.alpha,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            momentum=config.momentum,
+            centered=config.centered,
+        )
     cls = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
     return cls(parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
@@ -15,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
+from purestep.core import _direct
 from purestep.core.losses import LossName, batch_metric, loss_fn
 from purestep.core.model import Buffers, Model, Params
 from purestep.core.optim import Optimizer, State
@@ -108,95 +107,57 @@ def set_compile_cache(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None) -> Fn:
-    """`torch.compile(fn, fullgraph=True)` with static shapes, as a `CompiledStep`.
+    """`torch.compile(fn, fullgraph=True, dynamic=False, options=_inductor_options())`, as a
+    `CompiledStep`.
 
-    Static shapes give one specialised graph for full batches (the loops run an
-    epoch's short last batch eagerly, see `short_batch`); hyperparameters and step
-    counts are tensors, so nothing else recompiles. The recompile limit is raised so
-    that a search over several batch sizes and widths keeps every graph compiled. On
-    the CPU, large fp32 matrix products run through oneDNN rather than ATen's MKL and
-    small ones are fused into inductor's kernels (`core/_onednn.py`, BENCHMARKS.md);
-    `PURESTEP_ONEDNN=0` turns that off. Inductor's runtime size asserts are off: on
-    every call they re-check layouts that Dynamo's guards (inputs) and the ops' tested
-    fake kernels (outputs) determine, about 1% of a step at the tutorial's shapes.
+    Static shapes give one specialised graph for full batches (the loops run an epoch's
+    short last batch eagerly, see `short_batch`); hyperparameters and step counts are
+    tensors, so nothing else recompiles. The recompile limit is raised so that a search
+    over several batch sizes and widths keeps every graph compiled.
     """
     if cache_dir is not None:
         set_compile_cache(cache_dir)
     return cast(Fn, CompiledStep(fn, _inductor_options()))
 
 
-def _leaves(trees: Sequence[Any]) -> list[Any]:
-    """The tensors of a step's arguments or results: dicts' values in order, tensors as they are."""
-    return [leaf for tree in trees for leaf in (tree.values() if isinstance(tree, dict) else (tree,))]
-
-
 class CompiledStep:
     """A step compiled by `torch.compile`, whose graphs a loop can also enter directly.
 
-    A call runs through Dynamo as any compiled function does: guards, recompiles,
-    stances (`short_batch`, `fail_on_recompile`). `direct()` then gives the graph that
-    call ran as a plain function of the step's arguments, which skips Dynamo's entry
-    and guard checks (5-8% of a step at the tutorial's shapes). It is valid only for
-    arguments laid out exactly as that call's (see `steady`), which is what an epoch's
-    later steps are, and only because steps are pure: Dynamo has no side effects to
-    replay around the graph.
+    A call runs through Dynamo as any compiled function does: guards, recompiles, stances
+    (`short_batch`, `fail_on_recompile`). With the direct-entry fast path (`core/_direct.py`)
+    `direct()` then gives the graph that call ran as a plain function of the step's
+    arguments, skipping Dynamo's entry and guard checks. It is valid only for arguments laid
+    out exactly as that call's (see `steady`), which is what an epoch's later steps are, and
+    only because steps are pure: Dynamo has no side effects to replay around the graph.
     """
 
     def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        torch.compiler.config.recompile_limit = max(torch.compiler.config.recompile_limit, 64)
         functools.update_wrapper(self, fn)
         self._options = options
-        self._compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=self._backend)
-        self._ran: tuple[Callable[..., Any], tuple[Any, ...], Any] | None = None
-        self._last: tuple[Any, ...] | None = None
+        self._ran: _direct.Ran | None = None
+        self._last: tuple[tuple[Any, ...], Any, _direct.Ran] | None = None
+        backend = _direct.backend(options, self._note)
+        if backend is None:
+            self._compiled = torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+        else:
+            self._compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+
+    def _note(self, ran: _direct.Ran) -> None:
+        self._ran = ran
 
     def __call__(self, *args: Any) -> Any:
         self._ran = None
         result = self._compiled(*args)
-        self._last = (args, result, *self._ran) if self._ran is not None else None
+        self._last = (args, result, self._ran) if self._ran is not None else None
         self._ran = None
         return result
 
-    def _backend(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
-        """Inductor, as `torch.compile`'s default backend, with each run of the graph noted."""
-        from torch._inductor.compile_fx import compile_fx
-
-        graph = compile_fx(gm, example_inputs, config_patches=self._options)
-
-        def run(*inputs: Any) -> Any:
-            outputs = graph(*inputs)
-            self._ran = (graph, inputs, outputs)
-            return outputs
-
-        return run
-
     def direct(self) -> Callable[..., Any] | None:
-        """The graph the last call ran, callable as the step itself; None if no graph ran
-        (an eager stance) or its inputs and results are not all the step's own tensors."""
-        if self._last is None:
-            return None
-        args, result, graph, inputs, outputs = self._last
-        single = not isinstance(result, tuple)
-        trees = (result,) if single else result
-        argument = {id(leaf): i for i, leaf in enumerate(_leaves(args))}
-        produced = {id(out): j for j, out in enumerate(outputs)}
-        if not all(id(x) in argument for x in inputs):
-            return None
-        take = [argument[id(x)] for x in inputs]
-        # Each result is a graph output, or an argument handed back as it came (a hyperparameter).
-        picks = [(id(r) in produced, produced.get(id(r), argument.get(id(r)))) for r in _leaves(trees)]
-        if any(i is None for _, i in picks):
-            return None
-        keys = [list(tree) if isinstance(tree, dict) else None for tree in trees]
-
-        def step(*args: Any) -> Any:
-            leaves = _leaves(args)
-            outputs = graph(*[leaves[i] for i in take])
-            values = iter([outputs[i] if from_graph else leaves[i] for from_graph, i in picks])
-            out = tuple(next(values) if k is None else dict(zip(k, values)) for k in keys)
-            return out[0] if single else out
-
-        return step
+        """The graph the last call ran, callable as the step itself; None if no graph ran (an
+        eager stance, or the fast path off) or its inputs and results are not all the step's
+        own tensors."""
+        return None if self._last is None else _direct.entry(*self._last)
 
 
 def direct_step(step: Callable[..., Any]) -> Callable[..., Any] | None:
@@ -206,8 +167,7 @@ def direct_step(step: Callable[..., Any]) -> Callable[..., Any] | None:
 
 def short_batch(rows: int, batch_size: int) -> contextlib.AbstractContextManager[Any]:
     """Where a step runs on a batch of `rows` < `batch_size` (an epoch's last), compiled steps
-    run eagerly: one such step per epoch is not worth a graph of its own (2.6 s to compile
-    cold, 0.25 s warm, for a step that takes a few ms eager)."""
+    run eagerly: one such step per epoch is not worth a graph of its own (BENCHMARKS.md)."""
     if rows < batch_size:
         return torch.compiler.set_stance("force_eager")
     return contextlib.nullcontext()
@@ -236,20 +196,17 @@ def steady(inputs: Sequence[dict[str, Tensor]], outputs: Sequence[dict[str, Tens
 
 def _other_threads() -> bool:
     """Whether a non-daemon thread other than this one and inductor's compile workers is alive."""
-    workers: set[threading.Thread] = set()
-    compiler = sys.modules.get("torch._inductor.async_compile")
-    if compiler is not None:
-        try:
-            if compiler.AsyncCompile.pool.cache_info().currsize:
-                workers = set(compiler.AsyncCompile.pool()._threads)
-        except AttributeError:  # another torch: count its workers as others, and keep the guards
-            pass
-    current = threading.current_thread()
-    return any(t is not current and not t.daemon and t not in workers for t in threading.enumerate())
+    return _direct.other_threads()
 
 
 def _inductor_options() -> dict[str, Any]:
-    """Inductor settings of every compiled step: no size asserts, and the matmul pass unless off."""
+    """Inductor settings of every compiled step: no size asserts, and the matmul pass unless off.
+
+    Inductor's runtime size asserts re-check, on every call, layouts that Dynamo's guards
+    (inputs) and the ops' tested fake kernels (outputs) determine. On the CPU, large fp32
+    products run through oneDNN and small ones fuse into inductor's kernels (`core/_onednn.py`,
+    a fast path); `PURESTEP_ONEDNN=0` turns that pass off alone.
+    """
     options: dict[str, Any] = {"size_asserts": False}
     if os.environ.get("PURESTEP_ONEDNN", "1") == "0":
         return options

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from purestep.core.settings import tutorial
 from purestep.search.space import MODEL_PREFIX, Choices, Range, Sample, Scalar, Space, model_args, sample
 
 if TYPE_CHECKING:
@@ -59,14 +60,16 @@ class ConfigError(ValueError):
 class TrialConfig:
     """Everything a trial trains with, as plain data (JSON-ready through `to_dict`)."""
 
-    optimizer: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
+    optimizer: str = tutorial("optimizer")
+    lr: float = tutorial("lr")
+    momentum: float = tutorial("momentum")
+    nesterov: bool = tutorial("nesterov")
+    weight_decay: float = tutorial("weight_decay")
+    beta1: float = tutorial("beta1")
+    beta2: float = tutorial("beta2")
+    eps: float = tutorial("eps")
+    alpha: float = tutorial("alpha")
+    centered: bool = tutorial("centered")
     batch_size: int = 64
     hidden: int = 512
     layers: int = 2
@@ -93,6 +96,8 @@ class TrialConfig:
             weight_decay=self.weight_decay,
             betas=(self.beta1, self.beta2),
             eps=self.eps,
+            alpha=self.alpha,
+            centered=self.centered,
         )
         try:
             config.build()

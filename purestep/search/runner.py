@@ -7,6 +7,12 @@ and stops, so the study ends with exactly N finished trials.
 
 SIGINT and SIGTERM are held back while the storage is written: the running trial is told
 FAIL (with the reason) and the exception continues, so no trial is left RUNNING.
+
+On a database storage each running trial is stamped by a heartbeat (heartbeat.py). A trial that
+another worker failed as stale (this process was paused or stalled past the grace period) is
+noticed at its next report or tell: training stops and its result is dropped, because the
+study has queued a retry with the same parameters, seed and batch order, which recomputes it;
+the trial stays FAIL and counts nowhere, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -25,6 +31,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from purestep.core.errors import one_line
+from purestep.search.heartbeat import (
+    Heartbeat,
+    fail_stale_trials,
+    finished_elsewhere,
+    lost_notice,
+    start_heartbeat,
+)
 from purestep.search.objective import (
     EVAL_BATCH_SIZE,
     ConfigError,
@@ -37,7 +50,6 @@ from purestep.search.objective import (
     suggest_config,
 )
 from purestep.search.space import Space
-from purestep.search.storage import HeartbeatRDBStorage
 
 if TYPE_CHECKING:
     from purestep.core.loop import EpochMetrics
@@ -118,19 +130,11 @@ def _interrupt_reason(e: BaseException) -> str:
     return one_line(f"{type(e).__name__}: {e}")
 
 
-def _reap(study: optuna.Study) -> None:
-    """Fail trials whose worker died (heartbeat older than the grace period), so they stop
-    counting as taken and their retries are asked for; only database storages beat."""
-    storage = study._storage
-    if isinstance(storage, HeartbeatRDBStorage):
-        storage.fail_stale_trials(study._study_id)
-
-
 def _room(study: optuna.Study, n_trials: int, deadline: float | None) -> tuple[list[FrozenTrial], int]:
     """The study's trials and how many more may start (none once `deadline` has passed)."""
     if deadline is not None and time.time() >= deadline:
         return [], 0
-    _reap(study)
+    fail_stale_trials(study)  # a dead worker's trial stops counting as taken; its retry is queued
     trials = study.get_trials(deepcopy=False)
     return trials, n_trials - count(trials, TAKEN)
 
@@ -160,31 +164,41 @@ def run_trials(
             break
         shield.depth += 1
         trial: optuna.Trial | None = None
+        beat: Heartbeat | None = None
         try:
             trial = study.ask()
             shield.depth -= 1
             shield.deliver()
             if _fail_if_surplus(study, trial, shield, n_trials):
                 break
+            beat = start_heartbeat(trial)
             on_trial_start(trial.number, count(trials, FINISHED))
             value = objective(trial)
         except optuna.TrialPruned as e:
             assert trial is not None
-            _tell(study, trial, shield, TrialState.PRUNED, reason=str(e) or "pruned")
+            told = _tell(study, trial, shield, TrialState.PRUNED, reason=str(e) or "pruned", beat=beat)
         except ConfigError as e:
             assert trial is not None
-            _tell(study, trial, shield, TrialState.FAIL, reason=str(e))
+            _tell(study, trial, shield, TrialState.FAIL, reason=str(e), beat=beat)
             raise ConfigError(
                 f"trial {trial.number} drew settings the optimizer rejects ({e}); narrow the search space"
             ) from None
         except BaseException as e:
             if trial is None:
                 shield.depth -= 1
-            else:
-                _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e))
-            raise
+                raise
+            if not finished_elsewhere(trial, e):  # else a report found it failed as stale
+                _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e), beat=beat)
+                raise
+            told = False
         else:
-            _tell(study, trial, shield, TrialState.COMPLETE, value=value)
+            told = _tell(study, trial, shield, TrialState.COMPLETE, value=value, beat=beat)
+        finally:
+            if beat is not None:
+                beat.stop()
+        if not told:
+            lost_notice(trial.number)
+            continue
         ran += 1
         _report_end(study, trial.number, on_trial_end)
     return ran
@@ -219,25 +233,39 @@ def _tell(
     state: TrialState,
     value: float | None = None,
     reason: str | None = None,
-) -> None:
+    beat: Heartbeat | None = None,
+) -> bool:
+    """Finish `trial`; False when it was already finished elsewhere (failed as stale by another worker)."""
     shield.depth += 1
     try:
+        if beat is not None:
+            beat.stop()
+            if beat.missed:
+                trial.set_user_attr("heartbeats_missed", beat.missed)
         if reason is not None:
             trial.set_user_attr("reason", reason)
-        study.tell(trial, value, state=state if value is None else None, skip_if_finished=True)
+        told = study.tell(trial, value, state=state if value is None else None, skip_if_finished=True)
+        return told.state == state
+    except RuntimeError as e:
+        if finished_elsewhere(trial, e):
+            return False
+        raise
     finally:
         shield.depth -= 1
 
 
 def group_key(config: TrialConfig) -> tuple[object, ...]:
-    """What decides a trial's step graph: optimizer family, widths, model arguments, batch size, order.
+    """What decides a trial's step graph: optimizer family and buffers, widths, model arguments,
+    batch size and order.
 
-    Adam and AdamW share one update (decoupling is state data), so they share groups; SGD
-    without momentum keeps no buffers, so it groups apart from SGD with momentum. Every other
-    hyperparameter is data in the optimizer state and may differ inside a group.
+    Adam and AdamW share one update (decoupling is state data), so they share groups; SGD and
+    RMSprop keep momentum buffers only with momentum, and RMSprop a gradient average only when
+    centered, so those group apart. Every other hyperparameter is data in the optimizer state
+    and may differ inside a group.
     """
-    family = "adam" if config.optimizer != "sgd" else "sgd" if config.momentum else "sgd, no momentum"
-    return family, config.hidden_layers(), config.model_args, config.batch_size, config.shuffle
+    family = "adam" if config.optimizer == "adamw" else config.optimizer
+    buffers = (family != "adam" and config.momentum != 0, family == "rmsprop" and config.centered)
+    return family, buffers, config.hidden_layers(), config.model_args, config.batch_size, config.shuffle
 
 
 def run_trial_batches(
@@ -270,12 +298,14 @@ def run_trial_batches(
             break
         asked: list[tuple[optuna.Trial, TrialConfig]] = []
         told: set[int] = set()
+        beats: dict[int, Heartbeat | None] = {}
         try:
             for _ in range(min(batch, room)):
                 with shield.hold():
                     trial = study.ask()
                 if _fail_if_surplus(study, trial, shield, n_trials):
                     break
+                beats[trial.number] = start_heartbeat(trial)
                 with shield.hold():
                     _, config = suggest_config(space, trial)
                 asked.append((trial, config))
@@ -288,8 +318,12 @@ def run_trial_batches(
                 for trial, state, value, reason in _train_group(
                     members, splits, epochs=epochs, seed=seed, compiled=compiled, shield=shield
                 ):
-                    _tell(study, trial, shield, state, value=value, reason=reason)
+                    beat = beats.get(trial.number)
+                    ok = state is not None and _tell(study, trial, shield, state, value, reason, beat)
                     told.add(trial.number)
+                    if not ok:
+                        lost_notice(trial.number)
+                        continue
                     ran += 1
                     _report_end(study, trial.number, on_trial_end)
         except BaseException as e:
@@ -297,6 +331,10 @@ def run_trial_batches(
                 if trial.number not in told:
                     _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e))
             raise
+        finally:
+            for beat in beats.values():
+                if beat is not None:
+                    beat.stop()
         if len(asked) < min(batch, room):
             break
     return ran
@@ -311,7 +349,8 @@ def _train_group(
     compiled: bool,
     shield: Shield,
 ) -> Iterator[tuple[optuna.Trial, TrialState, float | None, str | None]]:
-    """Train trials that share a step graph; yields `(trial, state, value, reason)` for each."""
+    """Train trials that share a step graph; yields `(trial, state, value, reason)` for each, with
+    state None for a trial that another worker failed as stale meanwhile (its training stopped)."""
     if len(members) == 1:
         trial, config = members[0]
         try:
@@ -320,6 +359,11 @@ def _train_group(
             )
         except optuna.TrialPruned as e:
             yield trial, TrialState.PRUNED, None, str(e)
+            return
+        except RuntimeError as e:
+            if not finished_elsewhere(trial, e):
+                raise
+            yield trial, None, None, None
             return
         yield trial, TrialState.COMPLETE, value, None
         return
@@ -331,9 +375,16 @@ def _train_group(
     model = splits.model_for(first)
     params, buffers = model.init(seed, splits.x_fit.device)
     reasons: dict[int, str] = {}
+    lost: set[int] = set()
 
     def keep(k: int, metrics: EpochMetrics) -> bool:
-        reason = pruned_reason(members[k][0], metrics, shield.hold)
+        try:
+            reason = pruned_reason(members[k][0], metrics, shield.hold)
+        except RuntimeError as e:
+            if not finished_elsewhere(members[k][0], e):
+                raise
+            lost.add(k)
+            return False
         if reason is not None:
             reasons[k] = reason
         return reason is None
@@ -358,9 +409,18 @@ def _train_group(
         loss=splits.loss,
     )
     for k, ((trial, _), result) in enumerate(zip(members, results)):
-        if k in reasons:
+        if k in lost:
+            yield trial, None, None, None
+        elif k in reasons:
             yield trial, TrialState.PRUNED, None, reasons[k]
         elif result.stopped is not None:
             yield trial, TrialState.PRUNED, None, f"diverged: {result.stopped}"
         else:
-            yield trial, TrialState.COMPLETE, record_result(trial, result.history, shield.hold), None
+            try:
+                value = record_result(trial, result.history, shield.hold)
+            except RuntimeError as e:
+                if not finished_elsewhere(trial, e):
+                    raise
+                yield trial, None, None, None
+                continue
+            yield trial, TrialState.COMPLETE, value, None

@@ -21,62 +21,23 @@ from pathlib import Path
 from typing import Any
 
 from purestep.core.errors import PurestepError
+from purestep.core.settings import KIND_NAMES as _KIND_NAMES
+from purestep.core.settings import OPTIMIZER_SETTINGS, Scalar, Setting
+from purestep.core.settings import is_kind as _is_kind
+from purestep.core.settings import show as _show
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-Scalar = bool | int | float | str
-
 
 class SpaceError(PurestepError):
     """A space definition that cannot be used; the message names the file, line and key."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    """A training setting a parameter may set: its type, the tutorial's value and its domain."""
-
-    kind: type
-    tutorial: Scalar
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-    options: tuple[str, ...] = ()
-
-    def problem(self, value: Any) -> str | None:
-        """Why `value` cannot be this setting's value, or None if it can."""
-        if not _is_kind(value, self.kind):
-            return f"must be {_KIND_NAMES[self.kind]}, got {_show(value)}"
-        if self.options and value not in self.options:
-            return f"must be one of {', '.join(self.options)}; got {_show(value)}"
-        if self.kind in (int, float):
-            if not math.isfinite(value):
-                return f"must be finite, got {_show(value)}"
-            too_low = value <= self.low if self.low_open else value < self.low
-            too_high = value >= self.high if self.high_open else value > self.high
-            if too_low or too_high:
-                return f"must be in {self.describe_bounds()}, got {_show(value)}"
-        return None
-
-    def describe_bounds(self) -> str:
-        """Interval notation, e.g. `[0, 1)` or `(0, inf)`."""
-        left = "(" if self.low_open or self.low == -math.inf else "["
-        right = ")" if self.high_open or self.high == math.inf else "]"
-        return f"{left}{_num(self.low)}, {_num(self.high)}{right}"
-
-
 SETTINGS: dict[str, Setting] = {
-    "optimizer": Setting(str, "sgd", options=("sgd", "adam", "adamw")),
-    "lr": Setting(float, 1e-3, low=0.0, low_open=True),
-    "momentum": Setting(float, 0.0, low=0.0, high=1.0, high_open=True),
-    "nesterov": Setting(bool, False),
-    "weight_decay": Setting(float, 0.0, low=0.0),
-    "beta1": Setting(float, 0.9, low=0.0, high=1.0, high_open=True),
-    "beta2": Setting(float, 0.999, low=0.0, high=1.0, high_open=True),
-    "eps": Setting(float, 1e-8, low=0.0, low_open=True),
+    **OPTIMIZER_SETTINGS,
     "batch_size": Setting(int, 64, low=1, high=65536),
     "hidden": Setting(int, 512, low=1, high=65536),
     "layers": Setting(int, 2, low=1, high=16),
@@ -96,7 +57,7 @@ DEFAULT_SPACE_TOML = """\
 # A --space file is merged over this one, table by table.
 
 [optimizer]
-choices = ["sgd", "adam"]
+choices = ["sgd", "adam", "rmsprop"]
 
 [sgd_lr]
 key = "lr"
@@ -111,6 +72,17 @@ low = 1e-5
 high = 1e-1
 log = true
 when = { optimizer = "adam" }
+
+[rmsprop_lr]
+key = "lr"
+low = 1e-5
+high = 1e-1
+log = true
+when = { optimizer = "rmsprop" }
+
+[centered]
+choices = [false, true]
+when = { optimizer = "rmsprop" }
 
 [momentum]
 low = 0.0
@@ -146,7 +118,6 @@ _DOMAIN_FIELDS = {
 _FIELDS = ("key", "value", "choices", "low", "high", "log", "step", "zero", "when")
 _BOUNDS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 @dataclass(frozen=True)
@@ -707,16 +678,6 @@ def _order(params: dict[str, Param], fail: Callable[..., SpaceError]) -> list[Pa
 # ---- small helpers -----------------------------------------------------------------------------
 
 
-def _is_kind(value: Any, kind: type) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, float)
-    return isinstance(value, kind)
-
-
 def _same(a: Any, b: Any) -> bool:
     """Equal and of the same kind (so `True` is not `1`)."""
     return isinstance(a, bool) == isinstance(b, bool) and a == b
@@ -733,22 +694,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
-
-
-def _num(x: float) -> str:
-    return "inf" if x == math.inf else "-inf" if x == -math.inf else f"{x:g}"
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + " }"
-    return repr(value)
 
 
 def _toml_value(value: Any) -> str:

@@ -4,33 +4,37 @@
 Optuna's RDB storage; `journal:FILE` is its append-only journal file, which several
 processes can share without a database server.
 
-Database storages carry a heartbeat: while a trial runs, its process stamps the trial every
-`PURESTEP_HEARTBEAT_INTERVAL` seconds (default 5) with the database server's clock. Before a
-worker starts a new trial it fails every RUNNING trial of the study whose stamp is older than
-`PURESTEP_HEARTBEAT_GRACE` seconds (default 60) and queues one retry of its parameters
-(Optuna's `RetryHeartbeatStaleTrialCallback`), which that worker runs next. So a worker killed with
+Database storages carry Optuna's heartbeat settings: while a trial runs, its process stamps it
+every `PURESTEP_HEARTBEAT_INTERVAL` seconds (default 5) with the database server's clock
+(heartbeat.py). Before a worker starts a trial it fails every RUNNING trial of the study whose
+stamp is older than `PURESTEP_HEARTBEAT_GRACE` seconds (default 60) and queues one retry of its
+parameters (Optuna's retry callback), which the next `ask` hands out. So a worker killed with
 SIGKILL, or a machine that lost power, loses no slot of the study. The journal storage has
-no heartbeat in Optuna 5: a trial of a killed worker stays RUNNING there.
+no heartbeat: a trial of a killed worker stays RUNNING there.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from purestep.core.errors import PurestepError
+from purestep.core.errors import PurestepError, first_line
+
+if TYPE_CHECKING:
+    import sqlalchemy
 
 SQLITE_BUSY_SECONDS = 60
 CONNECT_TIMEOUT_SECONDS = 10
@@ -139,10 +143,13 @@ def _open_rdb(url: StorageURL, attempts: int = 5) -> HeartbeatRDBStorage:
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     interval, grace = heartbeat_settings()
+    new = url.path is not None and (not url.path.exists() or url.path.stat().st_size == 0)
+    # purestep asks and tells and runs the heartbeat itself (heartbeat.py), which Optuna warns about.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study")
     for attempt in range(attempts):
         try:
             return HeartbeatRDBStorage(
-                url.url, engine_kwargs=_engine_kwargs(url.dialect), interval=interval, grace=grace
+                url.url, engine_kwargs=_engine_kwargs(url.dialect), interval=interval, grace=grace, wal=new
             )
         except (IntegrityError, ProgrammingError):
             if attempt == attempts - 1:
@@ -155,8 +162,8 @@ def heartbeat_settings() -> tuple[int, int]:
     """The heartbeat interval and grace period in seconds, from the environment or the defaults.
 
     Raises:
-        StorageError: a value that is not a whole number of seconds > 0, or a grace period not
-            longer than the interval (every live trial would look dead).
+        StorageError: a value that is not a whole number of seconds > 0, or a grace period shorter
+            than two intervals (one late beat would fail a live trial).
     """
     values = []
     for name, default in (
@@ -172,22 +179,26 @@ def heartbeat_settings() -> tuple[int, int]:
             raise StorageError(f"{name} must be a whole number of seconds > 0, got {text!r}")
         values.append(value)
     interval, grace = values
-    if grace <= interval:
+    if grace < 2 * interval:
         raise StorageError(
-            f"PURESTEP_HEARTBEAT_GRACE ({grace}) must be longer than PURESTEP_HEARTBEAT_INTERVAL ({interval})"
+            f"PURESTEP_HEARTBEAT_GRACE ({grace}) must be at least twice "
+            f"PURESTEP_HEARTBEAT_INTERVAL ({interval})"
         )
     return interval, grace
 
 
 class HeartbeatRDBStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage with a heartbeat that also works with ask-and-tell.
+    """Optuna's RDB storage with the heartbeat settings, and trial state changes that are atomic on
+    SQLite too.
 
-    Optuna starts heartbeats and fails stale trials only inside `Study.optimize`. Here the
-    storage does both itself: `create_new_trial` first fails the study's stale trials (queueing
-    a retry of each, which it hands out at once) and a trial that becomes RUNNING is stamped
-    from a daemon thread until a finished state is written for it. `get_heartbeat_interval`
-    reports None so that `Study.optimize` and `Study.ask` neither start a second heartbeat nor
-    warn that ask-and-tell is outside `optimize`.
+    Optuna changes a trial's state by reading it, then writing it. PostgreSQL and MySQL lock the
+    row in between (`SELECT ... FOR UPDATE`); SQLite ignores that, so two workers could both claim
+    one queued trial, or a late `tell` could complete a trial that another worker has just failed
+    as stale (and queued a retry of: one configuration counted twice). On SQLite each state change
+    here runs in a `BEGIN IMMEDIATE` transaction, which takes the database's write lock before the
+    read. With `wal=True` (a database file purestep creates) the database is put in WAL mode, which
+    the file keeps, so readers (every worker's sampler, the parent's progress poller) never hold up
+    a writer such as a heartbeat. An existing file is left in its mode: opening it writes nothing.
     """
 
     def __init__(
@@ -197,139 +208,73 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
         interval: int,
         grace: int,
         max_retry: int = HEARTBEAT_MAX_RETRY,
+        wal: bool = False,
     ) -> None:
+        # Optuna's retry callback; RetryFailedTrialCallback is its name before Optuna 4.9.
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        retry = retry or optuna.storages.RetryFailedTrialCallback
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             super().__init__(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=interval,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=max_retry
-                ),
+                **{_CALLBACK_ARGUMENT: retry(max_retry=max_retry)},
             )
-        self._beats: dict[int, threading.Event] = {}
-        self._beats_lock = threading.Lock()
+        self._sqlite_setup()
+        if wal and self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
 
     def __getstate__(self) -> dict[str, object]:
-        """Pickled without this process's heartbeats (their threads stay here)."""
+        """Pickled without the thread-local flag (the engine and its listener are rebuilt)."""
         state = super().__getstate__()
-        del state["_beats"], state["_beats_lock"]
+        state.pop("_immediate", None)
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
         super().__setstate__(state)
-        self._beats = {}
-        self._beats_lock = threading.Lock()
+        self._sqlite_setup()
 
-    def get_heartbeat_interval(self) -> int | None:
-        """None: the heartbeat is this storage's own (see the class docstring)."""
-        return None
+    def _sqlite_setup(self) -> None:
+        import sqlalchemy
 
-    def stale_trial_ids(self, study_id: int) -> list[int]:
-        """IDs of the study's RUNNING trials whose last stamp is older than the grace period."""
-        return self._get_stale_trial_ids(study_id)
+        self._immediate = threading.local()
+        if self.engine.dialect.name != "sqlite":
+            return
+        sqlalchemy.event.listen(self.engine, "begin", self._begin)
 
-    def fail_stale_trials(self, study_id: int) -> list[FrozenTrial]:
-        """Fail the study's stale trials and queue a retry of each; returns the trials failed here."""
-        failed = []
-        for trial_id in self.stale_trial_ids(study_id):
-            try:
-                if self.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                    failed.append(self.get_trial(trial_id))
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another worker failed it first
-        if failed:
-            study = optuna.load_study(study_name=self.get_study_name_from_id(study_id), storage=self)
-            for trial in failed:
-                self.heartbeat_stale_trial_callback(study, trial)
-        return failed
-
-    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        """A new RUNNING trial (stamped from now on), or a retry of a dead worker's trial.
-
-        This is the method both `create_new_trial` and Optuna's cached storage (which every
-        `Study` wraps around its storage) call.
-        """
-        if template_trial is not None:
-            return super()._create_new_trial(study_id, template_trial)
-        if self.fail_stale_trials(study_id):
-            for waiting in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-                try:
-                    if self.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
-                        return self.get_trial(waiting._trial_id)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    continue
-        trial = super()._create_new_trial(study_id)
-        self._start_beat(trial._trial_id)
-        return trial
+    def _begin(self, connection: sqlalchemy.engine.Connection) -> None:
+        if getattr(self._immediate, "on", False):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     def set_trial_state_values(
-        self, trial_id: int, state: TrialState, values: list[float] | None = None
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        """Write the state; start stamping a trial that becomes RUNNING, stop when it finishes."""
-        try:
-            if state == TrialState.RUNNING and values is None:
-                changed = self._claim(trial_id)
-            else:
-                changed = super().set_trial_state_values(trial_id, state, values)
-        finally:
-            if state.is_finished():
-                self._stop_beat(trial_id)
-        if changed and state == TrialState.RUNNING:
-            self._start_beat(trial_id)
-        return changed
+        """Optuna's state change, with the read and the write in one transaction on SQLite too.
 
-    def _claim(self, trial_id: int) -> bool:
-        """WAITING -> RUNNING in one conditional UPDATE, so of the workers that race for a queued
-        trial exactly one gets it.
-
-        Optuna reads the state, then writes it; SQLite has no row locks (`FOR UPDATE` does
-        nothing there), so two workers could both read WAITING and both run the trial. As in
-        Optuna, a finished trial raises `UpdateFinishedTrialError` and a running one gives False.
+        Claiming a queued trial (WAITING -> RUNNING) that another worker has claimed and finished
+        meanwhile gives False, as a claim that lost the race; Optuna 4.0's `ask` lets the error escape.
         """
-        import sqlalchemy
-        from optuna.storages._rdb.models import TrialModel
-        from optuna.storages._rdb.storage import _create_scoped_session
+        self._immediate.on = True
+        try:
+            return super().set_trial_state_values(trial_id, state, values)
+        except RuntimeError:  # UpdateFinishedTrialError, or a plain RuntimeError in Optuna 4.0
+            claim = state == TrialState.RUNNING and values is None
+            if claim and self.get_trial(trial_id).state.is_finished():
+                return False
+            raise
+        finally:
+            self._immediate.on = False
 
-        with _create_scoped_session(self.scoped_session) as session:
-            claimed = session.execute(
-                sqlalchemy.update(TrialModel)
-                .where(TrialModel.trial_id == trial_id, TrialModel.state == TrialState.WAITING)
-                .values(state=TrialState.RUNNING)
-            )
-            trial = TrialModel.find_or_raise_by_id(trial_id, session)
-            if claimed.rowcount == 1:
-                trial.datetime_start = datetime.now()
-                return True
-            self.check_trial_is_updatable(trial_id, trial.state)
-            return False
 
-    def _start_beat(self, trial_id: int) -> None:
-        stop = threading.Event()
-        with self._beats_lock:
-            if trial_id in self._beats:
-                return
-            self._beats[trial_id] = stop
-        self.record_heartbeat(trial_id)
-        threading.Thread(
-            target=self._beat, args=(trial_id, stop), name=f"heartbeat-{trial_id}", daemon=True
-        ).start()
-
-    def _beat(self, trial_id: int, stop: threading.Event) -> None:
-        assert self.heartbeat_interval is not None
-        while not stop.wait(self.heartbeat_interval):
-            try:
-                self.record_heartbeat(trial_id)
-            except Exception:  # a lost connection: the next beat tries again; the grace covers a few
-                continue
-
-    def _stop_beat(self, trial_id: int) -> None:
-        with self._beats_lock:
-            stop = self._beats.pop(trial_id, None)
-        if stop is not None:
-            stop.set()
+_CALLBACK_ARGUMENT = (
+    "heartbeat_stale_trial_callback"
+    if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+    else "failed_trial_callback"  # its name before Optuna 4.9
+)
 
 
 def _engine_kwargs(dialect: str) -> dict[str, object]:
@@ -358,5 +303,4 @@ def storage_errors(url: StorageURL) -> Iterator[None]:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return hide_password(text.splitlines()[0]) if text else type(e).__name__
+    return hide_password(first_line(e))

@@ -1,0 +1,90 @@
+"""Each optimizer's own update against the union one: `python -m benchmarks.optim [--threads N]`.
+
+The tutorial's train step (784-512-512-10 MLP, batch 64) with each family's own update and with
+`tunable(config)`'s union update, eager and compiled. Variants run in interleaved rounds on the
+same batch; each reports its best round in ms per step and the median over rounds of the union's
+ratio to its own optimizer within a round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from purestep.core.model import mlp
+from purestep.core.optim import OptimizerConfig, tunable
+from purestep.core.step import compile_step, make_train_step
+
+CONFIGS = {
+    "sgd": OptimizerConfig("sgd", lr=1e-3),
+    "sgd, momentum 0.9": OptimizerConfig("sgd", lr=1e-3, momentum=0.9),
+    "adam": OptimizerConfig("adam", lr=1e-3),
+    "rmsprop, centered, momentum": OptimizerConfig("rmsprop", lr=1e-3, momentum=0.9, centered=True),
+}
+
+
+MODES = ("eager", "compiled")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Time every (optimizer, own or union, eager or compiled) variant and print one table."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.optim", description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=50, help="timed steps per variant and round")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="eager, compiled or both")
+    p.add_argument("--optimizers", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = mlp(784, (512, 512), 10)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g)
+    params = model.init(0)
+    union_eager = make_train_step(model, tunable(CONFIGS["sgd"]))
+    union_compiled = compile_step(union_eager)  # one graph serves every config
+    variants = {}
+    for name in args.optimizers:
+        config = CONFIGS[name]
+        own_eager = make_train_step(model, config.build())
+        own_state, union_state = config.build().init(params), tunable(config).init(params)
+        steps = {
+            "eager": (own_eager, union_eager),
+            "compiled": (compile_step(own_eager), union_compiled),
+        }
+        for mode in args.modes:
+            variants[name, "own", mode] = steps[mode][0], own_state
+            variants[name, "union", mode] = steps[mode][1], union_state
+    times: dict[tuple[str, str, str], list[float]] = {key: [] for key in variants}
+    for r in range(args.rounds + 1):  # round 0 compiles and warms up, untimed
+        keys = list(variants) if r % 2 else list(reversed(variants))
+        for key in keys:
+            step, state = variants[key]
+            p_, s_ = params, state
+            start = time.perf_counter()
+            for _ in range(args.steps if r else 3):
+                p_, s_, _ = step(p_, s_, x, y)
+            if r:
+                times[key].append((time.perf_counter() - start) / args.steps * 1e3)
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} thread(s), {args.rounds} rounds x {args.steps} steps")
+    print()
+    print("| optimizer | own eager ms | union / own, eager | own compiled ms | union / own, compiled |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in args.optimizers:
+        cells = []
+        for mode in MODES:
+            if mode not in args.modes:
+                cells += ["-", "-"]
+                continue
+            own, union = times[name, "own", mode], times[name, "union", mode]
+            ratio = statistics.median(u / o for u, o in zip(union, own))
+            cells += [f"{min(own):.2f}", f"{ratio:.2f}"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
