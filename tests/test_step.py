@@ -24,6 +24,7 @@ from purestep import (
     unstack,
 )
 from purestep.check import max_rel_diff
+from purestep.core import fastpath
 from purestep.core.data import batches
 from purestep.core.step import compile_step, direct_step, short_batch, steady
 
@@ -213,6 +214,7 @@ def _counting(step):
 
 
 @pytest.mark.compile
+@pytest.mark.skipif(not fastpath.enabled(), reason="direct entry is a fast path: PURESTEP_FAST_PATHS=0")
 def test_epochs_enter_the_graph_directly_and_equal_stepping_through_dynamo(digits, monkeypatch):
     """Epochs from column-major, row-major, then column-major params: two graphs. After each
     epoch's first step, full batches enter the graph their inputs need directly, the short last
