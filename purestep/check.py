@@ -605,11 +605,15 @@ def reference_vs_eager(
     return Row(label, len(losses), diff, loss_diff, error, bound, relative, passed), ref_lines, eager_lines
 
 
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+"""torch's dropout layers (every public subclass of its private `_DropoutNd`)."""
+
+
 def deterministic(model: Model) -> tuple[Model, bool]:
     """`model`, or a copy with its dropout layers at p = 0 (and whether there were any): what the
     lockstep rows compare, since a float64 twin cannot draw a float32 step's dropout masks."""
     copied = copy.deepcopy(model)
-    dropouts = [m for m in _skeleton(copied).modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    dropouts = [m for m in _skeleton(copied).modules() if isinstance(m, DROPOUTS)]
     for m in dropouts:
         m.p = 0.0
     return (copied, True) if dropouts else (model, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
@@ -17,6 +18,10 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, max_examples=10)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so would
+# every `purestep` it starts: the Ctrl-C tests need Python's own handler, here and in those children.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # One compile cache for every test (and every subprocess the tests start): warm after the first.
 COMPILE_CACHE = Path(

@@ -275,9 +275,22 @@ def _truncated(path):
     path.write_bytes(path.read_bytes()[:300])
 
 
+def _safetensors_writes_complex() -> bool:
+    """Whether this safetensors can write complex64 (0.7 and later can; 0.4.4 raises KeyError)."""
+    import safetensors.torch
+
+    try:
+        safetensors.torch.save({"c": torch.zeros(1, dtype=torch.complex64)})
+    except KeyError:
+        return False
+    return True
+
+
 def _safetensors(**changes):
     def write(path):
         arrays = {k: torch.from_numpy(v) for k, v in (_good() | changes).items() if v is not None}
+        if any(t.is_complex() for t in arrays.values()) and not _safetensors_writes_complex():
+            pytest.skip("this safetensors cannot write complex64 (0.7 and later can)")
         save_file(arrays, path)
 
     return write
