@@ -500,26 +500,26 @@ def test_a_study_purestep_did_not_create_is_refused_and_left_alone(tmp_path: Pat
     assert digest(tmp_path / "s.db") == before
 
 
-def test_a_worker_waits_for_a_study_another_worker_is_creating(tmp_path: Path) -> None:
-    """Workers started at once: one creates the study and then writes its definition; another
-    that sees the study in between waits for the definition instead of refusing the study."""
-    import threading
-
+def test_a_worker_that_finds_a_study_another_is_creating_defines_it_too(tmp_path: Path) -> None:
+    """Workers started at once: one creates the study, then writes its definition (two writes).
+    Another that finds the study in between writes the same definition and goes on, whenever the
+    first's write lands (no clock to run out on a loaded machine). An empty study with another
+    direction is not one purestep is creating: refused, and left untouched."""
     from purestep.search.space import default_space
     from purestep.search.storage import open_storage, parse_storage
-    from purestep.search.study import ATTR, StudySpec, open_study, stored_spec
+    from purestep.search.study import ATTR, IncompatibleStudy, StudySpec, open_study, stored_spec
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     spec = StudySpec("digits", 2, 0, 0.2, default_space())
-    creating = optuna.create_study(study_name="s", storage=open_storage(parse_storage(url), create=True))
-    later = threading.Timer(0.5, lambda: creating.set_user_attr(ATTR, spec.to_attr()))
-    later.start()
-    study, created = open_study(
-        open_storage(parse_storage(url), create=False),
-        "s",
-        spec,
-        optuna.samplers.RandomSampler(),
-        optuna.pruners.NopPruner(),
-    )
-    later.join()
+    storage = open_storage(parse_storage(url), create=True)
+    creating = optuna.create_study(study_name="s", storage=storage, direction=spec.direction)
+    sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.NopPruner()
+    study, created = open_study(open_storage(parse_storage(url), create=False), "s", spec, sampler, pruner)
     assert not created and stored_spec(study) == spec
+    creating.set_user_attr(ATTR, spec.to_attr())  # the creator's own write, landing afterwards
+    assert stored_spec(study) == spec and study.metric_names == ["val_accuracy"]
+    optuna.create_study(study_name="m", storage=storage, direction="minimize")
+    before = digest(tmp_path / "s.db")
+    with pytest.raises(IncompatibleStudy, match="was not created by purestep tune"):
+        open_study(storage, "m", spec, sampler, pruner)
+    assert digest(tmp_path / "s.db") == before

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -170,19 +169,10 @@ def load_existing(
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
-CREATION_SECONDS = 10.0
-"""How long an empty study without purestep's definition may be another worker's study being
-created (Optuna creates a study, then purestep writes its definition: two writes)."""
-
-
-def _wait_for_spec(study: optuna.Study) -> StudySpec | None:
-    """The study's definition; for an empty study without one, wait for a worker creating it."""
-    deadline = time.monotonic() + CREATION_SECONDS
-    while (stored := stored_spec(study)) is None and time.monotonic() < deadline:
-        if study.user_attrs or study.get_trials(deepcopy=False):
-            break
-        time.sleep(0.1)  # `user_attrs` reads the storage afresh each time
-    return stored
+def _define(study: optuna.Study, spec: StudySpec) -> None:
+    """Write purestep's definition into `study` (with the name of its metric)."""
+    study.set_metric_names(["val_mse" if spec.loss == "mse" else "val_accuracy"])
+    study.set_user_attr(ATTR, spec.to_attr())
 
 
 def open_study(
@@ -194,19 +184,26 @@ def open_study(
 ) -> tuple[optuna.Study, bool]:
     """Resume the study `name` if it exists with the same definition, else create it.
 
-    Returns the study and whether it was created. Nothing is written unless it is created.
+    Optuna creates a study and purestep then writes its definition: two writes. A worker that
+    finds the study in between (workers started at once) writes the same definition itself
+    rather than waiting on a clock for the other's, then reads back what the study holds, so a
+    definition that differs is refused. Returns the study and whether it was created. Nothing
+    is written unless it is created or empty.
 
     Raises:
         IncompatibleStudy: the study exists with another definition, or was not made by purestep.
     """
     if name in study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-        stored = _wait_for_spec(study)
-        if stored is None:
-            raise IncompatibleStudy(
-                f"study {name!r} was not created by purestep tune; choose another --study"
-            )
-        problem = stored.mismatch(spec)
+        if stored_spec(study) is None:
+            empty = not study.user_attrs and not study.get_trials(deepcopy=False)
+            if not empty or study.direction.name.lower() != spec.direction:
+                raise IncompatibleStudy(
+                    f"study {name!r} was not created by purestep tune; choose another --study"
+                )
+            _define(study, spec)
+        stored = stored_spec(study)
+        problem = stored.mismatch(spec) if stored is not None else "its definition is unreadable"
         if problem:
             raise IncompatibleStudy(
                 f"study {name!r} cannot be resumed with these options: {problem}; "
@@ -221,8 +218,7 @@ def open_study(
         direction=spec.direction,
         load_if_exists=True,
     )
-    study.set_metric_names(["val_mse" if spec.loss == "mse" else "val_accuracy"])
-    study.set_user_attr(ATTR, spec.to_attr())
+    _define(study, spec)
     return study, True
 
 
