@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -31,3 +32,12 @@ COMPILE_CACHE = Path(
 )
 COMPILE_CACHE.mkdir(parents=True, exist_ok=True)
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(COMPILE_CACHE)
+
+
+@pytest.fixture(autouse=True)
+def _compile_cache_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`purestep train` and `tune` run in-process turn saved step packages on for the whole process
+    (`set_compile_cache`); each test leaves them as it found them (off)."""
+    from purestep.core import step
+
+    monkeypatch.setattr(step, "_ARTIFACTS", step._ARTIFACTS)
