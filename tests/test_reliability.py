@@ -321,10 +321,30 @@ def _write_locked(storage: str) -> bool:
         return bool(row and row[0])
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGSTOP `proc` and wait until every thread of it has stopped: the signal is delivered
+    asynchronously, and a thread still running after `kill` returns could begin a write."""
+    proc.send_signal(signal.SIGSTOP)
+    tasks = Path(f"/proc/{proc.pid}/task")
+    end = time.monotonic() + 30
+    while tasks.is_dir() and time.monotonic() < end:
+        states = []
+        for stat in tasks.glob("*/stat"):
+            try:
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):
+                continue
+        if states and all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.01)
+    if not tasks.is_dir():
+        time.sleep(0.5)  # no /proc here: give the signal time to land
+
+
 def _pause_between_writes(proc: subprocess.Popen, storage: str) -> None:
     end = time.monotonic() + 60
     while True:
-        proc.send_signal(signal.SIGSTOP)
+        _stop(proc)
         if not _write_locked(storage):
             return
         proc.send_signal(signal.SIGCONT)
