@@ -380,25 +380,44 @@ def _fill(
     while len(running) < batch:
         if room <= 0:
             return False
+        asked = _ask_into(
+            study, space, splits, pool, running, epochs, seed, n_trials, shield, finished, on_trial_start
+        )
+        if not asked:
+            return False
+        room -= 1
+    return True
+
+
+def _ask_into(
+    study: optuna.Study,
+    space: Space,
+    splits: Splits,
+    pool: Pool,
+    running: dict[int, _Slot],
+    epochs: int,
+    seed: int,
+    n_trials: int,
+    shield: Shield,
+    finished: int,
+    on_trial_start: Callable[[int, int], None],
+) -> bool:
+    """Ask one trial into a free slot; False if it was surplus. From `ask` until the trial is in
+    `running`, any exception (an interrupt deferred by the shield included) fails that trial, so
+    none is left RUNNING with no slot to fail it."""
+    trial: optuna.Trial | None = None
+    beat = None
+    try:
         with shield.hold():
             trial = study.ask()
         if _fail_if_surplus(study, trial, shield, n_trials):
             return False
         beat = start_heartbeat(trial)
-        try:
-            with shield.hold():
-                _, config = suggest_config(space, trial)
-            on_trial_start(trial.number, finished)
-            model = splits.model_for(config)
-            optimizer = config.optimizer_config()
-        except ConfigError as e:
-            _tell(study, trial, shield, TrialState.FAIL, reason=str(e), beat=beat)
-            raise ConfigError(
-                f"trial {trial.number} drew settings the optimizer rejects ({e}); narrow the search space"
-            ) from None
-        except BaseException as e:
-            _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e), beat=beat)
-            raise
+        with shield.hold():
+            _, config = suggest_config(space, trial)
+        on_trial_start(trial.number, finished)
+        model = splits.model_for(config)
+        optimizer = config.optimizer_config()
         params, buffers = model.init(seed, splits.x_fit.device)
         lrs = [lr_at(config, epoch, epochs) for epoch in range(epochs)]
         pool.add(
@@ -413,5 +432,14 @@ def _fill(
             seed=seed,
         )
         running[trial.number] = _Slot(trial, beat, [])
-        room -= 1
-    return True
+        return True
+    except ConfigError as e:
+        assert trial is not None
+        _tell(study, trial, shield, TrialState.FAIL, reason=str(e), beat=beat)
+        raise ConfigError(
+            f"trial {trial.number} drew settings the optimizer rejects ({e}); narrow the search space"
+        ) from None
+    except BaseException as e:
+        if trial is not None and trial.number not in running:
+            _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e), beat=beat)
+        raise
