@@ -177,10 +177,7 @@ def run_trials(
             told = _tell(study, trial, shield, TrialState.PRUNED, reason=str(e) or "pruned", beat=beat)
         except ConfigError as e:
             assert trial is not None
-            _tell(study, trial, shield, TrialState.FAIL, reason=str(e), beat=beat)
-            raise ConfigError(
-                f"trial {trial.number} drew settings the optimizer rejects ({e}); narrow the search space"
-            ) from None
+            raise _rejected(study, trial, shield, e, beat) from None
         except BaseException as e:
             if trial is None:
                 shield.depth -= 1
@@ -200,6 +197,16 @@ def run_trials(
         ran += 1
         _report_end(study, trial.number, on_trial_end)
     return ran
+
+
+def _rejected(
+    study: optuna.Study, trial: optuna.Trial, shield: Shield, e: ConfigError, beat: Heartbeat | None
+) -> ConfigError:
+    """Fail `trial`, whose settings the optimizer rejected; the error that stops the study."""
+    _tell(study, trial, shield, TrialState.FAIL, reason=str(e), beat=beat)
+    return ConfigError(
+        f"trial {trial.number} drew settings the optimizer rejects ({e}); narrow the search space"
+    )
 
 
 def _fail_if_surplus(study: optuna.Study, trial: optuna.Trial, shield: Shield, n_trials: int) -> bool:
@@ -435,10 +442,7 @@ def _ask_into(
         return True
     except ConfigError as e:
         assert trial is not None
-        _tell(study, trial, shield, TrialState.FAIL, reason=str(e), beat=beat)
-        raise ConfigError(
-            f"trial {trial.number} drew settings the optimizer rejects ({e}); narrow the search space"
-        ) from None
+        raise _rejected(study, trial, shield, e, beat) from None
     except BaseException as e:
         if trial is not None and trial.number not in running:
             _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e), beat=beat)
