@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import select
 import signal
@@ -9,11 +10,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from optuna.trial import TrialState
 from test_tune_cli import FAST, PURESTEP, _wait, finished, invoke, trials
 
 from purestep import load_dataset
 from purestep.search.objective import EVAL_BATCH_SIZE, TrialConfig, make_splits, train
+from purestep.search.space import default_space
+from purestep.search.tune import COMPILE_MIN_STEPS, CUDA_BATCH, TuneOptions, choose_batch, choose_speed
 
 STABLE_RATES = "[sgd_lr]\nhigh = 0.1\n[adam_lr]\nhigh = 0.01\n[rmsprop_lr]\nhigh = 0.001\n"
 """The default space with learning rates where training is not chaotic: vmap's batched kernels
@@ -99,3 +104,70 @@ def test_batches_in_two_workers_stop_at_exactly_n(tmp_path: Path, kind: str) -> 
     done = finished(ts)
     assert len(done) == 7 and len({t.number for t in done}) == 7
     assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@given(
+    device=st.sampled_from(["cpu", "cuda", "cuda:0", "cuda:3"]),
+    left=st.integers(0, 1000),
+    workers=st.integers(1, 64),
+)
+def test_batch_auto_is_one_on_a_cpu_and_a_gpu_fills_up_to_the_trials_left(
+    device: str, left: int, workers: int
+) -> None:
+    k = choose_batch(device, left, workers)
+    if device == "cpu":
+        assert k == 1
+        return
+    assert 1 <= k <= CUDA_BATCH
+    assert (k - 1) * workers < max(left, 1)  # no worker's pool is larger than its share of the trials left
+    assert k == CUDA_BATCH or k * workers >= left  # and the pools are as large as that allows
+
+
+def _options(device: str = "cpu", **kw: object) -> TuneOptions:
+    return TuneOptions(
+        "digits", "data", device, 10, 30, 0, None, "tpe", "median", "sqlite:///s.db", "s",
+        default_space().to_json(), **kw,
+    )  # fmt: skip
+
+
+def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
+    auto = choose_speed(_options(), n_fit=1150, trials_left=30)
+    assert (auto.compiled, auto.batch, auto.impl_auto, auto.batch_auto) == (False, 1, True, True)
+    assert auto.to_json() == {
+        "impl": {"value": "eager", "chosen": "auto"},
+        "batch": {"value": 1, "chosen": "auto"},
+    }
+    long = choose_speed(_options(), n_fit=COMPILE_MIN_STEPS * 64 // 10, trials_left=30)
+    assert long.compiled and long.impl_auto
+    gpu = choose_speed(_options(device="cuda", workers=2), n_fit=1150, trials_left=10)
+    assert (gpu.batch, gpu.batch_auto) == (5, True)
+    given_ = choose_speed(_options(device="cuda", impl="eager", batch=3), n_fit=10**6, trials_left=1)
+    assert given_.to_json() == {
+        "impl": {"value": "eager", "chosen": "given"},
+        "batch": {"value": 3, "chosen": "given"},
+    }
+
+
+def _speed(result) -> tuple[str, dict, dict]:
+    """The announce line and the `impl` and `batch` entries of `--json`."""
+    assert result.exit_code == 0, result.output
+    best = json.loads(result.stdout)
+    return result.stderr.splitlines()[0], best["impl"], best["batch"]
+
+
+def test_tune_reports_what_it_picked_and_what_was_given_and_resumes_either_way(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    common = ["--storage", storage, "--no-final", "--json", "--out", str(tmp_path)]
+
+    line, impl, batch = _speed(invoke("--n-trials", "3", *common))
+    assert "(new study); eager steps (auto), 1 trial at a time (auto), 1 thread(s)" in line
+    assert impl == {"value": "eager", "chosen": "auto"} and batch == {"value": 1, "chosen": "auto"}
+    assert json.loads((tmp_path / "best.json").read_text())["batch"] == batch
+
+    line, impl, batch = _speed(invoke("--n-trials", "6", "--batch", "3", "--impl", "eager", *common))
+    assert "(resuming: 3 finished); eager steps (given), 3 trials at once (given)" in line
+    assert impl == {"value": "eager", "chosen": "given"} and batch == {"value": 3, "chosen": "given"}
+
+    line, _, batch = _speed(invoke("--n-trials", "7", *common))
+    assert "(resuming: 6 finished); eager steps (auto), 1 trial at a time (auto)" in line
+    assert batch == {"value": 1, "chosen": "auto"} and len(finished(trials(storage))) == 7

@@ -72,6 +72,16 @@ def _timeout(value: float | None) -> float | None:
     return value
 
 
+MAX_BATCH = 256
+
+
+def _batch(value: str) -> str:
+    """`auto` or a whole number of trials, 1 to `MAX_BATCH`."""
+    if value != "auto" and not (value.isdecimal() and 1 <= int(value) <= MAX_BATCH):
+        raise typer.BadParameter(f"must be auto or a number of trials from 1 to {MAX_BATCH}, got {value!r}")
+    return value
+
+
 def _study_name(value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise typer.BadParameter("must not be empty")
@@ -152,14 +162,13 @@ def tune(
         int, typer.Option("--workers", min=1, max=64, help="Processes running trials on the one storage.")
     ] = 1,
     batch: Annotated[
-        int,
+        str,
         typer.Option(
             "--batch",
-            min=1,
-            max=256,
-            help="Trials trained at once: one vmapped step per group of like shapes.",
+            callback=_batch,
+            help="Trials trained at once in a pool (1-256); auto: 1 on a CPU, up to 16 on a GPU.",
         ),
-    ] = 1,
+    ] = "auto",
     val_fraction: ValFraction = None,
     impl: Annotated[
         TuneImpl, typer.Option("--impl", help="Train eager or compiled; auto compiles only long trials.")
@@ -218,7 +227,7 @@ def tune(
         space_json=search_space.to_json(),
         timeout=timeout,
         workers=workers,
-        batch=batch,
+        batch=None if batch == "auto" else int(batch),
         impl=impl.value,
         threads=threads,
         model=model,
@@ -285,8 +294,8 @@ class _LiveLine:
 def _announce(outcome: Outcome) -> None:
     done = outcome.complete + outcome.pruned
     how = "new study" if outcome.created else f"resuming: {done} finished"
-    impl = "compiled" if outcome.compiled else "eager"
-    _note(f"study {outcome.study} in {outcome.storage} ({how}); {impl} steps, {outcome.threads} thread(s)")
+    speed = outcome.speed.describe()
+    _note(f"study {outcome.study} in {outcome.storage} ({how}); {speed}, {outcome.threads} thread(s)")
     if not outcome.baseline_queued:
         _note("the search space does not contain the tutorial's configuration: no baseline trial")
 

@@ -39,6 +39,7 @@ from purestep.search.space import Space, settings_of, space_from_json
 from purestep.search.storage import StorageURL, open_storage, parse_storage, storage_errors
 from purestep.search.study import (
     FINISHED,
+    TAKEN,
     StudySpec,
     baseline_trial,
     best_trial,
@@ -61,6 +62,12 @@ Measured on 2 shared CPU cores, 1 thread: compiling costs 5-24 s per (optimizer,
 pair when the cache is cold. It saves ~5 ms a step at FashionMNIST's 784 inputs (2.6 vs 6.5 s
 an epoch), so one 7500-step trial repays it; at digits' 64 inputs it saves 1-3 ms a step, and
 30 digits trials of 180 steps took 111 s compiled (cold cache) against 33 s eager.
+"""
+CUDA_BATCH = 16
+"""`--batch auto` on a GPU: trials each process trains at once (fewer when fewer are left).
+
+Not measured (no GPU here): one 64-row step of the tutorial's MLP leaves a GPU mostly idle, so
+K trials cost little more than one until the device is busy; 16 keeps the drain short.
 """
 POLL_SECONDS = 0.5
 
@@ -86,7 +93,8 @@ class TuneOptions:
     workers: int = 1
     impl: str = "auto"
     threads: int = 1
-    batch: int = 1
+    batch: int | None = None
+    """Trials trained at once; None is `--batch auto`, decided by `choose_batch` once the study is open."""
     model: str = "mlp"
     model_args: dict[str, Any] = field(default_factory=dict)
     loss: str | None = None
@@ -137,6 +145,34 @@ class Progress:
     """Whether values are validation accuracies (else a regression's validation MSE)."""
 
 
+@dataclass(frozen=True)
+class Speed:
+    """How a run trains its trials, eager or compiled and K at once, and whether `tune` picked
+    each from the work (`--impl auto`, `--batch auto`) or the command line gave it."""
+
+    compiled: bool
+    batch: int
+    impl_auto: bool
+    batch_auto: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The `impl` and `batch` entries of `best.json`."""
+        return {
+            "impl": {"value": "compiled" if self.compiled else "eager", "chosen": _chosen(self.impl_auto)},
+            "batch": {"value": self.batch, "chosen": _chosen(self.batch_auto)},
+        }
+
+    def describe(self) -> str:
+        """For the announce line: `eager steps (auto), 1 trial at a time (auto)`."""
+        impl = "compiled" if self.compiled else "eager"
+        trials = "1 trial at a time" if self.batch == 1 else f"{self.batch} trials at once"
+        return f"{impl} steps ({_chosen(self.impl_auto)}), {trials} ({_chosen(self.batch_auto)})"
+
+
+def _chosen(auto: bool) -> str:
+    return "auto" if auto else "given"
+
+
 @dataclass
 class Outcome:
     """What a run ended with; `final` is filled by `final_train`."""
@@ -145,7 +181,7 @@ class Outcome:
     storage: str
     created: bool
     baseline_queued: bool
-    compiled: bool
+    speed: Speed
     threads: int
     complete: int
     pruned: int
@@ -166,6 +202,29 @@ def use_compiled(impl: str, n_fit: int, epochs: int) -> bool:
     if impl == "auto":
         return epochs * -(-n_fit // 64) >= COMPILE_MIN_STEPS
     return impl == "compiled"
+
+
+def choose_batch(device: str, trials_left: int, workers: int = 1) -> int:
+    """`--batch auto`: how many trials each process trains at once, from the device and the trials left.
+
+    A CPU trains one at a time: K stacked trials are K times the products on the same cores, and
+    the pool measured 0.8-1.25x sequential on digits and the FashionMNIST shape (BENCHMARKS.md).
+    A GPU trains `CUDA_BATCH`; never more than a worker's share of the trials left.
+    """
+    if not device.startswith("cuda"):
+        return 1
+    share = -(-max(trials_left, 1) // max(workers, 1))
+    return min(CUDA_BATCH, share)
+
+
+def choose_speed(options: TuneOptions, n_fit: int, trials_left: int) -> Speed:
+    """This run's eager-or-compiled and K: as given, or picked from the work (`use_compiled`,
+    `choose_batch`). A speed choice only: per DESIGN.md trials equal, so it is no part of the study."""
+    batch = options.batch
+    if batch is None:
+        batch = choose_batch(options.device, trials_left, options.workers)
+    compiled = use_compiled(options.impl, n_fit, options.epochs)
+    return Speed(compiled, batch, options.impl == "auto", options.batch is None)
 
 
 def quiet_optuna() -> None:
@@ -271,22 +330,24 @@ def tune(
     options = resolve_for_data(options, data)
     splits = options.splits(data)
     _check_model(options, splits)
-    compiled = use_compiled(options.impl, len(splits.y_fit), options.epochs)
-    threads = _setup_torch(options, compiled)
     storage = open_storage(url, create=True)
     with storage_errors(url):
         study, created = open_study(
             storage, options.study, options.spec(), make_sampler(options.sampler, options.seed), pruner
         )
         queued = ensure_baseline(study, space, options.n_trials, model_defaults(options.model))
-        outcome = _outcome(study, url, created, queued, compiled, threads, start)
+        left = options.n_trials - count(study.get_trials(deepcopy=False), TAKEN)
+        speed = choose_speed(options, len(splits.y_fit), left)
+        options = replace(options, batch=speed.batch)  # worker processes take the number
+        threads = _setup_torch(options, speed.compiled)
+        outcome = _outcome(study, url, created, queued, speed, threads, start)
         on_ready(outcome)
         deadline = start + options.timeout if options.timeout else None
         if options.workers == 1:
-            _run_here(study, options, splits, compiled, deadline, start, progress)
+            _run_here(study, options, splits, speed.compiled, deadline, start, progress)
         else:
             _run_workers(study, options, deadline, start, progress)
-        return _outcome(study, url, created, queued, compiled, threads, start), data
+        return _outcome(study, url, created, queued, speed, threads, start), data
 
 
 def _progress(
@@ -322,7 +383,7 @@ def _run(
         on_trial_end=on_trial_end,
     )
     with shield.armed():
-        if options.batch > 1:
+        if options.batch is not None and options.batch > 1:
             return run_trial_batches(
                 study,
                 options.space,
@@ -458,7 +519,7 @@ def _outcome(
     url: StorageURL,
     created: bool,
     queued: bool,
-    compiled: bool,
+    speed: Speed,
     threads: int,
     start: float,
 ) -> Outcome:
@@ -470,7 +531,7 @@ def _outcome(
         url.shown,
         created,
         queued,
-        compiled,
+        speed,
         threads,
         count(trials, (TrialState.COMPLETE,)),
         count(trials, (TrialState.PRUNED,)),
@@ -504,7 +565,7 @@ def final_train(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path
     config = outcome.best_config
     splits = options.splits(data)
     began = time.perf_counter()
-    result, test = _retrain(config, data, splits, options, outcome.compiled)
+    result, test = _retrain(config, data, splits, options, outcome.speed.compiled)
     seconds = time.perf_counter() - began
     weights = out / "best.safetensors"
     final = {
@@ -517,7 +578,7 @@ def final_train(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path
     }
     if outcome.baseline is not None:
         tutorial = TrialConfig.from_settings(settings_of(options.space, outcome.baseline.params))
-        final["baseline"] = _retrain(tutorial, data, splits, options, outcome.compiled)[1]
+        final["baseline"] = _retrain(tutorial, data, splits, options, outcome.speed.compiled)[1]
     meta = {
         "study": outcome.study,
         "trial": outcome.best.number,
@@ -605,6 +666,7 @@ def best_json(outcome: Outcome, options: TuneOptions) -> dict[str, Any]:
         if base is None
         else {"trial": base.number, "value": base.value, "state": base.state.name},
         "trials": {"complete": outcome.complete, "pruned": outcome.pruned, "failed": outcome.failed},
+        **outcome.speed.to_json(),
         "final": outcome.final,
     }
 
