@@ -9,11 +9,11 @@ One process per variant, all on the same data, purestep's default search space (
 learning rate, momentum, nesterov, centered, weight decay, batch size, schedule), the same
 seeded random sampler and the same pruner. The plain objective is written the way Optuna's
 own PyTorch example is: an `nn.Module`, a `DataLoader`, `torch.optim`, one trial at a time.
-purestep runs with no speed flags (sequential) and with `--batch K`. FashionMNIST-shaped data
-is generated (60000 x 28 x 28 IDX files) when the real files are absent. Prints a Markdown
-table of wall seconds, trials per hour and ratios, the share of the pool's slot-steps spent
-on live trials, and the study's FLOP floor: its total FLOPs at this machine's measured
-matmul throughput.
+purestep runs sequential (`--batch 1`) and with `--batch K` (`auto`: tune's own pick).
+FashionMNIST-shaped data is generated (60000 x 28 x 28 IDX files) when the real files are absent.
+Prints a Markdown table of wall seconds, trials per hour and ratios, the share of the pool's
+slot-steps spent on live trials, and the study's FLOP floor: its total FLOPs at this machine's
+measured matmul throughput.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--n-trials", type=int, default=128)
-    parser.add_argument("--batches", default="4,8,16,32")
+    parser.add_argument("--batches", default="4,8,16,32", help="K for --batch K, or auto: tune's own pick")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pruner", default="none", choices=["none", "median"])
     parser.add_argument(
@@ -223,14 +223,16 @@ def main() -> None:
         plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
         plain += [str(args.epochs), str(args.n_trials), args.pruner]
         rows.append(("plain Optuna objective (nn.Module + DataLoader)", _timed(plain, env), ""))
-        for k in [1, *(int(b) for b in args.batches.split(","))]:
-            run = tmp_path / f"run{k}"
+        for b in ["1", *args.batches.split(",")]:
+            run = tmp_path / f"run{b}"
             run.mkdir()
             usage = run / "usage.json"
-            cmd = [sys.executable, "-m", "benchmarks.trials", "--cli", str(usage), *common, "--batch", str(k)]
+            cmd = [sys.executable, "-m", "benchmarks.trials", "--cli", str(usage), *common, "--batch", b]
             cmd += ["--storage", f"sqlite:///{run / 's.db'}", "--out", str(run)]
-            label = "purestep sequential" if k == 1 else f"purestep --batch {k}"
             seconds = _timed(cmd, env)
+            k = json.loads((run / "best.json").read_text())["batch"]["value"]
+            label = "purestep sequential" if b == "1" else f"purestep --batch {b}"
+            label += f" (picked: {k})" if b == "auto" else ""
             counts = json.loads(usage.read_text())
             live = f"{counts['slot_steps'] / (counts['steps'] * k):.1%}" if counts.get("steps") else ""
             rows.append((label, seconds, live))
