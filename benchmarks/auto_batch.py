@@ -3,7 +3,8 @@ alternated round by round, each run its own process and fresh SQLite study.
 
     python -m benchmarks.auto_batch --dataset digits --epochs 5 --n-trials 32 --batches 8,16 --rounds 3
 
-The sampler and pruner are tune's defaults (TPE, median), as a user without flags gets them.
+The sampler and pruner are tune's defaults (TPE, median), as a user without flags gets them;
+any other argument is passed to every run (e.g. `--sampler random --pruner none`).
 Prints each run's wall and CPU seconds (the process's user + system time, which a loaded
 machine inflates far less than wall time) and, per variant, the median over rounds of its
 ratio to the no-flag run of the same round.
@@ -45,9 +46,9 @@ def main() -> None:
     parser.add_argument("--n-trials", type=int, default=32)
     parser.add_argument("--batches", default="8,16")
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
     common = ["tune", "--dataset", args.dataset, "--epochs", str(args.epochs)]
-    common += ["--n-trials", str(args.n_trials), "--no-final"]
+    common += ["--n-trials", str(args.n_trials), "--no-final", *extra]
     variants = ["auto", *args.batches.split(",")]
     ratios: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     print("| round | variant | K | wall s | CPU s | load |")
