@@ -208,8 +208,8 @@ def choose_batch(device: str, trials_left: int, workers: int = 1) -> int:
     """`--batch auto`: how many trials each process trains at once, from the device and the trials left.
 
     A CPU trains one at a time: K stacked trials are K times the products on the same cores, and
-    the pool measured 0.8-1.25x sequential on digits and the FashionMNIST shape (BENCHMARKS.md).
-    A GPU trains `CUDA_BATCH`; never more than a worker's share of the trials left.
+    the pool measured slower than sequential there (BENCHMARKS.md, "The default pick"). A GPU
+    trains `CUDA_BATCH` at once, never more than a worker's share of the trials left.
     """
     if not device.startswith("cuda"):
         return 1
