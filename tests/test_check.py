@@ -11,6 +11,8 @@ other way where the exact input is within float32 rounding of zero passes, and i
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,59 @@ def test_every_pair_passes_a_whole_fashion_shaped_epoch_for_any_seed(fashion_epo
     batches keep 50 seeds within CI's time (the full-width runs are BENCHMARKS.md's table)."""
     row = fashion_row(pair, optimizer, seed, fashion_epoch)
     assert row.steps == 5 and row.passed, row
+
+
+LONG = settings.default is settings.get_profile("long")
+"""Whether the long profile is loaded (`--hypothesis-profile long`, tests/conftest.py)."""
+
+
+def examples(ci: int) -> int:
+    """`ci` examples per property by default, the long profile's count (50) when it is loaded:
+    the same property, more seeds."""
+    return settings.default.max_examples if LONG else ci
+
+
+@pytest.fixture(scope="module")
+def digits_200(digits) -> tuple[torch.Tensor, torch.Tensor]:
+    """200 full batches of digits: its training set repeated in file order (about 9 epochs)."""
+    x, y = digits
+    copies = -(-200 * 64 // len(y))
+    return torch.cat([x] * copies)[: 200 * 64], torch.cat([y] * copies)[: 200 * 64]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: these steps are too small to share, and on a loaded 2-core machine two
+    threads made a 200-step row about 7 times slower (BENCHMARKS.md, issue 18)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("pair", [pytest.param("compiled", marks=pytest.mark.compile), "batched", "jax"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=["sgd", "adam"])
+@pytest.mark.parametrize("dataset", ["digits", "fashion"])
+@settings(max_examples=examples(2))
+@given(seed=st.integers(0, 2**31 - 1))
+def test_every_pair_passes_200_steps_for_any_seed(request, dataset, optimizer, pair, seed):
+    """200 steps per seed, for every (dataset, optimizer, pair): two seeds each in CI, 50 with
+    `--hypothesis-profile long` (BENCHMARKS.md, issue 18: the command and its last run). Digits
+    on the 64-24-10 MLP, FashionMNIST-shaped data through the IDX loader at width 32."""
+    if dataset == "digits":
+        spec, train = mlp(64, (24,), 10), request.getfixturevalue("digits_200")
+    else:
+        spec, train = mlp(784, (32, 32), 10), request.getfixturevalue("fashion_200")
+    with one_thread():
+        if pair == "compiled":
+            row = compiled_vs_eager(spec, optimizer, seed, train, 64)
+        elif pair == "batched":
+            row = batched_vs_alone(spec, optimizer, seed, train, 64, trials=2)
+        else:
+            row = jax_module().jax_vs_eager(spec, optimizer, seed, train, batch_size=64, steps=200)
+    assert row.steps == 200 and row.passed, row
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=["sgd", "adam"])
