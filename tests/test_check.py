@@ -121,8 +121,9 @@ def test_every_pair_passes_a_whole_fashion_shaped_epoch_for_any_seed(fashion_epo
     assert row.steps == 5 and row.passed, row
 
 
-LONG = settings.default is settings.get_profile("long")
-"""Whether the long profile is loaded (`--hypothesis-profile long`, tests/conftest.py)."""
+LONG = settings.default.max_examples == settings.get_profile("long").max_examples
+"""Whether the long profile's count is loaded (`--hypothesis-profile long`, tests/conftest.py;
+with `--hypothesis-verbosity` too, which loads a profile derived from it)."""
 
 
 def examples(ci: int) -> int:
