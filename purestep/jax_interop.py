@@ -242,9 +242,13 @@ def _moments(state: Tree, prefix: str) -> FlaxParams:
     return to_flax({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})["params"]
 
 
-def to_optax_state(tx: optax.GradientTransformation, state: Tree, params: FlaxParams) -> optax.OptState:
+def to_optax_state(
+    tx: optax.GradientTransformation, state: Tree, params: FlaxParams, init: optax.OptState | None = None
+) -> optax.OptState:
     """purestep's optimizer state as the state of `tx = optax_optimizer(config)`: momentum
-    buffers as optax's trace, Adam's moments and step count as `ScaleByTorchAdamState`."""
+    buffers as optax's trace, Adam's moments and step count as `ScaleByTorchAdamState`. `init`
+    is `tx.init(params)` when the caller keeps one (only its structure and the states of the
+    other transforms are used), so a step need not build it again."""
 
     def fill(leaf: Any) -> Any:
         if isinstance(leaf, optax.TraceState):
@@ -255,7 +259,7 @@ def to_optax_state(tx: optax.GradientTransformation, state: Tree, params: FlaxPa
         return leaf
 
     is_state = lambda leaf: isinstance(leaf, (optax.TraceState, ScaleByTorchAdamState))  # noqa: E731
-    return jax.tree.map(fill, tx.init(params), is_leaf=is_state)
+    return jax.tree.map(fill, tx.init(params) if init is None else init, is_leaf=is_state)
 
 
 def from_optax_state(opt_state: optax.OptState, state: Tree) -> Tree:
@@ -285,13 +289,16 @@ def jax_side(spec: Model, config: OptimizerConfig) -> Side:
     """The flax/optax step as a `Side` over purestep's `(params, buffers, state)` (the MLP has no
     buffers): each call converts the carry to JAX, takes one jitted step, and converts back."""
     tx, step = _jax_step(spec, config)
+    init: list[optax.OptState] = []
 
     def run(carry: Carry, x: Tensor, y: Tensor) -> tuple[Carry, Tensor]:
         params, buffers, state = carry
         flax_params = to_flax(params)["params"]
+        if not init:
+            init.append(tx.init(flax_params))
         new_params, opt_state, loss = step(
             flax_params,
-            to_optax_state(tx, state, flax_params),
+            to_optax_state(tx, state, flax_params, init[0]),
             tensor_to_jax(x),
             tensor_to_jax(y.to(torch.int32)),
         )

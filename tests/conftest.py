@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 settings.register_profile(
     "ci",
@@ -18,6 +18,15 @@ settings.register_profile(
     print_blob=True,
 )
 settings.register_profile("dev", deadline=None, max_examples=10)
+# The long runs: the properties that take a CI-sized count by default (test_check's 200-step one)
+# run 50 examples each; `--hypothesis-profile long` or HYPOTHESIS_PROFILE=long. A failing example
+# is reported as drawn (a smaller seed proves nothing more), so no shrinking.
+settings.register_profile(
+    "long",
+    settings.get_profile("ci"),
+    max_examples=50,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 # A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so would
