@@ -55,19 +55,16 @@ def _x64() -> AbstractContextManager[Any]:
 def tensor_to_jax(tensor: Tensor) -> jax.Array:
     """One tensor as a JAX array with the same dtype and bits (DLPack; zero-copy when possible).
 
-    A layout JAX cannot take (gaps between elements) is made contiguous on its device; a
-    device JAX cannot address goes through the host to JAX's default device.
+    Any other layout (transposed, gaps between elements) is made contiguous on its device first:
+    jax 0.6 imports a transposed tensor's memory as if it were row-major, silently. A device JAX
+    cannot address goes through the host to JAX's default device.
     """
-    tensor = tensor.detach()
+    tensor = tensor.detach().contiguous()
     with _x64():
         try:
             return jnp.from_dlpack(tensor)
         except _DLPACK_ERRORS:
-            pass
-        try:
-            return jnp.from_dlpack(tensor.contiguous())
-        except _DLPACK_ERRORS:
-            return jax.device_put(jnp.from_dlpack(tensor.contiguous().cpu()))
+            return jax.device_put(jnp.from_dlpack(tensor.cpu()))
 
 
 def jax_to_tensor(array: jax.Array) -> Tensor:

@@ -13,7 +13,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from purestep import OptimizerConfig, load, mlp, save
@@ -90,7 +90,10 @@ def jx() -> ModuleType:
 
 
 @given(params=trees)
+@example(params={"w": torch.arange(6, dtype=torch.float32).reshape(2, 3).t(), "b": torch.arange(4.0)[::2]})
 def test_dlpack_round_trip_is_bitwise(jx, params):
+    """Every dtype and layout; the explicit example is a transposed and a strided tensor, which
+    jax 0.6 (the oldest allowed) once imported as row-major memory."""
     arrays = jx.to_jax(params)
     for k, t in params.items():
         assert str(arrays[k].dtype) == str(t.dtype).removeprefix("torch.")
