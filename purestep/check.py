@@ -218,8 +218,8 @@ class Twin:
         z = inputs[0]
         if self._seen is not None:
             self._seen.append(z)
-        if self._masks is not None:
-            return z * self._masks[i]
+        if self._masks is not None:  # held branches, in call order (`spread` records every call)
+            return z * self._masks[len(self._seen or ()) - 1]
         if i in self._flips:
             return z * ((z > 0) ^ self._flips[i]).to(z.dtype)
         return None
@@ -284,13 +284,14 @@ class Twin:
             return {k: _shake(v, generator) for k, v in tree.items()}
 
         self._masks = [(z > 0).to(z.dtype) for z in self._record(params, buffers, x)]
+        spread = {k: torch.zeros_like(g) for k, g in grads.items()}
         try:
-            spread = {k: torch.zeros_like(g) for k, g in grads.items()}
             for _ in range(PERTURBATIONS):
+                self._seen = []
                 moved = self._grad(shaken(params), shaken(buffers), _shake(x, generator), y)[0]
                 spread = {k: torch.maximum(s, (moved[k] - grads[k]).abs()) for k, s in spread.items()}
         finally:
-            self._masks = None
+            self._masks, self._seen = None, None
         return {k: s / U for k, s in spread.items()}
 
     def rounding_scale(self, params: Tree, buffers: Tree, x: Tensor, y: Tensor, grads: Tree) -> Tree:

@@ -2,13 +2,13 @@
 
 Correct code: compiled vs eager, batched vs alone and JAX/optax vs eager, for SGD with momentum
 and for Adam, over whole digits and FashionMNIST-shaped epochs across seeds, 200 steps on both
-across seeds, and a model confident enough that its gradient is far smaller than
-the rounding of the loss's parts.
-Wrong code: an update scaled by 1 + 1e-4, a weight decay dropped, a ReLU branch taken the other
-way where the exact input is far from zero. Right but parted code: the same branch taken the
-other way where the exact input is within float32 rounding of zero passes, and is reported.
-Known gap (a strict xfail): a correct step whose first layer's live units are tiny differences
-of large terms falls outside its envelope.
+across seeds, a model confident enough that its gradient is far smaller than the rounding of
+the loss's parts, and a collapsed one whose first layer's live units are tiny differences of
+large terms.
+Wrong code: an update scaled by 1 + 1e-4 (also in that collapsed model), a weight decay dropped,
+a ReLU branch taken the other way where the exact input is far from zero. Right but parted code:
+the same branch taken the other way where the exact input is within float32 rounding of zero
+passes, and is reported.
 """
 
 from __future__ import annotations
