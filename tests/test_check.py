@@ -21,9 +21,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from benchmarks.data import write_fashion_mnist
-from purestep import OptimizerConfig, load_dataset, make_train_step, mlp
+from purestep import OptimizerConfig, functional, load_dataset, make_train_step, mlp
 from purestep.check import (
     HEADROOM,
     Carry,
@@ -266,6 +267,33 @@ def test_an_update_off_by_1e4_is_caught_where_the_first_layers_sums_cancel(colla
         result = lockstep(Twin(spec, optimizer), side(eager), one_at_a_time(scaled), [carry], x, y, 64)[0]
     where = f"other side is off the float64 step at params/{only or ''}"
     assert not result.passed and where in result.failure
+
+
+class SharedReLU(nn.Module):
+    """Two hidden layers of different widths through one `nn.ReLU` module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.relu = nn.Linear(64, 24), nn.Linear(24, 16), nn.Linear(16, 10), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.relu(self.b(self.relu(self.a(x.flatten(1))))))
+
+
+def test_the_spread_holds_each_call_of_a_shared_relu_to_its_own_branches(digits):
+    """`Twin.spread` holds branches per call, so a ReLU module used twice gets each call's own
+    mask; the eager step passes against itself, and the spread is finite and nonzero."""
+    spec = functional(SharedReLU)
+    optimizer = SGD.build()
+    eager, twin = make_train_step(spec, optimizer), Twin(spec, optimizer)
+    params, _ = spec.init(0)
+    wide = {k: v.double() for k, v in params.items()}
+    x, y = digits[0][:64], digits[1][:64]
+    exact = twin.grads(wide, {}, x.double(), y)[0]
+    spread = twin.spread(wide, {}, x.double(), y, exact)
+    assert all(bool(s.isfinite().all()) and s.max() > 0 for s in spread.values())
+    result = run(spec, optimizer, twin, side(eager), side(eager), digits)
+    assert result.passed, result.failure
 
 
 # ----------------------------------------------------------------------------------------------
