@@ -273,11 +273,9 @@ class Twin:
         return {k: g.abs().max() for k, g in pull_back(sum(parts))[0].items()}
 
     def spread(self, params: Tree, buffers: Tree, x: Tensor, y: Tensor, grads: Tree) -> Tree:
-        """Per gradient element, its largest change over `PERTURBATIONS` runs of this step with
-        every float param, buffer and input off by up to `U` of itself (seeded, elementwise),
-        in units of `U`, with every ReLU's branches held as they are. float32's dot products and
-        sums round as such a perturbation of their operands does, so where a layer's outputs are
-        small differences of large terms, this is where and how far their rounding reaches."""
+        """Per gradient element, its largest change in units of `U` over `PERTURBATIONS` runs with every
+        float param, buffer and input times `1 + U * r` (seeded) and every ReLU's branches held: float32
+        sums are exact sums of so perturbed terms, so this is where a cancelling sum's rounding lands."""
         generator = torch.Generator(device=x.device).manual_seed(0)
 
         def shaken(tree: Tree) -> Tree:
