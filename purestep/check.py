@@ -53,7 +53,8 @@ U = 2.0**-24
 """float32's unit roundoff."""
 HEADROOM = 128
 """A float32 quantity is trusted to `HEADROOM * U` times its tensor's largest magnitude (a ReLU's
-input, the loss; for a gradient, that of its parts before they cancel: `Twin.gradient_scale`);
+input, the loss; for a gradient element, also that of its loss parts before they cancel and its
+own spread where its operands' sums cancel: `Twin.rounding_scale`);
 correct steps land well inside it (README, BENCHMARKS.md), and where the model is unsure of its
 labels an error of 1e-4 in an update is several times outside it."""
 ARITHMETIC = 16
@@ -174,6 +175,18 @@ LOSS_PARTS: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], ...]] = {
 output cancel: softmax and one-hot for cross-entropy, output and target for MSE."""
 
 
+PERTURBATIONS = 4
+"""How many perturbed runs `Twin.spread` takes the largest change over."""
+
+
+def _shake(t: Tensor, generator: torch.Generator) -> Tensor:
+    """`t` times `1 + U * r`, `r` uniform in [-1, 1] per element (float tensors only)."""
+    if not t.is_floating_point() or not t.numel():
+        return t
+    r = torch.rand(t.shape, generator=generator, dtype=t.dtype, device=t.device) * 2 - 1
+    return t * (1 + U * r)
+
+
 def _ulp(t: Tensor) -> Tensor:
     """The spacing of float32 at each element of `t` (a float32 tensor), in float64."""
     return (torch.nextafter(t, torch.full_like(t, torch.inf)) - t).double()
@@ -192,6 +205,7 @@ class Twin:
         self.optimizer = optimizer
         self.relus = [m for m in _skeleton(self.model).modules() if isinstance(m, nn.ReLU)]
         self._flips: dict[int, Tensor] = {}
+        self._masks: list[Tensor] | None = None
         self._seen: list[Tensor] | None = None
         for i, module in enumerate(self.relus):
             module.inplace = False
@@ -204,6 +218,8 @@ class Twin:
         z = inputs[0]
         if self._seen is not None:
             self._seen.append(z)
+        if self._masks is not None:  # held branches, in call order (`spread` records every call)
+            return z * self._masks[len(self._seen or ()) - 1]
         if i in self._flips:
             return z * ((z > 0) ^ self._flips[i]).to(z.dtype)
         return None
@@ -256,6 +272,32 @@ class Twin:
         parts = [torch.func.grad(part)(out, y).abs() for part in self._parts]
         return {k: g.abs().max() for k, g in pull_back(sum(parts))[0].items()}
 
+    def spread(self, params: Tree, buffers: Tree, x: Tensor, y: Tensor, grads: Tree) -> Tree:
+        """Per gradient element, its largest change in units of `U` over `PERTURBATIONS` runs with every
+        float param, buffer and input times `1 + U * r` (seeded) and every ReLU's branches held: float32
+        sums are exact sums of so perturbed terms, so this is where a cancelling sum's rounding lands."""
+        generator = torch.Generator(device=x.device).manual_seed(0)
+
+        def shaken(tree: Tree) -> Tree:
+            return {k: _shake(v, generator) for k, v in tree.items()}
+
+        self._masks = [(z > 0).to(z.dtype) for z in self._record(params, buffers, x)]
+        spread = {k: torch.zeros_like(g) for k, g in grads.items()}
+        try:
+            for _ in range(PERTURBATIONS):
+                self._seen = []
+                moved = self._grad(shaken(params), shaken(buffers), _shake(x, generator), y)[0]
+                spread = {k: torch.maximum(s, (moved[k] - grads[k]).abs()) for k, s in spread.items()}
+        finally:
+            self._masks, self._seen = None, None
+        return {k: s / U for k, s in spread.items()}
+
+    def rounding_scale(self, params: Tree, buffers: Tree, x: Tensor, y: Tensor, grads: Tree) -> Tree:
+        """Per gradient element, the magnitude float32's rounding is taken relative to: the
+        larger of its loss parts' (`gradient_scale`, per tensor) and its own `spread`."""
+        scale = self.gradient_scale(params, buffers, x, y)
+        return {k: torch.maximum(s, scale[k]) for k, s in self.spread(params, buffers, x, y, grads).items()}
+
     def update(self, grads: Tree, state: Tree, params: Tree) -> tuple[Tree, Tree]:
         """The optimizer's update on exact values."""
         return self.optimizer.update(grads, state, params)
@@ -264,8 +306,8 @@ class Twin:
         """Where a float32 step from `old` (a carry's `_leaves`) may land, given exact `grads`.
 
         Per element of the new params and state: the lowest and highest exact result over
-        gradients off by float32's rounding (`HEADROOM * U` of each gradient's `scale` from
-        `gradient_scale`, or of its own largest entry if larger), taken at five points across
+        gradients off by float32's rounding (`HEADROOM * U` of each gradient element's `scale`
+        from `rounding_scale`, or of its tensor's largest entry if larger), taken at five points across
         that range; where those five are not in order (an extremum inside, as Adam's second
         moment has where the decayed gradient crosses zero) the range is widened by its own
         width. On top: the optimizer's own rounding.
@@ -368,7 +410,7 @@ class _Judge:
         self.params, self.buffers, self.state = (_wide(tree) for tree in carry)
         self.x, self.y = (x.double() if x.is_floating_point() else x), _wide({"y": y})["y"]
         self.grads, self.loss, self.new_buffers = twin.grads(self.params, self.buffers, self.x, self.y)
-        self.scale = twin.gradient_scale(self.params, self.buffers, self.x, self.y)
+        self.scale = twin.rounding_scale(self.params, self.buffers, self.x, self.y, self.grads)
         self._envelopes: dict[frozenset[Unit], Envelope] = {}
         self._effects: dict[Unit, Tensor] | None = None
         self.inputs: list[Tensor] = []

@@ -2,13 +2,13 @@
 
 Correct code: compiled vs eager, batched vs alone and JAX/optax vs eager, for SGD with momentum
 and for Adam, over whole digits and FashionMNIST-shaped epochs across seeds, 200 steps on both
-across seeds, and a model confident enough that its gradient is far smaller than
-the rounding of the loss's parts.
-Wrong code: an update scaled by 1 + 1e-4, a weight decay dropped, a ReLU branch taken the other
-way where the exact input is far from zero. Right but parted code: the same branch taken the
-other way where the exact input is within float32 rounding of zero passes, and is reported.
-Known gap (a strict xfail): a correct step whose first layer's live units are tiny differences
-of large terms falls outside its envelope.
+across seeds, a model confident enough that its gradient is far smaller than the rounding of
+the loss's parts, and a collapsed one whose first layer's live units are tiny differences of
+large terms.
+Wrong code: an update scaled by 1 + 1e-4 (also in that collapsed model), a weight decay dropped,
+a ReLU branch taken the other way where the exact input is far from zero. Right but parted code:
+the same branch taken the other way where the exact input is within float32 rounding of zero
+passes, and is reported.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from benchmarks.data import write_fashion_mnist
-from purestep import OptimizerConfig, load_dataset, make_train_step, mlp
+from purestep import OptimizerConfig, functional, load_dataset, make_train_step, mlp
 from purestep.check import (
     HEADROOM,
     Carry,
@@ -209,16 +210,11 @@ def test_a_confident_models_step_passes_though_its_gradient_is_below_its_parts_r
     assert result.passed, result.failure
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the envelope trusts each gradient to 128 U of its own largest entry (or its loss parts'); "
-    "the first layer's live units are tiny differences of 784 large terms, and their rounding is "
-    "200-300 U of the second layer's weight gradient (BENCHMARKS.md, issue 18: the 200-step finding)",
-)
-def test_eager_step_passes_where_the_first_layers_sums_cancel(fashion_200):
-    """FashionMNIST-shaped data, width 32, SGD lr 0.05 momentum 0.9 wd 1e-3, seed 242: at step 145
-    the eager step itself lands outside its float64 envelope (the momentum buffer of the second
-    layer's weight), with no ReLU input near zero. The 50-seed 200-step run found it."""
+@pytest.fixture(scope="module")
+def collapsed(fashion_200):
+    """FashionMNIST-shaped data, width 32, SGD lr 0.05 momentum 0.9 wd 1e-3, seed 242, after 145
+    steps: the output is near uniform, a few first-layer units are alive, and their outputs are
+    tiny differences of 784 large terms. Returns the step, its carry and the next batch."""
     spec = mlp(784, (32, 32), 10)
     optimizer = SGD.build()
     eager = make_train_step(spec, optimizer)
@@ -228,9 +224,75 @@ def test_eager_step_passes_where_the_first_layers_sums_cancel(fashion_200):
     with one_thread():
         for start in range(0, 145 * 64, 64):
             *carry, _ = eager(*carry, x[start : start + 64], y[start : start + 64])
-        batch = slice(145 * 64, 146 * 64)
+    batch = slice(145 * 64, 146 * 64)
+    return spec, optimizer, eager, tuple(carry), x[batch], y[batch]
+
+
+def test_eager_step_passes_where_the_first_layers_sums_cancel(collapsed):
+    """The 50-seed 200-step run found this step: float32 rounds those cancelling sums to 200-300
+    U of the second layer's weight gradient's largest entry, with no ReLU input near zero. Each
+    element's spread under perturbations of its operands (`Twin.spread`) covers it; the largest
+    entry alone does not."""
+    spec, optimizer, eager, carry, x, y = collapsed
+    twin = Twin(spec, optimizer)
+    wide = [{k: v.double() for k, v in tree.items()} for tree in carry[:2]]
+    exact = twin.grads(*wide, x.double(), y)[0]
+    rounded = twin.grads(*carry[:2], x, y)[0]
+    scale = twin.rounding_scale(*wide, x.double(), y, exact)
+    key = "linear_relu_stack.2.weight"
+    error = (rounded[key].double() - exact[key]).abs()
+    parts = twin.gradient_scale(*wide, x.double(), y)[key]
+    assert error.max() > HEADROOM * U * torch.maximum(exact[key].abs().max(), parts)
+    assert bool((error <= HEADROOM * U * scale[key]).all())
+    with one_thread():
         same = one_at_a_time(side(eager))
-        result = lockstep(Twin(spec, optimizer), side(eager), same, [tuple(carry)], x[batch], y[batch], 64)[0]
+        result = lockstep(twin, side(eager), same, [carry], x, y, 64)[0]
+    assert result.passed, result.failure
+
+
+@pytest.mark.parametrize("only", [None, "linear_relu_stack.2.weight"], ids=["every-param", "second-weight"])
+def test_an_update_off_by_1e4_is_caught_where_the_first_layers_sums_cancel(collapsed, only):
+    """At the step above the second layer's weight gradient is trusted to far more than its
+    largest entry's rounding; an update scaled by 1 + 1e-4 is still caught there (`only`: that
+    tensor's update alone)."""
+    spec, optimizer, eager, carry, x, y = collapsed
+
+    def scaled(carry: Carry, x, y):
+        params, buffers, state, loss = eager(*carry, x, y)
+        old = carry[0]
+        off = {k: old[k] + (v - old[k]) * (1 + 1e-4) for k, v in params.items() if only in (None, k)}
+        return ({**params, **off}, buffers, state), loss
+
+    with one_thread():
+        result = lockstep(Twin(spec, optimizer), side(eager), one_at_a_time(scaled), [carry], x, y, 64)[0]
+    where = f"other side is off the float64 step at params/{only or ''}"
+    assert not result.passed and where in result.failure
+
+
+class SharedReLU(nn.Module):
+    """Two hidden layers of different widths through one `nn.ReLU` module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.relu = nn.Linear(64, 24), nn.Linear(24, 16), nn.Linear(16, 10), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.relu(self.b(self.relu(self.a(x.flatten(1))))))
+
+
+def test_the_spread_holds_each_call_of_a_shared_relu_to_its_own_branches(digits):
+    """`Twin.spread` holds branches per call, so a ReLU module used twice gets each call's own
+    mask; the eager step passes against itself, and the spread is finite and nonzero."""
+    spec = functional(SharedReLU)
+    optimizer = SGD.build()
+    eager, twin = make_train_step(spec, optimizer), Twin(spec, optimizer)
+    params, _ = spec.init(0)
+    wide = {k: v.double() for k, v in params.items()}
+    x, y = digits[0][:64], digits[1][:64]
+    exact = twin.grads(wide, {}, x.double(), y)[0]
+    spread = twin.spread(wide, {}, x.double(), y, exact)
+    assert all(bool(s.isfinite().all()) and s.max() > 0 for s in spread.values())
+    result = run(spec, optimizer, twin, side(eager), side(eager), digits)
     assert result.passed, result.failure
 
 
