@@ -344,6 +344,8 @@ def test_two_workers_share_one_storage_and_stop_at_exactly_n(tmp_path: Path, kin
     cmd = [*PURESTEP, *FAST, "--n-trials", "7", "--workers", "2", "--storage", storage, "--no-final"]
     out = subprocess.run([*cmd, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
+    # Once tune has exited, the SQLite file alone holds the study (to copy, to send): no WAL beside it.
+    assert not list(tmp_path.glob("s.db-*"))
     ts = trials(storage)
     done = finished(ts)
     assert len(done) == 7 and len({t.number for t in done}) == 7

@@ -15,12 +15,14 @@ no heartbeat: a trial of a killed worker stays RUNNING there.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 import re
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +50,18 @@ HEARTBEAT_MAX_RETRY = 2
 (say, out of memory) stops being retried."""
 _RDB = re.compile(r"(sqlite|postgresql|postgres|mysql)(\+[A-Za-z0-9_]+)?://", re.IGNORECASE)
 _DRIVERS = {"postgresql": "'psycopg[binary]'", "postgres": "'psycopg[binary]'", "mysql": "pymysql"}
+
+
+_SQLITE_ENGINES: weakref.WeakSet[sqlalchemy.engine.Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_sqlite_engines() -> None:
+    """Close the process's SQLite connections as it exits (the CLI ends with `os._exit` after the
+    atexit handlers): closing the last connection to a WAL database folds the WAL into the file and
+    deletes -wal and -shm, so the file alone holds every finished trial (to copy, to send)."""
+    for engine in list(_SQLITE_ENGINES):
+        engine.dispose()
 
 
 class StorageURLError(PurestepError):
@@ -245,6 +259,7 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
         if self.engine.dialect.name != "sqlite":
             return
         sqlalchemy.event.listen(self.engine, "begin", self._begin)
+        _SQLITE_ENGINES.add(self.engine)
 
     def _begin(self, connection: sqlalchemy.engine.Connection) -> None:
         if getattr(self._immediate, "on", False):
