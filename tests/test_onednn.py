@@ -10,7 +10,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from purestep.core import _onednn
 
-pytestmark = pytest.mark.skipif(not _onednn.available(), reason="this torch has no oneDNN")
+pytestmark = pytest.mark.skipif(
+    not _onednn.available(), reason="the oneDNN pass is off (fast paths off, or no oneDNN in this torch)"
+)
 aten = torch.ops.aten
 purestep_ops = torch.ops.purestep
 
