@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     model = mlp(784, (512, 512), 10)
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g)
-    params = model.init(0)
+    params, buffers = model.init(0)
     union_eager = make_train_step(model, tunable(CONFIGS["sgd"]))
     union_compiled = compile_step(union_eager)  # one graph serves every config
     variants = {}
@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> None:
         keys = list(variants) if r % 2 else list(reversed(variants))
         for key in keys:
             step, state = variants[key]
-            p_, s_ = params, state
+            p_, b_, s_ = params, buffers, state
             start = time.perf_counter()
             for _ in range(args.steps if r else 3):
-                p_, s_, _ = step(p_, s_, x, y)
+                p_, b_, s_, _ = step(p_, b_, s_, x, y)
             if r:
                 times[key].append((time.perf_counter() - start) / args.steps * 1e3)
     threads = torch.get_num_threads()

@@ -22,6 +22,7 @@ if str(REPO) not in sys.path:
 from benchmarks import data as bench_data  # noqa: E402
 from benchmarks import floor as bench_floor  # noqa: E402
 from benchmarks import harness  # noqa: E402
+from benchmarks import optim as bench_optim  # noqa: E402
 
 
 def test_synthetic_idx_files_read_back_through_torchvision(tmp_path):
@@ -85,6 +86,12 @@ def test_compiled_step_stays_close_to_eager_and_never_recompiles():
 
 
 @pytest.mark.compile
+def test_optim_benchmark_prints_a_row_per_optimizer(capsys):
+    bench_optim.main(["--modes", "eager", "--rounds", "1", "--steps", "1", "--optimizers", "sgd", "adam"])
+    out = capsys.readouterr().out
+    assert "| sgd | " in out and "| adam | " in out
+
+
 def test_harness_runs_end_to_end_on_a_tiny_shape(tmp_path, capsys):
     out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
     argv = ["--n-train", "160", "--n-test", "80", "--rounds", "1", "--steps", "2", "--trials", "2"]
