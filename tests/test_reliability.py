@@ -372,6 +372,10 @@ def test_a_worker_paused_past_the_grace_drops_its_trial_and_the_study_stays_cons
         _pause_between_writes(first, storage)
         watch = _watch(storage)
         (paused,) = [t for t in watch() if t.state == TrialState.RUNNING]
+        # The second worker starts once the paused trial's stamp is past the grace (SQLite stamps
+        # whole seconds): started sooner, it could finish its one trial, find the study full with
+        # the paused trial not yet stale, and end as designed ("re-run the command to continue").
+        time.sleep(GRACE + 2)
         second = subprocess.Popen(
             _tune(storage, tmp_path / "b", "--n-trials", str(n), *SLOW),
             stdout=subprocess.PIPE,
@@ -379,7 +383,14 @@ def test_a_worker_paused_past_the_grace_drops_its_trial_and_the_study_stays_cons
             text=True,
             env=env,
         )
-        _poll(lambda: watch()[paused.number].state == TrialState.FAIL, 240, "the paused trial to fail")
+
+        def failed_or_second_gone() -> bool:
+            if watch()[paused.number].state == TrialState.FAIL:
+                return True
+            assert second.poll() is None, f"the second worker ended first: {second.communicate()[1][-2000:]}"
+            return False
+
+        _poll(failed_or_second_gone, 240, "the paused trial to fail")
         _poll(
             lambda: any(t.system_attrs.get("failed_trial") == paused.number for t in _taken(watch())),
             240,
