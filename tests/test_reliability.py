@@ -9,6 +9,7 @@ databases (`.ci/run` starts one with `.ci/postgres.sh`); each test creates its o
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import pickle
@@ -17,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -240,6 +242,47 @@ def test_a_live_trial_keeps_its_heartbeat_and_is_never_stale(
     assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.COMPLETE
     clone = pickle.loads(pickle.dumps(rdb))  # e.g. to a process pool
     assert clone.get_trial(trial._trial_id).state == TrialState.COMPLETE
+
+
+def test_one_thread_stamps_every_trial_a_process_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight trials running at once (a pool) are stamped by one heartbeat thread, each again and
+    again; a stopped one is no longer stamped; the thread ends with the last."""
+    for name, value in HEARTBEAT.items():
+        monkeypatch.setenv(name, value)
+    storage_url = parse_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=open_storage(storage_url, create=True))
+    trials = [study.ask() for _ in range(8)]
+    storage = trials[0].storage
+    stamps: collections.Counter[int] = collections.Counter()
+    record = storage.record_heartbeat
+
+    def counted(trial_id: int) -> None:
+        record(trial_id)
+        stamps[trial_id] += 1
+
+    monkeypatch.setattr(storage, "record_heartbeat", counted)
+
+    def beaters() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "purestep-heartbeat"]
+
+    assert not beaters()
+    beats = [start_heartbeat(trial) for trial in trials]
+    assert all(beat is not None for beat in beats) and len(beaters()) == 1
+    _poll(lambda: len(stamps) == 8 and min(stamps.values()) >= 3, 60, "every trial stamped 3 times")
+    stopped = beats[0]
+    stopped.stop()
+    after_stop = stamps[stopped.trial_id]
+    others = {b.trial_id: stamps[b.trial_id] for b in beats[1:]}
+    _poll(lambda: all(stamps[i] >= n + 2 for i, n in others.items()), 60, "the others stamped twice more")
+    assert stamps[stopped.trial_id] <= after_stop + 1  # at most a write already under way
+    assert len(beaters()) == 1
+    for beat in beats[1:]:
+        beat.stop()
+    _poll(lambda: not beaters(), 30, "the heartbeat thread to end")
+    for trial in trials:
+        study.tell(trial, 1.0)
 
 
 def test_a_beat_held_up_past_its_interval_is_counted_and_logged(

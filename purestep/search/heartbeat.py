@@ -1,9 +1,11 @@
-"""Heartbeats: while a process runs a trial, a thread stamps it in the storage; a trial whose stamp
-is older than the grace period counts as dead and is failed by the next worker (see storage.py).
+"""Heartbeats: while a process runs trials, one thread stamps each of them in the storage once an
+interval; a trial whose stamp is older than the grace period counts as dead and is failed by the
+next worker (see storage.py).
 
 Everything here is Optuna's public API: `record_heartbeat` and `get_heartbeat_interval` of a
 storage, and `optuna.storages.fail_stale_trials`. Optuna runs its own heartbeat thread only
-inside `Study.optimize`; purestep asks and tells, so it runs the thread itself.
+inside `Study.optimize`, one per trial; purestep asks and tells, so it runs the thread itself, one
+per process and storage however many trials a pool runs at once.
 
 A beat is missed when it raises or lands more than one interval after it was due (the stamp is
 then more than two intervals old); each miss is logged at debug level on `purestep.search.heartbeat`
@@ -23,10 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    """Stamps one running trial every `interval` seconds from a daemon thread until `stop()`.
+    """Keeps one running trial stamped every `interval` seconds until `stop()`.
 
-    Beats follow a fixed schedule: a slow write does not push the next beat back by its own
-    duration, and beats that a stall skipped are counted as missed rather than sent in a burst.
+    Every trial a process runs on one storage is stamped by that process's one heartbeat thread
+    (`_Beater`): a pool of K trials costs one thread, not K. Beats follow a fixed schedule: a slow
+    write does not push the next beat back by its own duration, and beats that a stall skipped
+    are counted as missed rather than sent in a burst.
     """
 
     def __init__(
@@ -37,43 +41,87 @@ class Heartbeat:
         self.number = number
         self.interval = interval
         self.missed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{number}", daemon=True)
+        self._beater: _Beater | None = None
 
     def start(self) -> Heartbeat:
         """Stamp the trial now (so it is watched from the start), then keep stamping it."""
-        self._record_or_miss(due=time.monotonic())
-        self._thread.start()
+        self.record(due=time.monotonic())
+        self._beater = _Beater.watch(self)
         return self
 
     def stop(self) -> None:
         """Stop stamping (idempotent); an unfinished write is left to finish on its own."""
-        self._stop.set()
+        if self._beater is not None:
+            self._beater.unwatch(self)
 
-    def _run(self) -> None:
-        due = time.monotonic() + self.interval
-        while not self._stop.wait(max(0.0, due - time.monotonic())):
-            self._record_or_miss(due)
-            due += self.interval
-            now = time.monotonic()
-            if due < now:  # the write or a stall took more than an interval: skip, do not burst
-                skipped = int((now - due) / self.interval) + 1
-                due += skipped * self.interval
-                self._miss(f"{skipped} beat(s) skipped while the previous one was late")
-
-    def _record_or_miss(self, due: float) -> None:
+    def record(self, due: float) -> None:
+        """Stamp the trial once; a write that raises or lands more than an interval after `due` is missed."""
         try:
             self.storage.record_heartbeat(self.trial_id)
         except Exception as e:  # a lost connection or a locked database: the next beat tries again
-            self._miss(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+            self.miss(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
             return
         late = time.monotonic() - due
         if late > self.interval:
-            self._miss(f"stamped {late:.1f} s after it was due")
+            self.miss(f"stamped {late:.1f} s after it was due")
 
-    def _miss(self, why: str) -> None:
+    def miss(self, why: str) -> None:
+        """Count and log one missed beat."""
         self.missed += 1
         log.debug("trial %d: heartbeat missed (%s); %d missed so far", self.number, why, self.missed)
+
+
+class _Beater:
+    """The one thread that stamps every watched trial of one storage, once an interval; it ends
+    when the last trial is unwatched, and the next `watch` starts a new one."""
+
+    _lock = threading.Lock()
+    _running: dict[tuple[int, float], _Beater] = {}  # (id(storage), interval): held while it runs
+
+    def __init__(self, storage: optuna.storages.BaseStorage, interval: float) -> None:
+        self.storage = storage
+        self.interval = interval
+        self.watched: dict[int, Heartbeat] = {}
+        self._changed = threading.Condition(_Beater._lock)
+        self._thread = threading.Thread(target=self._run, name="purestep-heartbeat", daemon=True)
+
+    @classmethod
+    def watch(cls, beat: Heartbeat) -> _Beater:
+        """Add `beat` to its storage's beater, starting one if none runs."""
+        with cls._lock:
+            key = (id(beat.storage), beat.interval)
+            beater = cls._running.get(key)
+            if beater is None:
+                beater = cls._running[key] = _Beater(beat.storage, beat.interval)
+                beater._thread.start()
+            beater.watched[id(beat)] = beat
+            return beater
+
+    def unwatch(self, beat: Heartbeat) -> None:
+        """Stop stamping `beat`'s trial; the thread ends once nothing is watched."""
+        with self._lock:
+            self.watched.pop(id(beat), None)
+            self._changed.notify()
+
+    def _run(self) -> None:
+        due = time.monotonic() + self.interval
+        while True:
+            with self._lock:
+                while self.watched and time.monotonic() < due:
+                    self._changed.wait(due - time.monotonic())
+                if not self.watched:
+                    del _Beater._running[(id(self.storage), self.interval)]
+                    return
+                beats = list(self.watched.values())
+            for beat in beats:  # outside the lock: a slow write must not hold up watch/unwatch
+                beat.record(due)
+            due += self.interval
+            now = time.monotonic()
+            if due < now:  # the writes or a stall took more than an interval: skip, do not burst
+                skipped = int((now - due) / self.interval) + 1
+                due += skipped * self.interval
+                for beat in beats:
+                    beat.miss(f"{skipped} beat(s) skipped while the previous one was late")
 
 
 def trial_id(trial: optuna.Trial) -> int:
