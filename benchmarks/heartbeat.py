@@ -1,6 +1,7 @@
 """How late a heartbeat lands on SQLite while other processes use the study hard.
 
     python -m benchmarks.heartbeat --seconds 30 --rounds 2
+    python -m benchmarks.heartbeat --seconds 30 --rounds 2 --trials 16   # a pool's 16 trials
     python -m benchmarks.heartbeat --compile     # beside a cold torch.compile in the same process
     python -m benchmarks.heartbeat --lookup      # what the public trial-ID lookup costs a trial
 
@@ -10,7 +11,9 @@ as they can (far harder than real workers, which report once an epoch). Two stor
 alternated round by round on a fresh database each time: Optuna's plain `RDBStorage` (SQLite's
 default rollback journal: a reader holds up a committing writer) and purestep's (WAL: readers
 never hold up a writer). Prints the longest stamp write, the longest gap between two stamps,
-the beats counted missed, and how many trials the busy processes finished.
+the beats counted missed, and how many trials the busy processes finished. With `--trials K`,
+K running trials are stamped (a pool's; all by the process's one heartbeat thread, one write
+after another), and the figures are the worst over them.
 
 With `--compile` there are no busy processes: the same process compiles the tutorial's MLP step
 with a cold Inductor cache and trains 3 epochs (1 thread) while the trial is stamped, which
@@ -49,8 +52,8 @@ print(done)
 """
 
 
-def one_round(variant: str, seconds: float, folder: Path) -> dict[str, float]:
-    """Stamp one trial for `seconds` beside two busy processes; the figures of that round."""
+def one_round(variant: str, seconds: float, folder: Path, trials: int = 1) -> dict[str, float]:
+    """Stamp `trials` trials for `seconds` beside two busy processes; the figures of that round."""
     import optuna
 
     from purestep.search.heartbeat import Heartbeat, trial_id
@@ -65,16 +68,16 @@ def one_round(variant: str, seconds: float, folder: Path) -> dict[str, float]:
         with_heartbeat = {"heartbeat_interval": 1, "grace_period": 3}
         storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs("sqlite"), **with_heartbeat)
     study = optuna.create_study(study_name="s", storage=storage)
-    trial = study.ask()
-    stamps: list[float] = []
+    running = [study.ask() for _ in range(trials)]
+    stamps: dict[int, list[float]] = {}
     writes: list[float] = []
     record = storage.record_heartbeat
 
     def timed(trial_id: int) -> None:
         began = time.monotonic()
         record(trial_id)
-        stamps.append(time.monotonic())
-        writes.append(stamps[-1] - began)
+        stamps.setdefault(trial_id, []).append(time.monotonic())
+        writes.append(stamps[trial_id][-1] - began)
 
     storage.record_heartbeat = timed  # type: ignore[method-assign]
     busy = [
@@ -83,14 +86,15 @@ def one_round(variant: str, seconds: float, folder: Path) -> dict[str, float]:
         )
         for _ in range(2)
     ]
-    beat = Heartbeat(storage, trial_id(trial), trial.number, 1).start()
+    beats = [Heartbeat(storage, trial_id(trial), trial.number, 1).start() for trial in running]
     outs = [p.communicate()[0] for p in busy]
-    beat.stop()
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    for beat in beats:
+        beat.stop()
+    gaps = [b - a for each in stamps.values() for a, b in zip(each, each[1:])]
     return {
         "write": max(writes),
         "gap": max(gaps),
-        "missed": beat.missed,
+        "missed": sum(beat.missed for beat in beats),
         "busy trials": sum(int(out.split()[-1]) for out in outs),
     }
 
@@ -169,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=1, help="running trials stamped at once")
     parser.add_argument("--compile", action="store_true", help="beside a cold compile instead")
     parser.add_argument("--lookup", action="store_true", help="the cost of the public trial-ID lookup")
     args = parser.parse_args(argv)
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for r in range(args.rounds):
             for variant in ("rollback", "wal"):
-                rows.append((r + 1, variant, one_round(variant, args.seconds, Path(folder))))
+                rows.append((r + 1, variant, one_round(variant, args.seconds, Path(folder), args.trials)))
     print("| round | SQLite journal | longest stamp write (s) | longest gap (s) | missed | busy trials |")
     print("|---|---|---|---|---|---|")
     for r, variant, f in rows:
