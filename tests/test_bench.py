@@ -92,6 +92,18 @@ def test_optim_benchmark_prints_a_row_per_optimizer(capsys):
     assert "| sgd | " in out and "| adam | " in out
 
 
+def test_optuna_share_times_a_small_study_and_puts_optuna_back(capsys):
+    import optuna
+
+    from benchmarks import optuna_share
+
+    before = optuna.Trial.report, optuna.Study.tell
+    optuna_share.main(["--", "--dataset", "digits", "--epochs", "2", "--n-trials", "3", "--batch", "2"])
+    out = capsys.readouterr().out
+    assert "| Trial.report | 6 |" in out and "| Study.tell | 3 |" in out and "inside Optuna's calls" in out
+    assert (optuna.Trial.report, optuna.Study.tell) == before
+
+
 def test_harness_runs_end_to_end_on_a_tiny_shape(tmp_path, capsys):
     out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
     argv = ["--n-train", "160", "--n-test", "80", "--rounds", "1", "--steps", "2", "--trials", "2"]
