@@ -506,6 +506,34 @@ def test_a_study_purestep_did_not_create_is_refused_and_left_alone(tmp_path: Pat
     assert digest(tmp_path / "s.db") == before
 
 
+def test_a_worker_that_finds_a_study_while_another_defines_it_and_adds_a_trial_joins_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three workers at once: one creates the study; a second defines it and queues the tutorial's
+    trial between the third's first look (no definition yet) and its next read. The third joins
+    the study; it does not take it for a foreign one."""
+    from purestep.search.space import default_space
+    from purestep.search.storage import open_storage, parse_storage
+    from purestep.search.study import StudySpec, _define, open_study, stored_spec
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = StudySpec("digits", 2, 0, 0.2, default_space())
+    storage = open_storage(parse_storage(url), create=True)
+    other = optuna.create_study(study_name="s", storage=storage, direction=spec.direction)
+    read = optuna.Study.get_trials
+
+    def meanwhile(self: optuna.Study, *args: object, **kwargs: object) -> list[optuna.trial.FrozenTrial]:
+        monkeypatch.setattr(optuna.Study, "get_trials", read)
+        _define(other, spec)  # the second worker, between the third's two reads
+        other.enqueue_trial({"optimizer": "sgd"})
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "get_trials", meanwhile)
+    sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.NopPruner()
+    study, created = open_study(open_storage(parse_storage(url), create=False), "s", spec, sampler, pruner)
+    assert not created and stored_spec(study) == spec and len(study.get_trials()) == 1
+
+
 def test_a_worker_that_finds_a_study_another_is_creating_defines_it_too(tmp_path: Path) -> None:
     """Workers started at once: one creates the study, then writes its definition (two writes).
     Another that finds the study in between writes the same definition and goes on, whenever the

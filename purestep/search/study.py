@@ -196,12 +196,18 @@ def open_study(
     if name in study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         if stored_spec(study) is None:
-            empty = not study.user_attrs and not study.get_trials(deepcopy=False)
-            if not empty or study.direction.name.lower() != spec.direction:
-                raise IncompatibleStudy(
-                    f"study {name!r} was not created by purestep tune; choose another --study"
-                )
-            _define(study, spec)
+            # Trials first, then the attributes: a purestep worker writes the definition before any
+            # trial, so trials seen here mean a definition in the read after them, unless the study
+            # is not purestep's (read the other way round, another worker's define and first trial
+            # landing between the two reads looked like a foreign study).
+            has_trials = bool(study.get_trials(deepcopy=False))
+            attrs = study.user_attrs
+            if ATTR not in attrs:
+                if has_trials or attrs or study.direction.name.lower() != spec.direction:
+                    raise IncompatibleStudy(
+                        f"study {name!r} was not created by purestep tune; choose another --study"
+                    )
+                _define(study, spec)
         stored = stored_spec(study)
         problem = stored.mismatch(spec) if stored is not None else "its definition is unreadable"
         if problem:
