@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -283,6 +284,50 @@ def test_one_thread_stamps_every_trial_a_process_runs(
     _poll(lambda: not beaters(), 30, "the heartbeat thread to end")
     for trial in trials:
         study.tell(trial, 1.0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_stamps_its_own_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked while the parent stamps a trial has no heartbeat thread (fork copies only the
+    forking thread): a trial it starts gets a thread of its own, and is stamped."""
+    for name, value in HEARTBEAT.items():
+        monkeypatch.setenv(name, value)
+    storage_url = parse_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=open_storage(storage_url, create=True))
+    parents = study.ask()
+    beat = start_heartbeat(parents)
+    assert beat is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: fork with threads running
+        pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its trial has a running thread that stamps it
+        code = 1
+        try:
+            reopened = open_storage(storage_url, create=False)
+            child = optuna.load_study(study_name=study.study_name, storage=reopened)
+            trial = child.ask()
+            stamps: list[int] = []
+            record = trial.storage.record_heartbeat
+            trial.storage.record_heartbeat = lambda i: (record(i), stamps.append(i))  # type: ignore[method-assign]
+            mine = start_heartbeat(trial)
+            time.sleep(3.5)
+            running = [t for t in threading.enumerate() if t.name == "purestep-heartbeat"]
+            code = 0 if len(running) == 1 and len(stamps) >= 3 else 2
+            assert mine is not None
+            mine.stop()
+            child.tell(trial, 1.0)
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if done[0] == 0:  # stuck (on a lock another thread held at the fork): stop it, fail below
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    beat.stop()
+    study.tell(parents, 1.0)
+    assert done[0] == pid, "the forked child hung"
+    assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
 def test_a_beat_held_up_past_its_interval_is_counted_and_logged(

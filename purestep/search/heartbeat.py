@@ -15,6 +15,7 @@ and counted, and a trial that missed any keeps the count as its user attribute `
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import warnings
@@ -73,7 +74,8 @@ class Heartbeat:
 
 class _Beater:
     """The one thread that stamps every watched trial of one storage, once an interval; it ends
-    when the last trial is unwatched, and the next `watch` starts a new one."""
+    when the last trial is unwatched, and the next `watch` starts a new one. A forked child has
+    none of its parent's threads: it forgets the parent's beaters (`_forget_after_fork`)."""
 
     _lock = threading.Lock()
     _running: dict[tuple[int, float], _Beater] = {}  # (id(storage), interval): held while it runs
@@ -81,6 +83,7 @@ class _Beater:
     def __init__(self, storage: optuna.storages.BaseStorage, interval: float) -> None:
         self.storage = storage
         self.interval = interval
+        self.pid = os.getpid()
         self.watched: dict[int, Heartbeat] = {}
         self._changed = threading.Condition(_Beater._lock)
         self._thread = threading.Thread(target=self._run, name="purestep-heartbeat", daemon=True)
@@ -99,18 +102,23 @@ class _Beater:
 
     def unwatch(self, beat: Heartbeat) -> None:
         """Stop stamping `beat`'s trial; the thread ends once nothing is watched."""
-        with self._lock:
+        if self.pid != os.getpid():  # a parent's beater copied by a fork: no thread, no lock to take
+            self.watched.pop(id(beat), None)
+            return
+        with self._changed:
             self.watched.pop(id(beat), None)
             self._changed.notify()
 
     def _run(self) -> None:
         due = time.monotonic() + self.interval
         while True:
-            with self._lock:
+            with self._changed:
                 while self.watched and time.monotonic() < due:
                     self._changed.wait(due - time.monotonic())
                 if not self.watched:
-                    del _Beater._running[(id(self.storage), self.interval)]
+                    key = (id(self.storage), self.interval)
+                    if _Beater._running.get(key) is self:
+                        del _Beater._running[key]
                     return
                 beats = list(self.watched.values())
             for beat in beats:  # outside the lock: a slow write must not hold up watch/unwatch
@@ -122,6 +130,17 @@ class _Beater:
                 due += skipped * self.interval
                 for beat in beats:
                     beat.miss(f"{skipped} beat(s) skipped while the previous one was late")
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: no parent's beater runs here, and another thread may have held the lock
+    at the fork, so start with a new lock and no beaters (as `logging` does for its locks)."""
+    _Beater._lock = threading.Lock()
+    _Beater._running = {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def trial_id(trial: optuna.Trial) -> int:
