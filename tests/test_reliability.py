@@ -357,6 +357,43 @@ def test_a_beat_held_up_past_its_interval_is_counted_and_logged(
     assert study.get_trials()[0].state == TrialState.COMPLETE
 
 
+@pytest.mark.parametrize("write", ["report", "user attribute"])
+def test_on_sqlite_a_write_checks_the_trial_is_running_in_the_same_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    """Another worker fails the trial as stale just after this one's report (or user attribute) has
+    read that the trial is running: the other waits until the write has committed, so no write
+    lands on a trial already failed (SQLite used to run the read outside the write's transaction)."""
+    url = parse_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=open_storage(url, create=True))
+    trial = study.ask()
+    other = open_storage(url, create=False)  # another worker's connection
+    trial_id = other.get_trial_id_from_study_id_trial_number(
+        other.get_study_id_from_name(study.study_name), trial.number
+    )
+    failing = threading.Thread(target=lambda: other.set_trial_state_values(trial_id, TrialState.FAIL))
+    check = HeartbeatRDBStorage.check_trial_is_updatable
+    held_up: list[bool] = []
+
+    def then_fail_it(self: HeartbeatRDBStorage, checked_id: int, state: TrialState) -> None:
+        check(self, checked_id, state)
+        if not held_up:  # the write's check passed; the other worker fails the trial now
+            failing.start()
+            failing.join(2)
+            held_up.append(failing.is_alive())
+
+    monkeypatch.setattr(HeartbeatRDBStorage, "check_trial_is_updatable", then_fail_it)
+    if write == "report":
+        trial.report(0.5, 1)
+    else:
+        trial.set_user_attr("val_loss", 0.5)
+    failing.join(60)
+    assert held_up == [True]  # the fail waited for the write's transaction
+    assert not failing.is_alive() and other.get_trial(trial_id).state == TrialState.FAIL
+    with pytest.raises(RuntimeError):  # and a write after the fail is refused
+        trial.report(0.4, 2)
+
+
 @pytest.mark.parametrize("where", ["report", "tell"])
 def test_a_trial_failed_by_another_worker_is_dropped_and_counted_once(tmp_path: Path, where: str) -> None:
     """What a worker paused past the grace period finds when it resumes: its trial was failed and a

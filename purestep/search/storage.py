@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import BaseStorage
@@ -208,11 +208,14 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
     Optuna changes a trial's state by reading it, then writing it. PostgreSQL and MySQL lock the
     row in between (`SELECT ... FOR UPDATE`); SQLite ignores that, so two workers could both claim
     one queued trial, or a late `tell` could complete a trial that another worker has just failed
-    as stale (and queued a retry of: one configuration counted twice). On SQLite each state change
-    here runs in a `BEGIN IMMEDIATE` transaction, which takes the database's write lock before the
-    read. With `wal=True` (a database file purestep creates) the database is put in WAL mode, which
-    the file keeps, so readers (every worker's sampler, the parent's progress poller) never hold up
-    a writer such as a heartbeat. An existing file is left in its mode: opening it writes nothing.
+    as stale (and queued a retry of: one configuration counted twice). Reports and user attributes
+    check that the trial is running, then write, and on SQLite the check ran outside the write's
+    transaction: a paused worker's report could land on a trial failed meanwhile. On SQLite each
+    state change, report and user attribute here runs in a `BEGIN IMMEDIATE` transaction, which
+    takes the database's write lock before the read. With `wal=True` (a database file purestep
+    creates) the database is put in WAL mode, which the file keeps, so readers (every worker's
+    sampler, the parent's progress poller) never hold up a writer such as a heartbeat. An existing
+    file is left in its mode: opening it writes nothing.
     """
 
     def __init__(
@@ -273,14 +276,31 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
         Claiming a queued trial (WAITING -> RUNNING) that another worker has claimed and finished
         meanwhile gives False, as a claim that lost the race; Optuna 4.0's `ask` lets the error escape.
         """
+        with self._read_and_write_at_once():
+            try:
+                return super().set_trial_state_values(trial_id, state, values)
+            except RuntimeError:  # UpdateFinishedTrialError, or a plain RuntimeError in Optuna 4.0
+                claim = state == TrialState.RUNNING and values is None
+                if claim and self.get_trial(trial_id).state.is_finished():
+                    return False
+                raise
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        """Optuna's report; refused, with nothing written, once the trial is finished."""
+        with self._read_and_write_at_once():
+            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """Optuna's user attribute; refused, with nothing written, once the trial is finished."""
+        with self._read_and_write_at_once():
+            super().set_trial_user_attr(trial_id, key, value)
+
+    @contextmanager
+    def _read_and_write_at_once(self) -> Iterator[None]:
+        """On SQLite, this thread's next transaction takes the write lock before its first read."""
         self._immediate.on = True
         try:
-            return super().set_trial_state_values(trial_id, state, values)
-        except RuntimeError:  # UpdateFinishedTrialError, or a plain RuntimeError in Optuna 4.0
-            claim = state == TrialState.RUNNING and values is None
-            if claim and self.get_trial(trial_id).state.is_finished():
-                return False
-            raise
+            yield
         finally:
             self._immediate.on = False
 
