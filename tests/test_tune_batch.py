@@ -171,33 +171,3 @@ def test_tune_reports_what_it_picked_and_what_was_given_and_resumes_either_way(t
     line, _, batch = _speed(invoke("--n-trials", "7", *common))
     assert "(resuming: 6 finished); eager steps (auto), 1 trial at a time (auto)" in line
     assert batch == {"value": 1, "chosen": "auto"} and len(finished(trials(storage))) == 7
-
-
-@pytest.mark.parametrize("pruner", ["none", "median"])
-def test_the_pruner_is_asked_after_each_report_only_when_there_is_one(
-    pruner: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without a pruner no epoch reads the trial back to ask it (a storage read an epoch a slot);
-    with one, every reported epoch is asked, and a trial it stops says why."""
-    import optuna
-
-    from purestep.core.loop import EpochMetrics
-    from purestep.search.objective import pruned_reason
-    from purestep.search.study import make_pruner
-
-    asked: list[int] = []
-
-    def always(trial: optuna.Trial) -> bool:
-        asked.append(trial.number)
-        return True
-
-    monkeypatch.setattr(optuna.Trial, "should_prune", always)
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner, 3))
-    trial = study.ask()
-    row = EpochMetrics(epoch=0, train_loss=1.0, eval_loss=1.0, eval_accuracy=0.5, seconds=0.1)
-    reason = pruned_reason(trial, row)
-    assert study.trials[0].intermediate_values == {1: 0.5}
-    if pruner == "none":
-        assert asked == [] and reason is None
-    else:
-        assert asked == [trial.number] and reason == "pruned after epoch 1 at validation accuracy 0.5000"

@@ -279,14 +279,11 @@ def make_objective(
 
 
 def pruned_reason(trial: optuna.Trial, metrics: EpochMetrics, guard: Guard = nullcontext) -> str | None:
-    """Report the epoch's validation metric to Optuna; the reason to stop if the pruner says so
-    (not asked without a pruner: each question reads the trial back from the storage)."""
-    from optuna.pruners import NopPruner  # imported with the trial's Optuna already
-
+    """Report the epoch's validation metric to Optuna; the reason to stop if the pruner says so."""
     value = metric(metrics)
     with guard():
         trial.report(value, metrics.epoch + 1)
-    if not isinstance(trial.study.pruner, NopPruner) and trial.should_prune():
+    if trial.should_prune():
         name = "accuracy" if metrics.eval_accuracy is not None else "MSE"
         return f"pruned after epoch {metrics.epoch + 1} at validation {name} {value:.4f}"
     return None
