@@ -9,7 +9,10 @@ One process per variant, all on the same data, purestep's default search space (
 learning rate, momentum, nesterov, centered, weight decay, batch size, schedule), the same
 seeded random sampler and the same pruner. The plain objective is written the way Optuna's
 own PyTorch example is: an `nn.Module`, a `DataLoader`, `torch.optim`, one trial at a time.
-purestep runs sequential (`--batch 1`) and with `--batch K` (`auto`: tune's own pick).
+purestep runs sequential (`--batch 1`) and with `--batch K` (`auto`: tune's own pick), each in one
+process (`--workers 1`). `--defaults` adds both as a user runs them, on every core: purestep with no
+flags (its own pick of eager or compiled, K and threads) and the plain objective at torch's
+default thread count.
 FashionMNIST-shaped data is generated (60000 x 28 x 28 IDX files) when the real files are absent.
 Prints a Markdown table of wall seconds, trials per hour and ratios, the share of the pool's
 slot-steps spent on live trials, and the study's FLOP floor: its total FLOPs at this machine's
@@ -204,6 +207,12 @@ def main() -> None:
         "--impl", default=None, choices=["eager", "compiled"], help="default: tune's own choice"
     )
     parser.add_argument("--data-dir", default=None, help="real FashionMNIST here, else generated")
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="also run both as a user would, on every core: purestep with no flags, the plain "
+        "objective with torch's default threads",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,28 +223,38 @@ def main() -> None:
 
             write_fake_mnist(data_dir, "fashion-mnist", 60000, 10000)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PURESTEP_OFFLINE": "1"}
+        defaults_env = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
         common = ["tune", "--dataset", args.dataset, "--data-dir", data_dir, "--epochs", str(args.epochs)]
         common += ["--n-trials", str(args.n_trials), "--sampler", "random", "--pruner", args.pruner]
-        common += ["--no-final", "--threads", str(args.threads)]
-        common += ["--impl", args.impl] if args.impl else []
+        common += ["--no-final"]
+        one_process = ["--workers", "1", "--threads", str(args.threads)]
+        one_process += ["--impl", args.impl] if args.impl else []
 
         rows: list[tuple[str, float, str]] = []
         plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
         plain += [str(args.epochs), str(args.n_trials), args.pruner]
         rows.append(("plain Optuna objective (nn.Module + DataLoader)", _timed(plain, env), ""))
-        for b in ["1", *args.batches.split(",")]:
-            run = tmp_path / f"run{b}"
+        variants = [(b, [*one_process, "--batch", b]) for b in ["1", *args.batches.split(",")]]
+        variants += [("defaults", [])] if args.defaults else []
+        for name, flags in variants:
+            run = tmp_path / f"run{name}"
             run.mkdir()
             usage = run / "usage.json"
-            cmd = [sys.executable, "-m", "benchmarks.trials", "--cli", str(usage), *common, "--batch", b]
+            cmd = [sys.executable, "-m", "benchmarks.trials", "--cli", str(usage), *common, *flags]
             cmd += ["--storage", f"sqlite:///{run / 's.db'}", "--out", str(run)]
-            seconds = _timed(cmd, env)
-            k = json.loads((run / "best.json").read_text())["batch"]["value"]
-            label = "purestep sequential" if b == "1" else f"purestep --batch {b}"
-            label += f" (picked: {k})" if b == "auto" else ""
+            seconds = _timed(cmd, env if flags else defaults_env)
+            best = json.loads((run / "best.json").read_text())
+            k, threads = best["batch"]["value"], best["threads"]["value"]
+            names = {"1": "purestep sequential", "defaults": "purestep, no flags"}
+            label = names.get(name, f"purestep --batch {name}")
+            if name in ("auto", "defaults"):
+                label += f" (picked: {best['impl']['value']}, --batch {k}, --threads {threads})"
             counts = json.loads(usage.read_text())
             live = f"{counts['slot_steps'] / (counts['steps'] * k):.1%}" if counts.get("steps") else ""
             rows.append((label, seconds, live))
+        if args.defaults:
+            label = "plain Optuna objective, torch's default threads"
+            rows.append((label, _timed(plain, defaults_env), ""))
         flops, floor = flop_floor(args.dataset, data_dir, args.epochs, args.n_trials, args.threads)
 
     plain_s, sequential = rows[0][1], rows[1][1]

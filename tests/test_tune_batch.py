@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import select
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from optuna.trial import TrialState
@@ -18,7 +20,15 @@ from test_tune_cli import FAST, PURESTEP, _wait, finished, invoke, trials
 from purestep import load_dataset
 from purestep.search.objective import EVAL_BATCH_SIZE, TrialConfig, make_splits, train
 from purestep.search.space import default_space
-from purestep.search.tune import COMPILE_MIN_STEPS, CUDA_BATCH, TuneOptions, choose_batch, choose_speed
+from purestep.search.tune import (
+    COMPILE_MIN_STEPS,
+    CUDA_BATCH,
+    TuneOptions,
+    choose_batch,
+    choose_speed,
+    choose_threads,
+    usable_cores,
+)
 
 STABLE_RATES = "[sgd_lr]\nhigh = 0.1\n[adam_lr]\nhigh = 0.01\n[rmsprop_lr]\nhigh = 0.001\n"
 """The default space with learning rates where training is not chaotic: vmap's batched kernels
@@ -123,6 +133,21 @@ def test_batch_auto_is_one_on_a_cpu_and_a_gpu_fills_up_to_the_trials_left(
     assert k == CUDA_BATCH or k * workers >= left  # and the pools are as large as that allows
 
 
+@given(cores=st.integers(1, 256), workers=st.integers(1, 64))
+def test_threads_auto_shares_the_cores_among_the_workers(cores: int, workers: int) -> None:
+    n = choose_threads(cores, workers)
+    assert n >= 1
+    assert n * workers <= cores or n == 1  # no more threads than cores, unless one each is too many
+    assert (n + 1) * workers > cores  # and every core that can be given is given
+
+
+def test_usable_cores_honours_omp_num_threads_as_torch_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert usable_cores() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert usable_cores() == len(os.sched_getaffinity(0))
+
+
 def _options(device: str = "cpu", **kw: object) -> TuneOptions:
     return TuneOptions(
         "digits", "data", device, 10, 30, 0, None, "tpe", "median", "sqlite:///s.db", "s",
@@ -136,15 +161,20 @@ def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
     assert auto.to_json() == {
         "impl": {"value": "eager", "chosen": "auto"},
         "batch": {"value": 1, "chosen": "auto"},
+        "threads": {"value": usable_cores(), "chosen": "auto"},
     }
+    shared = choose_speed(_options(workers=2), n_fit=1150, trials_left=30)
+    assert (shared.threads, shared.threads_auto) == (choose_threads(usable_cores(), 2), True)
     long = choose_speed(_options(), n_fit=COMPILE_MIN_STEPS * 64 // 10, trials_left=30)
     assert long.compiled and long.impl_auto
     gpu = choose_speed(_options(device="cuda", workers=2), n_fit=1150, trials_left=10)
     assert (gpu.batch, gpu.batch_auto) == (5, True)
-    given_ = choose_speed(_options(device="cuda", impl="eager", batch=3), n_fit=10**6, trials_left=1)
+    given = _options(device="cuda", impl="eager", batch=3, threads=5)
+    given_ = choose_speed(given, n_fit=10**6, trials_left=1)
     assert given_.to_json() == {
         "impl": {"value": "eager", "chosen": "given"},
         "batch": {"value": 3, "chosen": "given"},
+        "threads": {"value": 5, "chosen": "given"},
     }
 
 
@@ -160,13 +190,19 @@ def test_tune_reports_what_it_picked_and_what_was_given_and_resumes_either_way(t
     common = ["--storage", storage, "--no-final", "--json", "--out", str(tmp_path)]
 
     line, impl, batch = _speed(invoke("--n-trials", "3", *common))
-    assert "(new study); eager steps (auto), 1 trial at a time (auto), 1 thread(s)" in line
+    n = usable_cores()
+    threads = "1 thread" if n == 1 else f"{n} threads"
+    assert f"(new study); eager steps (auto), 1 trial at a time (auto), {threads} (auto)" in line
     assert impl == {"value": "eager", "chosen": "auto"} and batch == {"value": 1, "chosen": "auto"}
-    assert json.loads((tmp_path / "best.json").read_text())["batch"] == batch
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["batch"] == batch and best["threads"] == {"value": n, "chosen": "auto"}
+    assert torch.get_num_threads() == n
 
-    line, impl, batch = _speed(invoke("--n-trials", "6", "--batch", "3", "--impl", "eager", *common))
-    assert "(resuming: 3 finished); eager steps (given), 3 trials at once (given)" in line
+    args = ["--batch", "3", "--impl", "eager", "--threads", "1"]
+    line, impl, batch = _speed(invoke("--n-trials", "6", *args, *common))
+    assert "(resuming: 3 finished); eager steps (given), 3 trials at once (given), 1 thread (given)" in line
     assert impl == {"value": "eager", "chosen": "given"} and batch == {"value": 3, "chosen": "given"}
+    assert torch.get_num_threads() == 1
 
     line, _, batch = _speed(invoke("--n-trials", "7", *common))
     assert "(resuming: 6 finished); eager steps (auto), 1 trial at a time (auto)" in line

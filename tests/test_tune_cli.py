@@ -184,6 +184,8 @@ def one_line_error_tail(result) -> str:
         (["--batch", "x"], 2, "'--batch'"),
         (["--batch", "257"], 2, "'--batch'"),
         (["--batch", "1.5"], 2, "'--batch'"),
+        (["--threads", "0"], 2, "'--threads': must be auto or a number of threads from 1, got '0'"),
+        (["--threads", "x"], 2, "'--threads'"),
         (["--val-fraction", "1.5"], 2, "between 0 and 1"),
         (["--timeout", "-1"], 2, "seconds > 0"),
         (["--storage", "redis://localhost/0"], 2, "unknown storage URL"),

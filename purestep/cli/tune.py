@@ -82,6 +82,13 @@ def _batch(value: str) -> str:
     return value
 
 
+def _threads(value: str) -> str:
+    """`auto` or a whole number of threads, at least 1."""
+    if value != "auto" and not (value.isdecimal() and int(value) >= 1):
+        raise typer.BadParameter(f"must be auto or a number of threads from 1, got {value!r}")
+    return value
+
+
 def _study_name(value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise typer.BadParameter("must not be empty")
@@ -174,9 +181,13 @@ def tune(
         TuneImpl, typer.Option("--impl", help="Train eager or compiled; auto compiles only long trials.")
     ] = TuneImpl.auto,
     threads: Annotated[
-        int,
-        typer.Option("--threads", min=1, help="Torch threads per process (for parallel trials: --workers)."),
-    ] = 1,
+        str,
+        typer.Option(
+            "--threads",
+            callback=_threads,
+            help="Torch threads per process; auto: the cores (or OMP_NUM_THREADS) shared by the --workers.",
+        ),
+    ] = "auto",
     device: Device = "cpu",
     out: Out = None,
     final: Annotated[
@@ -229,7 +240,7 @@ def tune(
         workers=workers,
         batch=None if batch == "auto" else int(batch),
         impl=impl.value,
-        threads=threads,
+        threads=None if threads == "auto" else int(threads),
         model=model,
         model_args=parse_model_args(model_arg),
         loss=loss.value if loss is not None else None,
@@ -295,7 +306,7 @@ def _announce(outcome: Outcome) -> None:
     done = outcome.complete + outcome.pruned
     how = "new study" if outcome.created else f"resuming: {done} finished"
     speed = outcome.speed.describe()
-    _note(f"study {outcome.study} in {outcome.storage} ({how}); {speed}, {outcome.threads} thread(s)")
+    _note(f"study {outcome.study} in {outcome.storage} ({how}); {speed}")
     if not outcome.baseline_queued:
         _note("the search space does not contain the tutorial's configuration: no baseline trial")
 

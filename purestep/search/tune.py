@@ -9,6 +9,7 @@ study is compared with this run's definition before anything is written to it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -92,7 +93,8 @@ class TuneOptions:
     timeout: float | None = None
     workers: int = 1
     impl: str = "auto"
-    threads: int = 1
+    threads: int | None = None
+    """Torch threads per process; None is `--threads auto`, decided by `choose_threads`."""
     batch: int | None = None
     """Trials trained at once; None is `--batch auto`, decided by `choose_batch` once the study is open."""
     model: str = "mlp"
@@ -147,26 +149,34 @@ class Progress:
 
 @dataclass(frozen=True)
 class Speed:
-    """How a run trains its trials, eager or compiled and K at once, and whether `tune` picked
-    each from the work (`--impl auto`, `--batch auto`) or the command line gave it."""
+    """How a run trains its trials, eager or compiled, K at once and on how many torch threads,
+    and whether `tune` picked each from the work and the machine (`--impl auto`, `--batch auto`,
+    `--threads auto`) or the command line gave it."""
 
     compiled: bool
     batch: int
     impl_auto: bool
     batch_auto: bool
+    threads: int = 1
+    threads_auto: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """The `impl` and `batch` entries of `best.json`."""
+        """The `impl`, `batch` and `threads` entries of `best.json`."""
         return {
             "impl": {"value": "compiled" if self.compiled else "eager", "chosen": _chosen(self.impl_auto)},
             "batch": {"value": self.batch, "chosen": _chosen(self.batch_auto)},
+            "threads": {"value": self.threads, "chosen": _chosen(self.threads_auto)},
         }
 
     def describe(self) -> str:
-        """For the announce line: `eager steps (auto), 1 trial at a time (auto)`."""
+        """For the announce line: `eager steps (auto), 1 trial at a time (auto), 2 threads (auto)`."""
         impl = "compiled" if self.compiled else "eager"
         trials = "1 trial at a time" if self.batch == 1 else f"{self.batch} trials at once"
-        return f"{impl} steps ({_chosen(self.impl_auto)}), {trials} ({_chosen(self.batch_auto)})"
+        threads = "1 thread" if self.threads == 1 else f"{self.threads} threads"
+        return (
+            f"{impl} steps ({_chosen(self.impl_auto)}), {trials} ({_chosen(self.batch_auto)}), "
+            f"{threads} ({_chosen(self.threads_auto)})"
+        )
 
 
 def _chosen(auto: bool) -> str:
@@ -182,7 +192,6 @@ class Outcome:
     created: bool
     baseline_queued: bool
     speed: Speed
-    threads: int
     complete: int
     pruned: int
     failed: int
@@ -217,14 +226,40 @@ def choose_batch(device: str, trials_left: int, workers: int = 1) -> int:
     return min(CUDA_BATCH, share)
 
 
+def usable_cores() -> int:
+    """`OMP_NUM_THREADS` when set (as torch honours it), else the CPUs this process may run on."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdecimal() and int(given) > 0:
+        return int(given)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def choose_threads(cores: int, workers: int) -> int:
+    """`--threads auto`: the `cores` (`usable_cores()`) shared among the worker processes, at least
+    one each, as a plain torch script uses every core.
+
+    Threads rather than more worker processes by default: on the CPU measured they were as fast
+    (BENCHMARKS.md, "Threads"), and one process keeps a seeded study repeatable.
+    """
+    return max(1, cores // max(workers, 1))
+
+
 def choose_speed(options: TuneOptions, n_fit: int, trials_left: int) -> Speed:
-    """This run's eager-or-compiled and K: as given, or picked from the work (`use_compiled`,
-    `choose_batch`). A speed choice only: per DESIGN.md trials equal, so it is no part of the study."""
+    """This run's eager-or-compiled, K and threads: as given, or picked from the work and the machine
+    (`use_compiled`, `choose_batch`, `choose_threads`). A speed choice only: per DESIGN.md trials
+    equal, so it is no part of the study."""
     batch = options.batch
     if batch is None:
         batch = choose_batch(options.device, trials_left, options.workers)
+    threads = options.threads
+    if threads is None:
+        threads = choose_threads(usable_cores(), options.workers)
     compiled = use_compiled(options.impl, n_fit, options.epochs)
-    return Speed(compiled, batch, options.impl == "auto", options.batch is None)
+    return Speed(
+        compiled, batch, options.impl == "auto", options.batch is None, threads, options.threads is None
+    )
 
 
 def quiet_optuna() -> None:
@@ -296,16 +331,14 @@ def model_defaults(ref: str) -> dict[str, Any]:
     return defaults(resolve_factory(ref))
 
 
-def _setup_torch(options: TuneOptions, compiled: bool) -> int:
+def _setup_torch(threads: int, compiled: bool) -> None:
     import torch
 
-    threads = options.threads
     torch.set_num_threads(threads)
     if compiled:
         from purestep.core.step import set_compile_cache
 
         set_compile_cache()
-    return threads
 
 
 def tune(
@@ -338,16 +371,16 @@ def tune(
         queued = ensure_baseline(study, space, options.n_trials, model_defaults(options.model))
         left = options.n_trials - count(study.get_trials(deepcopy=False), TAKEN)
         speed = choose_speed(options, len(splits.y_fit), left)
-        options = replace(options, batch=speed.batch)  # worker processes take the number
-        threads = _setup_torch(options, speed.compiled)
-        outcome = _outcome(study, url, created, queued, speed, threads, start)
+        options = replace(options, batch=speed.batch, threads=speed.threads)  # workers take the numbers
+        _setup_torch(speed.threads, speed.compiled)
+        outcome = _outcome(study, url, created, queued, speed, start)
         on_ready(outcome)
         deadline = start + options.timeout if options.timeout else None
         if options.workers == 1:
             _run_here(study, options, splits, speed.compiled, deadline, start, progress)
         else:
             _run_workers(study, options, deadline, start, progress)
-        return _outcome(study, url, created, queued, speed, threads, start), data
+        return _outcome(study, url, created, queued, speed, start), data
 
 
 def _progress(
@@ -450,7 +483,8 @@ def run_worker(options: TuneOptions, index: int, deadline: float | None) -> int:
     data = load_data(options, download=False)
     splits = options.splits(data)
     compiled = use_compiled(options.impl, len(splits.y_fit), options.epochs)
-    _setup_torch(options, compiled)
+    assert options.threads is not None, "the parent passes the threads it decided"
+    _setup_torch(options.threads, compiled)
     storage = open_storage(url, create=False)
     with storage_errors(url):
         study = optuna.load_study(
@@ -520,7 +554,6 @@ def _outcome(
     created: bool,
     queued: bool,
     speed: Speed,
-    threads: int,
     start: float,
 ) -> Outcome:
     trials = study.get_trials(deepcopy=False)
@@ -532,7 +565,6 @@ def _outcome(
         created,
         queued,
         speed,
-        threads,
         count(trials, (TrialState.COMPLETE,)),
         count(trials, (TrialState.PRUNED,)),
         count(trials, (TrialState.FAIL,)),
