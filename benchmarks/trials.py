@@ -234,15 +234,15 @@ def main() -> None:
         plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
         plain += [str(args.epochs), str(args.n_trials), args.pruner]
         rows.append(("plain Optuna objective (nn.Module + DataLoader)", _timed(plain, env), ""))
-        variants = [(b, [*one_process, "--batch", b]) for b in ["1", *args.batches.split(",")]]
-        variants += [("defaults", [])] if args.defaults else []
-        for name, flags in variants:
+        variants = [(b, [*one_process, "--batch", b], env) for b in ["1", *args.batches.split(",")]]
+        variants += [("defaults", [], defaults_env)] if args.defaults else []
+        for name, flags, run_env in variants:
             run = tmp_path / f"run{name}"
             run.mkdir()
             usage = run / "usage.json"
             cmd = [sys.executable, "-m", "benchmarks.trials", "--cli", str(usage), *common, *flags]
             cmd += ["--storage", f"sqlite:///{run / 's.db'}", "--out", str(run)]
-            seconds = _timed(cmd, env if flags else defaults_env)
+            seconds = _timed(cmd, run_env)
             best = json.loads((run / "best.json").read_text())
             k, threads = best["batch"]["value"], best["threads"]["value"]
             names = {"1": "purestep sequential", "defaults": "purestep, no flags"}
