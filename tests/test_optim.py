@@ -1,5 +1,6 @@
 """Optimizer contract: eager functional == torch.optim bit for bit (SGD, RMSprop), 1e-6 relative
-(Adam); the union update == each optimizer alone, bit for bit."""
+(Adam), by the step any transform takes and by the eager step alike; the union update == each
+optimizer alone, and every eager update == its update, bit for bit."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ STEPS = 24
 
 
 def _run_both(config: OptimizerConfig, seed: int, hidden, batch: int, steps: int = STEPS):
-    """`steps` steps of the tutorial's loop and of the eager functional step on one batch stream."""
+    """`steps` steps of the tutorial's loop and of the functional step (`make_train_step`'s
+    default, and `eager=True`) on one batch stream; the eager step's params must be the default's."""
     model = mlp(20, hidden, 4)
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.rand(steps * batch, 1, 4, 5, generator=g)
@@ -40,18 +42,21 @@ def _run_both(config: OptimizerConfig, seed: int, hidden, batch: int, steps: int
     opt = torch_optimizer(config, module.parameters())
     loss_fn = nn.CrossEntropyLoss()
     optimizer = config.build()
-    step = make_train_step(model, optimizer)
+    steps_ = make_train_step(model, optimizer), make_train_step(model, optimizer, eager=True)
     params, buffers = model.init(seed)
-    state = optimizer.init(params)
+    runs = [(params, buffers, optimizer.init(params))] * 2
     for i in range(steps):
         xb, yb = x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]
         ref_loss = loss_fn(module(xb), yb)
         ref_loss.backward()
         opt.step()
         opt.zero_grad()
-        params, buffers, state, loss = step(params, buffers, state, xb, yb)
-        assert torch.equal(loss, ref_loss.detach()) or config.name in ("adam", "adamw")
-    return params, {k: v.detach() for k, v in module.named_parameters()}
+        out = [step(*run, xb, yb) for step, run in zip(steps_, runs)]
+        runs = [o[:3] for o in out]
+        for *_, loss in out:
+            assert torch.equal(loss, ref_loss.detach()) or config.name in ("adam", "adamw")
+    assert all(torch.equal(runs[0][0][k], runs[1][0][k]) for k in runs[0][0])
+    return runs[0][0], {k: v.detach() for k, v in module.named_parameters()}
 
 
 @given(
@@ -201,6 +206,20 @@ def test_union_steps_equal_each_optimizer_bitwise(config, shapes, seed):
         assert torch.equal(union_state[f"{UNION_SLOT.get(name, name)}.{leaf}" if leaf else key], value)
 
 
+@given(config=configs(), shapes=SHAPES, seed=st.integers(0, 10_000), union=st.booleans())
+def test_every_eager_update_is_its_update_bit_for_bit(config, shapes, seed, union):
+    """The eager update runs only each choice's own branch; its params and state are the bits
+    of the update that runs them all, step after step (signed zeros aside, as `torch.equal`)."""
+    optimizer = tunable(config) if union else config.build()
+    assert optimizer.eager_update is not None and optimizer.eager_update is not optimizer.update
+    params = _random_params(shapes, seed)
+    state = optimizer.init(params)
+    got = _walk(optimizer.eager_update, state, params, shapes, seed)
+    expected = _walk(optimizer.update, state, params, shapes, seed)
+    for mine, theirs in zip(got, expected):
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
 @given(
     trials=st.lists(configs(), min_size=2, max_size=6),
     shapes=SHAPES,
@@ -290,7 +309,8 @@ def test_every_sgd_shares_one_update_so_a_new_lr_is_new_data():
     assert adam(1e-3).update is adam(1e-2, weight_decay=0.1).update
 
 
-def test_update_writes_nothing_in_place():
+@pytest.mark.parametrize("eager", [False, True])
+def test_update_writes_nothing_in_place(eager):
     model = mlp(6, (5,), 3)
     params, buffers = model.init(0)
     optimizer = sgd(0.1, momentum=0.9, weight_decay=0.01)
@@ -298,7 +318,7 @@ def test_update_writes_nothing_in_place():
     x, y = torch.rand(4, 6), torch.tensor([0, 1, 2, 0])
     before_p = {k: v.clone() for k, v in params.items()}
     before_s = {k: v.clone() for k, v in state.items()}
-    step = make_train_step(model, optimizer)
+    step = make_train_step(model, optimizer, eager=eager)
     for _ in range(2):
         step(params, buffers, state, x, y)
     assert all(torch.equal(before_p[k], params[k]) for k in params)
@@ -317,12 +337,13 @@ def test_update_writes_nothing_in_place():
     ],
     ids=["sgd", "sgd momentum", "adam", "adamw", "rmsprop", "union"],
 )
-def test_update_returns_state_and_params_in_their_own_layout(optimizer):
+@pytest.mark.parametrize("eager", [False, True])
+def test_update_returns_state_and_params_in_their_own_layout(optimizer, eager):
     """Keys in `init`'s order, shapes, strides and dtypes: what a loop needs to skip guards."""
     model = mlp(6, (5,), 3)
     params, buffers = model.init(0)
     state = optimizer.init(params)
-    new_params, _, new_state, _ = make_train_step(model, optimizer)(
+    new_params, _, new_state, _ = make_train_step(model, optimizer, eager=eager)(
         params, buffers, state, torch.rand(4, 6), torch.tensor([0, 1, 2, 0])
     )
     assert steady((params, state), (new_params, new_state))

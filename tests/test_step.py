@@ -46,6 +46,48 @@ def test_eval_step_counts_loss_sum_and_correct():
     assert n_correct.item() == (logits.argmax(1) == y).sum().item()
 
 
+class _PartlyUsed(torch.nn.Module):
+    """A model with a param the loss never reaches: its gradient is zero, as `grad_and_value` says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.unused = torch.nn.Linear(64, 3), torch.nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x.flatten(1))
+
+
+@given(
+    which=st.sampled_from(["mlp", "cnn", "partly used"]),
+    optimizer=st.sampled_from(["sgd", "adam", "adamw", "rmsprop"]),
+    seed=st.integers(0, 1000),
+    batch=st.integers(2, 6),
+)
+def test_the_eager_step_is_the_transformable_step_bit_for_bit(which, optimizer, seed, batch):
+    """`eager=True` (plain autograd, eager update) returns the default step's params, buffers
+    (BatchNorm's running stats), state and loss, dropout's masks drawn alike."""
+    from purestep import OptimizerConfig, cnn, functional
+
+    models = {"mlp": mlp(64, (16,), 3), "cnn": cnn(classes=3, width=4, dense=8)}
+    model = models[which] if which in models else functional(_PartlyUsed)
+    config = OptimizerConfig(optimizer, lr=0.01, momentum=0.9, weight_decay=0.01, centered=True)
+    steps = [make_train_step(model, config.build(), eager=eager) for eager in (False, True)]
+    params, buffers = model.init(seed)
+    runs = [(params, buffers, config.build().init(params))] * 2
+    g = torch.Generator().manual_seed(seed)
+    for i in range(3):
+        x, y = torch.rand(batch, 1, 8, 8, generator=g), torch.randint(0, 3, (batch,), generator=g)
+        outs = []
+        for step, run in zip(steps, runs):
+            torch.manual_seed(seed + i)
+            outs.append(step(*run, x, y))
+        runs = [out[:3] for out in outs]
+        for a, b in zip(*outs):
+            a, b = (a, b) if isinstance(a, dict) else ({"": a}, {"": b})
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+            assert not any(v.requires_grad for v in b.values())
+
+
 @given(k=st.integers(1, 4), seed=st.integers(0, 1000), lr=st.floats(1e-3, 0.3), momentum=st.floats(0, 0.95))
 def test_batched_trials_equal_each_trial_alone(k, seed, lr, momentum):
     model = mlp(12, (8,), 3)

@@ -117,7 +117,8 @@ def steps_for(
     """
     key = (model, optimizer.update, compiled, batched, precision, loss)
     if key not in _STEPS:
-        train_step = make_train_step(model, optimizer, loss, precision)
+        eager = not (compiled or batched)
+        train_step = make_train_step(model, optimizer, loss, precision, eager=eager)
         eval_step = make_eval_step(model, loss, precision)
         if batched:
             train_step, eval_step = batch_over_trials(train_step), batch_eval_over_trials(eval_step)

@@ -33,10 +33,18 @@ OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 
 
 class Optimizer(NamedTuple):
-    """A pair of pure functions: `init(params) -> state`, `update(grads, state, params)`."""
+    """A pair of pure functions: `init(params) -> state`, `update(grads, state, params)`.
+
+    `eager_update`, when given, is `update` for steps that run as they are (no `torch.compile`,
+    no `vmap`): on the CPU it reads each per-trial choice (weight decay off, Nesterov, the
+    optimizer of a union state) from the state in Python and runs only the chosen arithmetic,
+    where `update` runs every branch and keeps one with `torch.where`. Same state in, same bits
+    out (zeros' signs aside).
+    """
 
     init: Callable[[Params], State]
     update: Callable[[Params, State, Params], tuple[Params, State]]
+    eager_update: Callable[[Params, State, Params], tuple[Params, State]] | None = None
 
 
 def _hyper(params: Params, **values: float) -> State:
@@ -77,6 +85,9 @@ _BUFFERS = {
 """Each family's per-parameter buffers, by their torch.optim names."""
 
 
+Choose = Callable[[Tensor], Flag]
+
+
 def _where(flag: Flag, if_on: Callable[[], Tensor], if_off: Callable[[], Tensor]) -> Tensor:
     """`if_on()` where `flag` holds, else `if_off()`: chosen in Python, or per trial by `torch.where`."""
     if isinstance(flag, bool):
@@ -84,27 +95,44 @@ def _where(flag: Flag, if_on: Callable[[], Tensor], if_off: Callable[[], Tensor]
     return torch.where(flag, if_on(), if_off())
 
 
-def _sgd_rule(state: State, dtype: torch.dtype, with_momentum: Flag = True) -> Rule:
+def _kept(flag: Tensor) -> Flag:
+    """A choice as compiled and vmapped updates take it: a tensor, every branch computed."""
+    return flag
+
+
+def _read(flag: Tensor) -> Flag:
+    """A choice as eager updates take it: read in Python on the CPU, so only its branch runs (a
+    0-d read costs far less than a pass over the params); on an accelerator, where a read would
+    wait for the device, left to `torch.where`."""
+    return bool(flag) if flag.device.type == "cpu" else flag
+
+
+def _sgd_rule(state: State, dtype: torch.dtype, choose: Choose, with_momentum: Flag = True) -> Rule:
     lr = state["lr"].to(dtype)
     momentum = state["momentum"].to(dtype)
-    keep = (1 - state["dampening"]).to(dtype)
     decay = state["weight_decay"].to(dtype)
+    decay_on = choose(state["weight_decay"] != 0)
+    nesterov = choose(state["nesterov"] != 0)
+    # torch.optim's first buffer is the gradient itself: 0 * (zero buffer) + 1 * g, so the
+    # choice is made on two 0-d coefficients rather than on every element.
     first = state["step"] == 0
-    nesterov = state["nesterov"] != 0
+    carry = torch.where(first, 0.0, momentum)
+    keep = torch.where(first, 1.0, (1 - state["dampening"]).to(dtype))
 
     def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
-        g = torch.addcmul(g, p, decay)
+        if decay_on is not False:
+            g = torch.addcmul(g, p, decay)
         if "momentum_buffer" in slots:
-            buf = torch.where(first, g, torch.addcmul(slots["momentum_buffer"] * momentum, g, keep))
+            buf = torch.addcmul(slots["momentum_buffer"] * carry, g, keep)
             slots = {"momentum_buffer": buf}
-            direction = torch.where(nesterov, torch.addcmul(g, buf, momentum), buf)
+            direction = _where(nesterov, lambda: torch.addcmul(g, buf, momentum), lambda: buf)
             g = _where(with_momentum, lambda: direction, lambda: g)
         return torch.addcmul(p, g, lr, value=-1), slots
 
     return rule
 
 
-def _adam_rule(state: State, dtype: torch.dtype) -> Rule:
+def _adam_rule(state: State, dtype: torch.dtype, choose: Choose) -> Rule:
     step = state["step"] + 1
     lr, beta1, beta2 = state["lr"], state["beta1"], state["beta2"]
     decoupled = state["decoupled"]
@@ -116,10 +144,14 @@ def _adam_rule(state: State, dtype: torch.dtype) -> Rule:
     eps = state["eps"].to(dtype)
     neg_step_size = (-lr / (1 - beta1**step)).to(dtype)
     bias_correction2_sqrt = torch.sqrt(1 - beta2**step).to(dtype)
+    decay_on = choose(state["weight_decay"] != 0)
+    decoupled_on = choose(decoupled != 0)
 
     def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
-        p = p * shrink
-        g = torch.addcmul(g, p, l2)
+        if decay_on is not False and decoupled_on is not False:
+            p = p * shrink
+        if decay_on is not False and decoupled_on is not True:
+            g = torch.addcmul(g, p, l2)
         m = torch.lerp(slots["exp_avg"], g, keep1)
         v = torch.addcmul(slots["exp_avg_sq"] * b2, g * keep2, g)
         denom = torch.sqrt(v) / bias_correction2_sqrt + eps
@@ -129,7 +161,7 @@ def _adam_rule(state: State, dtype: torch.dtype) -> Rule:
 
 
 def _rmsprop_rule(
-    state: State, dtype: torch.dtype, with_momentum: Flag = True, centered: Flag = True
+    state: State, dtype: torch.dtype, choose: Choose, with_momentum: Flag = True, centered: Flag = True
 ) -> Rule:
     lr = state["lr"].to(dtype)
     neg_lr = (-state["lr"]).to(dtype)
@@ -138,9 +170,11 @@ def _rmsprop_rule(
     eps = state["eps"].to(dtype)
     decay = state["weight_decay"].to(dtype)
     momentum = state["momentum"].to(dtype)
+    decay_on = choose(state["weight_decay"] != 0)
 
     def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
-        g = torch.addcmul(g, p, decay)
+        if decay_on is not False:
+            g = torch.addcmul(g, p, decay)
         square_avg = torch.addcmul(slots["square_avg"] * alpha, g * keep, g)
         new: Slots = {"square_avg": square_avg}
         if "grad_avg" in slots:
@@ -176,12 +210,27 @@ def _apply(rule: Rule, grads: Params, state: State, params: Params, family: str)
     return new_params, {key: new.get(key, state[key]) for key in state}
 
 
+Update = Callable[[Params, State, Params], tuple[Params, State]]
+
+
+def _updates(family: str, make_rule: Callable[[State, torch.dtype, Choose], Rule]) -> tuple[Update, Update]:
+    """`family`'s update (every branch, for compile and vmap) and its eager update (`Optimizer`),
+    named `_<family>_update` and `_<family>_eager_update` (a compiled step's cache key names it)."""
+
+    def made(choose: Choose, name: str) -> Update:
+        def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+            dtype = next(iter(params.values())).dtype
+            return _apply(make_rule(state, dtype, choose), grads, state, params, family)
+
+        update.__name__ = update.__qualname__ = name
+        return update
+
+    return made(_kept, f"_{family}_update"), made(_read, f"_{family}_eager_update")
+
+
 # --- The optimizers ----------------------------------------------------------------------
 
-
-def _sgd_update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-    dtype = next(iter(params.values())).dtype
-    return _apply(_sgd_rule(state, dtype), grads, state, params, "sgd")
+_sgd_update, _sgd_eager_update = _updates("sgd", _sgd_rule)
 
 
 def sgd(
@@ -227,12 +276,10 @@ def sgd(
             state |= _slots("momentum_buffer", params)
         return state
 
-    return Optimizer(init, _sgd_update)
+    return Optimizer(init, _sgd_update, _sgd_eager_update)
 
 
-def _adam_update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-    dtype = next(iter(params.values())).dtype
-    return _apply(_adam_rule(state, dtype), grads, state, params, "adam")
+_adam_update, _adam_eager_update = _updates("adam", _adam_rule)
 
 
 def _adam(lr: float, betas: tuple[float, float], eps: float, weight_decay: float, decoupled: bool):
@@ -255,7 +302,7 @@ def _adam(lr: float, betas: tuple[float, float], eps: float, weight_decay: float
         )
         return state | _slots("exp_avg", params) | _slots("exp_avg_sq", params)
 
-    return Optimizer(init, _adam_update)
+    return Optimizer(init, _adam_update, _adam_eager_update)
 
 
 def adam(
@@ -278,9 +325,7 @@ def adamw(
     return _adam(lr, betas, eps, weight_decay, decoupled=True)
 
 
-def _rmsprop_update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-    dtype = next(iter(params.values())).dtype
-    return _apply(_rmsprop_rule(state, dtype), grads, state, params, "rmsprop")
+_rmsprop_update, _rmsprop_eager_update = _updates("rmsprop", _rmsprop_rule)
 
 
 def rmsprop(
@@ -328,7 +373,7 @@ def rmsprop(
             state |= _slots("grad_avg", params)
         return state
 
-    return Optimizer(init, _rmsprop_update)
+    return Optimizer(init, _rmsprop_update, _rmsprop_eager_update)
 
 
 # --- One update for every optimizer, for tuning -------------------------------------------
@@ -352,36 +397,41 @@ _UNION_HYPER = {
 """Every hyperparameter a family reads; a trial's own optimizer sets its own, the tutorial's fill the rest."""
 
 
-def _union_over(families: tuple[str, ...]) -> Callable[[Params, State, Params], tuple[Params, State]]:
+def _union_over(families: tuple[str, ...], choose: Choose = _kept) -> Update:
     """The union update computing only `families`' rules: for stacks whose trials all use them
-    (an eager caller that knows; a compiled graph runs them all, `_union_update`)."""
+    (a vmapped caller that knows; a compiled graph runs them all, `_union_update`). With `_read`,
+    each trial's own family is read from its state and only its rule runs (`_union_eager_update`)."""
 
     def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
         dtype = next(iter(params.values())).dtype
-        with_momentum = state["momentum"] != 0
+        with_momentum = choose(state["momentum"] != 0)
+        centered = choose(state["centered"] != 0)
         rules = {
-            "sgd": lambda: _sgd_rule(state, dtype, with_momentum),
-            "adam": lambda: _adam_rule(state, dtype),
-            "rmsprop": lambda: _rmsprop_rule(state, dtype, with_momentum, state["centered"] != 0),
+            "sgd": lambda: _sgd_rule(state, dtype, choose, with_momentum),
+            "adam": lambda: _adam_rule(state, dtype, choose),
+            "rmsprop": lambda: _rmsprop_rule(state, dtype, choose, with_momentum, centered),
         }
-        built = {f: rules[f]() for f in families}
-        only = len(families) == 1
+        chosen = {f: choose(state["family"] == FAMILIES.index(f)) for f in families}
+        running = [f for f in families if chosen[f] is not False]
+        built = {f: rules[f]() for f in running}
+        only = len(running) == 1
         new_params: Params = {}
         new: State = {"step": state["step"] + 1}
         for k, p in params.items():
-            for i, family in enumerate(families):
-                chosen = state["family"] == FAMILIES.index(family)
+            for i, family in enumerate(running):
                 keys = {s: f"{_UNION_SLOT.get(s, s)}.{k}" for s in _BUFFERS[family]}
                 p_family, slots = built[family](p, grads[k], {s: state[key] for s, key in keys.items()})
-                new_params[k] = torch.where(chosen, p_family, new_params[k]) if i else p_family
+                new_params[k] = torch.where(chosen[family], p_family, new_params[k]) if i else p_family
                 for s, v in slots.items():
-                    new[keys[s]] = v if only else torch.where(chosen, v, new.get(keys[s], state[keys[s]]))
+                    previous = new.get(keys[s], state[keys[s]])
+                    new[keys[s]] = v if only else torch.where(chosen[family], v, previous)
         return new_params, {key: new.get(key, state[key]) for key in state}
 
     return update
 
 
 _union_update = _union_over(FAMILIES)
+_union_eager_update = _union_over(FAMILIES, _read)
 _FAMILY_UPDATES = {family: _union_over((family,)) for family in FAMILIES}
 
 
@@ -412,7 +462,7 @@ def tunable(config: OptimizerConfig) -> Optimizer:
             state |= _slots(buffer, params)
         return state
 
-    return Optimizer(init, _union_update)
+    return Optimizer(init, _union_update, _union_eager_update)
 
 
 @dataclass(frozen=True)

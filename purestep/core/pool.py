@@ -103,17 +103,15 @@ def pool_steps(
     return _STEPS[key]
 
 
-_SINGLE: dict[tuple[Model, LossName, str | None], TrainStep] = {}
+_SINGLE: dict[tuple[Model, LossName], TrainStep] = {}
 
 
-def _single_step(model: Model, loss: LossName, family: str | None) -> TrainStep:
-    """The eager pool's step for a stack of one: `pool_steps`'s train step, not vmapped."""
-    key = (model, loss, family)
+def _single_step(model: Model, loss: LossName) -> TrainStep:
+    """The eager pool's step for a stack of one: `pool_steps`'s train step, not vmapped (its
+    update reads the trial's own family from the state, `Optimizer.eager_update`)."""
+    key = (model, loss)
     if key not in _SINGLE:
-        update = tunable(OptimizerConfig())
-        if family is not None:
-            update = Optimizer(update.init, family_update(family))
-        _SINGLE[key] = make_train_step(model, update, loss, shape_free=True)
+        _SINGLE[key] = make_train_step(model, tunable(OptimizerConfig()), loss, shape_free=True, eager=True)
     return _SINGLE[key]
 
 
@@ -256,7 +254,7 @@ class Pool:
             if self.compiled or len(members) > 1:
                 params, buffers, state, losses = _call(train, self.compiled, trees, xb, yb, per_trial=True)
             else:  # one trial, eager: its plain step, without vmap's cost for a stack of one
-                alone = _single_step(lane.model, self.loss, family)
+                alone = _single_step(lane.model, self.loss)
                 out = alone(*({k: v[0] for k, v in tree.items()} for tree in trees), xb[0], yb[0])
                 params, buffers, state = ({k: v.unsqueeze(0) for k, v in tree.items()} for tree in out[:3])
                 losses = out[3].unsqueeze(0)

@@ -67,17 +67,45 @@ def make_train_step(
     loss: LossName = "cross_entropy",
     precision: Precision = "fp32",
     shape_free: bool = False,
+    eager: bool = False,
 ) -> TrainStep:
     """`train_step(params, buffers, state, x, y) -> (params, buffers, state, loss)`: one update, pure.
 
     `shape_free` computes the loss so that one compiled graph serves every batch and stack size.
+    `eager` gives the same step, bit for bit, for running as it is (never under `torch.compile`
+    or `vmap`): gradients by `torch.autograd.grad` rather than `grad_and_value`'s wrapped tensors,
+    and the optimizer's `eager_update`, which runs only each choice's own branch.
     """
-    grad_fn = grad_and_value(make_loss(model, loss, precision, shape_free), has_aux=True)
+    train_loss = make_loss(model, loss, precision, shape_free)
+    if eager:
+        return _eager_train_step(train_loss, optimizer.eager_update or optimizer.update)
+    grad_fn = grad_and_value(train_loss, has_aux=True)
 
     def train_step(params: Params, buffers: Buffers, state: State, x: Tensor, y: Tensor):
         grads, (value, buffers) = grad_fn(params, buffers, x, y)
         params, state = optimizer.update(grads, state, params)
         return params, buffers, state, value
+
+    return train_step
+
+
+def _eager_train_step(
+    train_loss: Callable[[Params, Buffers, Tensor, Tensor], tuple[Tensor, Buffers]],
+    update: Callable[[Params, State, Params], tuple[Params, State]],
+) -> TrainStep:
+    """The train step by plain autograd: the loss on leaves that alias `params` (nothing of the
+    caller's is written), their gradients, one update."""
+
+    def train_step(params: Params, buffers: Buffers, state: State, x: Tensor, y: Tensor):
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        with torch.enable_grad():
+            value, buffers = train_loss(leaves, buffers, x, y)
+        if value.requires_grad:
+            grads = torch.autograd.grad(value, tuple(leaves.values()), materialize_grads=True)
+        else:  # a loss that no param reaches: zero gradients, as grad_and_value gives
+            grads = tuple(torch.zeros_like(v) for v in leaves.values())
+        params, state = update(dict(zip(leaves, grads)), state, params)
+        return params, {k: v.detach() for k, v in buffers.items()}, state, value.detach()
 
     return train_step
 
