@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 from test_tune_cli import FAST, PURESTEP, _wait, finished, invoke, trials
 
 from purestep import load_dataset
-from purestep.search.objective import EVAL_BATCH_SIZE, TrialConfig, make_splits, train
-from purestep.search.space import default_space
+from purestep.search.objective import EVAL_BATCH_SIZE, TrialConfig, graph_settings, make_splits, train
+from purestep.search.space import default_space, parse_space
 from purestep.search.tune import (
     COMPILE_MIN_STEPS,
     CUDA_BATCH,
@@ -169,6 +169,10 @@ def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
     assert long.compiled and long.impl_auto
     gpu = choose_speed(_options(device="cuda", workers=2), n_fit=1150, trials_left=10)
     assert (gpu.batch, gpu.batch_auto) == (5, True)
+    warm = choose_speed(_options(), n_fit=1150, trials_left=30, saved=lambda: True)
+    assert warm.compiled and warm.impl_auto  # every graph saved: compiling costs nothing
+    for told in (_options(impl="eager"), _options(batch=4)):  # eager as given; a pool compiles its own
+        assert not choose_speed(told, n_fit=1150, trials_left=30, saved=lambda: True).compiled
     given = _options(device="cuda", impl="eager", batch=3, threads=5)
     given_ = choose_speed(given, n_fit=10**6, trials_left=1)
     assert given_.to_json() == {
@@ -178,6 +182,36 @@ def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
     }
 
 
+def test_graph_settings_cover_every_shape_a_space_can_draw() -> None:
+    settings = graph_settings(default_space())
+    assert settings is not None and sorted(s["batch_size"] for s in settings) == [32, 64, 128, 256]
+    assert len({TrialConfig.from_settings(s) for s in settings}) == 4
+    ranged = parse_space("[batch_size]\nlow = 16\nhigh = 256\n")
+    assert graph_settings(ranged) is None  # which graphs a range needs is open
+    widths = graph_settings(parse_space("[hidden]\nchoices = [64, 128]\n[batch_size]\nvalue = 32\n"))
+    assert sorted((s["hidden"], s["batch_size"]) for s in widths or []) == [(64, 32), (128, 32)]
+
+
+@pytest.mark.compile
+def test_auto_compiles_once_every_graph_of_the_run_is_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--impl auto` trains eager while compiling would cost time, and compiled once a run has saved
+    every graph the next run calls (here the study's; the final re-train's are not saved yet)."""
+    monkeypatch.setenv("PURESTEP_COMPILE_CACHE", str(tmp_path / "cache"))
+    space = tmp_path / "space.toml"
+    space.write_text("[batch_size]\nvalue = 64\n")
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    common = ["--space", str(space), "--storage", storage, "--json", "--out", str(tmp_path)]
+    runs = [([], "eager", "auto"), (["--impl", "compiled"], "compiled", "given"), ([], "compiled", "auto")]
+    for n, (flags, value, chosen) in enumerate(runs, start=1):
+        line, impl, _ = _speed(invoke("--n-trials", str(n), "--no-final", *flags, *common))
+        assert f"{value} steps ({chosen})" in line and impl == {"value": value, "chosen": chosen}
+    line, impl, _ = _speed(invoke("--n-trials", "4", *common))  # with the final re-train
+    assert impl == {"value": "eager", "chosen": "auto"}
+    assert len(finished(trials(storage))) == 4
+
+
 def _speed(result) -> tuple[str, dict, dict]:
     """The announce line and the `impl` and `batch` entries of `--json`."""
     assert result.exit_code == 0, result.output
@@ -185,7 +219,10 @@ def _speed(result) -> tuple[str, dict, dict]:
     return result.stderr.splitlines()[0], best["impl"], best["batch"]
 
 
-def test_tune_reports_what_it_picked_and_what_was_given_and_resumes_either_way(tmp_path: Path) -> None:
+def test_tune_reports_what_it_picked_and_what_was_given_and_resumes_either_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PURESTEP_COMPILE_CACHE", str(tmp_path / "cache"))  # nothing saved: auto is eager
     storage = f"sqlite:///{tmp_path / 's.db'}"
     common = ["--storage", storage, "--no-final", "--json", "--out", str(tmp_path)]
 

@@ -178,7 +178,12 @@ def tune(
     ] = "auto",
     val_fraction: ValFraction = None,
     impl: Annotated[
-        TuneImpl, typer.Option("--impl", help="Train eager or compiled; auto compiles only long trials.")
+        TuneImpl,
+        typer.Option(
+            "--impl",
+            help="Train eager or compiled; auto compiles long trials, and any run whose compiled "
+            "steps are all saved in the compile cache already (one trial at a time).",
+        ),
     ] = TuneImpl.auto,
     threads: Annotated[
         str,
@@ -244,6 +249,7 @@ def tune(
         model=model,
         model_args=parse_model_args(model_arg),
         loss=loss.value if loss is not None else None,
+        final=final,
     )
     line = _LiveLine(sys.stderr.isatty())
     try:

@@ -164,16 +164,27 @@ def build(
     return path
 
 
-def load(path: Path, parts: dict[str, Any]) -> tuple[Runner, Structure, bool] | None:
-    """The package at `path` as `run(leaves) -> leaves`, with its results' structure; None when
-    there is none, or its sidecar records other parts (never a graph built for other settings)."""
+def _sidecar(path: Path, parts: dict[str, Any]) -> dict[str, Any] | None:
+    """The sidecar of the package at `path` when both exist and it records `parts`, else None."""
     sidecar = path.with_suffix(".json")
     if not (path.exists() and sidecar.exists()):
         return None
     saved = json.loads(sidecar.read_text())
-    if saved["parts"] != json.loads(json.dumps(parts)):
+    return saved if saved["parts"] == json.loads(json.dumps(parts)) else None
+
+
+def saved(path: Path, parts: dict[str, Any]) -> bool:
+    """Whether `load(path, parts)` would find a package (nothing is loaded)."""
+    return _sidecar(path, parts) is not None
+
+
+def load(path: Path, parts: dict[str, Any]) -> tuple[Runner, Structure, bool] | None:
+    """The package at `path` as `run(leaves) -> leaves`, with its results' structure; None when
+    there is none, or its sidecar records other parts (never a graph built for other settings)."""
+    found = _sidecar(path, parts)
+    if found is None:
         return None
-    return _runner(path), saved["results"], saved["single"]
+    return _runner(path), found["results"], found["single"]
 
 
 def _runner(path: Path) -> Runner:

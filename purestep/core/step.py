@@ -267,6 +267,16 @@ class CompiledStep:
                 self._packages[layout] = _package_step(*found)
         return self._packages[layout]
 
+    def saved(self, *args: Any) -> bool:
+        """Whether a call with `args`' layout would run a package already saved in the compile
+        cache, and so compile nothing (nothing is built or loaded)."""
+        from purestep.core import artifacts
+
+        if self._key is None or _ARTIFACTS is None or artifacts.structure(args) is None:
+            return False
+        parts = artifacts.key(self._key, args, self._options_text())
+        return artifacts.saved(_ARTIFACTS / f"{artifacts.name(parts)}.pt2", parts)
+
     def direct(self) -> Callable[..., Any] | None:
         """The graph the last call ran, callable as the step itself; None if no graph ran (an
         eager stance, or the fast path off) or its inputs and results are not all the step's

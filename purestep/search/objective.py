@@ -230,6 +230,61 @@ def train(
     )
 
 
+_SHAPING = ("batch_size", "hidden", "layers")
+"""Settings that shape a compiled trial's graphs (with the `model.NAME` arguments); the rest are data."""
+
+
+def graph_settings(space: Space) -> list[dict[str, Scalar]] | None:
+    """One settings table per combination of the values that shape a compiled trial's graphs (batch
+    size, the model's widths and arguments), the rest at their first value; None when one of
+    those comes from a range, so which graphs a study needs is open."""
+    import itertools
+
+    def first(name: str, domain: Choices | Range) -> Scalar:
+        return domain.values[0] if isinstance(domain, Choices) else domain.low
+
+    varied: list[list[tuple[str, Scalar]]] = []
+    for p in space.params:
+        if p.key in _SHAPING or p.key.startswith(MODEL_PREFIX):
+            if isinstance(p.domain, Range):
+                return None
+            if isinstance(p.domain, Choices):
+                varied.append([(p.key, v) for v in p.domain.values])
+    base = sample(space, first).settings
+    return [base | dict(combo) for combo in itertools.product(*varied)]
+
+
+def steps_saved(
+    splits: Splits, space: Space, train_on: list[tuple[Tensor, Tensor]], eval_on: list[tuple[Tensor, Tensor]]
+) -> bool:
+    """Whether the compile cache holds a saved graph for every step a compiled study of `space`
+    calls: for each graph-shaping combination (`graph_settings`), the train step on the full and
+    the last batch of each `train_on` set and the eval step on each `eval_on` set. Then compiling
+    costs nothing; nothing is built or loaded here."""
+    from purestep.core.loop import steps_for
+    from purestep.core.step import CompiledStep
+
+    settings = graph_settings(space)
+    if settings is None:
+        return False
+    for config in {TrialConfig.from_settings(s) for s in settings}:
+        model = splits.model_for(config)
+        optimizer = optimizer_for(config, compiled=True)
+        train_step, eval_step = steps_for(model, optimizer, True, loss=splits.loss)
+        if not (isinstance(train_step, CompiledStep) and isinstance(eval_step, CompiledStep)):
+            return False
+        params, buffers = model.init(0, splits.x_fit.device)
+        state = optimizer.init(params)
+        calls = [
+            (train_step, (params, buffers, state), x, y, config.batch_size) for x, y in train_on
+        ] + [(eval_step, (params, buffers), x, y, EVAL_BATCH_SIZE) for x, y in eval_on]
+        for step, trees, x, y, batch in calls:
+            for rows in {min(batch, len(y)), len(y) % batch} - {0}:
+                if not step.saved(*trees, x[:rows], y[:rows]):
+                    return False
+    return True
+
+
 def optuna_suggest(trial: optuna.Trial) -> Callable[[str, Choices | Range], Scalar]:
     """`suggest(name, domain)` for `space.sample`, through an Optuna trial."""
 

@@ -101,6 +101,8 @@ class TuneOptions:
     model_args: dict[str, Any] = field(default_factory=dict)
     loss: str | None = None
     """None until the data is loaded: then the task's default (`resolve_for_data`)."""
+    final: bool = True
+    """Whether the run ends with the final re-train (`--final`): its graphs count in `--impl auto`."""
 
     @property
     def space(self) -> Space:
@@ -206,10 +208,11 @@ class Outcome:
     files: list[str] = field(default_factory=list)
 
 
-def use_compiled(impl: str, n_fit: int, epochs: int) -> bool:
-    """`eager`/`compiled` as asked; `auto` compiles when a trial at batch 64 has steps enough to repay it."""
+def use_compiled(impl: str, n_fit: int, epochs: int, saved: Callable[[], bool] = lambda: False) -> bool:
+    """`eager`/`compiled` as asked; `auto` compiles when a trial at batch 64 has steps enough to repay
+    it, or when compiling costs nothing: `saved()`, the compile cache holds every graph the run needs."""
     if impl == "auto":
-        return epochs * -(-n_fit // 64) >= COMPILE_MIN_STEPS
+        return epochs * -(-n_fit // 64) >= COMPILE_MIN_STEPS or saved()
     return impl == "compiled"
 
 
@@ -246,17 +249,20 @@ def choose_threads(cores: int, workers: int) -> int:
     return max(1, cores // max(workers, 1))
 
 
-def choose_speed(options: TuneOptions, n_fit: int, trials_left: int) -> Speed:
+def choose_speed(
+    options: TuneOptions, n_fit: int, trials_left: int, saved: Callable[[], bool] = lambda: False
+) -> Speed:
     """This run's eager-or-compiled, K and threads: as given, or picked from the work and the machine
     (`use_compiled`, `choose_batch`, `choose_threads`). A speed choice only: per DESIGN.md trials
-    equal, so it is no part of the study."""
+    equal, so it is no part of the study. `saved()` says whether the compile cache holds every
+    graph of the run (`saved_steps`); only one trial at a time runs saved graphs."""
     batch = options.batch
     if batch is None:
         batch = choose_batch(options.device, trials_left, options.workers)
     threads = options.threads
     if threads is None:
         threads = choose_threads(usable_cores(), options.workers)
-    compiled = use_compiled(options.impl, n_fit, options.epochs)
+    compiled = use_compiled(options.impl, n_fit, options.epochs, saved if batch == 1 else lambda: False)
     return Speed(
         compiled, batch, options.impl == "auto", options.batch is None, threads, options.threads is None
     )
@@ -331,6 +337,26 @@ def model_defaults(ref: str) -> dict[str, Any]:
     return defaults(resolve_factory(ref))
 
 
+def saved_steps(options: TuneOptions, splits: Splits, data: Dataset) -> Callable[[], bool]:
+    """`saved()` for `choose_speed`: whether the compile cache (`set_compile_cache()`) holds the
+    graph of every step a compiled run calls, the study's and, with `options.final`, the final
+    re-train's (the whole training set) and its test."""
+    from purestep.search.objective import steps_saved
+
+    def saved() -> bool:
+        from purestep.core.step import set_compile_cache
+
+        set_compile_cache()
+        train_on = [(splits.x_fit, splits.y_fit)]
+        eval_on = [(splits.x_val, splits.y_val)]
+        if options.final:
+            train_on.append((data.x_train, data.y_train))
+            eval_on += [(data.x_train, data.y_train), (data.x_test, data.y_test)]
+        return steps_saved(splits, options.space, train_on, eval_on)
+
+    return saved
+
+
 def _setup_torch(threads: int, compiled: bool) -> None:
     import torch
 
@@ -370,8 +396,9 @@ def tune(
         )
         queued = ensure_baseline(study, space, options.n_trials, model_defaults(options.model))
         left = options.n_trials - count(study.get_trials(deepcopy=False), TAKEN)
-        speed = choose_speed(options, len(splits.y_fit), left)
-        options = replace(options, batch=speed.batch, threads=speed.threads)  # workers take the numbers
+        speed = choose_speed(options, len(splits.y_fit), left, saved_steps(options, splits, data))
+        impl = "compiled" if speed.compiled else "eager"
+        options = replace(options, batch=speed.batch, threads=speed.threads, impl=impl)  # workers take them
         _setup_torch(speed.threads, speed.compiled)
         outcome = _outcome(study, url, created, queued, speed, start)
         on_ready(outcome)
