@@ -46,7 +46,8 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(COMPILE_CACHE)
 @pytest.fixture(autouse=True)
 def _compile_cache_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
     """`purestep train` and `tune` run in-process turn saved step packages on for the whole process
-    (`set_compile_cache`); each test leaves them as it found them (off)."""
+    and point inductor at their cache (`set_compile_cache`); each test leaves both as it found them."""
     from purestep.core import step
 
     monkeypatch.setattr(step, "_ARTIFACTS", step._ARTIFACTS)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ["TORCHINDUCTOR_CACHE_DIR"])

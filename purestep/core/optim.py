@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -38,8 +38,9 @@ class Optimizer(NamedTuple):
     `eager_update`, when given, is `update` for steps that run as they are (no `torch.compile`,
     no `vmap`): on the CPU it reads each per-trial choice (weight decay off, Nesterov, the
     optimizer of a union state) from the state in Python and runs only the chosen arithmetic,
-    where `update` runs every branch and keeps one with `torch.where`. Same state in, same bits
-    out (zeros' signs aside).
+    where `update` runs every branch and keeps one with `torch.where`, and passes scalar factors
+    to the kernels as torch.optim does. Same state in, same bits out for float32 and float64
+    params (zeros' signs aside).
     """
 
     init: Callable[[Params], State]
@@ -85,7 +86,8 @@ _BUFFERS = {
 """Each family's per-parameter buffers, by their torch.optim names."""
 
 
-Choose = Callable[[Tensor], Flag]
+Choose = Callable[[Tensor], Any]
+"""How an update takes a per-trial choice or value: as the 0-d tensor (`_kept`) or read (`_read`)."""
 
 
 def _where(flag: Flag, if_on: Callable[[], Tensor], if_off: Callable[[], Tensor]) -> Tensor:
@@ -95,16 +97,31 @@ def _where(flag: Flag, if_on: Callable[[], Tensor], if_off: Callable[[], Tensor]
     return torch.where(flag, if_on(), if_off())
 
 
-def _kept(flag: Tensor) -> Flag:
-    """A choice as compiled and vmapped updates take it: a tensor, every branch computed."""
+def _addcmul(x: Tensor, t1: Tensor, t2: Tensor, value: float | Tensor) -> Tensor:
+    """`x + value * t1 * t2`: a number goes to the kernel as torch.optim passes it; a 0-d tensor
+    (per trial) multiplies `t1` first, which rounds the same (the kernel's `value * t1` first)."""
+    if isinstance(value, Tensor):
+        return torch.addcmul(x, t1 * value, t2)
+    return torch.addcmul(x, t1, t2, value=value)
+
+
+def _addcdiv(x: Tensor, t1: Tensor, t2: Tensor, value: float | Tensor) -> Tensor:
+    """`x + value * t1 / t2`, as `_addcmul` takes `value`."""
+    if isinstance(value, Tensor):
+        return torch.addcdiv(x, t1 * value, t2)
+    return torch.addcdiv(x, t1, t2, value=value)
+
+
+def _kept(flag: Tensor) -> Tensor:
+    """A choice or value as compiled and vmapped updates take it: a tensor, every branch computed."""
     return flag
 
 
-def _read(flag: Tensor) -> Flag:
-    """A choice as eager updates take it: read in Python on the CPU, so only its branch runs (a
-    0-d read costs far less than a pass over the params); on an accelerator, where a read would
-    wait for the device, left to `torch.where`."""
-    return bool(flag) if flag.device.type == "cpu" else flag
+def _read(flag: Tensor) -> Any:
+    """A choice or value as eager updates take it: read in Python on the CPU, so only the chosen
+    branch runs and a value goes to the kernel as torch.optim passes it (a 0-d read costs far less
+    than a pass over the params); on an accelerator, where a read would wait for the device, kept."""
+    return flag.item() if flag.device.type == "cpu" else flag
 
 
 def _sgd_rule(state: State, dtype: torch.dtype, choose: Choose, with_momentum: Flag = True) -> Rule:
@@ -139,10 +156,10 @@ def _adam_rule(state: State, dtype: torch.dtype, choose: Choose) -> Rule:
     shrink = (1 - lr * state["weight_decay"] * decoupled).to(dtype)
     l2 = (state["weight_decay"] * (1 - decoupled)).to(dtype)
     keep1 = (1 - beta1).to(dtype)
-    keep2 = (1 - beta2).to(dtype)
+    keep2 = choose((1 - beta2).to(dtype))
     b2 = beta2.to(dtype)
     eps = state["eps"].to(dtype)
-    neg_step_size = (-lr / (1 - beta1**step)).to(dtype)
+    neg_step_size = choose((-lr / (1 - beta1**step)).to(dtype))
     bias_correction2_sqrt = torch.sqrt(1 - beta2**step).to(dtype)
     decay_on = choose(state["weight_decay"] != 0)
     decoupled_on = choose(decoupled != 0)
@@ -153,9 +170,9 @@ def _adam_rule(state: State, dtype: torch.dtype, choose: Choose) -> Rule:
         if decay_on is not False and decoupled_on is not True:
             g = torch.addcmul(g, p, l2)
         m = torch.lerp(slots["exp_avg"], g, keep1)
-        v = torch.addcmul(slots["exp_avg_sq"] * b2, g * keep2, g)
+        v = _addcmul(slots["exp_avg_sq"] * b2, g, g, keep2)
         denom = torch.sqrt(v) / bias_correction2_sqrt + eps
-        return torch.addcdiv(p, m * neg_step_size, denom), {"exp_avg": m, "exp_avg_sq": v}
+        return _addcdiv(p, m, denom, neg_step_size), {"exp_avg": m, "exp_avg_sq": v}
 
     return rule
 
@@ -164,18 +181,19 @@ def _rmsprop_rule(
     state: State, dtype: torch.dtype, choose: Choose, with_momentum: Flag = True, centered: Flag = True
 ) -> Rule:
     lr = state["lr"].to(dtype)
-    neg_lr = (-state["lr"]).to(dtype)
+    neg_lr = choose((-state["lr"]).to(dtype))
     alpha = state["alpha"].to(dtype)
     keep = (1 - state["alpha"]).to(dtype)
     eps = state["eps"].to(dtype)
     decay = state["weight_decay"].to(dtype)
     momentum = state["momentum"].to(dtype)
     decay_on = choose(state["weight_decay"] != 0)
+    choose_keep = choose(keep)
 
     def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
         if decay_on is not False:
             g = torch.addcmul(g, p, decay)
-        square_avg = torch.addcmul(slots["square_avg"] * alpha, g * keep, g)
+        square_avg = _addcmul(slots["square_avg"] * alpha, g, g, choose_keep)
         new: Slots = {"square_avg": square_avg}
         if "grad_avg" in slots:
             grad_avg = new["grad_avg"] = torch.lerp(slots["grad_avg"], g, keep)
@@ -189,7 +207,7 @@ def _rmsprop_rule(
         avg = avg + eps
 
         def plain() -> Tensor:
-            return torch.addcdiv(p, g * neg_lr, avg)
+            return _addcdiv(p, g, avg, neg_lr)
 
         if "momentum_buffer" not in slots:
             return plain(), new
