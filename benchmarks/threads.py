@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchmarks.rounds import Variant, alternate, fresh_study, print_ratios
 
 
 def main() -> None:
@@ -48,34 +47,15 @@ def main() -> None:
         tune += ["--pruner", "none", "--no-final"]
         workers = ["--workers", str(cores), "--threads", "1"]
         variants = {
-            "purestep, no flags": (tune, base),
-            "purestep --threads 1": ([*tune, "--threads", "1"], base),
-            f"purestep {' '.join(workers)}": ([*tune, *workers], base),
-            "plain objective, 1 thread": (plain, one),
-            "plain objective, torch's default threads": (plain, base),
+            "purestep, no flags": Variant(tune, base, args=fresh_study),
+            "purestep --threads 1": Variant([*tune, "--threads", "1"], base, args=fresh_study),
+            f"purestep {' '.join(workers)}": Variant([*tune, *workers], base, args=fresh_study),
+            "plain objective, 1 thread": Variant(plain, one),
+            "plain objective, torch's default threads": Variant(plain, base),
         }
-        walls: dict[str, list[float]] = {v: [] for v in variants}
         print(f"{args.dataset}, {args.epochs} epochs a trial, {args.n_trials} trials, {cores} cores\n")
-        print("| round | variant | wall s | load |")
-        print("| ---: | --- | ---: | ---: |")
-        for r in range(args.rounds):
-            order = list(variants) if r % 2 == 0 else list(reversed(variants))
-            for v in order:
-                cmd, env = variants[v]
-                if cmd is not plain:  # a fresh study for every purestep run
-                    out = Path(tmp) / f"run-{r}-{order.index(v)}"
-                    cmd = [*cmd, "--storage", f"sqlite:///{out / 's.db'}", "--out", str(out)]
-                    out.mkdir()
-                start = time.perf_counter()
-                subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                walls[v].append(time.perf_counter() - start)
-                print(f"| {r + 1} | {v} | {walls[v][-1]:.1f} | {os.getloadavg()[0]:.1f} |", flush=True)
-        ref = walls["purestep, no flags"]
-        print("\n| variant | median wall s | variant / no flags (median of rounds) |")
-        print("| --- | ---: | ---: |")
-        for v, w in walls.items():
-            ratio = statistics.median(x / n for x, n in zip(w, ref))
-            print(f"| {v} | {statistics.median(w):.1f} | {ratio:.2f} |")
+        walls = alternate(variants, args.rounds, Path(tmp) / "runs")
+    print_ratios(walls, "purestep, no flags")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""`purestep tune` as a user runs it, with no flags, against the plain Optuna objective at torch's
+default threads: with an empty compile cache, with every graph of the run saved there, and at other
+source trees; alternated round by round.
+
+    python -m benchmarks.defaults --dataset digits --epochs 10 --n-trials 64 --rounds 3 [--tree DIR ...]
+
+Each purestep run is a new process on a fresh SQLite study (random sampler seeded 0, no pruner,
+`--no-final`). "Empty cache" runs get a new, empty compile cache each. "Graphs saved" runs share one
+that an untimed `--impl compiled` run of the same study filled before the rounds: what a user's
+cache holds after one compiled run. `--tree DIR` adds purestep from another source tree (a
+`git archive` of an older commit), empty cache. Prints every run and, per variant, the median over
+rounds of its wall over the plain objective's in the same round (below 1: faster than plain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.rounds import Variant, alternate, fresh_study, print_ratios
+
+HERE = Path(__file__).resolve().parent.parent
+PLAIN = "plain objective, torch's default threads"
+
+
+def main() -> None:
+    """Fill the saved-graphs cache, run the rounds; print every run, then the median ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--n-trials", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-dir", default=None, help="FashionMNIST files here, else generated")
+    parser.add_argument("--tree", type=Path, action="append", default=[], help="another source tree")
+    args = parser.parse_args()
+    base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PURESTEP_OFFLINE": "1"}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        data_dir = args.data_dir or str(scratch / "data")
+        if args.dataset == "fashion-mnist" and args.data_dir is None:
+            from purestep.core.data import write_fake_mnist
+
+            write_fake_mnist(data_dir, "fashion-mnist", 60000, 10000)
+        plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
+        plain += [str(args.epochs), str(args.n_trials), "none"]
+        tune = [sys.executable, "-m", "purestep", "tune", "--dataset", args.dataset, "--data-dir", data_dir]
+        tune += ["--epochs", str(args.epochs), "--n-trials", str(args.n_trials), "--sampler", "random"]
+        tune += ["--pruner", "none", "--no-final"]
+
+        def empty_cache(run: Path) -> dict[str, str]:
+            return {"PURESTEP_COMPILE_CACHE": str(run / "cache")}
+
+        saved = base | {"PURESTEP_COMPILE_CACHE": str(scratch / "saved")}
+        start = time.perf_counter()
+        (scratch / "fill").mkdir()
+        fill = [*tune, "--impl", "compiled", *fresh_study(scratch / "fill")]
+        subprocess.run(
+            fill, check=True, env=saved, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        print(f"{args.dataset}, {args.epochs} epochs a trial, {args.n_trials} trials, {os.cpu_count()} cores")
+        print(
+            f"filling the saved-graphs cache (--impl compiled, cold): {time.perf_counter() - start:.1f} s\n"
+        )
+
+        variants = {PLAIN: Variant(plain, base, HERE)}
+        variants["purestep, no flags, empty cache"] = Variant(tune, base, HERE, fresh_study, empty_cache)
+        variants["purestep, no flags, graphs saved"] = Variant(tune, saved, HERE, fresh_study)
+        for tree in args.tree:
+            env = base | {"PYTHONPATH": str(tree.resolve())}
+            variants[f"purestep, no flags, {tree.name}"] = Variant(
+                tune, env, tree.resolve(), fresh_study, empty_cache
+            )
+        walls = alternate(variants, args.rounds, scratch / "runs")
+    print_ratios(walls, PLAIN)
+
+
+if __name__ == "__main__":
+    main()

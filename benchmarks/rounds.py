@@ -1,0 +1,64 @@
+"""Whole commands timed in alternated rounds, and their ratios within a round.
+
+A shared machine drifts over minutes, so variants run one after the other in each round, in
+reversed order every other round, and a variant is read by the median over rounds of its wall
+time over a reference variant's in the same round.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One command to time: `cmd` with `env`, started in `cwd`; `args(run_dir)` adds per-run arguments
+    (a fresh study and output folder, say) and `run_env(run_dir)` per-run variables."""
+
+    cmd: list[str]
+    env: dict[str, str]
+    cwd: Path | None = None
+    args: Callable[[Path], list[str]] = lambda run: []
+    run_env: Callable[[Path], dict[str, str]] = lambda run: {}
+
+
+def fresh_study(run: Path) -> list[str]:
+    """`purestep tune`'s arguments for a new SQLite study and output folder in the run's directory."""
+    return ["--storage", f"sqlite:///{run / 's.db'}", "--out", str(run)]
+
+
+def alternate(variants: dict[str, Variant], rounds: int, scratch: Path) -> dict[str, list[float]]:
+    """Run every variant once a round for `rounds` rounds; print each run (wall, load); return the walls."""
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    print("| round | variant | wall s | load |")
+    print("| ---: | --- | ---: | ---: |")
+    for r in range(rounds):
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for name in order:
+            v = variants[name]
+            run = scratch / f"run-{r}-{order.index(name)}"
+            run.mkdir(parents=True)
+            start = time.perf_counter()
+            subprocess.run(
+                [*v.cmd, *v.args(run)], check=True, env=v.env | v.run_env(run), cwd=v.cwd,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            walls[name].append(time.perf_counter() - start)
+            print(f"| {r + 1} | {name} | {walls[name][-1]:.1f} | {os.getloadavg()[0]:.1f} |", flush=True)
+    return walls
+
+
+def print_ratios(walls: dict[str, list[float]], reference: str) -> None:
+    """Per variant: the median wall, and the median over rounds of its wall over `reference`'s."""
+    ref = walls[reference]
+    print(f"\n| variant | median wall s | variant / {reference} (median of rounds) |")
+    print("| --- | ---: | ---: |")
+    for name, w in walls.items():
+        ratio = statistics.median(x / n for x, n in zip(w, ref))
+        print(f"| {name} | {statistics.median(w):.1f} | {ratio:.2f} |")
