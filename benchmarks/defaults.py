@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.rounds import Variant, alternate, fresh_study, print_ratios
+from benchmarks import rounds
 
 HERE = Path(__file__).resolve().parent.parent
 PLAIN = "plain objective, torch's default threads"
@@ -31,27 +30,14 @@ PLAIN = "plain objective, torch's default threads"
 def main() -> None:
     """Fill the saved-graphs cache, run the rounds; print every run, then the median ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--n-trials", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--data-dir", default=None, help="FashionMNIST files here, else generated")
+    rounds.study_arguments(parser)
     parser.add_argument("--tree", type=Path, action="append", default=[], help="another source tree")
     args = parser.parse_args()
-    base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PURESTEP_OFFLINE": "1"}
+    base = rounds.user_env()
 
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        data_dir = args.data_dir or str(scratch / "data")
-        if args.dataset == "fashion-mnist" and args.data_dir is None:
-            from purestep.core.data import write_fake_mnist
-
-            write_fake_mnist(data_dir, "fashion-mnist", 60000, 10000)
-        plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
-        plain += [str(args.epochs), str(args.n_trials), "none"]
-        tune = [sys.executable, "-m", "purestep", "tune", "--dataset", args.dataset, "--data-dir", data_dir]
-        tune += ["--epochs", str(args.epochs), "--n-trials", str(args.n_trials), "--sampler", "random"]
-        tune += ["--pruner", "none", "--no-final"]
+        plain, tune = rounds.study_commands(args, scratch)
 
         def empty_cache(run: Path) -> dict[str, str]:
             return {"PURESTEP_COMPILE_CACHE": str(run / "cache")}
@@ -59,7 +45,7 @@ def main() -> None:
         saved = base | {"PURESTEP_COMPILE_CACHE": str(scratch / "saved")}
         start = time.perf_counter()
         (scratch / "fill").mkdir()
-        fill = [*tune, "--impl", "compiled", *fresh_study(scratch / "fill")]
+        fill = [*tune, "--impl", "compiled", *rounds.fresh_study(scratch / "fill")]
         subprocess.run(
             fill, check=True, env=saved, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -68,16 +54,18 @@ def main() -> None:
             f"filling the saved-graphs cache (--impl compiled, cold): {time.perf_counter() - start:.1f} s\n"
         )
 
-        variants = {PLAIN: Variant(plain, base, HERE)}
-        variants["purestep, no flags, empty cache"] = Variant(tune, base, HERE, fresh_study, empty_cache)
-        variants["purestep, no flags, graphs saved"] = Variant(tune, saved, HERE, fresh_study)
+        variants = {PLAIN: rounds.Variant(plain, base, HERE)}
+        variants["purestep, no flags, empty cache"] = rounds.Variant(
+            tune, base, HERE, rounds.fresh_study, empty_cache
+        )
+        variants["purestep, no flags, graphs saved"] = rounds.Variant(tune, saved, HERE, rounds.fresh_study)
         for tree in args.tree:
             env = base | {"PYTHONPATH": str(tree.resolve())}
-            variants[f"purestep, no flags, {tree.name}"] = Variant(
-                tune, env, tree.resolve(), fresh_study, empty_cache
+            variants[f"purestep, no flags, {tree.name}"] = rounds.Variant(
+                tune, env, tree.resolve(), rounds.fresh_study, empty_cache
             )
-        walls = alternate(variants, args.rounds, scratch / "runs")
-    print_ratios(walls, PLAIN)
+        walls = rounds.alternate(variants, args.rounds, scratch / "runs")
+    rounds.print_ratios(walls, PLAIN)
 
 
 if __name__ == "__main__":

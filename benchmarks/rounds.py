@@ -7,9 +7,11 @@ time over a reference variant's in the same round.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,37 @@ class Variant:
     cwd: Path | None = None
     args: Callable[[Path], list[str]] = lambda run: []
     run_env: Callable[[Path], dict[str, str]] = lambda run: {}
+
+
+def study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a whole-study comparison: which study, how many rounds, where the data is."""
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--n-trials", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-dir", default=None, help="FashionMNIST files here, else generated")
+
+
+def user_env() -> dict[str, str]:
+    """The environment both sides run in as a user runs them: torch's default threads, offline."""
+    return {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PURESTEP_OFFLINE": "1"}
+
+
+def study_commands(args: argparse.Namespace, scratch: Path) -> tuple[list[str], list[str]]:
+    """The plain Optuna objective's command and `purestep tune`'s (random sampler seeded 0, no
+    pruner, `--no-final`) for `args`' study; FashionMNIST-shaped files are generated in `scratch`
+    when no `--data-dir` holds them."""
+    data_dir = args.data_dir or str(scratch / "data")
+    if args.dataset == "fashion-mnist" and args.data_dir is None:
+        from purestep.core.data import write_fake_mnist
+
+        write_fake_mnist(data_dir, "fashion-mnist", 60000, 10000)
+    plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
+    plain += [str(args.epochs), str(args.n_trials), "none"]
+    tune = [sys.executable, "-m", "purestep", "tune", "--dataset", args.dataset, "--data-dir", data_dir]
+    tune += ["--epochs", str(args.epochs), "--n-trials", str(args.n_trials), "--sampler", "random"]
+    tune += ["--pruner", "none", "--no-final"]
+    return plain, tune
 
 
 def fresh_study(run: Path) -> list[str]:

@@ -14,37 +14,31 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.rounds import Variant, alternate, fresh_study, print_ratios
+from benchmarks.rounds import (
+    Variant,
+    alternate,
+    fresh_study,
+    print_ratios,
+    study_arguments,
+    study_commands,
+    user_env,
+)
 
 
 def main() -> None:
     """Run the rounds; print every run, then the median ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--n-trials", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--data-dir", default=None, help="FashionMNIST files here, else generated")
+    study_arguments(parser)
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
-    base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PURESTEP_OFFLINE": "1"}
+    base = user_env()
     one = base | {"OMP_NUM_THREADS": "1"}
 
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = args.data_dir or str(Path(tmp) / "data")
-        if args.dataset == "fashion-mnist" and args.data_dir is None:
-            from purestep.core.data import write_fake_mnist
-
-            write_fake_mnist(data_dir, "fashion-mnist", 60000, 10000)
-        plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
-        plain += [str(args.epochs), str(args.n_trials), "none"]
-        tune = [sys.executable, "-m", "purestep", "tune", "--dataset", args.dataset, "--data-dir", data_dir]
-        tune += ["--epochs", str(args.epochs), "--n-trials", str(args.n_trials), "--sampler", "random"]
-        tune += ["--pruner", "none", "--no-final"]
+        plain, tune = study_commands(args, Path(tmp))
         workers = ["--workers", str(cores), "--threads", "1"]
         variants = {
             "purestep, no flags": Variant(tune, base, args=fresh_study),
