@@ -226,7 +226,11 @@ def test_tune_reports_what_it_picked_and_what_was_given_and_resumes_either_way(
     storage = f"sqlite:///{tmp_path / 's.db'}"
     common = ["--storage", storage, "--no-final", "--json", "--out", str(tmp_path)]
 
+    from purestep.core import step
+
+    before = step._ARTIFACTS, os.environ["TORCHINDUCTOR_CACHE_DIR"]
     line, impl, batch = _speed(invoke("--n-trials", "3", *common))
+    assert (step._ARTIFACTS, os.environ["TORCHINDUCTOR_CACHE_DIR"]) == before  # looking set nothing
     n = usable_cores()
     threads = "1 thread" if n == 1 else f"{n} threads"
     assert f"(new study); eager steps (auto), 1 trial at a time (auto), {threads} (auto)" in line

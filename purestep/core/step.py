@@ -145,8 +145,13 @@ def set_compile_cache(path: str | os.PathLike[str] | None = None) -> Path:
     path = Path(path if path is not None else default_compile_cache()).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
-    _ARTIFACTS = path / "steps"
+    _ARTIFACTS = packages_folder(path)
     return path
+
+
+def packages_folder(path: str | os.PathLike[str] | None = None) -> Path:
+    """Where `set_compile_cache(path)` keeps compiled steps' packages (nothing is set or made)."""
+    return Path(path if path is not None else default_compile_cache()).expanduser().resolve() / "steps"
 
 
 _ARTIFACTS: Path | None = None
@@ -267,15 +272,17 @@ class CompiledStep:
                 self._packages[layout] = _package_step(*found)
         return self._packages[layout]
 
-    def saved(self, *args: Any) -> bool:
-        """Whether a call with `args`' layout would run a package already saved in the compile
-        cache, and so compile nothing (nothing is built or loaded)."""
+    def saved(self, *args: Any, folder: Path | None = None) -> bool:
+        """Whether a call with `args`' layout would run a package already saved in `folder`
+        (default: the one `set_compile_cache` set), and so compile nothing; nothing is built,
+        loaded or set."""
         from purestep.core import artifacts
 
-        if self._key is None or _ARTIFACTS is None or artifacts.structure(args) is None:
+        folder = folder or _ARTIFACTS
+        if self._key is None or folder is None or artifacts.structure(args) is None:
             return False
         parts = artifacts.key(self._key, args, self._options_text())
-        return artifacts.saved(_ARTIFACTS / f"{artifacts.name(parts)}.pt2", parts)
+        return artifacts.saved(folder / f"{artifacts.name(parts)}.pt2", parts)
 
     def direct(self) -> Callable[..., Any] | None:
         """The graph the last call ran, callable as the step itself; None if no graph ran (an

@@ -18,6 +18,8 @@ from purestep.core.settings import tutorial
 from purestep.search.space import MODEL_PREFIX, Choices, Range, Sample, Scalar, Space, model_args, sample
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import optuna
     from torch import Tensor
 
@@ -255,12 +257,16 @@ def graph_settings(space: Space) -> list[dict[str, Scalar]] | None:
 
 
 def steps_saved(
-    splits: Splits, space: Space, train_on: list[tuple[Tensor, Tensor]], eval_on: list[tuple[Tensor, Tensor]]
+    splits: Splits,
+    space: Space,
+    train_on: list[tuple[Tensor, Tensor]],
+    eval_on: list[tuple[Tensor, Tensor]],
+    folder: Path,
 ) -> bool:
-    """Whether the compile cache holds a saved graph for every step a compiled study of `space`
-    calls: for each graph-shaping combination (`graph_settings`), the train step on the full and
-    the last batch of each `train_on` set and the eval step on each `eval_on` set. Then compiling
-    costs nothing; nothing is built or loaded here."""
+    """Whether `folder` (`packages_folder()`) holds a saved graph for every step a compiled study
+    of `space` calls: for each graph-shaping combination (`graph_settings`), the train step on the
+    full and the last batch of each `train_on` set and the eval step on each `eval_on` set. Then
+    compiling costs nothing; nothing is built, loaded or set here."""
     from purestep.core.loop import steps_for
     from purestep.core.step import CompiledStep
 
@@ -280,7 +286,7 @@ def steps_saved(
         ] + [(eval_step, (params, buffers), x, y, EVAL_BATCH_SIZE) for x, y in eval_on]
         for step, trees, x, y, batch in calls:
             for rows in {min(batch, len(y)), len(y) % batch} - {0}:
-                if not step.saved(*trees, x[:rows], y[:rows]):
+                if not step.saved(*trees, x[:rows], y[:rows], folder=folder):
                     return False
     return True
 

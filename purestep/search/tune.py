@@ -338,21 +338,20 @@ def model_defaults(ref: str) -> dict[str, Any]:
 
 
 def saved_steps(options: TuneOptions, splits: Splits, data: Dataset) -> Callable[[], bool]:
-    """`saved()` for `choose_speed`: whether the compile cache (`set_compile_cache()`) holds the
-    graph of every step a compiled run calls, the study's and, with `options.final`, the final
+    """`saved()` for `choose_speed`: whether the compile cache (`default_compile_cache()`) holds
+    the graph of every step a compiled run calls, the study's and, with `options.final`, the final
     re-train's (the whole training set) and its test."""
     from purestep.search.objective import steps_saved
 
     def saved() -> bool:
-        from purestep.core.step import set_compile_cache
+        from purestep.core.step import packages_folder
 
-        set_compile_cache()
         train_on = [(splits.x_fit, splits.y_fit)]
         eval_on = [(splits.x_val, splits.y_val)]
         if options.final:
             train_on.append((data.x_train, data.y_train))
             eval_on += [(data.x_train, data.y_train), (data.x_test, data.y_test)]
-        return steps_saved(splits, options.space, train_on, eval_on)
+        return steps_saved(splits, options.space, train_on, eval_on, packages_folder())
 
     return saved
 
