@@ -197,19 +197,26 @@ def test_auto_compiles_once_every_graph_of_the_run_is_saved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--impl auto` trains eager while compiling would cost time, and compiled once a run has saved
-    every graph the next run calls (here the study's; the final re-train's are not saved yet)."""
+    every graph the study calls; the final re-train, likewise, once its own graphs are saved."""
     monkeypatch.setenv("PURESTEP_COMPILE_CACHE", str(tmp_path / "cache"))
     space = tmp_path / "space.toml"
     space.write_text("[batch_size]\nvalue = 64\n")
     storage = f"sqlite:///{tmp_path / 's.db'}"
     common = ["--space", str(space), "--storage", storage, "--json", "--out", str(tmp_path)]
-    runs = [([], "eager", "auto"), (["--impl", "compiled"], "compiled", "given"), ([], "compiled", "auto")]
-    for n, (flags, value, chosen) in enumerate(runs, start=1):
-        line, impl, _ = _speed(invoke("--n-trials", str(n), "--no-final", *flags, *common))
+    compiled = ["--impl", "compiled"]
+    runs = [  # flags, the study's pick, and the final re-train's (None: --no-final)
+        ([], ("eager", "auto"), None),
+        (compiled, ("compiled", "given"), None),  # saves the study's graphs
+        ([], ("compiled", "auto"), "eager"),  # the re-train's are not saved yet
+        (compiled, ("compiled", "given"), "compiled"),  # saves them
+        ([], ("compiled", "auto"), "compiled"),
+    ]
+    for n, (flags, (value, chosen), final) in enumerate(runs, start=1):
+        result = invoke("--n-trials", str(n), *flags, *common, *([] if final else ["--no-final"]))
+        line, impl, _ = _speed(result)
         assert f"{value} steps ({chosen})" in line and impl == {"value": value, "chosen": chosen}
-    line, impl, _ = _speed(invoke("--n-trials", "4", *common))  # with the final re-train
-    assert impl == {"value": "eager", "chosen": "auto"}
-    assert len(finished(trials(storage))) == 4
+        assert (json.loads(result.stdout).get("final") or {}).get("impl") == final
+    assert len(finished(trials(storage))) == len(runs)
 
 
 def _speed(result) -> tuple[str, dict, dict]:

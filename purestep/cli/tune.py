@@ -249,7 +249,6 @@ def tune(
         model=model,
         model_args=parse_model_args(model_arg),
         loss=loss.value if loss is not None else None,
-        final=final,
     )
     line = _LiveLine(sys.stderr.isatty())
     try:

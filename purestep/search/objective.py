@@ -256,24 +256,29 @@ def graph_settings(space: Space) -> list[dict[str, Scalar]] | None:
     return [base | dict(combo) for combo in itertools.product(*varied)]
 
 
+def space_configs(space: Space) -> set[TrialConfig] | None:
+    """A config for each graph-shaping combination a space can draw (`graph_settings`)."""
+    settings = graph_settings(space)
+    return None if settings is None else {TrialConfig.from_settings(s) for s in settings}
+
+
 def steps_saved(
     splits: Splits,
-    space: Space,
+    configs: set[TrialConfig] | None,
     train_on: list[tuple[Tensor, Tensor]],
     eval_on: list[tuple[Tensor, Tensor]],
     folder: Path,
 ) -> bool:
-    """Whether `folder` (`packages_folder()`) holds a saved graph for every step a compiled study
-    of `space` calls: for each graph-shaping combination (`graph_settings`), the train step on the
-    full and the last batch of each `train_on` set and the eval step on each `eval_on` set. Then
-    compiling costs nothing; nothing is built, loaded or set here."""
+    """Whether `folder` (`packages_folder()`) holds a saved graph for every step compiled training
+    of `configs` calls (None: configs not known, False): the train step on the full and the last
+    batch of each `train_on` set and the eval step on each `eval_on` set. Then compiling costs
+    nothing; nothing is built, loaded or set here."""
     from purestep.core.loop import steps_for
     from purestep.core.step import CompiledStep
 
-    settings = graph_settings(space)
-    if settings is None:
+    if configs is None:
         return False
-    for config in {TrialConfig.from_settings(s) for s in settings}:
+    for config in configs:
         model = splits.model_for(config)
         optimizer = optimizer_for(config, compiled=True)
         train_step, eval_step = steps_for(model, optimizer, True, loss=splits.loss)

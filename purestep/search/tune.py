@@ -101,8 +101,6 @@ class TuneOptions:
     model_args: dict[str, Any] = field(default_factory=dict)
     loss: str | None = None
     """None until the data is loaded: then the task's default (`resolve_for_data`)."""
-    final: bool = True
-    """Whether the run ends with the final re-train (`--final`): its graphs count in `--impl auto`."""
 
     @property
     def space(self) -> Space:
@@ -337,23 +335,33 @@ def model_defaults(ref: str) -> dict[str, Any]:
     return defaults(resolve_factory(ref))
 
 
-def saved_steps(options: TuneOptions, splits: Splits, data: Dataset) -> Callable[[], bool]:
+def saved_steps(options: TuneOptions, splits: Splits) -> Callable[[], bool]:
     """`saved()` for `choose_speed`: whether the compile cache (`default_compile_cache()`) holds
-    the graph of every step a compiled run calls, the study's and, with `options.final`, the final
-    re-train's (the whole training set) and its test."""
-    from purestep.search.objective import steps_saved
+    the graph of every step the study's compiled trials call (`steps_saved`)."""
 
     def saved() -> bool:
         from purestep.core.step import packages_folder
+        from purestep.search.objective import space_configs, steps_saved
 
-        train_on = [(splits.x_fit, splits.y_fit)]
-        eval_on = [(splits.x_val, splits.y_val)]
-        if options.final:
-            train_on.append((data.x_train, data.y_train))
-            eval_on += [(data.x_train, data.y_train), (data.x_test, data.y_test)]
-        return steps_saved(splits, options.space, train_on, eval_on, packages_folder())
+        sets = [(splits.x_fit, splits.y_fit)], [(splits.x_val, splits.y_val)]
+        return steps_saved(splits, space_configs(options.space), *sets, packages_folder())
 
     return saved
+
+
+def final_compiled(
+    config: TrialConfig, data: Dataset, splits: Splits, options: TuneOptions, speed: Speed
+) -> bool:
+    """Whether the final re-train of `config` runs compiled: as the study did, except that a study
+    compiled by `--impl auto` only because its graphs were saved re-trains eager unless the re-train's
+    (the whole training set, the test set) are saved too, or it is long enough to repay compiling."""
+    from purestep.core.step import packages_folder
+    from purestep.search.objective import steps_saved
+
+    if not (speed.compiled and speed.impl_auto) or use_compiled("auto", len(data.y_train), options.epochs):
+        return speed.compiled
+    sets = [(data.x_train, data.y_train)], [(data.x_train, data.y_train), (data.x_test, data.y_test)]
+    return steps_saved(splits, {config}, *sets, packages_folder())
 
 
 def _setup_torch(threads: int, compiled: bool) -> None:
@@ -395,7 +403,7 @@ def tune(
         )
         queued = ensure_baseline(study, space, options.n_trials, model_defaults(options.model))
         left = options.n_trials - count(study.get_trials(deepcopy=False), TAKEN)
-        speed = choose_speed(options, len(splits.y_fit), left, saved_steps(options, splits, data))
+        speed = choose_speed(options, len(splits.y_fit), left, saved_steps(options, splits))
         impl = "compiled" if speed.compiled else "eager"
         options = replace(options, batch=speed.batch, threads=speed.threads, impl=impl)  # workers take them
         _setup_torch(speed.threads, speed.compiled)
@@ -623,7 +631,8 @@ def final_train(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path
     config = outcome.best_config
     splits = options.splits(data)
     began = time.perf_counter()
-    result, test = _retrain(config, data, splits, options, outcome.speed.compiled)
+    compiled = final_compiled(config, data, splits, options, outcome.speed)
+    result, test = _retrain(config, data, splits, options, compiled)
     seconds = time.perf_counter() - began
     weights = out / "best.safetensors"
     final = {
@@ -633,10 +642,12 @@ def final_train(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path
         "epochs": options.epochs,
         "seconds": round(seconds, 3),
         "weights": weights.name,
+        "impl": "compiled" if compiled else "eager",
     }
     if outcome.baseline is not None:
         tutorial = TrialConfig.from_settings(settings_of(options.space, outcome.baseline.params))
-        final["baseline"] = _retrain(tutorial, data, splits, options, outcome.speed.compiled)[1]
+        compiled = final_compiled(tutorial, data, splits, options, outcome.speed)
+        final["baseline"] = _retrain(tutorial, data, splits, options, compiled)[1]
     meta = {
         "study": outcome.study,
         "trial": outcome.best.number,
