@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from test_tune_cli import FAST, PURESTEP, _wait, finished, invoke, trials
 
 from purestep import load_dataset
-from purestep.search.objective import EVAL_BATCH_SIZE, TrialConfig, graph_settings, make_splits, train
+from purestep.search.objective import EVAL_BATCH_SIZE, TrialConfig, graph_configs, make_splits, train
 from purestep.search.space import default_space, parse_space
 from purestep.search.tune import (
     COMPILE_MIN_STEPS,
@@ -182,14 +182,14 @@ def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
     }
 
 
-def test_graph_settings_cover_every_shape_a_space_can_draw() -> None:
-    settings = graph_settings(default_space())
-    assert settings is not None and sorted(s["batch_size"] for s in settings) == [32, 64, 128, 256]
-    assert len({TrialConfig.from_settings(s) for s in settings}) == 4
+def test_graph_configs_cover_every_shape_a_space_can_draw() -> None:
+    configs = graph_configs(default_space())
+    assert configs is not None and sorted(c.batch_size for c in configs) == [32, 64, 128, 256]
+    assert len(configs) == 4
     ranged = parse_space("[batch_size]\nlow = 16\nhigh = 256\n")
-    assert graph_settings(ranged) is None  # which graphs a range needs is open
-    widths = graph_settings(parse_space("[hidden]\nchoices = [64, 128]\n[batch_size]\nvalue = 32\n"))
-    assert sorted((s["hidden"], s["batch_size"]) for s in widths or []) == [(64, 32), (128, 32)]
+    assert graph_configs(ranged) is None  # which graphs a range needs is open
+    widths = graph_configs(parse_space("[hidden]\nchoices = [64, 128]\n[batch_size]\nvalue = 32\n"))
+    assert sorted((c.hidden, c.batch_size) for c in widths or []) == [(64, 32), (128, 32)]
 
 
 @pytest.mark.compile

@@ -236,8 +236,8 @@ _SHAPING = ("batch_size", "hidden", "layers")
 """Settings that shape a compiled trial's graphs (with the `model.NAME` arguments); the rest are data."""
 
 
-def graph_settings(space: Space) -> list[dict[str, Scalar]] | None:
-    """One settings table per combination of the values that shape a compiled trial's graphs (batch
+def graph_configs(space: Space) -> set[TrialConfig] | None:
+    """A config for each combination of the values that shape a compiled trial's graphs (batch
     size, the model's widths and arguments), the rest at their first value; None when one of
     those comes from a range, so which graphs a study needs is open."""
     import itertools
@@ -253,13 +253,7 @@ def graph_settings(space: Space) -> list[dict[str, Scalar]] | None:
             if isinstance(p.domain, Choices):
                 varied.append([(p.key, v) for v in p.domain.values])
     base = sample(space, first).settings
-    return [base | dict(combo) for combo in itertools.product(*varied)]
-
-
-def space_configs(space: Space) -> set[TrialConfig] | None:
-    """A config for each graph-shaping combination a space can draw (`graph_settings`)."""
-    settings = graph_settings(space)
-    return None if settings is None else {TrialConfig.from_settings(s) for s in settings}
+    return {TrialConfig.from_settings(base | dict(combo)) for combo in itertools.product(*varied)}
 
 
 def steps_saved(

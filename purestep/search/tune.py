@@ -208,7 +208,7 @@ class Outcome:
 
 def use_compiled(impl: str, n_fit: int, epochs: int, saved: Callable[[], bool] = lambda: False) -> bool:
     """`eager`/`compiled` as asked; `auto` compiles when a trial at batch 64 has steps enough to repay
-    it, or when compiling costs nothing: `saved()`, the compile cache holds every graph the run needs."""
+    it, or when compiling costs nothing: `saved()`, the compile cache holds every graph the study needs."""
     if impl == "auto":
         return epochs * -(-n_fit // 64) >= COMPILE_MIN_STEPS or saved()
     return impl == "compiled"
@@ -341,10 +341,10 @@ def saved_steps(options: TuneOptions, splits: Splits) -> Callable[[], bool]:
 
     def saved() -> bool:
         from purestep.core.step import packages_folder
-        from purestep.search.objective import space_configs, steps_saved
+        from purestep.search.objective import graph_configs, steps_saved
 
         sets = [(splits.x_fit, splits.y_fit)], [(splits.x_val, splits.y_val)]
-        return steps_saved(splits, space_configs(options.space), *sets, packages_folder())
+        return steps_saved(splits, graph_configs(options.space), *sets, packages_folder())
 
     return saved
 
