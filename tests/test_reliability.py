@@ -37,7 +37,13 @@ from purestep.search.storage import HeartbeatRDBStorage, open_storage, parse_sto
 N = 6
 WORKERS = 3
 # A trial of 20 epochs lasts long enough to be caught running (seconds); 2 epochs keep the rest fast.
-SLOW = ["--epochs", "20", "--pruner", "none"]
+def _slow(out: Path) -> list[str]:
+    """Trials long enough to catch mid-way and signal before they end, whatever their sampled
+    optimizer: 100 epochs at batch 32 (about 3600 steps, seconds on one thread); a sampled batch of
+    256 left a 20-epoch trial 0.1-0.6 s, less than a loaded machine takes to see it and signal."""
+    space = out / "slow.toml"
+    space.write_text("[batch_size]\nvalue = 32\n")
+    return ["--epochs", "100", "--pruner", "none", "--space", str(space)]
 # Seconds: short, so that a dead worker's trial is found within a test; the grace is 3 beats.
 HEARTBEAT = {"PURESTEP_HEARTBEAT_INTERVAL": "1", "PURESTEP_HEARTBEAT_GRACE": "3"}
 GRACE = int(HEARTBEAT["PURESTEP_HEARTBEAT_GRACE"])
@@ -159,7 +165,7 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_its_trial_retried(
     else:
         storage = f"sqlite:///{tmp_path / 's.db'}"
     n = 3
-    cmd = _tune(storage, tmp_path, "--n-trials", str(n), *SLOW)
+    cmd = _tune(storage, tmp_path, "--n-trials", str(n), *_slow(tmp_path))
     proc = _start_and_catch_mid_trial(cmd, storage, _env(**HEARTBEAT))
     try:
         proc.send_signal(signal.SIGKILL)
@@ -490,7 +496,7 @@ def test_a_worker_paused_past_the_grace_drops_its_trial_and_the_study_stays_cons
     n = 3
     env = _env(**HEARTBEAT)
     first = _start_and_catch_mid_trial(
-        _tune(storage, tmp_path / "a", "--n-trials", str(n), *SLOW), storage, env
+        _tune(storage, tmp_path / "a", "--n-trials", str(n), *_slow(tmp_path)), storage, env
     )
     second = None
     try:
@@ -502,7 +508,7 @@ def test_a_worker_paused_past_the_grace_drops_its_trial_and_the_study_stays_cons
         # the paused trial not yet stale, and end as designed ("re-run the command to continue").
         time.sleep(GRACE + 2)
         second = subprocess.Popen(
-            _tune(storage, tmp_path / "b", "--n-trials", str(n), *SLOW),
+            _tune(storage, tmp_path / "b", "--n-trials", str(n), *_slow(tmp_path)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -548,7 +554,7 @@ def _taken(ts: list[FrozenTrial]) -> list[FrozenTrial]:
 def test_sigterm_fails_the_running_trial_exits_143_and_a_rerun_completes(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 's.db'}"
     n = 2
-    cmd = _tune(storage, tmp_path, "--n-trials", str(n), *SLOW)
+    cmd = _tune(storage, tmp_path, "--n-trials", str(n), *_slow(tmp_path))
     proc = _start_and_catch_mid_trial(cmd, storage, _env())
     try:
         done_before = {t.number: t.value for t in finished(trials(storage))}
