@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from purestep import DATASETS, DataError, batches, epoch_order, load_dataset, split
 from purestep.cli import app
-from purestep.core.data import is_file_name, num_batches, write_fake_mnist
+from purestep.core.data import ARRAYS, is_file_name, num_batches, write_fake_mnist
 
 
 @pytest.mark.parametrize("name", ["fashion-mnist", "mnist", "kmnist"])
@@ -43,6 +43,29 @@ def test_digits_is_offline_and_split_1437_360():
     assert data.x_train.shape == (1437, 1, 8, 8) and data.x_test.shape == (360, 1, 8, 8)
     assert data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
     assert set(data.y_train.tolist()) == set(range(10))
+
+
+@pytest.mark.parametrize("name", ["digits", "diabetes"])
+def test_bundled_data_is_read_through_scikit_learn_once_then_from_a_cached_copy(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def arrays(name):
+        data = load_dataset(name)
+        return [getattr(data, key) for key in ARRAYS]
+
+    first = arrays(name)
+    (copy,) = (tmp_path / "purestep" / "data").glob(f"scikit-learn-*-{name}.npz")
+    assert all(torch.equal(a, b) for a, b in zip(first, arrays(name), strict=True))
+    # the copy is what a later load reads: rows reversed in it are reversed in the data
+    with np.load(copy) as saved:
+        data, target = saved["data"], saved["target"]
+    np.savez(copy, data=data[::-1], target=target[::-1])
+    assert not torch.equal(arrays(name)[0], first[0])
+    # a damaged copy is read through scikit-learn again and written whole
+    copy.write_bytes(b"not an npz")
+    assert all(torch.equal(a, b) for a, b in zip(first, arrays(name), strict=True))
+    with np.load(copy) as saved:
+        assert np.array_equal(saved["data"], data) and np.array_equal(saved["target"], target)
 
 
 def test_missing_data_offline_names_the_directory_and_digits(tmp_path):

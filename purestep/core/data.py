@@ -7,19 +7,21 @@ are gathered once through a permutation seeded by `(seed, epoch)`.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import math
 import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from purestep.core.errors import DataError, first_line
+from purestep.core.files import cache_home, replacing
 
 if TYPE_CHECKING:
     import numpy as np
@@ -156,12 +158,29 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tu
 
 
 
-def _sklearn(what: str) -> ModuleType:
+def _bundled(name: Literal["digits", "diabetes"]) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled `name` as `(data, target)`: digits' 8x8 images, diabetes' raw rows.
+
+    Read through scikit-learn once, then from a copy under `cache_home()/data` keyed by its
+    version: importing scikit-learn is most of a small study's start, and the copy is not.
+    """
+    import numpy as np
+
     try:
-        from sklearn import datasets
-    except ImportError:
-        raise DataError(f"the {what} dataset needs scikit-learn: pip install 'purestep[digits]'") from None
-    return datasets
+        version = importlib.metadata.version("scikit-learn")
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError(f"the {name} dataset needs scikit-learn: pip install 'purestep[digits]'") from None
+    copy = cache_home() / "data" / f"scikit-learn-{version}-{name}.npz"
+    unreadable = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+    with contextlib.suppress(*unreadable), np.load(copy, allow_pickle=False) as saved:
+        return saved["data"], saved["target"]
+    from sklearn import datasets
+
+    bunch = datasets.load_digits() if name == "digits" else datasets.load_diabetes(scaled=False)
+    data = bunch.images if name == "digits" else bunch.data
+    with contextlib.suppress(OSError), replacing(copy) as tmp, open(tmp, "wb") as f:
+        np.savez(f, data=data, target=bunch.target)
+    return data, bunch.target
 
 
 def _seeded_split(n: int, test_size: int) -> tuple[Tensor, Tensor]:
@@ -171,9 +190,9 @@ def _seeded_split(n: int, test_size: int) -> tuple[Tensor, Tensor]:
 
 
 def _digits() -> Dataset:
-    bunch = _sklearn("digits").load_digits()
-    x = torch.from_numpy(bunch.images).to(torch.get_default_dtype()).div(16).unsqueeze(1)
-    y = torch.from_numpy(bunch.target).long()
+    images, target = _bundled("digits")
+    x = torch.from_numpy(images).to(torch.get_default_dtype()).div(16).unsqueeze(1)
+    y = torch.from_numpy(target).long()
     train, test = _seeded_split(len(y), DIGITS_TEST_SIZE)
     return Dataset("digits", x[train], y[train], x[test], y[test], "classification", 10)
 
@@ -184,9 +203,9 @@ def _diabetes() -> Dataset:
     Each input column and the target get the training rows' mean and (population) std, applied
     to both splits, so the test set informs nothing; the target's mean and std travel along.
     """
-    bunch = _sklearn("diabetes").load_diabetes(scaled=False)
-    x = torch.from_numpy(bunch.data).double()
-    y = torch.from_numpy(bunch.target).double().unsqueeze(1)
+    rows, target = _bundled("diabetes")
+    x = torch.from_numpy(rows).double()
+    y = torch.from_numpy(target).double().unsqueeze(1)
     train, test = _seeded_split(len(y), DIABETES_TEST_SIZE)
     x_mean, x_std = x[train].mean(0), x[train].std(0, correction=0)
     y_mean, y_std = y[train].mean(), y[train].std(correction=0)

@@ -1,7 +1,7 @@
 """Files written whole or not at all: a temporary name beside the target, then a rename.
 
 A crash at any moment leaves the previous file (or none) under the target's name, never a
-half-written one; this is the one place that does it.
+half-written one; this is the one place that does it. And where purestep's caches live.
 """
 
 from __future__ import annotations
@@ -13,6 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def cache_home() -> Path:
+    """`$XDG_CACHE_HOME/purestep`, else `~/.cache/purestep`: what purestep keeps and can rebuild."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "purestep"
 
 
 @contextmanager

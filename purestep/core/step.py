@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from purestep.core import _direct
+from purestep.core.files import cache_home
 from purestep.core.losses import LossName, batch_metric, loss_fn, shape_free_loss_fn
 from purestep.core.model import Buffers, Model, Params
 from purestep.core.optim import Optimizer, State
@@ -131,8 +132,7 @@ def default_compile_cache() -> Path:
     """`$PURESTEP_COMPILE_CACHE`, else `$XDG_CACHE_HOME/purestep/inductor` (`~/.cache/...`)."""
     if os.environ.get("PURESTEP_COMPILE_CACHE"):
         return Path(os.environ["PURESTEP_COMPILE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "purestep" / "inductor"
+    return cache_home() / "inductor"
 
 
 def set_compile_cache(path: str | os.PathLike[str] | None = None) -> Path:
