@@ -40,9 +40,9 @@ optimizers = st.one_of(
 trial = st.tuples(optimizers, st.sampled_from([32, 48, 64]), st.booleans(), st.integers(0, 3))
 
 
-def run_pool(x, y, eval_data, trials, slots, delays, epochs, compiled=False):
+def run_pool(x, y, eval_data, trials, slots, delays, epochs, compiled=False, stack=None):
     """Train `trials` in a pool of `slots`; trial k waits for a free slot, then `delays[k]` more steps."""
-    pool = Pool(x, y, eval_data, eval_batch_size=32, compiled=compiled)
+    pool = Pool(x, y, eval_data, eval_batch_size=32, compiled=compiled, stack=stack)
     histories: dict[int, list] = {k: [] for k in range(len(trials))}
     waiting = list(range(len(trials)))
     wait = delays[0] if delays else 0
@@ -93,10 +93,12 @@ def alone(x, y, eval_data, trial, epochs):
     trials=st.lists(trial, min_size=1, max_size=6),
     slots=st.integers(1, 4),
     delays=st.lists(st.integers(0, 20), min_size=6, max_size=6),
+    stack=st.booleans(),
 )
-def test_each_pooled_trial_equals_it_alone_whatever_its_slot_and_start(digits, trials, slots, delays):
+def test_each_pooled_trial_equals_it_alone_whatever_its_slot_and_start(digits, trials, slots, delays, stack):
+    """Stacked (vmapped lanes, the default off the CPU) or each slot alone (eager on a CPU's default)."""
     x, y, ex, ey = digits
-    pooled = run_pool(x, y, (ex, ey), trials, slots, delays, epochs=2)
+    pooled = run_pool(x, y, (ex, ey), trials, slots, delays, epochs=2, stack=stack)
     for k, t in enumerate(trials):
         mine, own = pooled[k], alone(x, y, (ex, ey), t, epochs=2)
         assert len(mine) == len(own) == 2
@@ -104,11 +106,15 @@ def test_each_pooled_trial_equals_it_alone_whatever_its_slot_and_start(digits, t
             assert a.epoch == b.epoch
             assert close(a.train_loss, b.train_loss) and close(a.eval_loss, b.eval_loss), (k, a, b)
             assert a.eval_accuracy == pytest.approx(b.eval_accuracy, abs=1 / len(ey))
+            if not stack:  # each slot alone runs `fit`'s own steps: the same bits
+                numbers = ("train_loss", "eval_loss", "eval_accuracy")
+                assert [getattr(a, n) for n in numbers] == [getattr(b, n) for n in numbers]
 
 
-def test_a_diverged_trial_leaves_and_the_others_go_on(digits):
+@pytest.mark.parametrize("stack", [True, False])
+def test_a_diverged_trial_leaves_and_the_others_go_on(digits, stack):
     x, y, ex, ey = digits
-    pool = Pool(x, y, (ex, ey), eval_batch_size=32, compiled=False)
+    pool = Pool(x, y, (ex, ey), eval_batch_size=32, compiled=False, stack=stack)
     params, buffers = MODEL.init(0)
     pool.add(
         "nan",

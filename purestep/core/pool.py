@@ -5,9 +5,10 @@ Each slot holds one trial: its own params, buffers and optimizer state (the unio
 position in the epoch and data order. Slots of one model and batch size form a lane, stacked
 on a leading axis; every `step()` advances each slot by one batch, one vmapped call per lane
 (a lane whose slots sit at different batch lengths, an epoch's short last batch, splits for
-that step). A slot that finishes an epoch is evaluated with the others that finished it at
-that step, in one batched pass. The caller removes finished, pruned or diverged trials and
-adds new ones at any step; no slot waits for another.
+that step). Eager on a CPU, where stacking K products costs K of them, each slot runs its
+own lean step instead (`Pool(stack=...)`). A slot that finishes an epoch is evaluated with
+the others that finished it at that step, in one batched pass. The caller removes finished,
+pruned or diverged trials and adds new ones at any step; no slot waits for another.
 
 Compiled, the steps keep their dimensions symbolic (`compile_shape_free`), so
 one train graph and one eval graph serve every lane, batch size and stack size.
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from purestep.core.data import epoch_order
-from purestep.core.loop import EpochMetrics, NonFiniteLoss, _metrics, _row
+from purestep.core.loop import EpochMetrics, NonFiniteLoss, _metrics, _row, evaluate, steps_for
 from purestep.core.losses import LossName
 from purestep.core.model import Buffers, Model, Params
 from purestep.core.optim import Optimizer, OptimizerConfig, State, family_of, family_update, tunable
@@ -58,6 +59,10 @@ class Slot:
     order: Tensor | None = None
     losses: list[Tensor] = field(default_factory=list)
     began: float = 0.0
+    trees: tuple[Tree, Tree, State] | None = None
+    """In a pool that does not stack: its params, buffers and own optimizer's state (else they
+    sit in its lane, the state the union's), and `steps`, the (train, eval) steps `fit` runs for it."""
+    steps: tuple[TrainStep, EvalStep] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,8 @@ class _Lane:
     model: Model
     batch_size: int
     slots: list[Slot]
-    trees: tuple[Tree, Tree, State]
+    trees: tuple[Tree, Tree, State] | None
+    """The slots' params, buffers and state stacked in slot order; None in a pool that does not stack."""
 
 
 _STEPS: dict[tuple[Model, bool, LossName, str | None], tuple[TrainStep, EvalStep]] = {}
@@ -107,7 +113,7 @@ _SINGLE: dict[tuple[Model, LossName], TrainStep] = {}
 
 
 def _single_step(model: Model, loss: LossName) -> TrainStep:
-    """The eager pool's step for a stack of one: `pool_steps`'s train step, not vmapped (its
+    """The eager pool's step for a slot alone: `pool_steps`'s train step, not vmapped (its
     update reads the trial's own family from the state, `Optimizer.eager_update`)."""
     key = (model, loss)
     if key not in _SINGLE:
@@ -160,11 +166,18 @@ class Pool:
         eval_batch_size: int,
         compiled: bool,
         loss: LossName = "cross_entropy",
+        stack: bool | None = None,
     ) -> None:
+        """`stack`: train a lane's slots in one vmapped call; by default compiled or off the CPU.
+        An eager step on a CPU runs each slot alone: a stacked product there costs K times one,
+        and the lean eager step costs less than the vmapped one."""
         self.x, self.y = x, y
         self.eval_x, self.eval_y = eval_data
         self.eval_batch_size = eval_batch_size
         self.compiled, self.loss = compiled, loss
+        if stack is None:
+            stack = compiled or y.device.type != "cpu"
+        self.stack = stack or compiled
         self.lanes: dict[tuple[Model, int], _Lane] = {}
 
     def __len__(self) -> int:
@@ -186,17 +199,20 @@ class Pool:
         """Start a trial in a free slot: `config`'s optimizer from `params`, `len(lrs)` epochs."""
         if batch_size < 1 or not lrs:
             raise ValueError("batch_size must be >= 1 and a trial needs at least one epoch")
-        state = tunable(config).init(params)
-        # copies: the pool writes its stacks in place, and compiled graphs guard on views' bases
-        one = tuple({k: v.unsqueeze(0).clone() for k, v in tree.items()} for tree in (params, buffers, state))
-        lane = self.lanes.get((model, batch_size))
-        if lane is None:
-            self.lanes[(model, batch_size)] = _Lane(model, batch_size, [], one)
+        slot = Slot(key, lrs, shuffle, seed, family_of(config))
+        lane = self.lanes.setdefault((model, batch_size), _Lane(model, batch_size, [], None))
+        optimizer = tunable(config) if self.stack else config.build()
+        state = optimizer.init(params)
+        # its own copies: the pool writes its stacks in place, and compiled graphs guard on views' bases
+        one = tuple({k: v.clone() for k, v in tree.items()} for tree in (params, buffers, state))
+        if not self.stack:
+            slot.trees, slot.steps = one, steps_for(model, optimizer, False, loss=self.loss)
         else:
-            lane.trees = tuple(
-                {k: torch.cat([v, t[k]]) for k, v in tree.items()} for tree, t in zip(lane.trees, one)
+            mine = tuple({k: v.unsqueeze(0) for k, v in tree.items()} for tree in one)
+            lane.trees = mine if lane.trees is None else tuple(
+                {k: torch.cat([v, t[k]]) for k, v in tree.items()} for tree, t in zip(lane.trees, mine)
             )
-        self.lanes[(model, batch_size)].slots.append(Slot(key, lrs, shuffle, seed, family_of(config)))
+        lane.slots.append(slot)
 
     def remove(self, key: Hashable) -> None:
         """Free the slot of trial `key` (finished, pruned or diverged)."""
@@ -207,8 +223,9 @@ class Pool:
             if not keep:
                 del self.lanes[name]
                 return
-            index = torch.tensor(keep, device=self.y.device)
-            lane.trees = tuple(_take(tree, index) for tree in lane.trees)
+            if lane.trees is not None:
+                index = torch.tensor(keep, device=self.y.device)
+                lane.trees = tuple(_take(tree, index) for tree in lane.trees)
             lane.slots = [lane.slots[i] for i in keep]
             return
         raise KeyError(key)
@@ -225,7 +242,11 @@ class Pool:
     def _begin_epoch(self, lane: _Lane, i: int, slot: Slot) -> None:
         slot.order = epoch_order(len(self.y), slot.epoch, slot.seed, self.y.device) if slot.shuffle else None
         slot.losses, slot.began = [], time.perf_counter()
-        lane.trees[2]["lr"][i] = slot.lrs[slot.epoch]
+        if slot.trees is None:
+            lane.trees[2]["lr"][i] = slot.lrs[slot.epoch]
+        else:
+            params, buffers, state = slot.trees
+            slot.trees = params, buffers, {**state, "lr": torch.full_like(state["lr"], slot.lrs[slot.epoch])}
 
     def _rows(self, slot: Slot, rows: int) -> tuple[Tensor, Tensor]:
         span = slice(slot.start, slot.start + rows)
@@ -242,27 +263,40 @@ class Pool:
         for i, slot in enumerate(lane.slots):
             if slot.start == 0:
                 self._begin_epoch(lane, i, slot)
-            family = None if self.compiled else slot.family
-            groups.setdefault((min(lane.batch_size, n - slot.start), family), []).append(i)
-        for (rows, family), members in groups.items():
-            train, _ = pool_steps(lane.model, self.compiled, self.loss, family)
+            group = None if self.compiled else slot.family if self.stack else i
+            groups.setdefault((min(lane.batch_size, n - slot.start), group), []).append(i)
+        for (rows, group), members in groups.items():
+            if len(members) == 1 and not self.compiled:
+                self._alone(lane, members[0], rows)
+                continue
+            train, _ = pool_steps(lane.model, self.compiled, self.loss, group)
             whole = len(members) == len(lane.slots)
             index = None if whole else torch.tensor(members, device=self.y.device)
             data = [self._rows(lane.slots[i], rows) for i in members]
             xb, yb = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
             trees = tuple(_take(tree, index) for tree in lane.trees)
-            if self.compiled or len(members) > 1:
-                params, buffers, state, losses = _call(train, self.compiled, trees, xb, yb, per_trial=True)
-            else:  # one trial, eager: its plain step, without vmap's cost for a stack of one
-                alone = _single_step(lane.model, self.loss)
-                out = alone(*({k: v[0] for k, v in tree.items()} for tree in trees), xb[0], yb[0])
-                params, buffers, state = ({k: v.unsqueeze(0) for k, v in tree.items()} for tree in out[:3])
-                losses = out[3].unsqueeze(0)
+            params, buffers, state, losses = _call(train, self.compiled, trees, xb, yb, per_trial=True)
             lane.trees = tuple(_put(t, index, new) for t, new in zip(lane.trees, (params, buffers, state)))
             for j, i in enumerate(members):
                 lane.slots[i].losses.append(losses[j])
                 lane.slots[i].start += rows
         return self._end_epochs(lane)
+
+    def _alone(self, lane: _Lane, i: int, rows: int) -> None:
+        """One batch for slot `i` by a plain eager step (no vmap): its own (`fit`'s) on its own
+        trees, or the union's on views of its lane's stacks, the results written back in place."""
+        slot = lane.slots[i]
+        if slot.trees is not None:
+            *out, loss = slot.steps[0](*slot.trees, *self._rows(slot, rows))
+            slot.trees = tuple(out)
+        else:
+            trees = tuple({k: v[i] for k, v in tree.items()} for tree in lane.trees)
+            *out, loss = _single_step(lane.model, self.loss)(*trees, *self._rows(slot, rows))
+            for tree, new in zip(lane.trees, out):
+                for k, v in tree.items():
+                    v[i].copy_(new[k])
+        slot.losses.append(loss)
+        slot.start += rows
 
     def _end_epochs(self, lane: _Lane) -> list[EpochEnd]:
         n = len(self.y)
@@ -291,8 +325,13 @@ class Pool:
         return ends
 
     def _evaluate(self, lane: _Lane, members: list[int]):
-        """The eval metrics of `members`, in one batched pass per eval batch."""
-        _, evaluate = pool_steps(lane.model, self.compiled, self.loss)
+        """The eval metrics of `members`: each alone as `fit` evaluates it, in a pool that does not
+        stack; else in one batched pass per eval batch."""
+        if lane.trees is None:
+            slots = [lane.slots[i] for i in members]
+            data = self.eval_x, self.eval_y, self.eval_batch_size
+            return [evaluate(s.steps[1], s.trees[0], s.trees[1], *data) for s in slots]
+        _, batched = pool_steps(lane.model, self.compiled, self.loss)
         whole = len(members) == len(lane.slots)
         index = None if whole else torch.tensor(members, device=self.y.device)
         params, buffers = _take(lane.trees[0], index), _take(lane.trees[1], index)
@@ -300,7 +339,7 @@ class Pool:
         for start in range(0, len(self.eval_y), self.eval_batch_size):
             xb = self.eval_x[start : start + self.eval_batch_size]
             yb = self.eval_y[start : start + self.eval_batch_size]
-            loss_sum, metric_sum = _call(evaluate, self.compiled, (params, buffers), xb, yb, per_trial=False)
+            loss_sum, metric_sum = _call(batched, self.compiled, (params, buffers), xb, yb, per_trial=False)
             means.append(loss_sum / len(yb))
             metric.append(metric_sum)
         columns = torch.stack(means).T.tolist()
