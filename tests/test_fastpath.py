@@ -91,3 +91,61 @@ def test_check_knows_every_dropout_layer_torch_has():
     from purestep.check import DROPOUTS
 
     assert set(nn.modules.dropout._DropoutNd.__subclasses__()) <= set(DROPOUTS)
+
+
+FAULTS = """
+import resource, sys, torch
+from purestep.core import allocator
+if sys.argv[1] == "kept":
+    assert allocator.keep_freed_memory()
+else:  # glibc's own starting thresholds, set explicitly so that earlier imports do not move them
+    import ctypes
+    mallopt = ctypes.CDLL(None).mallopt
+    assert mallopt(allocator.M_MMAP_THRESHOLD, 128 * 1024) and mallopt(allocator.M_TRIM_THRESHOLD, 128 * 1024)
+def step():  # a step's mix of fresh tensors, 1.2 to 4.8 MB, freed before the next
+    return [torch.empty(300_000 * k).fill_(1.0) for k in (1, 2, 4, 1, 3)]
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"), reason="glibc only")
+def test_kept_freed_memory_spares_a_step_the_page_faults_of_glibcs_default_thresholds():
+    def faults(arm: str) -> int:
+        out = subprocess.run([sys.executable, "-c", FAULTS, arm], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    pages_per_step = 12 * 300_000 * 4 // 4096
+    default, kept = faults("default"), faults("kept")
+    assert default > 20 * pages_per_step / 2  # about every step faults its tensors in again
+    assert kept < default / 5  # the first steps' memory, reused
+
+
+def test_allocator_thresholds_stay_with_fast_paths_off(monkeypatch):
+    from purestep.core import allocator
+
+    monkeypatch.setenv("PURESTEP_FAST_PATHS", "0")
+    allocator.keep_freed_memory.cache_clear()
+    try:
+        assert allocator.keep_freed_memory() is False
+    finally:
+        allocator.keep_freed_memory.cache_clear()
+
+
+def test_a_tuning_process_keeps_freed_memory(monkeypatch):
+    import torch
+
+    from purestep.core import allocator
+    from purestep.search.tune import _setup_torch
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    threads = torch.get_num_threads()
+    try:
+        _setup_torch(1, compiled=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [1]

@@ -286,6 +286,9 @@ def train(
         "device": device,
         "optimizer": config.to_dict(),
     }
+    from purestep.core.allocator import keep_freed_memory
+
+    keep_freed_memory()
     start = time.perf_counter()
     data = load_data(dataset, data_dir, device)
     run["loss"] = loss_for(data, run["loss"])

@@ -1,4 +1,5 @@
-"""One switch for every fast path that leans on a private torch or Optuna name.
+"""One switch for every fast path that leans on a private torch or Optuna name, or tunes the
+process beyond what torch sets (glibc's malloc thresholds, `allocator.py`).
 
 `PURESTEP_FAST_PATHS=0` turns them all off, so the public path alone can be tested.
 """

@@ -367,6 +367,9 @@ def final_compiled(
 def _setup_torch(threads: int, compiled: bool) -> None:
     import torch
 
+    from purestep.core.allocator import keep_freed_memory
+
+    keep_freed_memory()
     torch.set_num_threads(threads)
     if compiled:
         from purestep.core.step import set_compile_cache
