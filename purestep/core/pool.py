@@ -1,7 +1,7 @@
-"""A pool of trial slots: many trials trained in one vmapped step, each on its own schedule.
+"""A pool of trial slots: many trials trained side by side, each on its own schedule.
 
-Each slot holds one trial: its own params, buffers and optimizer state (the union state of
-`tunable`, so every optimizer family stacks), its own learning rate per epoch, epoch counter,
+Each slot holds one trial: its own params, buffers and optimizer state (stacked, the union state
+of `tunable`, so every optimizer family stacks), its own learning rate per epoch, epoch counter,
 position in the epoch and data order. Slots of one model and batch size form a lane, stacked
 on a leading axis; every `step()` advances each slot by one batch, one vmapped call per lane
 (a lane whose slots sit at different batch lengths, an epoch's short last batch, splits for
