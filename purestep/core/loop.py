@@ -228,6 +228,46 @@ def _row(epoch: int, train_loss: float, metrics: EvalMetrics, seconds: float) ->
     return EpochMetrics(epoch, train_loss, metrics.loss, metrics.accuracy, seconds, metrics.mse, metrics.r2)
 
 
+def run_epoch(
+    steps: tuple[TrainStep, EvalStep],
+    trees: tuple[Params, Buffers, State],
+    x: Tensor,
+    y: Tensor,
+    eval_data: tuple[Tensor, Tensor],
+    *,
+    epoch: int,
+    batch_size: int,
+    eval_batch_size: int,
+    lr: float | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    log_every: int = 0,
+    callbacks: Callbacks | None = None,
+) -> tuple[Params, Buffers, State, EpochMetrics]:
+    """Epoch `epoch` of `fit`: train on `(x, y)` at learning rate `lr` (None keeps the state's),
+    then evaluate on `eval_data`; the new params, buffers, state and the epoch's metrics row.
+
+    Raises:
+        NonFiniteLoss: the epoch's mean training loss is NaN or infinite.
+    """
+    callbacks = callbacks or Callbacks()
+    train_step, eval_step = steps
+    params, buffers, state = trees
+    start = time.perf_counter()
+    if lr is not None:
+        state = {**state, "lr": torch.full_like(state["lr"], lr)}
+    order = epoch_order(len(y), epoch, seed, y.device) if shuffle else None
+    params, buffers, state, losses = train_epoch(
+        train_step, params, buffers, state, x, y, batch_size, order, log_every, callbacks
+    )
+    train_loss = losses.mean().item()
+    if not math.isfinite(train_loss):
+        raise NonFiniteLoss(epoch, train_loss)
+    metrics = evaluate(eval_step, params, buffers, *eval_data, eval_batch_size)
+    callbacks.on_eval(metrics)
+    return params, buffers, state, _row(epoch, train_loss, metrics, time.perf_counter() - start)
+
+
 def fit(
     model: Model,
     optimizer: Optimizer,
@@ -276,23 +316,25 @@ def fit(
     callbacks = callbacks or Callbacks()
     state = optimizer.init(params) if state is None else state
     train_step, eval_step = steps_for(model, optimizer, compiled, precision=precision, loss=loss)
-    ex, ey = eval_data if eval_data is not None else (x, y)
+    eval_data = eval_data if eval_data is not None else (x, y)
     result = FitResult(params, buffers, state)
     for epoch in range(start_epoch, epochs):
         callbacks.on_epoch_start(epoch)
-        start = time.perf_counter()
-        if lr_at is not None:
-            state = {**state, "lr": torch.full_like(state["lr"], lr_at(epoch))}
-        order = epoch_order(len(y), epoch, seed, y.device) if shuffle else None
-        params, buffers, state, losses = train_epoch(
-            train_step, params, buffers, state, x, y, batch_size, order, log_every, callbacks
+        params, buffers, state, row = run_epoch(
+            (train_step, eval_step),
+            (params, buffers, state),
+            x,
+            y,
+            eval_data,
+            epoch=epoch,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size or batch_size,
+            lr=None if lr_at is None else lr_at(epoch),
+            shuffle=shuffle,
+            seed=seed,
+            log_every=log_every,
+            callbacks=callbacks,
         )
-        train_loss = losses.mean().item()
-        if not math.isfinite(train_loss):
-            raise NonFiniteLoss(epoch, train_loss)
-        metrics = evaluate(eval_step, params, buffers, ex, ey, eval_batch_size or batch_size)
-        callbacks.on_eval(metrics)
-        row = _row(epoch, train_loss, metrics, time.perf_counter() - start)
         result.params, result.buffers, result.state = params, buffers, state
         result.history.append(row)
         callbacks.on_epoch_state(row, params, buffers, state)

@@ -512,6 +512,11 @@ class OptimizerConfig:
             return rmsprop(self.lr, self.alpha, self.eps, self.weight_decay, self.momentum, self.centered)
         raise ValueError(f"unknown optimizer {self.name!r}; choose sgd, adam, adamw or rmsprop")
 
+    def build_for(self, compiled: bool) -> Optimizer:
+        """The optimizer a trial of this config trains with: its own eager, the union one compiled
+        (`tunable`), so that every family of a compiled study shares one update and its graphs."""
+        return tunable(self) if compiled else self.build()
+
     def to_dict(self) -> dict[str, object]:
         """JSON-ready fields."""
         return asdict(self)

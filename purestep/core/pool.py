@@ -1,17 +1,20 @@
 """A pool of trial slots: many trials trained side by side, each on its own schedule.
 
-Each slot holds one trial: its own params, buffers and optimizer state (stacked, the union state
-of `tunable`, so every optimizer family stacks), its own learning rate per epoch, epoch counter,
-position in the epoch and data order. Slots of one model and batch size form a lane, stacked
-on a leading axis; every `step()` advances each slot by one batch, one vmapped call per lane
-(a lane whose slots sit at different batch lengths, an epoch's short last batch, splits for
-that step). Eager on a CPU, where stacking K products costs K of them, each slot runs its
-own lean step instead (`Pool(stack=...)`). A slot that finishes an epoch is evaluated with
-the others that finished it at that step, in one batched pass. The caller removes finished,
-pruned or diverged trials and adds new ones at any step; no slot waits for another.
+Each slot holds one trial: its own params, buffers and optimizer state, its own learning rate
+per epoch, epoch counter, position in the epoch and data order. The caller removes finished,
+pruned or diverged trials and adds new ones between steps; no slot waits for another.
 
-Compiled, the steps keep their dimensions symbolic (`compile_shape_free`), so
+Stacked (`stacks(device)`: off the CPU), slots of one model and batch size form a lane, their
+trees stacked on a leading axis in the union state of `tunable` (so every optimizer family
+stacks), and every `step()` advances each slot by one batch, one vmapped call per lane (a lane
+whose slots sit at different batch lengths, an epoch's short last batch, splits for that step).
+A slot that finishes an epoch is evaluated with the others that finished it at that step, in
+one batched pass. Compiled, the steps keep their dimensions symbolic (`compile_shape_free`), so
 one train graph and one eval graph serve every lane, batch size and stack size.
+
+On a CPU, where K stacked products cost K single ones, nothing stacks: every `step()` runs one
+epoch of each slot in turn with the very steps, graphs and generator `fit` runs for that trial
+alone (`run_epoch`), so a pooled trial's numbers are its numbers alone, bit for bit.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from torch import Tensor
 
 from purestep.core.data import epoch_order
-from purestep.core.loop import EpochMetrics, NonFiniteLoss, _metrics, _row, evaluate, steps_for
+from purestep.core.loop import EpochMetrics, NonFiniteLoss, _metrics, _row, run_epoch, steps_for
 from purestep.core.losses import LossName
 from purestep.core.model import Buffers, Model, Params
 from purestep.core.optim import Optimizer, OptimizerConfig, State, family_of, family_update, tunable
@@ -60,9 +63,10 @@ class Slot:
     losses: list[Tensor] = field(default_factory=list)
     began: float = 0.0
     trees: tuple[Tree, Tree, State] | None = None
-    """In a pool that does not stack: its params, buffers and own optimizer's state (else they
-    sit in its lane, the state the union's), and `steps`, the (train, eval) steps `fit` runs for it."""
+    """In a pool that does not stack: its params, buffers and optimizer state (else they sit in
+    its lane), `steps`, the (train, eval) steps `fit` runs for it, and `rng`, its generator's state."""
     steps: tuple[TrainStep, EvalStep] | None = None
+    rng: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,14 @@ class _Lane:
 
 _STEPS: dict[tuple[Model, bool, LossName, str | None], tuple[TrainStep, EvalStep]] = {}
 USAGE: Counter[str] = Counter()
-"""Pool steps run in this process (`steps`) and the live slots they advanced (`slot_steps`)."""
+"""Pool steps run in this process (`steps`: a batch stacked, an epoch each otherwise) and the live
+slots they advanced (`slot_steps`)."""
+
+
+def stacks(device: torch.device | str) -> bool:
+    """Whether a pool on `device` stacks its slots by default: off the CPU. On a CPU a batched
+    product of K trials costs K single ones (BENCHMARKS.md, "The pool's slots on a CPU")."""
+    return torch.device(device).type != "cpu"
 
 
 def pool_steps(
@@ -168,16 +179,13 @@ class Pool:
         loss: LossName = "cross_entropy",
         stack: bool | None = None,
     ) -> None:
-        """`stack`: train a lane's slots in one vmapped call; by default compiled or off the CPU.
-        An eager step on a CPU runs each slot alone: a stacked product there costs K times one,
-        and the lean eager step costs less than the vmapped one."""
+        """`stack`: train a lane's slots in one vmapped call a batch (default: `stacks(y.device)`);
+        else each slot runs an epoch at a time alone, as `fit` runs it."""
         self.x, self.y = x, y
         self.eval_x, self.eval_y = eval_data
         self.eval_batch_size = eval_batch_size
         self.compiled, self.loss = compiled, loss
-        if stack is None:
-            stack = compiled or y.device.type != "cpu"
-        self.stack = stack or compiled
+        self.stack = stacks(y.device) if stack is None else stack
         self.lanes: dict[tuple[Model, int], _Lane] = {}
 
     def __len__(self) -> int:
@@ -201,17 +209,22 @@ class Pool:
             raise ValueError("batch_size must be >= 1 and a trial needs at least one epoch")
         slot = Slot(key, lrs, shuffle, seed, family_of(config))
         lane = self.lanes.setdefault((model, batch_size), _Lane(model, batch_size, [], None))
-        optimizer = tunable(config) if self.stack else config.build()
-        state = optimizer.init(params)
+        if not self.stack:
+            optimizer = config.build_for(self.compiled)
+            slot.trees = params, buffers, optimizer.init(params)
+            slot.steps = steps_for(model, optimizer, self.compiled, loss=self.loss)
+            with self._own_generator():
+                model.seed_like_module(seed)
+                slot.rng = self._rng()
+            lane.slots.append(slot)
+            return
+        state = tunable(config).init(params)
         # its own copies: the pool writes its stacks in place, and compiled graphs guard on views' bases
         one = tuple({k: v.clone() for k, v in tree.items()} for tree in (params, buffers, state))
-        if not self.stack:
-            slot.trees, slot.steps = one, steps_for(model, optimizer, False, loss=self.loss)
-        else:
-            mine = tuple({k: v.unsqueeze(0) for k, v in tree.items()} for tree in one)
-            lane.trees = mine if lane.trees is None else tuple(
-                {k: torch.cat([v, t[k]]) for k, v in tree.items()} for tree, t in zip(lane.trees, mine)
-            )
+        mine = tuple({k: v.unsqueeze(0) for k, v in tree.items()} for tree in one)
+        lane.trees = mine if lane.trees is None else tuple(
+            {k: torch.cat([v, t[k]]) for k, v in tree.items()} for tree, t in zip(lane.trees, mine)
+        )
         lane.slots.append(slot)
 
     def remove(self, key: Hashable) -> None:
@@ -231,22 +244,60 @@ class Pool:
         raise KeyError(key)
 
     def step(self) -> list[EpochEnd]:
-        """Advance every slot by one batch; the epochs that ended, evaluated."""
+        """Advance every slot by one batch (stacked) or one epoch (not); the epochs that ended, evaluated."""
         ends: list[EpochEnd] = []
         USAGE["steps"] += 1
         USAGE["slot_steps"] += len(self)
         for lane in list(self.lanes.values()):
-            ends += self._advance(lane)
+            ends += self._advance(lane) if self.stack else [self._epoch(lane, slot) for slot in lane.slots]
         return ends
+
+    def _own_generator(self):
+        """Leave the global generators (the CPU's and the pool's device's) as they were after the block."""
+        devices = [self.y.device] if self.y.device.type != "cpu" else []
+        return torch.random.fork_rng(devices, device_type=self.y.device.type)
+
+    def _rng(self, state: Tensor | None = None) -> Tensor:
+        """The state of the generator random layers draw from on the pool's device (set to `state` first)."""
+        device = self.y.device
+        if device.type == "cpu":
+            if state is not None:
+                torch.set_rng_state(state)
+            return torch.get_rng_state()
+        module = torch.get_device_module(device)
+        if state is not None:
+            module.set_rng_state(state, device)
+        return module.get_rng_state(device)
+
+    def _epoch(self, lane: _Lane, slot: Slot) -> EpochEnd:
+        """One epoch of a slot alone, as `fit` runs it, with the slot's own generator."""
+        with self._own_generator():
+            self._rng(slot.rng)
+            try:
+                *trees, row = run_epoch(
+                    slot.steps,
+                    slot.trees,
+                    self.x,
+                    self.y,
+                    (self.eval_x, self.eval_y),
+                    epoch=slot.epoch,
+                    batch_size=lane.batch_size,
+                    eval_batch_size=self.eval_batch_size,
+                    lr=slot.lrs[slot.epoch],
+                    shuffle=slot.shuffle,
+                    seed=slot.seed,
+                )
+            except NonFiniteLoss as e:
+                return EpochEnd(slot.key, None, str(e))
+            finally:
+                slot.rng, slot.epoch = self._rng(), slot.epoch + 1
+        slot.trees = tuple(trees)
+        return EpochEnd(slot.key, row)
 
     def _begin_epoch(self, lane: _Lane, i: int, slot: Slot) -> None:
         slot.order = epoch_order(len(self.y), slot.epoch, slot.seed, self.y.device) if slot.shuffle else None
         slot.losses, slot.began = [], time.perf_counter()
-        if slot.trees is None:
-            lane.trees[2]["lr"][i] = slot.lrs[slot.epoch]
-        else:
-            params, buffers, state = slot.trees
-            slot.trees = params, buffers, {**state, "lr": torch.full_like(state["lr"], slot.lrs[slot.epoch])}
+        lane.trees[2]["lr"][i] = slot.lrs[slot.epoch]
 
     def _rows(self, slot: Slot, rows: int) -> tuple[Tensor, Tensor]:
         span = slice(slot.start, slot.start + rows)
@@ -263,7 +314,7 @@ class Pool:
         for i, slot in enumerate(lane.slots):
             if slot.start == 0:
                 self._begin_epoch(lane, i, slot)
-            group = None if self.compiled else slot.family if self.stack else i
+            group = None if self.compiled else slot.family
             groups.setdefault((min(lane.batch_size, n - slot.start), group), []).append(i)
         for (rows, group), members in groups.items():
             if len(members) == 1 and not self.compiled:
@@ -283,18 +334,14 @@ class Pool:
         return self._end_epochs(lane)
 
     def _alone(self, lane: _Lane, i: int, rows: int) -> None:
-        """One batch for slot `i` by a plain eager step (no vmap): its own (`fit`'s) on its own
-        trees, or the union's on views of its lane's stacks, the results written back in place."""
+        """One batch for slot `i` by a plain eager step (no vmap): the union's on views of its
+        lane's stacks, the results written back in place."""
         slot = lane.slots[i]
-        if slot.trees is not None:
-            *out, loss = slot.steps[0](*slot.trees, *self._rows(slot, rows))
-            slot.trees = tuple(out)
-        else:
-            trees = tuple({k: v[i] for k, v in tree.items()} for tree in lane.trees)
-            *out, loss = _single_step(lane.model, self.loss)(*trees, *self._rows(slot, rows))
-            for tree, new in zip(lane.trees, out):
-                for k, v in tree.items():
-                    v[i].copy_(new[k])
+        trees = tuple({k: v[i] for k, v in tree.items()} for tree in lane.trees)
+        *out, loss = _single_step(lane.model, self.loss)(*trees, *self._rows(slot, rows))
+        for tree, new in zip(lane.trees, out):
+            for k, v in tree.items():
+                v[i].copy_(new[k])
         slot.losses.append(loss)
         slot.start += rows
 
@@ -325,12 +372,7 @@ class Pool:
         return ends
 
     def _evaluate(self, lane: _Lane, members: list[int]):
-        """The eval metrics of `members`: each alone as `fit` evaluates it, in a pool that does not
-        stack; else in one batched pass per eval batch."""
-        if lane.trees is None:
-            slots = [lane.slots[i] for i in members]
-            data = self.eval_x, self.eval_y, self.eval_batch_size
-            return [evaluate(s.steps[1], s.trees[0], s.trees[1], *data) for s in slots]
+        """The eval metrics of `members`, in one batched pass per eval batch."""
         _, batched = pool_steps(lane.model, self.compiled, self.loss)
         whole = len(members) == len(lane.slots)
         index = None if whole else torch.tensor(members, device=self.y.device)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from purestep.core.data import Dataset
     from purestep.core.loop import EpochMetrics, FitResult
     from purestep.core.model import Model
-    from purestep.core.optim import Optimizer, OptimizerConfig
+    from purestep.core.optim import OptimizerConfig
 
 Guard = Callable[[], AbstractContextManager[object]]
 """Wraps each write to the storage, so that an interrupt cannot cut one in half."""
@@ -177,15 +177,6 @@ def lr_at(config: TrialConfig, epoch: int, epochs: int) -> float:
     return config.lr
 
 
-def optimizer_for(config: TrialConfig, compiled: bool) -> Optimizer:
-    """The trial's optimizer: its own when eager, else over the union state (`tunable`), so that
-    every optimizer of a compiled study shares one update and so one graph per batch size."""
-    from purestep.core.optim import tunable
-
-    own = config.optimizer_config()
-    return tunable(own) if compiled else own.build()
-
-
 def train(
     config: TrialConfig,
     x: Tensor,
@@ -207,7 +198,7 @@ def train(
     """
     from purestep.core.loop import Callbacks, fit
 
-    optimizer = optimizer_for(config, compiled)
+    optimizer = config.optimizer_config().build_for(compiled)
     model = splits.model_for(config)
     params, buffers = model.init(seed, x.device)
     model.seed_like_module(seed)
@@ -274,7 +265,7 @@ def steps_saved(
         return False
     for config in configs:
         model = splits.model_for(config)
-        optimizer = optimizer_for(config, compiled=True)
+        optimizer = config.optimizer_config().build_for(compiled=True)
         train_step, eval_step = steps_for(model, optimizer, True, loss=splits.loss)
         if not (isinstance(train_step, CompiledStep) and isinstance(eval_step, CompiledStep)):
             return False

@@ -32,7 +32,6 @@ from purestep.search.objective import (
     TrialConfig,
     make_objective,
     make_splits,
-    optimizer_for,
     train,
 )
 from purestep.search.runner import Shield, TrialEnd, run_trial_batches, run_trials
@@ -253,14 +252,17 @@ def choose_speed(
     """This run's eager-or-compiled, K and threads: as given, or picked from the work and the machine
     (`use_compiled`, `choose_batch`, `choose_threads`). A speed choice only: per DESIGN.md trials
     equal, so it is no part of the study. `saved()` says whether the compile cache holds every
-    graph of the run (`saved_steps`); only one trial at a time runs saved graphs."""
+    graph of the run (`saved_steps`); a pool that stacks (off the CPU) compiles graphs of its own."""
     batch = options.batch
     if batch is None:
         batch = choose_batch(options.device, trials_left, options.workers)
     threads = options.threads
     if threads is None:
         threads = choose_threads(usable_cores(), options.workers)
-    compiled = use_compiled(options.impl, n_fit, options.epochs, saved if batch == 1 else lambda: False)
+    from purestep.core.pool import stacks
+
+    own_graphs = batch > 1 and stacks(options.device)
+    compiled = use_compiled(options.impl, n_fit, options.epochs, (lambda: False) if own_graphs else saved)
     return Speed(
         compiled, batch, options.impl == "auto", options.batch is None, threads, options.threads is None
     )
@@ -684,7 +686,7 @@ def _retrain(
         compiled=compiled,
     )
     model = splits.model_for(config)
-    _, eval_step = steps_for(model, optimizer_for(config, compiled), compiled, loss=splits.loss)
+    _, eval_step = steps_for(model, config.optimizer_config().build_for(compiled), compiled, loss=splits.loss)
     test = evaluate(eval_step, result.params, result.buffers, data.x_test, data.y_test, EVAL_BATCH_SIZE)
     last = result.history[-1]
     if test.accuracy is not None:
