@@ -152,10 +152,12 @@ def test_every_setting_that_shapes_the_graph_changes_the_name():
         _parts("mlp sgd fp32", (params, state, x.t().contiguous().t(), y)),
         _parts("mlp sgd fp32", (params, state, x, y), {"size_asserts": "True"}),
         _parts("mlp sgd fp32", ({k: v.double() for k, v in params.items()}, state, x, y)),
+        artifacts.key("mlp sgd fp32", (params, state, x, y), {"size_asserts": "False"}, threads=9),
     ]
     names = {artifacts.name(parts) for parts in changed}
     assert artifacts.name(base) not in names and len(names) == len(changed)
     assert base["torch"] == torch.__version__ and base["purestep.core"]
+    assert base["threads"] == torch.get_num_threads() != 9  # inductor writes it into CPU kernels
 
 
 def test_the_step_key_names_the_model_its_sources_the_optimizer_loss_precision_and_batching():

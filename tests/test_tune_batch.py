@@ -167,12 +167,15 @@ def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
     assert long.compiled and long.impl_auto
     gpu = choose_speed(_options(device="cuda", workers=2), n_fit=1150, trials_left=10)
     assert (gpu.batch, gpu.batch_auto) == (5, True)
-    warm = choose_speed(_options(), n_fit=1150, trials_left=30, saved=lambda: True)
+    warm = choose_speed(_options(), n_fit=1150, trials_left=30, saved=lambda threads: True)
     assert warm.compiled and warm.impl_auto  # every graph saved: compiling costs nothing
-    pooled = choose_speed(_options(batch=4), n_fit=1150, trials_left=30, saved=lambda: True)
+    for threads in (2, 3):  # saved for the run's own thread count (inductor writes it into CPU kernels)
+        on = choose_speed(_options(threads=threads), n_fit=1150, trials_left=30, saved=lambda n: n == 3)
+        assert on.compiled == (threads == 3)
+    pooled = choose_speed(_options(batch=4), n_fit=1150, trials_left=30, saved=lambda threads: True)
     assert pooled.compiled  # a pool on a CPU runs each trial's own saved graphs
     for told in (_options(impl="eager"), _options(device="cuda", batch=4)):  # as given; a stack's own graphs
-        assert not choose_speed(told, n_fit=1150, trials_left=30, saved=lambda: True).compiled
+        assert not choose_speed(told, n_fit=1150, trials_left=30, saved=lambda threads: True).compiled
     given = _options(device="cuda", impl="eager", batch=3, threads=5)
     given_ = choose_speed(given, n_fit=10**6, trials_left=1)
     assert given_.to_json() == {

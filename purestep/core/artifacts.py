@@ -105,9 +105,15 @@ def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: boo
     return f"{described} {update} {loss} {precision} batched={batched}"
 
 
-def key(description: str, args: Sequence[Any], options: dict[str, str]) -> dict[str, Any]:
-    """Everything that shapes a step's graph, as JSON-ready parts (`name` hashes them)."""
-    return {
+def key(
+    description: str, args: Sequence[Any], options: dict[str, str], threads: int | None = None
+) -> dict[str, Any]:
+    """Everything that shapes a step's graph, as JSON-ready parts (`name` hashes them).
+
+    On a CPU that includes the torch threads it runs on (`threads`, default torch's now): inductor
+    writes the count into each parallel kernel (`omp parallel num_threads(n)`), so a package built
+    on 1 thread runs its kernels on 1 thread in a 2-thread process."""
+    parts = {
         "step": description,
         "arguments": structure(args),
         "layout": layout(args),
@@ -115,6 +121,9 @@ def key(description: str, args: Sequence[Any], options: dict[str, str]) -> dict[
         "torch": torch.__version__,
         "purestep.core": _source_hash(),
     }
+    if any(t.device.type == "cpu" for t in leaves(args)):
+        parts["threads"] = torch.get_num_threads() if threads is None else threads
+    return parts
 
 
 def name(parts: dict[str, Any]) -> str:

@@ -272,16 +272,16 @@ class CompiledStep:
                 self._packages[layout] = _package_step(*found)
         return self._packages[layout]
 
-    def saved(self, *args: Any, folder: Path | None = None) -> bool:
-        """Whether a call with `args`' layout would run a package already saved in `folder`
-        (default: the one `set_compile_cache` set), and so compile nothing; nothing is built,
-        loaded or set."""
+    def saved(self, *args: Any, folder: Path | None = None, threads: int | None = None) -> bool:
+        """Whether a call with `args`' layout on `threads` torch threads (default: now's) would run
+        a package already saved in `folder` (default: the one `set_compile_cache` set), and so
+        compile nothing; nothing is built, loaded or set."""
         from purestep.core import artifacts
 
         folder = folder or _ARTIFACTS
         if self._key is None or folder is None or artifacts.structure(args) is None:
             return False
-        parts = artifacts.key(self._key, args, self._options_text())
+        parts = artifacts.key(self._key, args, self._options_text(), threads)
         return artifacts.saved(folder / f"{artifacts.name(parts)}.pt2", parts)
 
     def direct(self) -> Callable[..., Any] | None:

@@ -253,6 +253,7 @@ def steps_saved(
     train_on: list[tuple[Tensor, Tensor]],
     eval_on: list[tuple[Tensor, Tensor]],
     folder: Path,
+    threads: int | None = None,
 ) -> bool:
     """Whether `folder` (`packages_folder()`) holds a saved graph for every step compiled training
     of `configs` calls (None: configs not known, False): the train step on the full and the last
@@ -276,7 +277,7 @@ def steps_saved(
         ] + [(eval_step, (params, buffers), x, y, EVAL_BATCH_SIZE) for x, y in eval_on]
         for step, trees, x, y, batch in calls:
             for rows in {min(batch, len(y)), len(y) % batch} - {0}:
-                if not step.saved(*trees, x[:rows], y[:rows], folder=folder):
+                if not step.saved(*trees, x[:rows], y[:rows], folder=folder, threads=threads):
                     return False
     return True
 

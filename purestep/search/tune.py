@@ -247,12 +247,13 @@ def choose_threads(cores: int, workers: int) -> int:
 
 
 def choose_speed(
-    options: TuneOptions, n_fit: int, trials_left: int, saved: Callable[[], bool] = lambda: False
+    options: TuneOptions, n_fit: int, trials_left: int, saved: Callable[[int], bool] = lambda threads: False
 ) -> Speed:
     """This run's eager-or-compiled, K and threads: as given, or picked from the work and the machine
     (`use_compiled`, `choose_batch`, `choose_threads`). A speed choice only: per DESIGN.md trials
-    equal, so it is no part of the study. `saved()` says whether the compile cache holds every
-    graph of the run (`saved_steps`); a pool that stacks (off the CPU) compiles graphs of its own."""
+    equal, so it is no part of the study. `saved(threads)` says whether the compile cache holds every
+    graph of the run on that many threads (`saved_steps`); a pool that stacks (off the CPU) compiles
+    graphs of its own."""
     batch = options.batch
     if batch is None:
         batch = choose_batch(options.device, trials_left, options.workers)
@@ -262,7 +263,9 @@ def choose_speed(
     from purestep.core.pool import stacks
 
     own_graphs = batch > 1 and stacks(options.device)
-    compiled = use_compiled(options.impl, n_fit, options.epochs, (lambda: False) if own_graphs else saved)
+    compiled = use_compiled(
+        options.impl, n_fit, options.epochs, (lambda: False) if own_graphs else lambda: saved(threads)
+    )
     return Speed(
         compiled, batch, options.impl == "auto", options.batch is None, threads, options.threads is None
     )
@@ -337,16 +340,16 @@ def model_defaults(ref: str) -> dict[str, Any]:
     return defaults(resolve_factory(ref))
 
 
-def saved_steps(options: TuneOptions, splits: Splits) -> Callable[[], bool]:
-    """`saved()` for `choose_speed`: whether the compile cache (`default_compile_cache()`) holds
-    the graph of every step the study's compiled trials call (`steps_saved`)."""
+def saved_steps(options: TuneOptions, splits: Splits) -> Callable[[int], bool]:
+    """`saved(threads)` for `choose_speed`: whether the compile cache (`default_compile_cache()`)
+    holds the graph of every step the study's compiled trials call on `threads` (`steps_saved`)."""
 
-    def saved() -> bool:
+    def saved(threads: int) -> bool:
         from purestep.core.step import packages_folder
         from purestep.search.objective import graph_configs, steps_saved
 
         sets = [(splits.x_fit, splits.y_fit)], [(splits.x_val, splits.y_val)]
-        return steps_saved(splits, graph_configs(options.space), *sets, packages_folder())
+        return steps_saved(splits, graph_configs(options.space), *sets, packages_folder(), threads)
 
     return saved
 
