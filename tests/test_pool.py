@@ -40,7 +40,7 @@ optimizers = st.one_of(
 trial = st.tuples(optimizers, st.sampled_from([32, 48, 64]), st.booleans(), st.integers(0, 3))
 
 
-def run_pool(x, y, eval_data, trials, slots, delays, epochs, compiled=False, stack=None):
+def run_pool(x, y, eval_data, trials, slots, delays, epochs, compiled=False, stack=None, model=MODEL):
     """Train `trials` in a pool of `slots`; trial k waits for a free slot, then `delays[k]` more steps."""
     pool = Pool(x, y, eval_data, eval_batch_size=32, compiled=compiled, stack=stack)
     histories: dict[int, list] = {k: [] for k in range(len(trials))}
@@ -50,10 +50,10 @@ def run_pool(x, y, eval_data, trials, slots, delays, epochs, compiled=False, sta
         while waiting and len(pool) < slots and wait <= 0:
             k = waiting.pop(0)
             config, batch_size, shuffle, seed = trials[k]
-            params, buffers = MODEL.init(seed)
+            params, buffers = model.init(seed)
             lrs = [config.lr * (epochs - e) / epochs for e in range(epochs)]
             pool.add(
-                k, MODEL, params, buffers, config, batch_size=batch_size, lrs=lrs, shuffle=shuffle, seed=seed
+                k, model, params, buffers, config, batch_size=batch_size, lrs=lrs, shuffle=shuffle, seed=seed
             )
             wait = delays[len(trials) - len(waiting)] if waiting else 0
         wait -= 1
@@ -67,12 +67,14 @@ def run_pool(x, y, eval_data, trials, slots, delays, epochs, compiled=False, sta
     return histories
 
 
-def alone(x, y, eval_data, trial, epochs):
+def alone(x, y, eval_data, trial, epochs, compiled=False, model=MODEL):
+    """`fit` of one trial, its generator seeded as a tuning trial's (`objective.train`)."""
     config, batch_size, shuffle, seed = trial
-    params, buffers = MODEL.init(seed)
+    params, buffers = model.init(seed)
+    model.seed_like_module(seed)
     return fit(
-        MODEL,
-        config.build(),
+        model,
+        config.build_for(compiled),
         params,
         buffers,
         x,
@@ -83,10 +85,16 @@ def alone(x, y, eval_data, trial, epochs):
         eval_batch_size=32,
         shuffle=shuffle,
         seed=seed,
-        compiled=False,
+        compiled=compiled,
         log_every=0,
         lr_at=lambda e: config.lr * (epochs - e) / epochs,
     ).history
+
+
+def same_numbers(a, b) -> bool:
+    """Two histories with the same epochs, losses and accuracies, bit for bit."""
+    numbers = ("epoch", "train_loss", "eval_loss", "eval_accuracy")
+    return [[getattr(r, n) for n in numbers] for r in a] == [[getattr(r, n) for n in numbers] for r in b]
 
 
 @given(
@@ -96,7 +104,7 @@ def alone(x, y, eval_data, trial, epochs):
     stack=st.booleans(),
 )
 def test_each_pooled_trial_equals_it_alone_whatever_its_slot_and_start(digits, trials, slots, delays, stack):
-    """Stacked (vmapped lanes, the default off the CPU) or each slot alone (eager on a CPU's default)."""
+    """Stacked (vmapped lanes, the default off the CPU) or each slot alone (the default on a CPU)."""
     x, y, ex, ey = digits
     pooled = run_pool(x, y, (ex, ey), trials, slots, delays, epochs=2, stack=stack)
     for k, t in enumerate(trials):
@@ -106,9 +114,8 @@ def test_each_pooled_trial_equals_it_alone_whatever_its_slot_and_start(digits, t
             assert a.epoch == b.epoch
             assert close(a.train_loss, b.train_loss) and close(a.eval_loss, b.eval_loss), (k, a, b)
             assert a.eval_accuracy == pytest.approx(b.eval_accuracy, abs=1 / len(ey))
-            if not stack:  # each slot alone runs `fit`'s own steps: the same bits
-                numbers = ("train_loss", "eval_loss", "eval_accuracy")
-                assert [getattr(a, n) for n in numbers] == [getattr(b, n) for n in numbers]
+        if not stack:  # each slot alone runs `fit`'s own steps: the same bits
+            assert same_numbers(mine, own), k
 
 
 @pytest.mark.parametrize("stack", [True, False])
@@ -183,29 +190,8 @@ def test_a_compiled_pool_on_a_cpu_runs_each_trials_own_graphs_bit_for_bit(digits
         (OptimizerConfig("rmsprop", lr=1e-3), 64, False, 2),
     ]
     pooled = run_pool(x, y, (ex, ey), trials, 2, [0, 1, 0], epochs=2, compiled=True)
-    for k, (config, batch_size, shuffle, seed) in enumerate(trials):
-        params, buffers = MODEL.init(seed)
-        own = fit(
-            MODEL,
-            config.build_for(compiled=True),
-            params,
-            buffers,
-            x,
-            y,
-            epochs=2,
-            batch_size=batch_size,
-            eval_data=(ex, ey),
-            eval_batch_size=32,
-            shuffle=shuffle,
-            seed=seed,
-            compiled=True,
-            log_every=0,
-            lr_at=lambda e, lr=config.lr: lr * (2 - e) / 2,
-        ).history
-        numbers = ("epoch", "train_loss", "eval_loss", "eval_accuracy")
-        assert [[getattr(r, n) for n in numbers] for r in pooled[k]] == [
-            [getattr(r, n) for n in numbers] for r in own
-        ], k
+    for k, t in enumerate(trials):
+        assert same_numbers(pooled[k], alone(x, y, (ex, ey), t, epochs=2, compiled=True)), k
 
 
 def test_random_layers_draw_in_a_pool_what_they_draw_alone(digits):
@@ -215,39 +201,11 @@ def test_random_layers_draw_in_a_pool_what_they_draw_alone(digits):
     x, y, ex, ey = digits
     x, ex = x.view(-1, 1, 8, 8), ex.view(-1, 1, 8, 8)
     model = cnn(1, 10, width=4, dense=16, dropout=0.5)
-    seeds, config, lrs = [0, 1, 2], OptimizerConfig("sgd", lr=0.05, momentum=0.9), [0.05, 0.02]
-    pool = Pool(x, y, (ex, ey), eval_batch_size=32, compiled=False)
-    for seed in seeds:
-        params, buffers = model.init(seed)
-        pool.add(seed, model, params, buffers, config, batch_size=32, lrs=lrs, shuffle=True, seed=seed)
-    pooled: dict[int, list] = {seed: [] for seed in seeds}
-    while len(pool):
-        for end in pool.step():
-            pooled[end.key].append(end.row)
-            if len(pooled[end.key]) == len(lrs):
-                pool.remove(end.key)
-    for seed in seeds:
-        params, buffers = model.init(seed)
-        model.seed_like_module(seed)
-        own = fit(
-            model,
-            config.build(),
-            params,
-            buffers,
-            x,
-            y,
-            epochs=2,
-            batch_size=32,
-            eval_data=(ex, ey),
-            eval_batch_size=32,
-            shuffle=True,
-            seed=seed,
-            compiled=False,
-            log_every=0,
-            lr_at=lambda e: lrs[e],
-        ).history
-        numbers = [[(r.train_loss, r.eval_loss) for r in rows] for rows in (pooled[seed], own)]
-        assert numbers[0] == numbers[1], seed
+    config = OptimizerConfig("sgd", lr=0.05, momentum=0.9)
+    trials = [(config, 32, True, seed) for seed in range(3)]
+    pooled = run_pool(x, y, (ex, ey), trials, 3, [0, 0, 0], epochs=2, model=model)
+    for k, t in enumerate(trials):
+        assert same_numbers(pooled[k], alone(x, y, (ex, ey), t, epochs=2, model=model)), k
 
 
 @pytest.mark.parametrize(
