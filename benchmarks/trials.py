@@ -15,8 +15,9 @@ flags (its own pick of eager or compiled, K and threads) and the plain objective
 default thread count.
 FashionMNIST-shaped data is generated (60000 x 28 x 28 IDX files) when the real files are absent.
 Prints a Markdown table of wall seconds, trials per hour and ratios, the share of the pool's
-slot-steps spent on live trials, and the study's FLOP floor: its total FLOPs at this machine's
-measured matmul throughput.
+slot-steps spent on live trials, the epochs the study's trials trained (with a pruner, the work
+each variant did), and the study's FLOP floor: its total FLOPs at this machine's measured matmul
+throughput.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import time
 from pathlib import Path
 
 
-def plain_optuna(dataset: str, data_dir: str, epochs: int, n_trials: int, pruner: str) -> None:
-    """The objective of Optuna's PyTorch example, on the tutorial's model and the default space."""
+def plain_optuna(dataset: str, data_dir: str, epochs: int, n_trials: int, pruner: str, trained: str) -> None:
+    """The objective of Optuna's PyTorch example, on the tutorial's model and the default space;
+    the epochs its trials trained (`epochs_trained`) into the file `trained`."""
     import optuna
     import torch
     from torch import nn
@@ -98,6 +100,13 @@ def plain_optuna(dataset: str, data_dir: str, epochs: int, n_trials: int, pruner
         pruner=make_pruner(pruner, epochs),
     )
     study.optimize(objective, n_trials=n_trials)
+    Path(trained).write_text(str(epochs_trained(study)))
+
+
+def epochs_trained(study) -> int:
+    """The epochs a study's trials trained: each reports once an epoch, so a pruned trial counts
+    the epochs it ran. With a pruner, variants differ in this work as well as in speed."""
+    return sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))
 
 
 def run_cli(usage_file: str, args: list[str]) -> None:
@@ -230,10 +239,13 @@ def main() -> None:
         one_process = ["--workers", "1", "--threads", str(args.threads)]
         one_process += ["--impl", args.impl] if args.impl else []
 
-        rows: list[tuple[str, float, str]] = []
+        rows: list[tuple[str, float, str, int]] = []
+        trained = tmp_path / "plain-epochs"
         plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
-        plain += [str(args.epochs), str(args.n_trials), args.pruner]
-        rows.append(("plain Optuna objective (nn.Module + DataLoader)", _timed(plain, env), ""))
+        plain += [str(args.epochs), str(args.n_trials), args.pruner, str(trained)]
+        seconds = _timed(plain, env)
+        label = "plain Optuna objective (nn.Module + DataLoader)"
+        rows.append((label, seconds, "", int(trained.read_text())))
         variants = [(b, [*one_process, "--batch", b], env) for b in ["1", *args.batches.split(",")]]
         variants += [("defaults", [], defaults_env)] if args.defaults else []
         for name, flags, run_env in variants:
@@ -251,10 +263,14 @@ def main() -> None:
                 label += f" (picked: {best['impl']['value']}, --batch {k}, --threads {threads})"
             counts = json.loads(usage.read_text())
             live = f"{counts['slot_steps'] / (counts['steps'] * k):.1%}" if counts.get("steps") else ""
-            rows.append((label, seconds, live))
+            import optuna
+
+            study = optuna.load_study(study_name=None, storage=f"sqlite:///{run / 's.db'}")
+            rows.append((label, seconds, live, epochs_trained(study)))
         if args.defaults:
             label = "plain Optuna objective, torch's default threads"
-            rows.append((label, _timed(plain, defaults_env), ""))
+            seconds = _timed(plain, defaults_env)
+            rows.append((label, seconds, "", int(trained.read_text())))
         flops, floor = flop_floor(args.dataset, data_dir, args.epochs, args.n_trials, args.threads)
 
     plain_s, sequential = rows[0][1], rows[1][1]
@@ -266,13 +282,16 @@ def main() -> None:
     print(
         f"FLOP floor: {flops / 1e12:.2f} TFLOP without pruning, {floor:.1f} s at the measured matmul rate\n"
     )
-    print("| variant | trials / hour | vs plain | vs sequential | floor / wall | live slot-steps |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for label, seconds, live in rows:
+    print(
+        "| variant | trials / hour | vs plain | vs sequential | floor / wall | live slot-steps "
+        "| epochs trained |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for label, seconds, live, trained_epochs in rows:
         per_hour = args.n_trials * 3600 / seconds
         print(
             f"| {label} | {per_hour:.0f} | {plain_s / seconds:.2f}x | {sequential / seconds:.2f}x "
-            f"| {floor / seconds:.2f} | {live} |"
+            f"| {floor / seconds:.2f} | {live} | {trained_epochs} |"
         )
 
 
@@ -280,8 +299,8 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--drop-or-ride":
         drop_or_ride(*(int(a) for a in sys.argv[2:5]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--plain":
-        _, _, name, directory, n_epochs, trials_, pruner_ = sys.argv
-        plain_optuna(name, directory, int(n_epochs), int(trials_), pruner_)
+        _, _, name, directory, n_epochs, trials_, pruner_, trained_ = sys.argv
+        plain_optuna(name, directory, int(n_epochs), int(trials_), pruner_, trained_)
     elif len(sys.argv) > 1 and sys.argv[1] == "--cli":
         run_cli(sys.argv[2], sys.argv[3:])
     else:

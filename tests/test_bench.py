@@ -155,3 +155,18 @@ def test_bench_command_passes_its_arguments_to_the_harness():
     )
     assert run.returncode == 0
     assert "--markdown" in run.stdout and "--precision" in run.stdout
+
+
+def test_trials_benchmark_prints_each_variants_row_and_the_epochs_it_trained(capsys, monkeypatch):
+    from benchmarks import trials
+
+    argv = ["--dataset", "digits", "--epochs", "2", "--n-trials", "3", "--batches", "2", "--pruner", "median"]
+    monkeypatch.setattr(sys, "argv", ["trials", *argv])
+    trials.main()
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| ")][2:]  # after the header
+    labels = [r[0].strip() for r in rows]
+    plain = "plain Optuna objective (nn.Module + DataLoader)"
+    assert labels == [plain, "purestep sequential", "purestep --batch 2"]
+    for row in rows:
+        assert 3 <= int(row[-1]) <= 3 * 2  # every trial trains an epoch at least, none more than 2

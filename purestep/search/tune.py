@@ -216,9 +216,10 @@ def use_compiled(impl: str, n_fit: int, epochs: int, saved: Callable[[], bool] =
 def choose_batch(device: str, trials_left: int, workers: int = 1) -> int:
     """`--batch auto`: how many trials each process trains at once, from the device and the trials left.
 
-    A CPU trains one at a time: K stacked trials are K times the products on the same cores, and
-    the pool measured slower than sequential there (BENCHMARKS.md, "The default pick"). A GPU
-    trains `CUDA_BATCH` at once, never more than a worker's share of the trials left.
+    A CPU trains one at a time: K stacked trials are K times the products on the same cores, so a
+    CPU pool runs each trial's own steps and measured no faster than sequential trials (BENCHMARKS.md,
+    "The pool on a CPU"), while K in flight are pruned later. A GPU trains `CUDA_BATCH` at once,
+    never more than a worker's share of the trials left.
     """
     if not device.startswith("cuda"):
         return 1
