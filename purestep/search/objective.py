@@ -257,8 +257,8 @@ def steps_saved(
 ) -> bool:
     """Whether `folder` (`packages_folder()`) holds a saved graph for every step compiled training
     of `configs` calls (None: configs not known, False): the train step on the full and the last
-    batch of each `train_on` set and the eval step on each `eval_on` set. Then compiling costs
-    nothing; nothing is built, loaded or set here."""
+    batch of each `train_on` set and the eval step on each `eval_on` set, on `threads` torch threads
+    (default: now's). Then compiling costs nothing; nothing is built, loaded or set here."""
     from purestep.core.loop import steps_for
     from purestep.core.step import CompiledStep
 
