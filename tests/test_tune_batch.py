@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from test_tune_cli import FAST, PURESTEP, _wait, finished, invoke, trials
 
 from purestep import load_dataset
+from purestep.core import denormals
 from purestep.search.objective import EVAL_BATCH_SIZE, TrialConfig, graph_configs, make_splits, train
 from purestep.search.space import default_space, parse_space
 from purestep.search.tune import (
@@ -50,16 +51,17 @@ def test_each_pooled_trial_has_the_validation_metrics_it_has_alone(tmp_path: Pat
     splits = make_splits(load_dataset("digits"), 0.2, 0)
     for t in done:
         config = TrialConfig.from_dict(t.user_attrs["config"])
-        alone = train(
-            config,
-            splits.x_fit,
-            splits.y_fit,
-            (splits.x_val, splits.y_val),
-            splits=splits,
-            epochs=3,
-            seed=0,
-            compiled=False,
-        ).history
+        with denormals.flushed():  # as `tune` trains by default
+            alone = train(
+                config,
+                splits.x_fit,
+                splits.y_fit,
+                (splits.x_val, splits.y_val),
+                splits=splits,
+                epochs=3,
+                seed=0,
+                compiled=False,
+            ).history
         assert len(splits.y_val) <= EVAL_BATCH_SIZE
         # on a CPU the pool runs each trial's own steps (stacked, off the CPU: within 1e-5)
         for row in alone:
@@ -160,6 +162,7 @@ def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
         "impl": {"value": "eager", "chosen": "auto"},
         "batch": {"value": 1, "chosen": "auto"},
         "threads": {"value": usable_cores(), "chosen": "auto"},
+        "denormals": "kept",  # until `tune` flushes them
     }
     shared = choose_speed(_options(workers=2), n_fit=1150, trials_left=30)
     assert (shared.threads, shared.threads_auto) == (choose_threads(usable_cores(), 2), True)
@@ -182,6 +185,7 @@ def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
         "impl": {"value": "eager", "chosen": "given"},
         "batch": {"value": 3, "chosen": "given"},
         "threads": {"value": 5, "chosen": "given"},
+        "denormals": "kept",
     }
 
 
@@ -243,15 +247,19 @@ def test_tune_reports_what_it_picked_and_what_was_given_and_resumes_either_way(
     assert (step._ARTIFACTS, os.environ["TORCHINDUCTOR_CACHE_DIR"]) == before  # looking set nothing
     n = usable_cores()
     threads = "1 thread" if n == 1 else f"{n} threads"
-    assert f"(new study); eager steps (auto), 1 trial at a time (auto), {threads} (auto)" in line
+    picked = f"eager steps (auto), 1 trial at a time (auto), {threads} (auto), denormals flushed"
+    assert f"(new study); {picked}" in line
     assert impl == {"value": "eager", "chosen": "auto"} and batch == {"value": 1, "chosen": "auto"}
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["batch"] == batch and best["threads"] == {"value": n, "chosen": "auto"}
     assert torch.get_num_threads() == n
 
-    args = ["--batch", "3", "--impl", "eager", "--threads", "1"]
+    assert best["denormals"] == "flushed" and not denormals.flushing()  # flushed while it ran
+
+    args = ["--batch", "3", "--impl", "eager", "--threads", "1", "--denormals", "keep"]
     line, impl, batch = _speed(invoke("--n-trials", "6", *args, *common))
-    assert "(resuming: 3 finished); eager steps (given), 3 trials at once (given), 1 thread (given)" in line
+    assert "(resuming: 3 finished); eager steps (given), 3 trials at once (given), 1 thread (given), " in line
+    assert line.endswith("denormals kept")
     assert impl == {"value": "eager", "chosen": "given"} and batch == {"value": 3, "chosen": "given"}
     assert torch.get_num_threads() == 1
 

@@ -51,6 +51,11 @@ class TuneImpl(str, Enum):
     compiled = "compiled"
 
 
+class Denormals(str, Enum):
+    flush = "flush"
+    keep = "keep"
+
+
 def _fraction(value: float | None) -> float | None:
     if value is not None and (not math.isfinite(value) or not 0 < value < 1):
         raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {value}")
@@ -193,6 +198,14 @@ def tune(
             help="Torch threads per process; auto: the cores (or OMP_NUM_THREADS) shared by the --workers.",
         ),
     ] = "auto",
+    denormals: Annotated[
+        Denormals,
+        typer.Option(
+            "--denormals",
+            help="flush: denormal floats (below 1.2e-38) count as zero on the CPU, as in JAX; they slow "
+            "every step once optimizer state decays toward zero. keep: IEEE arithmetic, torch's default.",
+        ),
+    ] = Denormals.flush,
     device: Device = "cpu",
     out: Out = None,
     final: Annotated[
@@ -249,6 +262,7 @@ def tune(
         model=model,
         model_args=parse_model_args(model_arg),
         loss=loss.value if loss is not None else None,
+        denormals=denormals.value,
     )
     line = _LiveLine(sys.stderr.isatty())
     try:

@@ -100,6 +100,8 @@ class TuneOptions:
     model_args: dict[str, Any] = field(default_factory=dict)
     loss: str | None = None
     """None until the data is loaded: then the task's default (`resolve_for_data`)."""
+    denormals: str = "flush"
+    """`flush`: denormal floats are zero on the CPU while trials train (`core/denormals.py`); `keep`."""
 
     @property
     def space(self) -> Space:
@@ -158,23 +160,27 @@ class Speed:
     batch_auto: bool
     threads: int = 1
     threads_auto: bool = False
+    flush: bool = False
+    """Whether denormal floats are flushed to zero while trials train (`--denormals`, as it took)."""
 
     def to_json(self) -> dict[str, Any]:
-        """The `impl`, `batch` and `threads` entries of `best.json`."""
+        """The `impl`, `batch`, `threads` and `denormals` entries of `best.json`."""
         return {
             "impl": {"value": "compiled" if self.compiled else "eager", "chosen": _chosen(self.impl_auto)},
             "batch": {"value": self.batch, "chosen": _chosen(self.batch_auto)},
             "threads": {"value": self.threads, "chosen": _chosen(self.threads_auto)},
+            "denormals": "flushed" if self.flush else "kept",
         }
 
     def describe(self) -> str:
-        """For the announce line: `eager steps (auto), 1 trial at a time (auto), 2 threads (auto)`."""
+        """For the announce line: `eager steps (auto), 1 trial at a time (auto), 2 threads (auto),
+        denormals flushed`."""
         impl = "compiled" if self.compiled else "eager"
         trials = "1 trial at a time" if self.batch == 1 else f"{self.batch} trials at once"
         threads = "1 thread" if self.threads == 1 else f"{self.threads} threads"
         return (
             f"{impl} steps ({_chosen(self.impl_auto)}), {trials} ({_chosen(self.batch_auto)}), "
-            f"{threads} ({_chosen(self.threads_auto)})"
+            f"{threads} ({_chosen(self.threads_auto)}), denormals {'flushed' if self.flush else 'kept'}"
         )
 
 
@@ -416,13 +422,17 @@ def tune(
         impl = "compiled" if speed.compiled else "eager"
         options = replace(options, batch=speed.batch, threads=speed.threads, impl=impl)  # workers take them
         _setup_torch(speed.threads, speed.compiled)
-        outcome = _outcome(study, url, created, queued, speed, start)
-        on_ready(outcome)
-        deadline = start + options.timeout if options.timeout else None
-        if options.workers == 1:
-            _run_here(study, options, splits, speed.compiled, deadline, start, progress)
-        else:
-            _run_workers(study, options, deadline, start, progress)
+        from purestep.core.denormals import flushed
+
+        with flushed(options.denormals == "flush") as flush:
+            speed = replace(speed, flush=flush)
+            outcome = _outcome(study, url, created, queued, speed, start)
+            on_ready(outcome)
+            deadline = start + options.timeout if options.timeout else None
+            if options.workers == 1:
+                _run_here(study, options, splits, speed.compiled, deadline, start, progress)
+            else:
+                _run_workers(study, options, deadline, start, progress)
         return _outcome(study, url, created, queued, speed, start), data
 
 
@@ -536,7 +546,10 @@ def run_worker(options: TuneOptions, index: int, deadline: float | None) -> int:
             sampler=make_sampler(options.sampler, options.seed + index),
             pruner=make_pruner(options.pruner, options.epochs),
         )
-        return _run(study, options, splits, compiled, deadline)
+        from purestep.core.denormals import flushed
+
+        with flushed(options.denormals == "flush"):
+            return _run(study, options, splits, compiled, deadline)
 
 
 def _run_workers(
@@ -718,7 +731,10 @@ def finish(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path, fin
         raise PurestepError(f"study {outcome.study!r} has no completed trial ({why})")
     options = resolve_for_data(options, data)
     if final:
-        outcome.final = final_train(outcome, data, options, out)
+        from purestep.core.denormals import flushed
+
+        with flushed(outcome.speed.flush):
+            outcome.final = final_train(outcome, data, options, out)
     content = best_json(outcome, options)
     outcome.files.insert(0, str(write_json(out / "best.json", content)))
     return content
