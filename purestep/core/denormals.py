@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import importlib.util
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,7 +46,9 @@ def _team_flushes(on: bool) -> bool:
 
 def _loaded_runtimes() -> list[Path]:
     """OpenMP runtimes torch may use: those in torch's own folder, then any this process mapped."""
-    found = sorted(p for p in (Path(torch.__file__).parent / "lib").glob("*omp*") if _RUNTIME.search(p.name))
+    spec = importlib.util.find_spec("torch")
+    folders = [Path(f) / "lib" for f in (spec.submodule_search_locations or [])] if spec else []
+    found = sorted(p for f in folders for p in f.glob("*omp*") if _RUNTIME.search(p.name))
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/maps").read_text().splitlines():
             path = Path(line.split()[-1]) if line.split() else None
