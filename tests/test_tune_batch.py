@@ -189,6 +189,11 @@ def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
     }
 
 
+def test_denormals_are_flushed_only_when_asked_and_on_a_cpu() -> None:
+    assert _options().flushes() and not _options(denormals="keep").flushes()
+    assert not _options(device="cuda").flushes()  # CUDA kernels keep them: the run says so
+
+
 def test_graph_configs_cover_every_shape_a_space_can_draw() -> None:
     configs = graph_configs(default_space())
     assert configs is not None and sorted(c.batch_size for c in configs) == [32, 64, 128, 256]

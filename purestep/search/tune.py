@@ -108,6 +108,10 @@ class TuneOptions:
         """The search space."""
         return space_from_json(self.space_json)
 
+    def flushes(self) -> bool:
+        """Whether trials train with denormals flushed: asked for, on a CPU (CUDA kernels keep them)."""
+        return self.denormals == "flush" and self.device == "cpu"
+
     def spec(self) -> StudySpec:
         """The study definition these options ask for (once `resolve_for_data` has run)."""
         assert self.val_fraction is not None, "the validation fraction is decided with the data"
@@ -424,7 +428,7 @@ def tune(
         _setup_torch(speed.threads, speed.compiled)
         from purestep.core.denormals import flushed
 
-        with flushed(options.denormals == "flush") as flush:
+        with flushed(options.flushes()) as flush:
             speed = replace(speed, flush=flush)
             outcome = _outcome(study, url, created, queued, speed, start)
             on_ready(outcome)
@@ -548,7 +552,7 @@ def run_worker(options: TuneOptions, index: int, deadline: float | None) -> int:
         )
         from purestep.core.denormals import flushed
 
-        with flushed(options.denormals == "flush"):
+        with flushed(options.flushes()):
             return _run(study, options, splits, compiled, deadline)
 
 
