@@ -50,8 +50,8 @@ def _loaded_runtimes() -> list[Path]:
     folders = [Path(f) / "lib" for f in (spec.submodule_search_locations or [])] if spec else []
     found = sorted(p for f in folders for p in f.glob("*omp*") if _RUNTIME.search(p.name))
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/maps").read_text().splitlines():
-            path = Path(line.split()[-1]) if line.split() else None
+        for fields in map(str.split, Path("/proc/self/maps").read_text().splitlines()):
+            path = Path(fields[-1]) if fields else None
             if path is not None and _RUNTIME.search(path.name) and path not in found:
                 found.append(path)
     return found

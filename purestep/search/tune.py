@@ -173,8 +173,13 @@ class Speed:
             "impl": {"value": "compiled" if self.compiled else "eager", "chosen": _chosen(self.impl_auto)},
             "batch": {"value": self.batch, "chosen": _chosen(self.batch_auto)},
             "threads": {"value": self.threads, "chosen": _chosen(self.threads_auto)},
-            "denormals": "flushed" if self.flush else "kept",
+            "denormals": self.denormals,
         }
+
+    @property
+    def denormals(self) -> str:
+        """`flushed` or `kept`, as the announce line and `best.json` say it."""
+        return "flushed" if self.flush else "kept"
 
     def describe(self) -> str:
         """For the announce line: `eager steps (auto), 1 trial at a time (auto), 2 threads (auto),
@@ -184,7 +189,7 @@ class Speed:
         threads = "1 thread" if self.threads == 1 else f"{self.threads} threads"
         return (
             f"{impl} steps ({_chosen(self.impl_auto)}), {trials} ({_chosen(self.batch_auto)}), "
-            f"{threads} ({_chosen(self.threads_auto)}), denormals {'flushed' if self.flush else 'kept'}"
+            f"{threads} ({_chosen(self.threads_auto)}), denormals {self.denormals}"
         )
 
 
