@@ -1,7 +1,8 @@
-"""Each optimizer's own update against the union one: `python -m benchmarks.optim [--threads N]`.
+"""Each optimizer's own update against the union one: `python -m benchmarks.optim [--threads N] [--update]`.
 
 The tutorial's train step (784-512-512-10 MLP, batch 64) with each family's own update and with
-`tunable(config)`'s union update, eager and compiled. Variants run in interleaved rounds on the
+`tunable(config)`'s union update, eager and compiled; with `--update`, the update alone on fixed
+gradients (eager: the optimizer's `eager_update`). Variants run in interleaved rounds on the
 same batch; each reports its best round in ms per step and the median over rounds of the union's
 ratio to its own optimizer within a round.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from purestep.core.model import mlp
-from purestep.core.optim import OptimizerConfig, tunable
+from purestep.core.optim import Optimizer, OptimizerConfig, tunable
 from purestep.core.step import compile_step, make_train_step
 
 CONFIGS = {
@@ -29,6 +32,18 @@ CONFIGS = {
 MODES = ("eager", "compiled")
 
 
+def update_step(params: dict[str, torch.Tensor], update: Callable[..., Any]) -> Callable[..., Any]:
+    """A step of the train step's shape that runs only `update`, on fixed gradients."""
+    g = torch.Generator().manual_seed(1)
+    grads = {k: torch.randn(v.shape, generator=g) * 1e-2 for k, v in params.items()}
+
+    def step(params, buffers, state, x, y):
+        params, state = update(grads, state, params)
+        return params, buffers, state, None
+
+    return step
+
+
 def main(argv: list[str] | None = None) -> None:
     """Time every (optimizer, own or union, eager or compiled) variant and print one table."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.optim", description=__doc__.split("\n\n")[0])
@@ -37,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=50, help="timed steps per variant and round")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="eager, compiled or both")
     p.add_argument("--optimizers", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    p.add_argument("--update", action="store_true", help="time the update alone, not the whole step")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -44,16 +60,23 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g)
     params, buffers = model.init(0)
-    union_eager = make_train_step(model, tunable(CONFIGS["sgd"]))
-    union_compiled = compile_step(union_eager)  # one graph serves every config
+
+    def make(optimizer: Optimizer, compiled: bool = False) -> Callable[..., Any]:
+        if not args.update:
+            return make_train_step(model, optimizer)
+        eager_update = optimizer.eager_update or optimizer.update
+        return update_step(params, optimizer.update if compiled else eager_update)
+
+    union_eager = make(tunable(CONFIGS["sgd"]))
+    union_compiled = compile_step(make(tunable(CONFIGS["sgd"]), compiled=True))  # one graph, every config
     variants = {}
     for name in args.optimizers:
         config = CONFIGS[name]
-        own_eager = make_train_step(model, config.build())
+        own_eager, own_compiled = make(config.build()), make(config.build(), compiled=True)
         own_state, union_state = config.build().init(params), tunable(config).init(params)
         steps = {
             "eager": (own_eager, union_eager),
-            "compiled": (compile_step(own_eager), union_compiled),
+            "compiled": (compile_step(own_compiled), union_compiled),
         }
         for mode in args.modes:
             variants[name, "own", mode] = steps[mode][0], own_state

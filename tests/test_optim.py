@@ -4,6 +4,11 @@ optimizer alone, and every eager update == its update, bit for bit."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given
@@ -378,3 +383,43 @@ def test_bad_hyperparameters_are_refused(make):
 def test_a_refusal_names_the_value_and_its_bounds():
     with pytest.raises(ValueError, match=r"^alpha must be >= 0.0 and <= 1.0, got 1.5$"):
         rmsprop(0.1, alpha=1.5)
+
+
+_COMPILE_UPDATES = """
+import sys, torch
+from purestep.core.optim import OptimizerConfig, adam, rmsprop, sgd, tunable
+params = {"w": torch.rand(64, 48), "b": torch.rand(64)}
+grads = {k: torch.rand_like(v) for k, v in params.items()}
+for optimizer in (adam(1e-3, weight_decay=0.1), rmsprop(centered=True), sgd(0.1, momentum=0.9),
+                  tunable(OptimizerConfig("adam"))):
+    torch.compile(optimizer.update, fullgraph=True)(grads, optimizer.init(params), params)
+"""
+
+
+def _loop_bodies(source: str):
+    """The body of every `for` loop in generated C++ source, by brace matching."""
+    for loop in re.finditer(r"for\(", source):
+        start, depth = source.index("{", loop.end()), 0
+        for end in range(start, len(source)):
+            depth += {"{": 1, "}": -1}.get(source[end], 0)
+            if depth == 0:
+                break
+        yield source[start:end]
+
+
+@pytest.mark.compile
+def test_compiled_updates_compute_their_step_factors_outside_every_element_loop(tmp_path):
+    """Inductor's kernels for Adam, RMSprop, SGD and the union: the `pow`s of Adam's bias
+    corrections run once a step, outside the loops over the elements (a libm call in a loop
+    runs once per vector of every parameter)."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    subprocess.run(
+        [sys.executable, "-c", _COMPILE_UPDATES], check=True, env=env, cwd=tmp_path, capture_output=True
+    )
+    sources = [
+        body.split("'''")[1]
+        for path in tmp_path.rglob("*.py")
+        for body in re.split(r"async_compile\.cpp_pybinding\(", path.read_text())[1:]
+    ]
+    assert any("std::pow" in s for s in sources)  # the kernels were found, with Adam's factors
+    assert not [b for s in sources for b in _loop_bodies(s) if "std::pow(" in b]

@@ -112,6 +112,19 @@ def _addcdiv(x: Tensor, t1: Tensor, t2: Tensor, value: float | Tensor) -> Tensor
     return torch.addcdiv(x, t1, t2, value=value)
 
 
+def _once(choose: Choose, *factors: Tensor) -> tuple[Tensor, ...]:
+    """An update's per-step 0-d factors, as every branch takes them (`_kept`) stacked in one tensor.
+
+    Inductor inlines 0-d arithmetic into each element loop that reads it, so Adam's `pow`s and
+    divisions would run once per vector of every parameter (libm calls C++ cannot hoist); a
+    stack read by several selects is computed once per step into a buffer. Same values either way.
+    """
+    if choose is not _kept:
+        return factors
+    stacked = torch.stack(factors)
+    return tuple(stacked[i] for i in range(len(factors)))
+
+
 def _kept(flag: Tensor) -> Tensor:
     """A choice or value as compiled and vmapped updates take it: a tensor, every branch computed."""
     return flag
@@ -125,16 +138,20 @@ def _read(flag: Tensor) -> Any:
 
 
 def _sgd_rule(state: State, dtype: torch.dtype, choose: Choose, with_momentum: Flag = True) -> Rule:
-    lr = state["lr"].to(dtype)
     momentum = state["momentum"].to(dtype)
-    decay = state["weight_decay"].to(dtype)
     decay_on = choose(state["weight_decay"] != 0)
     nesterov = choose(state["nesterov"] != 0)
     # torch.optim's first buffer is the gradient itself: 0 * (zero buffer) + 1 * g, so the
     # choice is made on two 0-d coefficients rather than on every element.
     first = state["step"] == 0
-    carry = torch.where(first, 0.0, momentum)
-    keep = torch.where(first, 1.0, (1 - state["dampening"]).to(dtype))
+    lr, momentum, decay, carry, keep = _once(
+        choose,
+        state["lr"].to(dtype),
+        momentum,
+        state["weight_decay"].to(dtype),
+        torch.where(first, 0.0, momentum),
+        torch.where(first, 1.0, (1 - state["dampening"]).to(dtype)),
+    )
 
     def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
         if decay_on is not False:
@@ -153,14 +170,18 @@ def _adam_rule(state: State, dtype: torch.dtype, choose: Choose) -> Rule:
     step = state["step"] + 1
     lr, beta1, beta2 = state["lr"], state["beta1"], state["beta2"]
     decoupled = state["decoupled"]
-    shrink = (1 - lr * state["weight_decay"] * decoupled).to(dtype)
-    l2 = (state["weight_decay"] * (1 - decoupled)).to(dtype)
-    keep1 = (1 - beta1).to(dtype)
-    keep2 = choose((1 - beta2).to(dtype))
-    b2 = beta2.to(dtype)
-    eps = state["eps"].to(dtype)
-    neg_step_size = choose((-lr / (1 - beta1**step)).to(dtype))
-    bias_correction2_sqrt = torch.sqrt(1 - beta2**step).to(dtype)
+    shrink, l2, keep1, keep2, b2, eps, neg_step_size, bias_correction2_sqrt = _once(
+        choose,
+        (1 - lr * state["weight_decay"] * decoupled).to(dtype),
+        (state["weight_decay"] * (1 - decoupled)).to(dtype),
+        (1 - beta1).to(dtype),
+        (1 - beta2).to(dtype),
+        beta2.to(dtype),
+        state["eps"].to(dtype),
+        (-lr / (1 - beta1**step)).to(dtype),
+        torch.sqrt(1 - beta2**step).to(dtype),
+    )
+    keep2, neg_step_size = choose(keep2), choose(neg_step_size)
     decay_on = choose(state["weight_decay"] != 0)
     decoupled_on = choose(decoupled != 0)
 
@@ -180,15 +201,18 @@ def _adam_rule(state: State, dtype: torch.dtype, choose: Choose) -> Rule:
 def _rmsprop_rule(
     state: State, dtype: torch.dtype, choose: Choose, with_momentum: Flag = True, centered: Flag = True
 ) -> Rule:
-    lr = state["lr"].to(dtype)
-    neg_lr = choose((-state["lr"]).to(dtype))
-    alpha = state["alpha"].to(dtype)
-    keep = (1 - state["alpha"]).to(dtype)
-    eps = state["eps"].to(dtype)
-    decay = state["weight_decay"].to(dtype)
-    momentum = state["momentum"].to(dtype)
+    lr, neg_lr, alpha, keep, eps, decay, momentum = _once(
+        choose,
+        state["lr"].to(dtype),
+        (-state["lr"]).to(dtype),
+        state["alpha"].to(dtype),
+        (1 - state["alpha"]).to(dtype),
+        state["eps"].to(dtype),
+        state["weight_decay"].to(dtype),
+        state["momentum"].to(dtype),
+    )
     decay_on = choose(state["weight_decay"] != 0)
-    choose_keep = choose(keep)
+    neg_lr, choose_keep = choose(neg_lr), choose(keep)
 
     def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
         if decay_on is not False:
@@ -197,14 +221,12 @@ def _rmsprop_rule(
         new: Slots = {"square_avg": square_avg}
         if "grad_avg" in slots:
             grad_avg = new["grad_avg"] = torch.lerp(slots["grad_avg"], g, keep)
-            avg = _where(
-                centered,
-                lambda: torch.addcmul(square_avg, grad_avg, grad_avg, value=-1).sqrt(),
-                square_avg.sqrt,
+            spread = _where(
+                centered, lambda: torch.addcmul(square_avg, grad_avg, grad_avg, value=-1), lambda: square_avg
             )
         else:
-            avg = square_avg.sqrt()
-        avg = avg + eps
+            spread = square_avg
+        avg = spread.sqrt() + eps  # one root of the chosen spread: the same bits as a root of each
 
         def plain() -> Tensor:
             return _addcdiv(p, g, avg, neg_lr)
