@@ -29,6 +29,7 @@ from purestep import (
     unstack,
 )
 from purestep.check import max_abs_diff, max_rel_diff
+from purestep.core.optim import family_of, needs_third_buffer
 from purestep.core.reference import torch_optimizer
 from purestep.core.step import steady
 
@@ -196,7 +197,12 @@ def _walk(optimizer, states, params, shapes, seed, steps=STEPS):
     return params, states
 
 
-UNION_SLOT = {"square_avg": "exp_avg_sq", "grad_avg": "exp_avg"}
+UNION_SLOT = {
+    ("sgd", "momentum_buffer"): "exp_avg",
+    ("rmsprop", "square_avg"): "exp_avg_sq",
+    ("rmsprop", "grad_avg"): "exp_avg",
+}
+"""Where the union state keeps each family's buffer (by torch.optim's name); others keep their names."""
 
 
 @given(config=configs(), shapes=SHAPES, seed=st.integers(0, 10_000))
@@ -208,7 +214,8 @@ def test_union_steps_equal_each_optimizer_bitwise(config, shapes, seed):
     assert _bitwise_equal(union_params, own_params)
     for key, value in own_state.items():  # every buffer and hyperparameter of its own, too
         name, _, leaf = key.partition(".")
-        assert torch.equal(union_state[f"{UNION_SLOT.get(name, name)}.{leaf}" if leaf else key], value)
+        union_name = UNION_SLOT.get((family_of(config), name), name)
+        assert torch.equal(union_state[f"{union_name}.{leaf}" if leaf else key], value)
 
 
 @given(config=configs(), shapes=SHAPES, seed=st.integers(0, 10_000), union=st.booleans())
@@ -231,6 +238,7 @@ def test_every_eager_update_is_its_update_bit_for_bit(config, shapes, seed, unio
     seed=st.integers(0, 10_000),
 )
 def test_union_trials_of_every_family_stack_under_vmap_each_as_alone(trials, shapes, seed):
+    trials = [c for c in trials if needs_third_buffer(c) == needs_third_buffer(trials[0])]  # one layout
     params = _random_params(shapes, seed)
     optimizers = [tunable(c) for c in trials]
     states = [o.init(params) for o in optimizers]
@@ -257,8 +265,13 @@ def test_every_tunable_shares_one_update_and_one_state_layout():
     ]
     optimizers = [tunable(c) for c in every]
     assert len({o.update for o in optimizers}) == 1
-    layouts = {tuple((k, v.shape, v.dtype) for k, v in o.init(params).items()) for o in optimizers}
-    assert len(layouts) == 1
+    layouts = [{k: (v.shape, v.dtype) for k, v in o.init(params).items()} for o in optimizers]
+    assert all(layout == layouts[0] for layout in layouts[:-1])
+    # RMSprop with momentum alone keeps a third buffer: every other config writes two a step
+    two = {f"{buffer}.{k}" for buffer in ("exp_avg", "exp_avg_sq") for k in params}
+    assert {k for k in layouts[0] if "." in k} == two
+    assert layouts[-1].keys() - layouts[0].keys() == {f"momentum_buffer.{k}" for k in params}
+    assert [needs_third_buffer(c) for c in every] == [False] * 4 + [True]
 
 
 @pytest.mark.compile
@@ -278,7 +291,8 @@ def test_one_compiled_union_step_serves_every_optimizer_without_recompiling():
     x, y = torch.rand(8, 6), torch.arange(8) % 3
     torch._dynamo.reset()
     params, buffers = model.init(0)
-    compiled(params, buffers, tunable(every[0]).init(params), x, y)  # the one compile
+    for config in (every[0], every[-1]):  # the one compile per state layout (RMSprop with momentum's)
+        compiled(params, buffers, tunable(config).init(params), x, y)
     torch.compiler.set_stance("fail_on_recompile")
     try:
         for seed, config in enumerate(every):
@@ -411,7 +425,7 @@ def _loop_bodies(source: str):
 def test_compiled_updates_compute_their_step_factors_outside_every_element_loop(tmp_path):
     """Inductor's kernels for Adam, RMSprop, SGD and the union: the `pow`s of Adam's bias
     corrections run once a step, outside the loops over the elements (a libm call in a loop
-    runs once per vector of every parameter)."""
+    runs once per vector of every parameter), and the union takes one root per element."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
     subprocess.run(
         [sys.executable, "-c", _COMPILE_UPDATES], check=True, env=env, cwd=tmp_path, capture_output=True
@@ -423,3 +437,6 @@ def test_compiled_updates_compute_their_step_factors_outside_every_element_loop(
     ]
     assert any("std::pow" in s for s in sources)  # the kernels were found, with Adam's factors
     assert not [b for s in sources for b in _loop_bodies(s) if "std::pow(" in b]
+    # and the union shares Adam's and RMSprop's root: no element loop takes two
+    innermost = [b for s in sources for b in _loop_bodies(s) if "for(" not in b]
+    assert max(len(re.findall(r"\.sqrt\(\)|std::sqrt\(", b)) for b in innermost) == 1

@@ -35,7 +35,13 @@ optimizers = st.one_of(
         weight_decay=st.sampled_from([0.0, 1e-3]),
     ),
     st.builds(OptimizerConfig, st.sampled_from(["adam", "adamw"]), st.floats(1e-4, 1e-2)),
-    st.builds(OptimizerConfig, st.just("rmsprop"), st.floats(1e-4, 1e-2), centered=st.booleans()),
+    st.builds(  # with momentum: a third buffer, a state layout (and lane) of its own
+        OptimizerConfig,
+        st.just("rmsprop"),
+        st.floats(1e-4, 1e-2),
+        st.sampled_from([0.0, 0.5]),
+        centered=st.booleans(),
+    ),
 )
 trial = st.tuples(optimizers, st.sampled_from([32, 48, 64]), st.booleans(), st.integers(0, 3))
 
@@ -116,6 +122,19 @@ def test_each_pooled_trial_equals_it_alone_whatever_its_slot_and_start(digits, t
             assert a.eval_accuracy == pytest.approx(b.eval_accuracy, abs=1 / len(ey))
         if not stack:  # each slot alone runs `fit`'s own steps: the same bits
             assert same_numbers(mine, own), k
+
+
+def test_a_stacked_lane_holds_one_state_layout(digits):
+    """RMSprop with momentum keeps a third buffer: its slots stack apart from the two-buffer layout."""
+    x, y, ex, ey = digits
+    configs = [OptimizerConfig("sgd", 0.05, 0.9), OptimizerConfig("rmsprop", 1e-3, 0.5, centered=True)]
+    trials = [
+        (config, 64, False, seed) for seed, config in enumerate([*configs, OptimizerConfig("adam", 1e-3)])
+    ]
+    pooled = run_pool(x, y, (ex, ey), trials, 3, [0, 0, 0], epochs=2, stack=True)
+    for k, t in enumerate(trials):
+        for a, b in zip(pooled[k], alone(x, y, (ex, ey), t, epochs=2), strict=True):
+            assert close(a.train_loss, b.train_loss) and close(a.eval_loss, b.eval_loss), (k, a, b)
 
 
 @pytest.mark.parametrize("stack", [True, False])

@@ -18,6 +18,7 @@ from test_tune_cli import FAST, PURESTEP, _wait, finished, invoke, trials
 
 from purestep import load_dataset
 from purestep.core import denormals
+from purestep.core.optim import needs_third_buffer
 from purestep.search.objective import EVAL_BATCH_SIZE, TrialConfig, graph_configs, make_splits, train
 from purestep.search.space import default_space, parse_space
 from purestep.search.tune import (
@@ -202,6 +203,13 @@ def test_graph_configs_cover_every_shape_a_space_can_draw() -> None:
     assert graph_configs(ranged) is None  # which graphs a range needs is open
     widths = graph_configs(parse_space("[hidden]\nchoices = [64, 128]\n[batch_size]\nvalue = 32\n"))
     assert sorted((c.hidden, c.batch_size) for c in widths or []) == [(64, 32), (128, 32)]
+    # RMSprop with momentum keeps a third buffer: a graph of its own, wherever a space can draw it
+    assert not any(needs_third_buffer(c.optimizer_config()) for c in configs)
+    rmsprop_momentum = '[momentum]\nlow = 0.0\nhigh = 0.9\nwhen = { optimizer = "rmsprop" }\n'
+    both = graph_configs(parse_space(rmsprop_momentum, base=default_space())) or set()
+    assert sorted((c.batch_size, needs_third_buffer(c.optimizer_config())) for c in both) == [
+        (b, third) for b in (32, 64, 128, 256) for third in (False, True)
+    ]
 
 
 @pytest.mark.compile

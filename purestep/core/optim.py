@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -166,75 +167,81 @@ def _sgd_rule(state: State, dtype: torch.dtype, choose: Choose, with_momentum: F
     return rule
 
 
-def _adam_rule(state: State, dtype: torch.dtype, choose: Choose) -> Rule:
+def _unless_adam(flag: Flag, adam: Flag) -> Flag:
+    """`flag` for RMSprop's trials, off for Adam's (a flag Adam's state may hold at any value)."""
+    if adam is True or flag is False:
+        return False
+    if adam is False:
+        return flag
+    return ~adam if flag is True else flag & ~adam
+
+
+def _adaptive_rule(
+    state: State,
+    dtype: torch.dtype,
+    choose: Choose,
+    adam: Flag,
+    with_momentum: Flag = True,
+    centered: Flag = True,
+) -> Rule:
+    """Adam's and RMSprop's rule, one arithmetic: decayed averages of the squared gradient (and of
+    the gradient: Adam's first moment, centered RMSprop's mean), a root plus eps as denominator, and
+    the step over it. `adam` a bool: that family's ops, torch.optim's. A per-trial tensor (the union):
+    the two families' trials share one root and one division per element, their factors chosen per
+    trial, where running both rules would take two of each (a compiled update's costliest ops).
+    """
     step = state["step"] + 1
-    lr, beta1, beta2 = state["lr"], state["beta1"], state["beta2"]
-    decoupled = state["decoupled"]
-    shrink, l2, keep1, keep2, b2, eps, neg_step_size, bias_correction2_sqrt = _once(
+    lr, wd = state["lr"], state["weight_decay"]
+    decoupled = state.get("decoupled", torch.zeros_like(lr))  # own RMSprop's state has none: coupled
+    centered = _unless_adam(centered, adam)
+    with_momentum = _unless_adam(with_momentum, adam)
+
+    def pick(for_adam: Callable[[], Tensor], for_rmsprop: Callable[[], Tensor]) -> Tensor:
+        return _where(adam, for_adam, for_rmsprop)
+
+    plain = pick(lambda: -lr / (1 - state["beta1"] ** step), lambda: -lr)  # the step's factor, no momentum
+    shrink, l2, keep_first, smoothing, keep, eps, scale, plain, factor, momentum, lr = _once(
         choose,
-        (1 - lr * state["weight_decay"] * decoupled).to(dtype),
-        (state["weight_decay"] * (1 - decoupled)).to(dtype),
-        (1 - beta1).to(dtype),
-        (1 - beta2).to(dtype),
-        beta2.to(dtype),
+        (1 - lr * wd * decoupled).to(dtype),
+        (wd * (1 - decoupled)).to(dtype),
+        pick(lambda: 1 - state["beta1"], lambda: 1 - state["alpha"]).to(dtype),
+        pick(lambda: state["beta2"], lambda: state["alpha"]).to(dtype),
+        pick(lambda: 1 - state["beta2"], lambda: 1 - state["alpha"]).to(dtype),
         state["eps"].to(dtype),
-        (-lr / (1 - beta1**step)).to(dtype),
-        torch.sqrt(1 - beta2**step).to(dtype),
+        pick(lambda: torch.sqrt(1 - state["beta2"] ** step), lambda: torch.ones_like(lr)).to(dtype),
+        plain.to(dtype),
+        _where(with_momentum, lambda: torch.ones_like(lr), lambda: plain).to(dtype),
+        state.get("momentum", torch.zeros_like(lr)).to(dtype),
+        lr.to(dtype),
     )
-    keep2, neg_step_size = choose(keep2), choose(neg_step_size)
-    decay_on = choose(state["weight_decay"] != 0)
+    keep, plain, factor = choose(keep), choose(plain), choose(factor)
+    decay_on = choose(wd != 0)
     decoupled_on = choose(decoupled != 0)
+    first_name, second_name = ("exp_avg", "exp_avg_sq") if adam is True else ("grad_avg", "square_avg")
 
     def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
         if decay_on is not False and decoupled_on is not False:
             p = p * shrink
         if decay_on is not False and decoupled_on is not True:
             g = torch.addcmul(g, p, l2)
-        m = torch.lerp(slots["exp_avg"], g, keep1)
-        v = _addcmul(slots["exp_avg_sq"] * b2, g, g, keep2)
-        denom = torch.sqrt(v) / bias_correction2_sqrt + eps
-        return _addcdiv(p, m, denom, neg_step_size), {"exp_avg": m, "exp_avg_sq": v}
-
-    return rule
-
-
-def _rmsprop_rule(
-    state: State, dtype: torch.dtype, choose: Choose, with_momentum: Flag = True, centered: Flag = True
-) -> Rule:
-    lr, neg_lr, alpha, keep, eps, decay, momentum = _once(
-        choose,
-        state["lr"].to(dtype),
-        (-state["lr"]).to(dtype),
-        state["alpha"].to(dtype),
-        (1 - state["alpha"]).to(dtype),
-        state["eps"].to(dtype),
-        state["weight_decay"].to(dtype),
-        state["momentum"].to(dtype),
-    )
-    decay_on = choose(state["weight_decay"] != 0)
-    neg_lr, choose_keep = choose(neg_lr), choose(keep)
-
-    def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
-        if decay_on is not False:
-            g = torch.addcmul(g, p, decay)
-        square_avg = _addcmul(slots["square_avg"] * alpha, g, g, choose_keep)
-        new: Slots = {"square_avg": square_avg}
-        if "grad_avg" in slots:
-            grad_avg = new["grad_avg"] = torch.lerp(slots["grad_avg"], g, keep)
-            spread = _where(
-                centered, lambda: torch.addcmul(square_avg, grad_avg, grad_avg, value=-1), lambda: square_avg
-            )
-        else:
-            spread = square_avg
-        avg = spread.sqrt() + eps  # one root of the chosen spread: the same bits as a root of each
-
-        def plain() -> Tensor:
-            return _addcdiv(p, g, avg, neg_lr)
-
-        if "momentum_buffer" not in slots:
-            return plain(), new
-        buf = new["momentum_buffer"] = torch.addcdiv(slots["momentum_buffer"] * momentum, g, avg)
-        return _where(with_momentum, lambda: torch.addcmul(p, buf, lr, value=-1), plain), new
+        second = _addcmul(slots[second_name] * smoothing, g, g, keep)
+        new: Slots = {second_name: second}
+        spread = second
+        if first_name in slots:
+            first = new[first_name] = torch.lerp(slots[first_name], g, keep_first)
+            spread = _where(centered, lambda: torch.addcmul(second, first, first, value=-1), lambda: second)
+        root = spread.sqrt()  # one root of the chosen spread: the same bits as a root of each
+        denom = (root if adam is False else root / scale) + eps
+        numerator = _where(adam, lambda: first, lambda: g)
+        if "momentum_buffer" not in slots or with_momentum is False:
+            return _addcdiv(p, numerator, denom, plain), new
+        buf = _addcdiv(slots["momentum_buffer"] * momentum, numerator, denom, factor)
+        moved = torch.addcmul(p, buf, lr, value=-1)
+        if with_momentum is True:
+            return moved, new | {"momentum_buffer": buf}
+        # the union: one division serves both steps (`factor` is `plain` where momentum is off)
+        new["momentum_buffer"] = _where(adam, lambda: slots["momentum_buffer"], lambda: buf)
+        return torch.where(with_momentum, moved, _addcdiv(p, numerator, denom, factor)), new
 
     return rule
 
@@ -319,7 +326,7 @@ def sgd(
     return Optimizer(init, _sgd_update, _sgd_eager_update)
 
 
-_adam_update, _adam_eager_update = _updates("adam", _adam_rule)
+_adam_update, _adam_eager_update = _updates("adam", partial(_adaptive_rule, adam=True))
 
 
 def _adam(lr: float, betas: tuple[float, float], eps: float, weight_decay: float, decoupled: bool):
@@ -365,7 +372,7 @@ def adamw(
     return _adam(lr, betas, eps, weight_decay, decoupled=True)
 
 
-_rmsprop_update, _rmsprop_eager_update = _updates("rmsprop", _rmsprop_rule)
+_rmsprop_update, _rmsprop_eager_update = _updates("rmsprop", partial(_adaptive_rule, adam=False))
 
 
 def rmsprop(
@@ -418,16 +425,24 @@ def rmsprop(
 
 # --- One update for every optimizer, for tuning -------------------------------------------
 #
-# The union state holds every hyperparameter any family reads, a `family` selector, and three
-# buffers per parameter: RMSprop keeps its square and gradient averages in Adam's second- and
-# first-moment slots. Every family's rule runs on every step and `torch.where` keeps the chosen
-# family's results, so a trial's params follow its own arithmetic bit for bit. A buffer that a
-# trial's optimizer does not use holds values the trial never reads.
+# The union state holds every hyperparameter any family reads, a `family` selector, and two
+# buffers per parameter, Adam's moments: SGD keeps its momentum in the first, RMSprop its square
+# and gradient averages in the second and first. Only RMSprop with momentum needs a third buffer,
+# `momentum_buffer`, so its trials' state holds one (a layout, and graph, of their own; the default
+# space samples none): every step of a compiled update reads and writes each buffer it holds.
+# Every family's rule runs on every step and `torch.where` keeps the chosen family's results, so a
+# trial's params follow its own arithmetic bit for bit. A buffer that a trial's optimizer does not
+# use holds values the trial never reads.
 
 FAMILIES = ("sgd", "adam", "rmsprop")
 """The union's families, in the order of the `family` selector's values (AdamW is Adam's)."""
 
-_UNION_SLOT = {"square_avg": "exp_avg_sq", "grad_avg": "exp_avg"}
+_UNION_SLOT = {
+    ("sgd", "momentum_buffer"): "exp_avg",
+    ("rmsprop", "square_avg"): "exp_avg_sq",
+    ("rmsprop", "grad_avg"): "exp_avg",
+}
+"""Where the union keeps a family's buffer, by (family, torch.optim's name); others keep their names."""
 _UNION_HYPER = {
     **{k: float(tutorial(k)) for k in ("lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2")},
     **{k: float(tutorial(k)) for k in ("eps", "alpha", "centered")},
@@ -446,20 +461,26 @@ def _union_over(families: tuple[str, ...], choose: Choose = _kept) -> Update:
         dtype = next(iter(params.values())).dtype
         with_momentum = choose(state["momentum"] != 0)
         centered = choose(state["centered"] != 0)
-        rules = {
-            "sgd": lambda: _sgd_rule(state, dtype, choose, with_momentum),
-            "adam": lambda: _adam_rule(state, dtype, choose),
-            "rmsprop": lambda: _rmsprop_rule(state, dtype, choose, with_momentum, centered),
-        }
         chosen = {f: choose(state["family"] == FAMILIES.index(f)) for f in families}
         running = [f for f in families if chosen[f] is not False]
+        adam: Flag = False
+        if "adam" in running and "rmsprop" in running:  # both computed: one adaptive pass serves both
+            adam = chosen["adam"]
+            chosen["rmsprop"] = chosen["rmsprop"] | adam
+            running.remove("adam")
+        rules = {
+            "sgd": lambda: _sgd_rule(state, dtype, choose, with_momentum),
+            "adam": lambda: _adaptive_rule(state, dtype, choose, True),
+            "rmsprop": lambda: _adaptive_rule(state, dtype, choose, adam, with_momentum, centered),
+        }
         built = {f: rules[f]() for f in running}
         only = len(running) == 1
         new_params: Params = {}
         new: State = {"step": state["step"] + 1}
         for k, p in params.items():
             for i, family in enumerate(running):
-                keys = {s: f"{_UNION_SLOT.get(s, s)}.{k}" for s in _BUFFERS[family]}
+                keys = {s: f"{_UNION_SLOT.get((family, s), s)}.{k}" for s in _BUFFERS[family]}
+                keys = {s: key for s, key in keys.items() if key in state}  # absent: the feature is off
                 p_family, slots = built[family](p, grads[k], {s: state[key] for s, key in keys.items()})
                 new_params[k] = torch.where(chosen[family], p_family, new_params[k]) if i else p_family
                 for s, v in slots.items():
@@ -486,10 +507,17 @@ def family_of(config: OptimizerConfig) -> str:
     return "adam" if config.name == "adamw" else config.name
 
 
+def needs_third_buffer(config: OptimizerConfig) -> bool:
+    """Whether `config`'s union state holds a `momentum_buffer` (RMSprop with momentum): a state
+    layout, so a compiled graph and a stack, apart from every other config's."""
+    return config.name == "rmsprop" and config.momentum != 0
+
+
 def tunable(config: OptimizerConfig) -> Optimizer:
     """`config`'s optimizer over the union state: trials of any optimizer stack and share one graph.
 
-    Each trial's params and loss equal `config.build()`'s bit for bit, step after step.
+    Each trial's params and loss equal `config.build()`'s bit for bit, step after step. RMSprop
+    with momentum alone keeps a third buffer (`needs_third_buffer`): a layout, and graph, of its own.
     """
     own = config.build()
     family = FAMILIES.index(family_of(config))
@@ -498,7 +526,8 @@ def tunable(config: OptimizerConfig) -> Optimizer:
         own_state = own.init(params)
         state = _hyper(params, **_UNION_HYPER, family=family, step=0.0)
         state = {k: own_state.get(k, v) for k, v in state.items()}
-        for buffer in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
+        buffers = ("exp_avg", "exp_avg_sq") + (("momentum_buffer",) * needs_third_buffer(config))
+        for buffer in buffers:
             state |= _slots(buffer, params)
         return state
 

@@ -4,13 +4,14 @@ Each slot holds one trial: its own params, buffers and optimizer state, its own 
 per epoch, epoch counter, position in the epoch and data order. The caller removes finished,
 pruned or diverged trials and adds new ones between steps; no slot waits for another.
 
-Stacked (`stacks(device)`: off the CPU), slots of one model and batch size form a lane, their
-trees stacked on a leading axis in the union state of `tunable` (so every optimizer family
-stacks), and every `step()` advances each slot by one batch, one vmapped call per lane (a lane
+Stacked (`stacks(device)`: off the CPU), slots of one model, batch size and union state layout
+(`needs_third_buffer`: RMSprop with momentum keeps a third buffer) form a lane, their trees
+stacked on a leading axis in the union state of `tunable` (so every optimizer family stacks),
+and every `step()` advances each slot by one batch, one vmapped call per lane (a lane
 whose slots sit at different batch lengths, an epoch's short last batch, splits for that step).
 A slot that finishes an epoch is evaluated with the others that finished it at that step, in
 one batched pass. Compiled, the steps keep their dimensions symbolic (`compile_shape_free`), so
-one train graph and one eval graph serve every lane, batch size and stack size.
+one train graph (per state layout) and one eval graph serve every lane, batch size and stack size.
 
 On a CPU, where K stacked products cost K single ones, nothing stacks: every `step()` runs one
 epoch of each slot in turn with the very steps, graphs and generator `fit` runs for that trial
@@ -32,7 +33,15 @@ from purestep.core.data import epoch_order
 from purestep.core.loop import EpochMetrics, NonFiniteLoss, _metrics, _row, run_epoch, steps_for
 from purestep.core.losses import LossName
 from purestep.core.model import Buffers, Model, Params
-from purestep.core.optim import Optimizer, OptimizerConfig, State, family_of, family_update, tunable
+from purestep.core.optim import (
+    Optimizer,
+    OptimizerConfig,
+    State,
+    family_of,
+    family_update,
+    needs_third_buffer,
+    tunable,
+)
 from purestep.core.step import (
     EvalStep,
     TrainStep,
@@ -186,7 +195,7 @@ class Pool:
         self.eval_batch_size = eval_batch_size
         self.compiled, self.loss = compiled, loss
         self.stack = stacks(y.device) if stack is None else stack
-        self.lanes: dict[tuple[Model, int], _Lane] = {}
+        self.lanes: dict[tuple[Model, int, bool], _Lane] = {}
 
     def __len__(self) -> int:
         return sum(len(lane.slots) for lane in self.lanes.values())
@@ -208,7 +217,9 @@ class Pool:
         if batch_size < 1 or not lrs:
             raise ValueError("batch_size must be >= 1 and a trial needs at least one epoch")
         slot = Slot(key, lrs, shuffle, seed, family_of(config))
-        lane = self.lanes.setdefault((model, batch_size), _Lane(model, batch_size, [], None))
+        # a lane stacks one state layout: RMSprop with momentum keeps a third buffer
+        name = (model, batch_size, needs_third_buffer(config))
+        lane = self.lanes.setdefault(name, _Lane(model, batch_size, [], None))
         if not self.stack:
             optimizer = config.build_for(self.compiled)
             slot.trees = params, buffers, optimizer.init(params)

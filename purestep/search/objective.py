@@ -15,7 +15,18 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from purestep.core.settings import tutorial
-from purestep.search.space import MODEL_PREFIX, Choices, Range, Sample, Scalar, Space, model_args, sample
+from purestep.search.space import (
+    MODEL_PREFIX,
+    Choices,
+    Fixed,
+    Param,
+    Range,
+    Sample,
+    Scalar,
+    Space,
+    model_args,
+    sample,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -244,7 +255,42 @@ def graph_configs(space: Space) -> set[TrialConfig] | None:
             if isinstance(p.domain, Choices):
                 varied.append([(p.key, v) for v in p.domain.values])
     base = sample(space, first).settings
-    return {TrialConfig.from_settings(base | dict(combo)) for combo in itertools.product(*varied)}
+    layouts = [{}, {"optimizer": "rmsprop", "momentum": 0.9}] if _rmsprop_momentum_possible(space) else [{}]
+    return {
+        TrialConfig.from_settings(base | dict(combo) | layout)
+        for combo in itertools.product(*varied)
+        for layout in layouts
+    }
+
+
+def _rmsprop_momentum_possible(space: Space) -> bool:
+    """Whether `space` may draw RMSprop with momentum, whose union state holds a third buffer (a graph
+    of its own, `needs_third_buffer`); True unless a condition or domain rules it out."""
+
+    def may(p_key: str, test: Callable[[Scalar], bool]) -> list[Param] | bool:
+        params = [p for p in space.params if p.key == p_key]
+        if not params:
+            return test(tutorial(p_key))
+        return [p for p in params if any(test(v) for v in _values(p.domain))]
+
+    optimizers = may("optimizer", lambda v: v == "rmsprop")
+    momenta = may("momentum", lambda v: v != 0)
+    if not optimizers or not momenta:
+        return False
+    names = {p.name: p.key for p in space.params}
+    return momenta is True or any(
+        all(names.get(c.parent) != "optimizer" or c.values is None or "rmsprop" in c.values for c in p.when)
+        for p in momenta
+    )
+
+
+def _values(domain: Fixed | Choices | Range) -> tuple[Scalar, ...]:
+    """The values `domain` may draw, a range by its ends (enough to tell zero from nonzero)."""
+    if isinstance(domain, Fixed):
+        return (domain.value,)
+    if isinstance(domain, Choices):
+        return domain.values
+    return (domain.low, domain.high)
 
 
 def steps_saved(
@@ -272,9 +318,9 @@ def steps_saved(
             return False
         params, buffers = model.init(0, splits.x_fit.device)
         state = optimizer.init(params)
-        calls = [
-            (train_step, (params, buffers, state), x, y, config.batch_size) for x, y in train_on
-        ] + [(eval_step, (params, buffers), x, y, EVAL_BATCH_SIZE) for x, y in eval_on]
+        calls = [(train_step, (params, buffers, state), x, y, config.batch_size) for x, y in train_on] + [
+            (eval_step, (params, buffers), x, y, EVAL_BATCH_SIZE) for x, y in eval_on
+        ]
         for step, trees, x, y, batch in calls:
             for rows in {min(batch, len(y)), len(y) % batch} - {0}:
                 if not step.saved(*trees, x[:rows], y[:rows], folder=folder, threads=threads):
