@@ -37,7 +37,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         plain, tune = rounds.study_commands(args, scratch)
-        study = [*plain[4:], str(scratch / "plain-epochs")]  # dataset, data, epochs, trials, pruner, file
+        study = plain[4:]  # dataset, data, epochs, trials, pruner, file
         threads = ["--threads", str(args.threads)] if args.threads else []
         here = [sys.executable, "-m", "benchmarks.denormals", "--plain", str(args.threads), "keep"]
         variants = {PLAIN: rounds.Variant([*here, *study], base, HERE)}

@@ -47,14 +47,14 @@ def user_env() -> dict[str, str]:
 def study_commands(args: argparse.Namespace, scratch: Path) -> tuple[list[str], list[str]]:
     """The plain Optuna objective's command and `purestep tune`'s (random sampler seeded 0, no
     pruner, `--no-final`) for `args`' study; FashionMNIST-shaped files are generated in `scratch`
-    when no `--data-dir` holds them."""
+    when no `--data-dir` holds them, and the plain objective writes its trials' epochs there."""
     data_dir = args.data_dir or str(scratch / "data")
     if args.dataset == "fashion-mnist" and args.data_dir is None:
         from purestep.core.data import write_fake_mnist
 
         write_fake_mnist(data_dir, "fashion-mnist", 60000, 10000)
     plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
-    plain += [str(args.epochs), str(args.n_trials), "none"]
+    plain += [str(args.epochs), str(args.n_trials), "none", str(scratch / "plain-epochs")]
     tune = [sys.executable, "-m", "purestep", "tune", "--dataset", args.dataset, "--data-dir", data_dir]
     tune += ["--epochs", str(args.epochs), "--n-trials", str(args.n_trials), "--sampler", "random"]
     tune += ["--pruner", "none", "--no-final"]
