@@ -187,12 +187,11 @@ def _adaptive_rule(
     """Adam's and RMSprop's rule, one arithmetic: decayed averages of the squared gradient (and of
     the gradient: Adam's first moment, centered RMSprop's mean), a root plus eps as denominator, and
     the step over it. `adam` a bool: that family's ops, torch.optim's. A per-trial tensor (the union):
-    the two families' trials share one root and one division per element, their factors chosen per
-    trial, where running both rules would take two of each (a compiled update's costliest ops).
+    the two families' trials share one root and two divisions per element, their factors chosen per
+    trial, where running both rules would take two roots and three (a compiled update's costliest ops).
     """
     step = state["step"] + 1
     lr, wd = state["lr"], state["weight_decay"]
-    decoupled = state.get("decoupled", torch.zeros_like(lr))  # own RMSprop's state has none: coupled
     centered = _unless_adam(centered, adam)
     with_momentum = _unless_adam(with_momentum, adam)
 
@@ -200,43 +199,47 @@ def _adaptive_rule(
         return _where(adam, for_adam, for_rmsprop)
 
     plain = pick(lambda: -lr / (1 - state["beta1"] ** step), lambda: -lr)  # the step's factor, no momentum
-    shrink, l2, keep_first, smoothing, keep, eps, scale, plain, factor, momentum, lr = _once(
-        choose,
-        (1 - lr * wd * decoupled).to(dtype),
-        (wd * (1 - decoupled)).to(dtype),
-        pick(lambda: 1 - state["beta1"], lambda: 1 - state["alpha"]).to(dtype),
-        pick(lambda: state["beta2"], lambda: state["alpha"]).to(dtype),
-        pick(lambda: 1 - state["beta2"], lambda: 1 - state["alpha"]).to(dtype),
-        state["eps"].to(dtype),
-        pick(lambda: torch.sqrt(1 - state["beta2"] ** step), lambda: torch.ones_like(lr)).to(dtype),
-        plain.to(dtype),
-        _where(with_momentum, lambda: torch.ones_like(lr), lambda: plain).to(dtype),
-        state.get("momentum", torch.zeros_like(lr)).to(dtype),
-        lr.to(dtype),
-    )
-    keep, plain, factor = choose(keep), choose(plain), choose(factor)
+    factors = {  # only those this update reads: an eager step pays for each
+        "keep_first": pick(lambda: 1 - state["beta1"], lambda: 1 - state["alpha"]),
+        "smoothing": pick(lambda: state["beta2"], lambda: state["alpha"]),
+        "keep": pick(lambda: 1 - state["beta2"], lambda: 1 - state["alpha"]),
+        "eps": state["eps"],
+        "plain": plain,
+    }
+    if "decoupled" in state:  # Adam's (AdamW's decay), and the union's; RMSprop's alone couples
+        factors |= {"shrink": 1 - lr * wd * state["decoupled"], "l2": wd * (1 - state["decoupled"])}
+    else:
+        factors["l2"] = wd
+    if adam is not False:
+        factors["scale"] = pick(lambda: torch.sqrt(1 - state["beta2"] ** step), lambda: torch.ones_like(lr))
+    if with_momentum is not False:
+        factors |= {"momentum": state["momentum"], "lr": lr}
+        if with_momentum is not True:  # per trial: the step's factor where momentum is off
+            factors["factor"] = torch.where(with_momentum, torch.ones_like(lr), plain)
+    f = dict(zip(factors, _once(choose, *(v.to(dtype) for v in factors.values()))))
+    keep, plain, factor = choose(f["keep"]), choose(f["plain"]), choose(f["factor"]) if "factor" in f else 1.0
     decay_on = choose(wd != 0)
-    decoupled_on = choose(decoupled != 0)
+    decoupled_on = choose(state["decoupled"] != 0) if "decoupled" in state else False
     first_name, second_name = ("exp_avg", "exp_avg_sq") if adam is True else ("grad_avg", "square_avg")
 
     def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
         if decay_on is not False and decoupled_on is not False:
-            p = p * shrink
+            p = p * f["shrink"]
         if decay_on is not False and decoupled_on is not True:
-            g = torch.addcmul(g, p, l2)
-        second = _addcmul(slots[second_name] * smoothing, g, g, keep)
+            g = torch.addcmul(g, p, f["l2"])
+        second = _addcmul(slots[second_name] * f["smoothing"], g, g, keep)
         new: Slots = {second_name: second}
         spread = second
         if first_name in slots:
-            first = new[first_name] = torch.lerp(slots[first_name], g, keep_first)
+            first = new[first_name] = torch.lerp(slots[first_name], g, f["keep_first"])
             spread = _where(centered, lambda: torch.addcmul(second, first, first, value=-1), lambda: second)
         root = spread.sqrt()  # one root of the chosen spread: the same bits as a root of each
-        denom = (root if adam is False else root / scale) + eps
+        denom = (root if adam is False else root / f["scale"]) + f["eps"]
         numerator = _where(adam, lambda: first, lambda: g)
         if "momentum_buffer" not in slots or with_momentum is False:
             return _addcdiv(p, numerator, denom, plain), new
-        buf = _addcdiv(slots["momentum_buffer"] * momentum, numerator, denom, factor)
-        moved = torch.addcmul(p, buf, lr, value=-1)
+        buf = _addcdiv(slots["momentum_buffer"] * f["momentum"], numerator, denom, factor)
+        moved = torch.addcmul(p, buf, f["lr"], value=-1)
         if with_momentum is True:
             return moved, new | {"momentum_buffer": buf}
         # the union: one division serves both steps (`factor` is `plain` where momentum is off)
