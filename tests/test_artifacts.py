@@ -98,9 +98,10 @@ def _epoch(train, test, model, optimizer):
     return losses, metrics, params
 
 
-def test_the_short_last_batch_has_its_own_package_and_a_warm_epoch_never_loads_dynamo(store):
-    """An epoch of 20 rows in batches of 8 builds four packages (train and eval, 8 rows and the
-    last 4) whose results equal the eager epoch's within one step's rounding; a later process
+def test_one_package_serves_every_batch_size_and_a_warm_epoch_never_loads_dynamo(store):
+    """An epoch of 20 rows in batches of 8 builds two packages (train and eval, each for every
+    batch size: 8 rows and the last 4) whose results equal the eager epoch's within one step's
+    rounding; another batch size builds nothing, a 1-row batch its own package. A later process
     runs the whole epoch and its evaluation from them to the same bits, with neither Dynamo nor
     inductor loaded (fast paths on)."""
     model, optimizer = mlp(6, (5,), 3), sgd(0.1)
@@ -108,7 +109,15 @@ def test_the_short_last_batch_has_its_own_package_and_a_warm_epoch_never_loads_d
     test = compile_step(make_eval_step(model), key="eval mlp sgd fp32")
     losses, metrics, params = _epoch(train, test, model, optimizer)
     assert train._compiled is None and test._compiled is None
-    assert len(list(store.glob("*.pt2"))) == 4
+    assert len(list(store.glob("*.pt2"))) == 2
+    buffers, state = model.init(0)[1], optimizer.init(params)
+    for rows in (3, 16, 1):
+        x, y = _batch(rows)
+        stepped = train(params, buffers, state, x, y)
+        eager = make_train_step(model, optimizer)(params, buffers, state, x, y)
+        assert all(torch.allclose(stepped[0][k], eager[0][k], rtol=1e-5, atol=1e-6) for k in params)
+        assert len(list(store.glob("*.pt2"))) == (2 if rows > 1 else 3)
+    assert train._compiled is None
     eager_losses, eager_metrics, eager_params = _epoch(
         make_train_step(model, optimizer), make_eval_step(model), model, optimizer
     )
@@ -127,7 +136,7 @@ def test_the_short_last_batch_has_its_own_package_and_a_warm_epoch_never_loads_d
     warm = json.loads(done.stdout.strip().splitlines()[-1])
     if fastpath.enabled():  # the public loader, with the fast paths off, imports both
         assert warm["loaded"] == []
-    assert len(list(store.glob("*.pt2"))) == 4  # nothing built again
+    assert len(list(store.glob("*.pt2"))) == 3  # nothing built again
     assert warm["losses"] == losses.tolist() and warm["eval"] == [metrics.loss, metrics.accuracy]
     assert warm["params"] == {k: v.tolist() for k, v in params.items()}
 
@@ -156,6 +165,14 @@ def test_every_setting_that_shapes_the_graph_changes_the_name():
     ]
     names = {artifacts.name(parts) for parts in changed}
     assert artifacts.name(base) not in names and len(names) == len(changed)
+
+    def any_batch(*batch: torch.Tensor) -> str:
+        return artifacts.name(artifacts.key("mlp sgd fp32", (params, state, *batch), {}, every_batch=True))
+
+    assert any_batch(x, y) == any_batch(*_batch(16)) == any_batch(*_batch(2)) != artifacts.name(base)
+    one_row = (params, state, *_batch(1))
+    assert any_batch(*one_row[2:]) == artifacts.name(artifacts.key("mlp sgd fp32", one_row, {}))
+    assert any_batch(*_batch(16, features=7)) != any_batch(x, y)  # only the batch is any size
     assert base["torch"] == torch.__version__ and base["purestep.core"]
     assert base["threads"] == torch.get_num_threads() != 9  # inductor writes it into CPU kernels
 
@@ -192,7 +209,8 @@ def test_a_package_under_another_settings_name_is_never_loaded(store, monkeypatc
     args = (params, buffers, state, x, y)
     compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")(*args)
     (built,) = store.glob("*.pt2")
-    other = _parts("mlp sgd bf16", args, CompiledStep(lambda: None, None)._options_text())
+    options = CompiledStep(lambda: None, None)._options_text()
+    other = artifacts.key("mlp sgd bf16", args, options, every_batch=True)  # the name it looks up
     target = store / f"{artifacts.name(other)}.pt2"
     shutil.copy(built, target)
     shutil.copy(built.with_suffix(".json"), target.with_suffix(".json"))
@@ -204,5 +222,6 @@ def test_a_package_under_another_settings_name_is_never_loaded(store, monkeypatc
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bf16(*args)
-    assert len(calls) == 1 and any("not saved" in str(w.message) for w in caught)
+    assert [a[-1] for a in calls] == [True, False]  # for every batch size, then for this one
+    assert any("not saved" in str(w.message) for w in caught)
     assert bf16._compiled is not None  # compiled in this process instead

@@ -217,25 +217,29 @@ def test_auto_compiles_once_every_graph_of_the_run_is_saved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--impl auto` trains eager while compiling would cost time, and compiled once a run has saved
-    every graph the study calls; the final re-train, likewise, once its own graphs are saved."""
+    every graph the study calls: two (train and eval), one for every batch size. The final re-train,
+    likewise, once its own are saved: at batch 4 the whole training set's 1437 rows end in a 1-row
+    batch, which has a graph of its own (the study's 1150 end in 2 rows, which the two serve)."""
     monkeypatch.setenv("PURESTEP_COMPILE_CACHE", str(tmp_path / "cache"))
     space = tmp_path / "space.toml"
-    space.write_text("[batch_size]\nvalue = 64\n")
+    space.write_text("[batch_size]\nvalue = 4\n")
     storage = f"sqlite:///{tmp_path / 's.db'}"
     common = ["--space", str(space), "--storage", storage, "--json", "--out", str(tmp_path)]
     compiled = ["--impl", "compiled"]
     runs = [  # flags, the study's pick, and the final re-train's (None: --no-final)
         ([], ("eager", "auto"), None),
         (compiled, ("compiled", "given"), None),  # saves the study's graphs
-        ([], ("compiled", "auto"), "eager"),  # the re-train's are not saved yet
-        (compiled, ("compiled", "given"), "compiled"),  # saves them
+        ([], ("compiled", "auto"), "eager"),  # the re-train's 1-row batch is not saved yet
+        (compiled, ("compiled", "given"), "compiled"),  # saves it
         ([], ("compiled", "auto"), "compiled"),
     ]
+    packages = [0, 2, 2, 3, 3]
     for n, (flags, (value, chosen), final) in enumerate(runs, start=1):
         result = invoke("--n-trials", str(n), *flags, *common, *([] if final else ["--no-final"]))
         line, impl, _ = _speed(result)
         assert f"{value} steps ({chosen})" in line and impl == {"value": value, "chosen": chosen}
         assert (json.loads(result.stdout).get("final") or {}).get("impl") == final
+        assert len(list((tmp_path / "cache" / "steps").glob("*.pt2"))) == packages[n - 1]
     assert len(finished(trials(storage))) == len(runs)
 
 

@@ -4,7 +4,8 @@ ATen runs fp32 `mm`/`addmm` on the CPU through MKL; oneDNN, which torch also shi
 is twice as fast at the tutorial's shapes on the AMD EPYC of BENCHMARKS.md (353 vs
 189 GFLOP/s). `ONEDNN_MATMULS` is an inductor post-grad pass over every fp32 CPU
 `mm(a, b)`, `addmm(bias, a, b)` (bias a row vector, the shape `F.linear` makes) and
-`bmm(a, b)` (which `vmap` over trials makes) of static shape:
+`bmm(a, b)` (which `vmap` over trials makes), of static shape or with a symbolic batch (a step
+saved for every batch size, `core/artifacts.py`), whose rows are counted as `SYMBOLIC_ROWS`:
 
 - every side at least `MIN_SIDE`: oneDNN's linear, `mkldnn._linear_pointwise(a, b.t(), bias)`;
   a `bmm` as one linear per trial, stacked (twice as fast as ATen's batched GEMM here).
@@ -44,6 +45,10 @@ from purestep.core import fastpath
 aten = torch.ops.aten
 MIN_SIDE = 32
 SMALL_MACS = 1 << 22
+SYMBOLIC_ROWS = 512
+"""What a symbolic side (a batch, unknown when a package for every batch size compiles) counts as
+when choosing: a product's kernel is chosen once for all its sizes, so by a fixed size, never by
+whichever batch happened to compile first; train batches up to here keep the static choice."""
 
 _LIB = torch.library.Library("purestep", "FRAGMENT")
 _LIB.define("onednn_mm(Tensor a, Tensor b) -> Tensor")
@@ -105,12 +110,12 @@ def _is_cpu_fp32(node: object, ndim: int) -> bool:
 
 
 def _sides(a: torch.fx.Node, b: torch.fx.Node, ndim: int = 2) -> tuple[int, int, int] | None:
-    """`(m, k, n)` of a CPU fp32 product of static shape, else None."""
+    """`(m, k, n)` of a CPU fp32 product, a symbolic side counted as `SYMBOLIC_ROWS`, else None."""
     if not (_is_cpu_fp32(a, ndim) and _is_cpu_fp32(b, ndim)):
         return None
     (m, k), n = a.meta["val"].shape[-2:], b.meta["val"].shape[-1]
-    sides = (m, k, n)
-    return sides if all(isinstance(side, int) for side in sides) else None
+    sides = tuple(side if isinstance(side, int) else SYMBOLIC_ROWS for side in (m, k, n))
+    return sides if all(isinstance(side, (int, torch.SymInt)) for side in (m, k, n)) else None
 
 
 def _is_row_bias(bias: object) -> bool:
@@ -152,7 +157,7 @@ def _onednn_target(operands: Operands, contiguous_gradients: bool):
 
 def _is_small(operands: Operands, sides: tuple[int, int, int]) -> bool:
     batch = operands[1].meta["val"].shape[0] if operands[3] == 3 else 1
-    return batch * math.prod(sides) <= SMALL_MACS
+    return (batch if isinstance(batch, int) else SYMBOLIC_ROWS) * math.prod(sides) <= SMALL_MACS
 
 
 def _call(graph: torch.fx.Graph, target, *args) -> torch.fx.Node:

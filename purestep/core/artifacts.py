@@ -10,6 +10,12 @@ step (model, optimizer family, loss, precision, batching), every argument's key,
 strides, dtype and device, the inductor options, torch's version and purestep's core
 source. The package's sidecar JSON repeats those parts, and a load checks them.
 
+A step's data (its tensor arguments; dicts hold params, buffers and state) share a batch on
+dim 0. With `every_batch`, that dim is symbolic (`torch.export.Dim`, 2 rows or more): one
+package serves every batch size and an epoch's short last batch, so a study that draws four
+batch sizes compiles one train graph, not eight. A 1-row batch, or a step whose export
+cannot keep the batch symbolic, gets a package of its own shape.
+
 Fast path (`fastpath.enabled()`): the package is loaded through the private
 `torch._C._aoti.AOTIModelPackageLoader`, which needs neither Dynamo nor inductor's Python
 modules (about 1.2-2 s of imports); otherwise through `aoti_load_package`, which imports them.
@@ -63,9 +69,27 @@ def rebuild(shape: Structure, values: Sequence[Tensor]) -> list[Any]:
     return [next(it) if keys is None else {k: next(it) for k in keys} for keys in shape]
 
 
-def layout(trees: Sequence[Any]) -> list[list[Any]]:
-    """Every leaf's shape, strides, dtype and device: what a graph is specialised to."""
-    return [[list(v.shape), list(v.stride()), str(v.dtype), str(v.device)] for v in leaves(trees)]
+def batch_rows(trees: Sequence[Any]) -> int | None:
+    """The rows of a step's batch when one package can serve every batch size: its data (the
+    tensor arguments) all have a dim 0, the same one, of at least 2 rows; else None."""
+    data = [t for t in trees if isinstance(t, Tensor)]
+    if not data or any(t.ndim == 0 for t in data) or len({t.shape[0] for t in data}) != 1:
+        return None
+    return data[0].shape[0] if data[0].shape[0] >= 2 else None
+
+
+def layout(trees: Sequence[Any], every_batch: bool = False) -> list[list[Any]]:
+    """Every leaf's shape, strides, dtype and device: what a graph is specialised to. With
+    `every_batch` and a batch (`batch_rows`), the data's dim 0 is `"batch"`: any size."""
+    symbolic = every_batch and batch_rows(trees) is not None
+    out = []
+    for tree in trees:
+        for v in tree.values() if isinstance(tree, dict) else (tree,):
+            shape: list[Any] = list(v.shape)
+            if symbolic and isinstance(tree, Tensor):
+                shape[0] = "batch"
+            out.append([shape, list(v.stride()), str(v.dtype), str(v.device)])
+    return out
 
 
 @functools.cache
@@ -106,9 +130,14 @@ def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: boo
 
 
 def key(
-    description: str, args: Sequence[Any], options: dict[str, str], threads: int | None = None
+    description: str,
+    args: Sequence[Any],
+    options: dict[str, str],
+    threads: int | None = None,
+    every_batch: bool = False,
 ) -> dict[str, Any]:
-    """Everything that shapes a step's graph, as JSON-ready parts (`name` hashes them).
+    """Everything that shapes a step's graph, as JSON-ready parts (`name` hashes them); with
+    `every_batch`, those of the package for any batch size (`layout`).
 
     On a CPU that includes the torch threads it runs on (`threads`, default torch's now): inductor
     writes the count into each parallel kernel (`omp parallel num_threads(n)`), so a package built
@@ -116,7 +145,7 @@ def key(
     parts = {
         "step": description,
         "arguments": structure(args),
-        "layout": layout(args),
+        "layout": layout(args, every_batch),
         "options": options,
         "torch": torch.__version__,
         "purestep.core": _source_hash(),
@@ -132,9 +161,15 @@ def name(parts: dict[str, Any]) -> str:
 
 
 def build(
-    fn: Callable[..., Any], args: Sequence[Any], parts: dict[str, Any], folder: Path, options: dict[str, Any]
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    parts: dict[str, Any],
+    folder: Path,
+    options: dict[str, Any],
+    every_batch: bool = False,
 ) -> Path:
-    """Trace `fn(*args)`, compile it into `folder/<name>.pt2` with its sidecar, return the path.
+    """Trace `fn(*args)`, compile it into `folder/<name>.pt2` with its sidecar, return the path;
+    with `every_batch` (and `parts` made with it), for any batch size of 2 rows or more.
 
     Written under a temporary name and renamed, so a reader sees a whole package or none.
     """
@@ -154,10 +189,19 @@ def build(
         return leaves(trees)
 
     inputs = tuple(leaves(args))
-    graph = make_fx(flat)(*inputs)
+    symbolic = every_batch and batch_rows(args) is not None
+    graph = make_fx(flat, tracing_mode="symbolic" if symbolic else "real")(*inputs)
     if results.get("structure") is None:
         raise ValueError("a step's results must be tensors or dicts of tensors")
-    exported = torch.export.export(graph, inputs, strict=False)
+    dims = None
+    if symbolic:
+        batch = torch.export.Dim("batch", min=2)
+        dims = tuple(
+            {0: batch} if data else None
+            for tree in args
+            for data in ([False] * len(tree) if isinstance(tree, dict) else [True])
+        )
+    exported = torch.export.export(graph, inputs, dynamic_shapes=dims, strict=False)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name(parts)}.pt2"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".partial.pt2")

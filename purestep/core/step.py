@@ -168,8 +168,8 @@ def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None, key: s
     tensors, so nothing else recompiles. The recompile limit is raised so that a search
     over several batch sizes and widths keeps every graph compiled. With `key`, the text
     that says what the arguments do not (model, optimizer family, loss, precision,
-    batching), and a compile cache set, each layout's graph (the short last batch's too) is
-    saved once and later processes load it without tracing (`core/artifacts.py`).
+    batching), and a compile cache set, each layout's graph is saved once, one for every batch
+    size, and later processes load it without tracing (`core/artifacts.py`).
     """
     if cache_dir is not None:
         set_compile_cache(cache_dir)
@@ -189,8 +189,9 @@ class CompiledStep:
     only because steps are pure: Dynamo has no side effects to replay around the graph.
     With a `key` and a compile cache, every call runs the package saved for its arguments'
     layout (built on first use), never through Dynamo, and `direct()` is the package of the
-    last full batch. An epoch's short last batch has a package of its own, so a warm
-    process never runs a step eagerly (whose `grad_and_value` would import Dynamo).
+    last full batch. One package serves every batch size of 2 rows or more, an epoch's short
+    last batch included (a 1-row batch has its own), so a warm process never runs a step
+    eagerly (whose `grad_and_value` would import Dynamo).
     """
 
     def __init__(self, fn: Callable[..., Any], options: dict[str, Any] | None, key: str | None = None):
@@ -202,6 +203,8 @@ class CompiledStep:
         self._ran: _direct.Ran | None = None
         self._last: tuple[tuple[Any, ...], Any, _direct.Ran] | Callable[..., Any] | None = None
         self._packages: dict[str, Callable[..., Any] | None] = {}
+        self._every_batch = True
+        """Whether packages serve every batch size (`artifacts.batch_rows`); off once an export fails so."""
 
     @property
     def options(self) -> dict[str, Any]:
@@ -254,17 +257,20 @@ class CompiledStep:
 
         if artifacts.structure(args) is None:
             return None
-        layout = repr(artifacts.layout(args))
+        layout = repr(artifacts.layout(args, self._every_batch))
         if layout not in self._packages:
             self._packages[layout] = None
-            parts = artifacts.key(self._key or "", args, self._options_text())
+            parts = artifacts.key(self._key or "", args, self._options_text(), every_batch=self._every_batch)
             try:
                 path = folder / f"{artifacts.name(parts)}.pt2"
                 found = artifacts.load(path, parts)
                 if found is None:
-                    artifacts.build(self._fn, args, parts, folder, self.options)
+                    artifacts.build(self._fn, args, parts, folder, self.options, self._every_batch)
                     found = artifacts.load(path, parts)
             except Exception as e:  # export and AOTInductor raise many kinds: compile in-process instead
+                if self._every_batch and artifacts.batch_rows(args) is not None:
+                    self._every_batch = False  # its export fixes the batch: a package per batch size
+                    return self._package(args, folder)
                 cause = f"{type(e).__name__}: {e}"
                 warnings.warn(f"compiled step not saved ({cause}); compiled in this process", stacklevel=3)
                 return None
@@ -281,8 +287,11 @@ class CompiledStep:
         folder = folder or _ARTIFACTS
         if self._key is None or folder is None or artifacts.structure(args) is None:
             return False
-        parts = artifacts.key(self._key, args, self._options_text(), threads)
-        return artifacts.saved(folder / f"{artifacts.name(parts)}.pt2", parts)
+        for every_batch in (True, False):
+            parts = artifacts.key(self._key, args, self._options_text(), threads, every_batch)
+            if artifacts.saved(folder / f"{artifacts.name(parts)}.pt2", parts):
+                return True
+        return False
 
     def direct(self) -> Callable[..., Any] | None:
         """The graph the last call ran, callable as the step itself; None if no graph ran (an
@@ -312,7 +321,7 @@ def direct_step(step: Callable[..., Any]) -> Callable[..., Any] | None:
 def short_batch(rows: int, batch_size: int) -> contextlib.AbstractContextManager[Any]:
     """Where a step runs on a batch of `rows` < `batch_size` (an epoch's last), steps compiled
     in this process run eagerly (one such step per epoch is not worth a Dynamo recompile);
-    steps with saved packages run the package saved for that batch's shape."""
+    steps with saved packages run their package (`CompiledStep`)."""
     if rows < batch_size:
         return _eager()
     return contextlib.nullcontext()
