@@ -58,10 +58,9 @@ if TYPE_CHECKING:
 COMPILE_MIN_STEPS = 1000
 """`--impl auto` compiles when one trial takes at least this many optimizer steps.
 
-Measured on 2 shared CPU cores, 1 thread: compiling costs 5-24 s per (optimizer, batch size)
-pair when the cache is cold. It saves ~5 ms a step at FashionMNIST's 784 inputs (2.6 vs 6.5 s
-an epoch), so one 7500-step trial repays it; at digits' 64 inputs it saves 1-3 ms a step, and
-30 digits trials of 180 steps took 111 s compiled (cold cache) against 33 s eager.
+A cold cache compiles a study's train and eval graphs once (each serves every batch size); a
+FashionMNIST trial's steps repay that, a digits trial's 180 do not (BENCHMARKS.md, "One saved
+graph for every batch size").
 """
 CUDA_BATCH = 16
 """`--batch auto` on a GPU: trials each process trains at once (fewer when fewer are left).
