@@ -23,8 +23,10 @@ modules (about 1.2-2 s of imports); otherwise through `aoti_load_package`, which
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import importlib
 import inspect
 import json
 import os
@@ -251,5 +253,7 @@ def _runner(path: Path) -> Runner:
             pass
     from torch._inductor import aoti_load_package
 
+    with contextlib.suppress(ImportError):  # torch 2.10's loader reads it unimported (pytorch#173706)
+        importlib.import_module("torch._inductor.codecache")
     model = aoti_load_package(str(path))
     return lambda values: list(model(*values))

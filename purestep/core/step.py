@@ -265,12 +265,15 @@ class CompiledStep:
                 path = folder / f"{artifacts.name(parts)}.pt2"
                 found = artifacts.load(path, parts)
                 if found is None:
-                    artifacts.build(self._fn, args, parts, folder, self.options, self._every_batch)
+                    try:
+                        artifacts.build(self._fn, args, parts, folder, self.options, self._every_batch)
+                    except Exception:
+                        if not (self._every_batch and artifacts.batch_rows(args) is not None):
+                            raise
+                        self._every_batch = False  # its export fixes the batch: a package per batch size
+                        return self._package(args, folder)
                     found = artifacts.load(path, parts)
             except Exception as e:  # export and AOTInductor raise many kinds: compile in-process instead
-                if self._every_batch and artifacts.batch_rows(args) is not None:
-                    self._every_batch = False  # its export fixes the batch: a package per batch size
-                    return self._package(args, folder)
                 cause = f"{type(e).__name__}: {e}"
                 warnings.warn(f"compiled step not saved ({cause}); compiled in this process", stacklevel=3)
                 return None
