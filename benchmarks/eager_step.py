@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from purestep.core.allocator import keep_freed_memory
 from purestep.core.model import NeuralNetwork, mlp
 from purestep.core.optim import OptimizerConfig
 from purestep.core.reference import torch_optimizer
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=100, help="timed steps per variant and round")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `tune` runs
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(64, args.in_features, generator=g), torch.randint(0, 10, (64,), generator=g)
     variants = {}

@@ -71,10 +71,15 @@ def rebuild(shape: Structure, values: Sequence[Tensor]) -> list[Any]:
     return [next(it) if keys is None else {k: next(it) for k in keys} for keys in shape]
 
 
+def is_data(trees: Sequence[Any]) -> list[bool]:
+    """Per leaf (`leaves`' order), whether it is the step's data: a tensor argument, not a dict's."""
+    return [flag for tree in trees for flag in ([False] * len(tree) if isinstance(tree, dict) else [True])]
+
+
 def batch_rows(trees: Sequence[Any]) -> int | None:
     """The rows of a step's batch when one package can serve every batch size: its data (the
     tensor arguments) all have a dim 0, the same one, of at least 2 rows; else None."""
-    data = [t for t in trees if isinstance(t, Tensor)]
+    data = [t for t, d in zip(leaves(trees), is_data(trees)) if d]
     if not data or any(t.ndim == 0 for t in data) or len({t.shape[0] for t in data}) != 1:
         return None
     return data[0].shape[0] if data[0].shape[0] >= 2 else None
@@ -85,12 +90,11 @@ def layout(trees: Sequence[Any], every_batch: bool = False) -> list[list[Any]]:
     `every_batch` and a batch (`batch_rows`), the data's dim 0 is `"batch"`: any size."""
     symbolic = every_batch and batch_rows(trees) is not None
     out = []
-    for tree in trees:
-        for v in tree.values() if isinstance(tree, dict) else (tree,):
-            shape: list[Any] = list(v.shape)
-            if symbolic and isinstance(tree, Tensor):
-                shape[0] = "batch"
-            out.append([shape, list(v.stride()), str(v.dtype), str(v.device)])
+    for v, data in zip(leaves(trees), is_data(trees)):
+        shape: list[Any] = list(v.shape)
+        if symbolic and data:
+            shape[0] = "batch"
+        out.append([shape, list(v.stride()), str(v.dtype), str(v.device)])
     return out
 
 
@@ -198,11 +202,7 @@ def build(
     dims = None
     if symbolic:
         batch = torch.export.Dim("batch", min=2)
-        dims = tuple(
-            {0: batch} if data else None
-            for tree in args
-            for data in ([False] * len(tree) if isinstance(tree, dict) else [True])
-        )
+        dims = tuple({0: batch} if data else None for data in is_data(args))
     exported = torch.export.export(graph, inputs, dynamic_shapes=dims, strict=False)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name(parts)}.pt2"
