@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from purestep.core import artifacts, fastpath
 from purestep.core import step as step_module
 from purestep.core.loop import evaluate, train_epoch
-from purestep.core.model import mlp
+from purestep.core.model import functional, mlp
 from purestep.core.optim import adam, sgd
 from purestep.core.step import CompiledStep, compile_step, make_eval_step, make_train_step
 
@@ -70,7 +71,7 @@ WARM_EPOCH = """
 import json, sys
 import torch
 from purestep.core.loop import evaluate, train_epoch
-from purestep.core.model import mlp
+from purestep.core.model import functional, mlp
 from purestep.core.optim import sgd
 from purestep.core.step import compile_step, make_eval_step, make_train_step, set_compile_cache
 
@@ -139,6 +140,44 @@ def test_one_package_serves_every_batch_size_and_a_warm_epoch_never_loads_dynamo
     assert len(list(store.glob("*.pt2"))) == 3  # nothing built again
     assert warm["losses"] == losses.tolist() and warm["eval"] == [metrics.loss, metrics.accuracy]
     assert warm["params"] == {k: v.tolist() for k, v in params.items()}
+
+
+class _Dropped(nn.Module):
+    """Dropout before a sum: a row of ones comes out as twice the count of inputs the mask kept."""
+
+    def __init__(self, width: int = 1000, norm: bool = True):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+        self.norm = nn.BatchNorm1d(width, affine=False) if norm else nn.Identity()
+        self.sum = nn.Linear(width, 1, bias=False)
+        nn.init.ones_(self.sum.weight)
+
+    def forward(self, x):
+        return self.sum(self.drop(x) + 0 * self.norm(x))
+
+
+def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_size(store):
+    """`torch.dropout`'s CPU kernel cannot trace with a symbolic batch under `torch.func.grad`;
+    the package traces `native_dropout` instead: one train package for 4 and 6 rows, whose masks
+    come from torch's generator (one seed, one mask; another seed, another) and keep about half
+    of the inputs, scaled by 2. Building a package draws nothing from that generator: the call
+    that builds one gives what a later call that loads it gives (a 1-row batch's package is
+    traced by running the step)."""
+    for norm, batches in ((True, (4, 6)), (False, (1,))):
+        model, optimizer = functional(_Dropped, norm=norm), sgd(1e-9)
+        train = compile_step(make_train_step(model, optimizer, loss="mse"), key=f"dropped {norm}")
+        params, buffers = model.init(0)
+        state = optimizer.init(params)
+        for rows in batches:
+            x, y = torch.ones(rows, 1000), torch.zeros(rows, 1)
+            sums = []
+            for seed in (0, 0, 1):
+                torch.manual_seed(seed)
+                sums.append(train(params, buffers, state, x, y)[3].item() ** 0.5)
+            assert sums[0] == sums[1] != sums[2]
+            assert all(850 < s < 1150 and s != 1000 for s in sums)  # 1000 +- 32 a row; unmasked, 1000
+        assert train._compiled is None
+    assert len(list(store.glob("*.pt2"))) == 2
 
 
 def _parts(description: str, args, options=None):

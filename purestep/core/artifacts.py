@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from purestep.core import fastpath
 
@@ -166,6 +167,28 @@ def name(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
+class _NativeDropout(TorchFunctionMode):
+    """`F.dropout` in training as `aten.native_dropout`, while a step is traced for a package.
+
+    On the CPU `torch.dropout` runs a composite kernel that reads `numel()`, which a symbolic batch
+    lacks under `torch.func.grad`: the trace fails and the step falls back to a package per batch
+    size. `native_dropout` keeps the batch symbolic. The same distribution (each element kept with
+    probability 1 - p, scaled by 1 / (1 - p)); a package draws its masks from inductor's generator
+    either way, not from eager's sequence."""
+
+    _signature = inspect.signature(torch.nn.functional.dropout)
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.dropout:
+            bound = self._signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            x, p, training, inplace = bound.args
+            if training and not inplace and 0 < p < 1:
+                return torch.ops.aten.native_dropout(x, p, True)[0]
+        return func(*args, **kwargs)
+
+
 def build(
     fn: Callable[..., Any],
     args: Sequence[Any],
@@ -196,7 +219,10 @@ def build(
 
     inputs = tuple(leaves(args))
     symbolic = every_batch and batch_rows(args) is not None
-    graph = make_fx(flat, tracing_mode="symbolic" if symbolic else "real")(*inputs)
+    cuda = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
+    # a real-mode trace runs the step, random layers included: the caller's generator is left as it was
+    with torch.random.fork_rng(devices=cuda), _NativeDropout():
+        graph = make_fx(flat, tracing_mode="symbolic" if symbolic else "real")(*inputs)
     if results.get("structure") is None:
         raise ValueError("a step's results must be tensors or dicts of tensors")
     dims = None
