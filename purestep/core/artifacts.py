@@ -198,7 +198,8 @@ def build(
     every_batch: bool = False,
 ) -> Path:
     """Trace `fn(*args)`, compile it into `folder/<name>.pt2` with its sidecar, return the path;
-    with `every_batch` (and `parts` made with it), for any batch size of 2 rows or more.
+    with `every_batch` (and `parts` made with it), for any batch size of 2 rows or more. Torch's
+    generators end as they began: a later call that loads the package draws what this one draws.
 
     Written under a temporary name and renamed, so a reader sees a whole package or none.
     """
