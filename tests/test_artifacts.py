@@ -17,7 +17,7 @@ from torch import nn
 
 from purestep.core import artifacts, fastpath
 from purestep.core import step as step_module
-from purestep.core.loop import evaluate, train_epoch
+from purestep.core.loop import evaluate, steps_for, train_epoch
 from purestep.core.model import functional, mlp
 from purestep.core.optim import adam, sgd
 from purestep.core.step import CompiledStep, compile_step, make_eval_step, make_train_step
@@ -180,6 +180,49 @@ def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_siz
     assert len(list(store.glob("*.pt2"))) == 2
 
 
+class _Kept(nn.Module):
+    """Dropout at `rate` before a count: a row of ones comes out as the number of inputs kept."""
+
+    def __init__(self, rate: float = 0.5, width: int = 1000, hook: bool = False):
+        super().__init__()
+        self.drop = nn.Dropout(rate)
+        self.sum = nn.Linear(width, 1, bias=False)
+        nn.init.ones_(self.sum.weight)
+        if hook:  # an attribute whose repr does not say what the forward does
+            self.sum.register_forward_hook(lambda module, args, out: out)
+
+    def forward(self, x):
+        return self.sum(self.drop(x).sign())
+
+
+def test_models_that_differ_only_in_dropout_rate_share_packages_and_each_drops_at_its_own_rate(store):
+    """An unbatched step takes its dropout rates as an input: models built with rates 0.5, 0, 0.75
+    and 1 share one train package and one eval package, and each keeps its own share of inputs (all
+    at 0, about a half at 0.5, a quarter at 0.75, none at 1); the eval step, no dropout, counts all."""
+    optimizer = sgd(1e-9)
+    x, y = torch.ones(4, 1000), torch.zeros(4, 1)
+    for rate, low, high in ((0.5, 430, 570), (0.0, 1000, 1000), (0.75, 190, 310), (1.0, 0, 0)):
+        model = functional(_Kept, rate=rate)
+        train, evaluate_step = steps_for(model, optimizer, compiled=True, loss="mse")
+        params, buffers = model.init(0)
+        kept = train(params, buffers, optimizer.init(params), x, y)[3].item() ** 0.5
+        assert low <= kept <= high, (rate, kept)
+        assert evaluate_step(params, buffers, x, y)[0].item() == 4 * 1000**2
+    assert len(list(store.glob("*.pt2"))) == 2
+
+
+def test_the_step_key_leaves_out_only_the_rates_a_package_takes_as_an_input():
+    """Two rates, one key, unbatched; batched steps bake the rate in, and so does a model whose
+    tree cannot be read as data (a hook), as any other keyword argument: their keys differ."""
+    def keyed(batched: bool = False, **kwargs):
+        return artifacts.step_key(functional(_Kept, **kwargs), sgd(0.1), "mse", "fp32", batched)
+
+    assert keyed(rate=0.5) == keyed(rate=0.75) != keyed(rate=0.5, width=999)
+    assert keyed(True, rate=0.5) != keyed(True, rate=0.75)
+    assert keyed(rate=0.5, hook=True) != keyed(rate=0.75, hook=True)
+    assert None not in {keyed(rate=0.5), keyed(True, rate=0.5), keyed(rate=0.5, hook=True)}
+
+
 def _parts(description: str, args, options=None):
     return artifacts.key(description, args, options or {"size_asserts": "False"})
 
@@ -261,6 +304,6 @@ def test_a_package_under_another_settings_name_is_never_loaded(store, monkeypatc
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bf16(*args)
-    assert [a[-1] for a in calls] == [True, False]  # for every batch size, then for this one
+    assert [a[5] for a in calls] == [True, False]  # for every batch size, then for this one
     assert any("not saved" in str(w.message) for w in caught)
     assert bf16._compiled is not None  # compiled in this process instead

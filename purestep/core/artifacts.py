@@ -112,12 +112,53 @@ def option_text(value: Any) -> str:
     return value.uuid().hex() if hasattr(value, "uuid") else repr(value)
 
 
+def dropouts(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """`module`'s `nn.Dropout` layers (not in place), in `modules()` order: the layers whose rate a
+    saved unbatched step takes as an input (`build`), not as a constant baked into its graph."""
+    return [m for m in module.modules() if type(m) is torch.nn.Dropout and not m.inplace]
+
+
+def _plain(value: Any) -> bool:
+    """Whether `value` is data whose repr says all it is (numbers, text, dtypes, containers of them)."""
+    if isinstance(value, (bool, int, float, str, type(None), torch.dtype, torch.device)):
+        return True
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, dict) and all(_plain(k) and _plain(v) for k, v in value.items())
+
+
+def _tree(module: torch.nn.Module, rates: Sequence[torch.nn.Module]) -> str | None:
+    """The module tree as text: every submodule's class and attributes, its parameters' and buffers'
+    shapes and dtypes, the `rates` layers' `p` left out; None when an attribute is not plain data
+    (a function, a hook, a tensor): then its text would not say what the forward computes."""
+    lifted = {id(m) for m in rates}
+    rows = []
+    for path, m in module.named_modules(remove_duplicate=False):
+        attrs: dict[str, Any] = {}
+        for name, value in vars(m).items():
+            if name in ("_parameters", "_buffers"):
+                value = {k: None if t is None else [list(t.shape), str(t.dtype)] for k, t in value.items()}
+            elif name == "_modules":
+                value = list(value)
+            elif name == "p" and id(m) in lifted:
+                continue
+            elif not _plain(value):
+                return None
+            attrs[name] = sorted(value) if isinstance(value, (set, frozenset)) else value
+        rows.append(f"{path} {type(m).__module__}.{type(m).__qualname__} {sorted(attrs.items())!r}")
+    return "\n".join(rows)
+
+
 def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: bool) -> str | None:
     """What shapes a step's graph beyond its arguments: the model (its factory and keyword
     arguments in sorted order, its module tree, and the source files of the module's classes
     and factory), the optimizer family (its update function), the loss, the precision and
     batching; None when a source file cannot be found (a model defined interactively: its
-    steps are not saved)."""
+    steps are not saved).
+
+    An unbatched step of a model with dropout layers takes their rates as an input (`dropouts`),
+    so its model is described by the tree it builds, rates left out (`_tree`), not by the
+    arguments that built it: trials that differ only in dropout rate share one graph."""
     with torch.device("meta"):
         module = model.module()
     digest = hashlib.sha256()
@@ -132,7 +173,13 @@ def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: boo
         digest.update(Path(source).read_bytes())
     update = f"{optimizer.update.__module__}.{optimizer.update.__qualname__}"
     kwargs = dict(sorted(model.kwargs.items()))  # in any order, the same model (as `Model.__eq__`)
-    described = f"{model.factory!r} {kwargs!r} {model.name!r} {module!r} sources={digest.hexdigest()}"
+    rates = [] if batched else dropouts(module)
+    tree = _tree(module, rates) if rates else None
+    if tree is None:
+        built = f"{kwargs!r} {model.name!r} {module!r}"
+    else:
+        built = f"{model.name!r} tree={hashlib.sha256(tree.encode()).hexdigest()} rates={len(rates)}"
+    described = f"{model.factory!r} {built} sources={digest.hexdigest()}"
     return f"{described} {update} {loss} {precision} batched={batched}"
 
 
@@ -142,9 +189,11 @@ def key(
     options: dict[str, str],
     threads: int | None = None,
     every_batch: bool = False,
+    rates: int = 0,
 ) -> dict[str, Any]:
     """Everything that shapes a step's graph, as JSON-ready parts (`name` hashes them); with
-    `every_batch`, those of the package for any batch size (`layout`).
+    `every_batch`, those of the package for any batch size (`layout`); with `rates`, of the package
+    that takes that many dropout rates as its last input (`build`).
 
     On a CPU that includes the torch threads it runs on (`threads`, default torch's now): inductor
     writes the count into each parallel kernel (`omp parallel num_threads(n)`), so a package built
@@ -157,6 +206,8 @@ def key(
         "torch": torch.__version__,
         "purestep.core": _source_hash(),
     }
+    if rates:
+        parts["dropout rates"] = rates
     if any(t.device.type == "cpu" for t in leaves(args)):
         parts["threads"] = torch.get_num_threads() if threads is None else threads
     return parts
@@ -167,14 +218,15 @@ def name(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-class _NativeDropout(TorchFunctionMode):
-    """`F.dropout` in training as `aten.native_dropout`, while a step is traced for a package.
+class _TracedDropout(TorchFunctionMode):
+    """`F.dropout` in training as a package can trace it, while a step is traced for one.
 
-    On the CPU `torch.dropout` runs a composite kernel that reads `numel()`, which a symbolic batch
-    lacks under `torch.func.grad`: the trace fails and the step falls back to a package per batch
-    size. `native_dropout` keeps the batch symbolic. The same distribution (each element kept with
-    probability 1 - p, scaled by 1 / (1 - p)); a package draws its masks from inductor's generator
-    either way, not from eager's sequence."""
+    A rate that is a tensor (an input, `rates_as`) becomes a mask drawn against it: each element
+    kept with probability 1 - p and scaled by 1 / (1 - p), as `F.dropout` does, p = 1 dropping all.
+    A float rate becomes `aten.native_dropout`: on the CPU `torch.dropout` runs a composite kernel
+    that reads `numel()`, which a symbolic batch lacks under `torch.func.grad` (the trace would fail
+    and the step fall back to a package per batch size). A package draws its masks from inductor's
+    generator either way, not from eager's sequence."""
 
     _signature = inspect.signature(torch.nn.functional.dropout)
 
@@ -184,9 +236,33 @@ class _NativeDropout(TorchFunctionMode):
             bound = self._signature.bind(*args, **kwargs)
             bound.apply_defaults()
             x, p, training, inplace = bound.args
+            if isinstance(p, Tensor):
+                if not training:
+                    return x
+                scale = torch.where(p < 1, 1 / (1 - p), 0.0)
+                return torch.where(torch.rand_like(x) >= p, x * scale, 0.0)
             if training and not inplace and 0 < p < 1:
                 return torch.ops.aten.native_dropout(x, p, True)[0]
         return func(*args, **kwargs)
+
+
+def rates_of(layers: Sequence[torch.nn.Module], device: torch.device | str) -> Tensor:
+    """The dropout rates of `layers` (`dropouts`) as the input a package takes (float32, 1-d)."""
+    return torch.tensor([float(m.p) for m in layers], dtype=torch.float32, device=device)
+
+
+@contextlib.contextmanager
+def rates_as(layers: Sequence[torch.nn.Module], values: Tensor) -> Any:
+    """`layers`' rates set to `values`' elements while a step is traced (so its graph reads them
+    from that input), and restored after."""
+    before = [m.p for m in layers]
+    try:
+        for i, m in enumerate(layers):
+            m.p = values[i]
+        yield
+    finally:
+        for m, p in zip(layers, before):
+            m.p = p
 
 
 def build(
@@ -196,10 +272,13 @@ def build(
     folder: Path,
     options: dict[str, Any],
     every_batch: bool = False,
+    rates: Sequence[torch.nn.Module] = (),
 ) -> Path:
     """Trace `fn(*args)`, compile it into `folder/<name>.pt2` with its sidecar, return the path;
-    with `every_batch` (and `parts` made with it), for any batch size of 2 rows or more. Torch's
-    generators end as they began: a later call that loads the package draws what this one draws.
+    with `every_batch` (and `parts` made with it), for any batch size of 2 rows or more; with
+    `rates`, the dropout layers `fn` runs (`dropouts`), taking their rates as one more input after
+    the arguments' tensors (`rates_of`, and `parts` made with their count). Torch's generators end
+    as they began: a later call that loads the package draws what this one draws.
 
     Written under a temporary name and renamed, so a reader sees a whole package or none.
     """
@@ -212,24 +291,28 @@ def build(
     results: dict[str, Any] = {}
 
     def flat(*values: Tensor) -> list[Tensor]:
-        out = fn(*rebuild(shape_in, values))
+        if rates:
+            with rates_as(rates, values[-1]):
+                out = fn(*rebuild(shape_in, values[:-1]))
+        else:
+            out = fn(*rebuild(shape_in, values))
         single = not isinstance(out, tuple)
         trees = (out,) if single else out
         results["structure"], results["single"] = structure(trees), single
         return leaves(trees)
 
-    inputs = tuple(leaves(args))
+    inputs = tuple(leaves(args)) + ((rates_of(rates, leaves(args)[0].device),) if rates else ())
     symbolic = every_batch and batch_rows(args) is not None
     cuda = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
     # a real-mode trace runs the step, random layers included: the caller's generator is left as it was
-    with torch.random.fork_rng(devices=cuda), _NativeDropout():
+    with torch.random.fork_rng(devices=cuda), _TracedDropout():
         graph = make_fx(flat, tracing_mode="symbolic" if symbolic else "real")(*inputs)
     if results.get("structure") is None:
         raise ValueError("a step's results must be tensors or dicts of tensors")
     dims = None
     if symbolic:
         batch = torch.export.Dim("batch", min=2)
-        dims = tuple({0: batch} if data else None for data in is_data(args))
+        dims = tuple({0: batch} if data else None for data in is_data(args)) + ((None,) if rates else ())
     exported = torch.export.export(graph, inputs, dynamic_shapes=dims, strict=False)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name(parts)}.pt2"

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from purestep.core.artifacts import step_key
+from purestep.core.artifacts import dropouts, step_key
 from purestep.core.data import batches, epoch_order
 from purestep.core.errors import PurestepError
 from purestep.core.losses import LossName, r2_score
@@ -124,7 +124,8 @@ def steps_for(
             train_step, eval_step = batch_over_trials(train_step), batch_eval_over_trials(eval_step)
         if compiled:
             described = step_key(model, optimizer, loss, precision, batched)
-            train_step = compile_step(train_step, key=described and f"train {described}")
+            rates = () if batched else dropouts(model.train_module())
+            train_step = compile_step(train_step, key=described and f"train {described}", rates=rates)
             eval_step = compile_step(eval_step, key=described and f"eval {described}")
         _STEPS[key] = train_step, eval_step
     return _STEPS[key]

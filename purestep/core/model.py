@@ -159,6 +159,10 @@ class Model:
         """A fresh module (weights drawn from the global generator, as its constructor does)."""
         return self.factory(**self.kwargs)
 
+    def train_module(self) -> nn.Module:
+        """The weightless train-mode module `apply` calls (its layers' settings, e.g. dropout rates)."""
+        return self._train
+
     def init(self, seed: int, device: torch.device | str = "cpu") -> tuple[Params, Buffers]:
         """`(params, buffers)` bitwise equal to `torch.manual_seed(seed); factory(**kwargs)`'s,
         with the global generator left as it was.

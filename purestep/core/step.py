@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 
 from purestep.core import _direct
@@ -159,7 +159,12 @@ _ARTIFACTS: Path | None = None
 _SHORT: contextvars.ContextVar[bool] = contextvars.ContextVar("purestep_short_batch", default=False)
 
 
-def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None, key: str | None = None) -> Fn:
+def compile_step(
+    fn: Fn,
+    cache_dir: str | os.PathLike[str] | None = None,
+    key: str | None = None,
+    rates: Sequence[nn.Module] = (),
+) -> Fn:
     """`torch.compile(fn, fullgraph=True, dynamic=False, options=_inductor_options())`, as a
     `CompiledStep`.
 
@@ -169,11 +174,13 @@ def compile_step(fn: Fn, cache_dir: str | os.PathLike[str] | None = None, key: s
     over several batch sizes and widths keeps every graph compiled. With `key`, the text
     that says what the arguments do not (model, optimizer family, loss, precision,
     batching), and a compile cache set, each layout's graph is saved once, one for every batch
-    size, and later processes load it without tracing (`core/artifacts.py`).
+    size, and later processes load it without tracing (`core/artifacts.py`). With `rates`, the
+    dropout layers `fn` runs in training (`artifacts.dropouts`), a package takes their rates as an
+    input, so steps of models that differ only in those rates share it (`artifacts.step_key`).
     """
     if cache_dir is not None:
         set_compile_cache(cache_dir)
-    return cast(Fn, CompiledStep(fn, None, key))
+    return cast(Fn, CompiledStep(fn, None, key, rates))
 
 
 class CompiledStep:
@@ -194,10 +201,17 @@ class CompiledStep:
     eagerly (whose `grad_and_value` would import Dynamo).
     """
 
-    def __init__(self, fn: Callable[..., Any], options: dict[str, Any] | None, key: str | None = None):
-        """`options` for inductor, None for `_inductor_options()` (made when first needed)."""
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        options: dict[str, Any] | None,
+        key: str | None = None,
+        rates: Sequence[nn.Module] = (),
+    ):
+        """`options` for inductor, None for `_inductor_options()` (made when first needed); `rates`
+        as `compile_step`'s."""
         functools.update_wrapper(self, fn)
-        self._fn, self._given, self._key = fn, options, key
+        self._fn, self._given, self._key, self._rates = fn, options, key, list(rates)
         self._default = options is None
         self._compiled: Callable[..., Any] | None = None
         self._ran: _direct.Ran | None = None
@@ -260,13 +274,16 @@ class CompiledStep:
         layout = repr(artifacts.layout(args, self._every_batch))
         if layout not in self._packages:
             self._packages[layout] = None
-            parts = artifacts.key(self._key or "", args, self._options_text(), every_batch=self._every_batch)
+            parts = artifacts.key(
+                self._key or "", args, self._options_text(), None, self._every_batch, len(self._rates)
+            )
             try:
                 path = folder / f"{artifacts.name(parts)}.pt2"
                 found = artifacts.load(path, parts)
                 if found is None:
                     try:
-                        artifacts.build(self._fn, args, parts, folder, self.options, self._every_batch)
+                        every = self._every_batch
+                        artifacts.build(self._fn, args, parts, folder, self.options, every, self._rates)
                     except Exception:
                         if not (self._every_batch and artifacts.batch_rows(args) is not None):
                             raise
@@ -278,7 +295,9 @@ class CompiledStep:
                 warnings.warn(f"compiled step not saved ({cause}); compiled in this process", stacklevel=3)
                 return None
             if found is not None:
-                self._packages[layout] = _package_step(*found)
+                device = artifacts.leaves(args)[0].device
+                extra = [artifacts.rates_of(self._rates, device)] if self._rates else []
+                self._packages[layout] = _package_step(*found, extra)
         return self._packages[layout]
 
     def saved(self, *args: Any, folder: Path | None = None, threads: int | None = None) -> bool:
@@ -291,7 +310,8 @@ class CompiledStep:
         if self._key is None or folder is None or artifacts.structure(args) is None:
             return False
         for every_batch in (True, False):
-            parts = artifacts.key(self._key, args, self._options_text(), threads, every_batch)
+            rates = len(self._rates)
+            parts = artifacts.key(self._key, args, self._options_text(), threads, every_batch, rates)
             if artifacts.saved(folder / f"{artifacts.name(parts)}.pt2", parts):
                 return True
         return False
@@ -305,12 +325,15 @@ class CompiledStep:
         return _direct.entry(*self._last)
 
 
-def _package_step(run: Callable[..., Any], results: list[Any], single: bool) -> Callable[..., Any]:
-    """A saved package as the step itself: `run` over the arguments' tensors, results rebuilt."""
+def _package_step(
+    run: Callable[..., Any], results: list[Any], single: bool, extra: list[Tensor]
+) -> Callable[..., Any]:
+    """A saved package as the step itself: `run` over the arguments' tensors and `extra` (its
+    dropout rates, if it takes them), results rebuilt."""
     from purestep.core.artifacts import leaves, rebuild
 
     def step(*args: Any) -> Any:
-        out = rebuild(results, run(leaves(args)))
+        out = rebuild(results, run(leaves(args) + extra))
         return out[0] if single else tuple(out)
 
     return step
