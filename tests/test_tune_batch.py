@@ -212,6 +212,21 @@ def test_graph_configs_cover_every_shape_a_space_can_draw() -> None:
     ]
 
 
+def test_a_dropout_rate_from_a_range_shapes_no_graph_and_a_width_from_one_does() -> None:
+    """The CNN's default space draws its dropout rate from a range, which a saved step takes as an
+    input: its graphs are one per width and batch size, known before the study; a width drawn from
+    a range leaves them open, as does any range without the model at hand."""
+    splits = make_splits(load_dataset("digits"), 0.2, 0, model="cnn")
+    space = default_space("cnn")
+    configs = graph_configs(space, splits)
+    assert graph_configs(space) is None
+    assert configs is not None and len(configs) == 4 * 3
+    assert {dict(c.model_args)["width"] for c in configs} == {16, 32, 64}
+    assert {dict(c.model_args)["dropout"] for c in configs} == {0.0}  # one rate stands for all
+    ranged = parse_space('[width]\nkey = "model.width"\nlow = 8\nhigh = 64\n', base=space)
+    assert graph_configs(ranged, splits) is None
+
+
 @pytest.mark.compile
 def test_auto_compiles_once_every_graph_of_the_run_is_saved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -238,29 +238,55 @@ _SHAPING = ("batch_size", "hidden", "layers")
 """Settings that shape a compiled trial's graphs (with the `model.NAME` arguments); the rest are data."""
 
 
-def graph_configs(space: Space) -> set[TrialConfig] | None:
+def _first(name: str, domain: Choices | Range) -> Scalar:
+    return domain.values[0] if isinstance(domain, Choices) else domain.low
+
+
+def graph_configs(space: Space, splits: Splits | None = None) -> set[TrialConfig] | None:
     """A config for each combination of the values that shape a compiled trial's graphs (batch
     size, the model's widths and arguments), the rest at their first value; None when one of
-    those comes from a range, so which graphs a study needs is open."""
+    those comes from a range, so which graphs a study needs is open. With `splits`, a model
+    argument whose range shapes no graph (`only_rates`) is not one of those."""
     import itertools
-
-    def first(name: str, domain: Choices | Range) -> Scalar:
-        return domain.values[0] if isinstance(domain, Choices) else domain.low
 
     varied: list[list[tuple[str, Scalar]]] = []
     for p in space.params:
         if p.key in _SHAPING or p.key.startswith(MODEL_PREFIX):
             if isinstance(p.domain, Range):
+                if splits is not None and p.key.startswith(MODEL_PREFIX) and only_rates(splits, space, p):
+                    continue
                 return None
             if isinstance(p.domain, Choices):
                 varied.append([(p.key, v) for v in p.domain.values])
-    base = sample(space, first).settings
+    base = sample(space, _first).settings
     layouts = [{}, {"optimizer": "rmsprop", "momentum": 0.9}] if _rmsprop_momentum_possible(space) else [{}]
     return {
         TrialConfig.from_settings(base | dict(combo) | layout)
         for combo in itertools.product(*varied)
         for layout in layouts
     }
+
+
+def only_rates(splits: Splits, space: Space, param: Param) -> bool:
+    """Whether the model argument `param` draws from a range shapes no compiled graph: the step's
+    key (`artifacts.step_key`) is one at the range's ends, middle and zero, the other settings at
+    their first value. So for a dropout rate, which a saved step takes as an input."""
+    from purestep.core.artifacts import step_key
+
+    domain = param.domain
+    assert isinstance(domain, Range)
+    middle = (domain.low + domain.high) // 2 if domain.integer else (domain.low + domain.high) / 2
+    base = sample(space, _first).settings
+    keys = set()
+    for value in {domain.low, middle, domain.high} | ({0} if domain.zero else set()):
+        config = TrialConfig.from_settings(base | {param.key: value})
+        try:
+            model = splits.model_for(config)
+        except ConfigError:
+            return False
+        optimizer = config.optimizer_config().build_for(compiled=True)
+        keys.add(step_key(model, optimizer, splits.loss, "fp32", False))
+    return len(keys) == 1 and None not in keys
 
 
 def _rmsprop_momentum_possible(space: Space) -> bool:

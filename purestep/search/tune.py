@@ -364,7 +364,7 @@ def saved_steps(options: TuneOptions, splits: Splits) -> Callable[[int], bool]:
         from purestep.search.objective import graph_configs, steps_saved
 
         sets = [(splits.x_fit, splits.y_fit)], [(splits.x_val, splits.y_val)]
-        return steps_saved(splits, graph_configs(options.space), *sets, packages_folder(), threads)
+        return steps_saved(splits, graph_configs(options.space, splits), *sets, packages_folder(), threads)
 
     return saved
 
