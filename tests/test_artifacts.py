@@ -144,30 +144,41 @@ def test_one_package_serves_every_batch_size_and_a_warm_epoch_never_loads_dynamo
     assert warm["params"] == {k: v.tolist() for k, v in params.items()}
 
 
+def _drop(channels: bool, rate: float) -> nn.Module:
+    """`nn.Dropout`, or channel-wise `nn.Dropout1d` over a row's features as its channels."""
+    return nn.Dropout1d(rate) if channels else nn.Dropout(rate)
+
+
+def _apply(drop: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return drop(x.unsqueeze(-1)).squeeze(-1) if isinstance(drop, nn.Dropout1d) else drop(x)
+
+
 class _Dropped(nn.Module):
     """Dropout before a sum: a row of ones comes out as twice the count of inputs the mask kept."""
 
-    def __init__(self, width: int = 1000, norm: bool = True):
+    def __init__(self, width: int = 1000, norm: bool = True, channels: bool = False):
         super().__init__()
-        self.drop = nn.Dropout(0.5)
+        self.drop = _drop(channels, 0.5)
         self.norm = nn.BatchNorm1d(width, affine=False) if norm else nn.Identity()
         self.sum = nn.Linear(width, 1, bias=False)
         nn.init.ones_(self.sum.weight)
 
     def forward(self, x):
-        return self.sum(self.drop(x) + 0 * self.norm(x))
+        return self.sum(_apply(self.drop, x) + 0 * self.norm(x))
 
 
-def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_size(store):
-    """`torch.dropout`'s CPU kernel cannot trace with a symbolic batch under `torch.func.grad`;
-    the package traces `native_dropout` instead: one train package for 4 and 6 rows, whose masks
+@pytest.mark.parametrize("channels", [False, True])
+def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_size(store, channels):
+    """`torch.dropout`'s CPU kernel cannot trace with a symbolic batch under `torch.func.grad`, nor
+    can channel-wise dropout's; the package traces `native_dropout` (channel-wise: a mask drawn per
+    channel) instead: one train package for 4 and 6 rows, whose masks
     come from torch's generator (one seed, one mask; another seed, another) and keep about half
     of the inputs, scaled by 2. Building a package draws nothing from that generator: the call
     that builds one gives what a later call that loads it gives (a 1-row batch's package is
     traced by running the step)."""
     for norm, batches in ((True, (4, 6)), (False, (1,))):
-        model, optimizer = functional(_Dropped, norm=norm), sgd(1e-9)
-        train = compile_step(make_train_step(model, optimizer, loss="mse"), key=f"dropped {norm}")
+        model, optimizer = functional(_Dropped, norm=norm, channels=channels), sgd(1e-9)
+        train = compile_step(make_train_step(model, optimizer, loss="mse"), key=f"dropped {norm} {channels}")
         params, buffers = model.init(0)
         state = optimizer.init(params)
         for rows in batches:
@@ -185,30 +196,33 @@ def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_siz
 class _Kept(nn.Module):
     """Dropout at `rate` before a count: a row of ones comes out as the number of inputs kept."""
 
-    def __init__(self, rate: float = 0.5, width: int = 1000, hook: bool = False):
+    def __init__(self, rate: float = 0.5, width: int = 1000, hook: bool = False, channels: bool = False):
         super().__init__()
-        self.drop = nn.Dropout(rate)
+        self.drop = _drop(channels, rate)
         self.sum = nn.Linear(width, 1, bias=False)
         nn.init.ones_(self.sum.weight)
         if hook:  # an attribute whose repr does not say what the forward does
             self.sum.register_forward_hook(lambda module, args, out: out)
 
     def forward(self, x):
-        return self.sum(self.drop(x).sign())
+        return self.sum(_apply(self.drop, x).sign())
 
 
+@pytest.mark.parametrize("channels", [False, True])
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # one store for every rate
 @given(rate=st.floats(0, 1))
 @example(rate=0.0)
 @example(rate=1.0)
-def test_models_that_differ_only_in_dropout_rate_share_packages_and_each_drops_at_its_own_rate(store, rate):
-    """An unbatched step takes its dropout rates as an input: models built with any rates share one
-    train package and one eval package, and each keeps its own share of inputs: of 1000 a row, about
-    1000 (1 - rate), binomial (sd at most 16; 100 is 6 of them), exactly all at 0 and none at 1. The
-    eval step (no dropout) counts them all."""
+def test_models_that_differ_only_in_dropout_rate_share_packages_and_each_drops_at_its_own_rate(
+    store, channels, rate
+):
+    """An unbatched step takes its dropout rates as an input (channel-wise too): models built with
+    any rates share one train package and one eval package, and each keeps its own share of inputs:
+    of 1000 a row, about 1000 (1 - rate), binomial (sd at most 16; 100 is 6 of them), exactly all at
+    0 and none at 1. The eval step (no dropout) counts them all."""
     optimizer = sgd(1e-9)
     x, y = torch.ones(2, 1000), torch.zeros(2, 1)
-    model = functional(_Kept, rate=rate)
+    model = functional(_Kept, rate=rate, channels=channels)
     train, evaluate_step = steps_for(model, optimizer, compiled=True, loss="mse")
     params, buffers = model.init(0)
     kept = train(params, buffers, optimizer.init(params), x, y)[3].item() ** 0.5  # rows' root mean square

@@ -112,10 +112,14 @@ def option_text(value: Any) -> str:
     return value.uuid().hex() if hasattr(value, "uuid") else repr(value)
 
 
+_DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
+
+
 def dropouts(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """`module`'s `nn.Dropout` layers (not in place), in `modules()` order: the layers whose rate a
-    saved unbatched step takes as an input (`build`), not as a constant baked into its graph."""
-    return [m for m in module.modules() if type(m) is torch.nn.Dropout and not m.inplace]
+    """`module`'s dropout layers (`nn.Dropout` and its channel-wise 1d, 2d and 3d kinds, not in
+    place), in `modules()` order: the layers whose rate a saved unbatched step takes as an input
+    (`build`), not as a constant baked into its graph."""
+    return [m for m in module.modules() if type(m) in _DROPOUTS and not m.inplace]
 
 
 def _plain(value: Any) -> bool:
@@ -218,31 +222,42 @@ def name(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
+_F = torch.nn.functional
+_CHANNELS = {_F.dropout1d: 3, _F.dropout2d: 4, _F.dropout3d: 5}
+"""Channel-wise dropout and the dims of its batched input (N, C, ...), the only form a step feeds it."""
+
+
 class _TracedDropout(TorchFunctionMode):
-    """`F.dropout` in training as a package can trace it, while a step is traced for one.
+    """`F.dropout` and channel-wise `F.dropout1d/2d/3d` in training as a package can trace them,
+    while a step is traced for one.
 
-    A rate that is a tensor (an input, `rates_as`) becomes a mask drawn against it: each element
-    kept with probability 1 - p and scaled by 1 / (1 - p), as `F.dropout` does, p = 1 dropping all.
-    A float rate becomes `aten.native_dropout`: on the CPU `torch.dropout` runs a composite kernel
-    that reads `numel()`, which a symbolic batch lacks under `torch.func.grad` (the trace would fail
-    and the step fall back to a package per batch size). A package draws its masks from inductor's
-    generator either way, not from eager's sequence."""
+    A rate that is a tensor (an input, `rates_as`), and any channel-wise rate, becomes a mask drawn
+    against it: each element (or channel) kept with probability 1 - p and scaled by 1 / (1 - p), as
+    torch's do, p = 1 dropping all. A float rate of `F.dropout` becomes `aten.native_dropout`. On the
+    CPU `torch.dropout` and `torch.feature_dropout` run composite kernels that read `numel()`, which a
+    symbolic batch lacks under `torch.func.grad` (the trace would fail and the step fall back to a
+    package per batch size). A package draws its masks from inductor's generator either way, not
+    from eager's sequence."""
 
-    _signature = inspect.signature(torch.nn.functional.dropout)
+    _signatures = {f: inspect.signature(f) for f in (_F.dropout, *_CHANNELS)}
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if func is torch.nn.functional.dropout:
-            bound = self._signature.bind(*args, **kwargs)
+        if func in self._signatures:
+            bound = self._signatures[func].bind(*args, **kwargs)
             bound.apply_defaults()
             x, p, training, inplace = bound.args
-            if isinstance(p, Tensor):
-                if not training:
-                    return x
-                scale = torch.where(p < 1, 1 / (1 - p), 0.0)
-                return torch.where(torch.rand_like(x) >= p, x * scale, 0.0)
-            if training and not inplace and 0 < p < 1:
-                return torch.ops.aten.native_dropout(x, p, True)[0]
+            lifted = isinstance(p, Tensor)
+            if func in _CHANNELS and x.ndim != _CHANNELS[func] or inplace or not (lifted or training):
+                return func(*args, **kwargs)
+            if not training:
+                return x
+            if func is _F.dropout and not lifted:
+                return torch.ops.aten.native_dropout(x, p, True)[0] if 0 < p < 1 else func(*args, **kwargs)
+            shape = x.shape if func is _F.dropout else x.shape[:2] + (1,) * (x.ndim - 2)
+            scale = torch.where(p < 1, 1 / (1 - p), 0.0) if lifted else (1 / (1 - p) if p < 1 else 0.0)
+            keep = torch.rand(shape, dtype=x.dtype, device=x.device) >= p
+            return torch.where(keep, x * scale, 0.0)
         return func(*args, **kwargs)
 
 
