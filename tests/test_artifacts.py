@@ -196,7 +196,7 @@ def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_siz
 class _Kept(nn.Module):
     """Dropout at `rate` before a count: a row of ones comes out as the number of inputs kept."""
 
-    def __init__(self, rate: float = 0.5, width: int = 1000, hook: bool = False, channels: bool = False):
+    def __init__(self, rate: float = 0.5, width: int = 1000, hook=False, channels=False, other: float = 0):
         super().__init__()
         self.drop = _drop(channels, rate)
         self.sum = nn.Linear(width, 1, bias=False)
@@ -234,13 +234,15 @@ def test_models_that_differ_only_in_dropout_rate_share_packages_and_each_drops_a
 
 def test_the_step_key_leaves_out_only_the_rates_a_package_takes_as_an_input():
     """Two rates, one key, unbatched; batched steps bake the rate in, and so does a model whose
-    tree cannot be read as data (a hook), as any other keyword argument: their keys differ."""
+    tree cannot be read as data (a hook); any other keyword argument is in the key, as before, even
+    one the tree does not show (`other`)."""
     def keyed(batched: bool = False, **kwargs):
         return artifacts.step_key(functional(_Kept, **kwargs), sgd(0.1), "mse", "fp32", batched)
 
     assert keyed(rate=0.5) == keyed(rate=0.75) != keyed(rate=0.5, width=999)
     assert keyed(True, rate=0.5) != keyed(True, rate=0.75)
     assert keyed(rate=0.5, hook=True) != keyed(rate=0.75, hook=True)
+    assert keyed(rate=0.5, other=2.0) != keyed(rate=0.5, other=3.0) != keyed(rate=0.5)
     assert None not in {keyed(rate=0.5), keyed(True, rate=0.5), keyed(rate=0.5, hook=True)}
 
 

@@ -161,8 +161,9 @@ def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: boo
     steps are not saved).
 
     An unbatched step of a model with dropout layers takes their rates as an input (`dropouts`),
-    so its model is described by the tree it builds, rates left out (`_tree`), not by the
-    arguments that built it: trials that differ only in dropout rate share one graph."""
+    so its model is described by the tree it builds, rates left out (`_tree`), and by its keyword
+    arguments but those that equal one of the rates: trials that differ only in dropout rate share
+    one graph."""
     with torch.device("meta"):
         module = model.module()
     digest = hashlib.sha256()
@@ -182,7 +183,10 @@ def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: boo
     if tree is None:
         built = f"{kwargs!r} {model.name!r} {module!r}"
     else:
-        built = f"{model.name!r} tree={hashlib.sha256(tree.encode()).hexdigest()} rates={len(rates)}"
+        values = {float(m.p) for m in rates}
+        kwargs = {k: v for k, v in kwargs.items() if not (type(v) in (int, float) and float(v) in values)}
+        tree = hashlib.sha256(tree.encode()).hexdigest()
+        built = f"{kwargs!r} {model.name!r} tree={tree} rates={len(rates)}"
     described = f"{model.factory!r} {built} sources={digest.hexdigest()}"
     return f"{described} {update} {loss} {precision} batched={batched}"
 
@@ -248,7 +252,7 @@ class _TracedDropout(TorchFunctionMode):
             bound.apply_defaults()
             x, p, training, inplace = bound.args
             lifted = isinstance(p, Tensor)
-            if func in _CHANNELS and x.ndim != _CHANNELS[func] or inplace or not (lifted or training):
+            if (func in _CHANNELS and x.ndim != _CHANNELS[func]) or inplace or not (lifted or training):
                 return func(*args, **kwargs)
             if not training:
                 return x
