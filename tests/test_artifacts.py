@@ -232,6 +232,30 @@ def test_models_that_differ_only_in_dropout_rate_share_packages_and_each_drops_a
     assert len(list(store.glob("*.pt2"))) == 2
 
 
+def test_a_package_built_at_another_rate_gives_a_trial_what_its_own_build_gives(store, monkeypatch):
+    """Rates are inputs, so a package's graph is the same whichever trial traced it: a trial at rate
+    0.5 draws, from the package a rate-0.3 trial built, the masks it draws from one it built itself."""
+    optimizer = sgd(0.1)
+    x, y = torch.ones(4, 1000), torch.zeros(4, 1)
+
+    def last_loss(*rates: float) -> torch.Tensor:
+        for rate in rates:
+            model = functional(_Kept, rate=rate)
+            described = artifacts.step_key(model, optimizer, "mse", "fp32", False)
+            lifted = artifacts.dropouts(model.train_module())
+            train = compile_step(make_train_step(model, optimizer, loss="mse"), key=described, rates=lifted)
+            params, buffers = model.init(0)
+            torch.manual_seed(7)
+            loss = train(params, buffers, optimizer.init(params), x, y)[3]
+        return loss
+
+    shared = last_loss(0.3, 0.5)
+    monkeypatch.setattr(step_module, "_ARTIFACTS", store.parent / "other")
+    own = last_loss(0.5)
+    assert len(list(store.glob("*.pt2"))) == len(list((store.parent / "other").glob("*.pt2"))) == 1
+    assert torch.equal(shared, own) and 400 < own.item() ** 0.5 < 600
+
+
 def test_the_step_key_leaves_out_only_the_rates_a_package_takes_as_an_input():
     """Two rates, one key, unbatched; batched steps bake the rate in, and so does a model whose
     tree cannot be read as data (a hook); any other keyword argument is in the key, as before, even

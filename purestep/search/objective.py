@@ -268,7 +268,7 @@ def graph_configs(space: Space, splits: Splits | None = None) -> set[TrialConfig
 
 
 def only_rates(splits: Splits, space: Space, param: Param) -> bool:
-    """Whether the model argument `param` draws from a range shapes no compiled graph: the step's
+    """Whether the model argument `param`, drawn from a range, shapes no compiled graph: the step's
     key (`artifacts.step_key`) is one at the range's ends, middle and zero, the other settings at
     their first value. So for a dropout rate, which a saved step takes as an input."""
     from purestep.core.artifacts import step_key
