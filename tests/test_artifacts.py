@@ -196,8 +196,11 @@ def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_siz
 class _Kept(nn.Module):
     """Dropout at `rate` before a count: a row of ones comes out as the number of inputs kept."""
 
-    def __init__(self, rate: float = 0.5, width: int = 1000, hook=False, channels=False, other: float = 0):
+    def __init__(
+        self, rate: float = 0.5, width: int = 1000, hook=False, channels=False, other: float = 0, tags=()
+    ):
         super().__init__()
+        self.tags = set(tags)  # plain data the key reads: its order follows the process's hash seed
         self.drop = _drop(channels, rate)
         self.sum = nn.Linear(width, 1, bias=False)
         nn.init.ones_(self.sum.weight)
@@ -268,6 +271,35 @@ def test_the_step_key_leaves_out_only_the_rates_a_package_takes_as_an_input():
     assert keyed(rate=0.5, hook=True) != keyed(rate=0.75, hook=True)
     assert keyed(rate=0.5, other=2.0) != keyed(rate=0.5, other=3.0) != keyed(rate=0.5)
     assert None not in {keyed(rate=0.5), keyed(True, rate=0.5), keyed(rate=0.5, hook=True)}
+
+
+KEY_OF_TAGS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_artifacts import _Kept
+from purestep.core import artifacts
+from purestep.core.model import functional
+from purestep.core.optim import sgd
+model = functional(_Kept, tags=["relu", "gelu", "tanh", "silu", 3, 2.5, None, ("a", 1)])
+print(artifacts.step_key(model, sgd(0.1), "mse", "fp32", False))
+"""
+
+
+def test_a_tree_holding_a_set_has_one_step_key_in_every_process():
+    """A set attribute, of strings (their order follows each process's hash seed) and of values of
+    mixed types, reads in sorted order: processes with other hash seeds find one key, and another set
+    another key."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    keys = [
+        subprocess.run(
+            [sys.executable, "-c", KEY_OF_TAGS, str(ROOT / "tests")],
+            capture_output=True, text=True, check=True, env={**env, "PYTHONHASHSEED": str(seed)},
+        ).stdout.strip()
+        for seed in (1, 2, 3)
+    ]
+    assert len(set(keys)) == 1 and keys[0] != "None"
+    other = artifacts.step_key(functional(_Kept, tags=["relu"]), sgd(0.1), "mse", "fp32", False)
+    assert other is not None and other != keys[0]
 
 
 def _parts(description: str, args, options=None):

@@ -122,13 +122,22 @@ def dropouts(module: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in module.modules() if type(m) in _DROPOUTS and not m.inplace]
 
 
-def _plain(value: Any) -> bool:
-    """Whether `value` is data whose repr says all it is (numbers, text, dtypes, containers of them)."""
+def _text(value: Any) -> str | None:
+    """`value`'s repr with every set's elements sorted (a set's own order follows string hashes, which
+    change from process to process); None when `value` is not plain data (numbers, text, dtypes,
+    devices, containers of them), whose repr would not say all it is."""
     if isinstance(value, (bool, int, float, str, type(None), torch.dtype, torch.device)):
-        return True
+        return repr(value)
+    if isinstance(value, dict):
+        pairs = [(_text(k), _text(v)) for k, v in value.items()]
+        return None if any(None in p for p in pairs) else "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
     if isinstance(value, (tuple, list, set, frozenset)):
-        return all(_plain(v) for v in value)
-    return isinstance(value, dict) and all(_plain(k) and _plain(v) for k, v in value.items())
+        items = [_text(v) for v in value]
+        if None in items:
+            return None
+        ordered = sorted(items) if isinstance(value, (set, frozenset)) else items
+        return f"{type(value).__name__}({', '.join(ordered)})"
+    return None
 
 
 def _tree(module: torch.nn.Module, rates: Sequence[torch.nn.Module]) -> str | None:
@@ -138,18 +147,19 @@ def _tree(module: torch.nn.Module, rates: Sequence[torch.nn.Module]) -> str | No
     lifted = {id(m) for m in rates}
     rows = []
     for path, m in module.named_modules(remove_duplicate=False):
-        attrs: dict[str, Any] = {}
-        for name, value in vars(m).items():
+        attrs = []
+        for name, value in sorted(vars(m).items()):
             if name in ("_parameters", "_buffers"):
-                value = {k: None if t is None else [list(t.shape), str(t.dtype)] for k, t in value.items()}
+                value = {k: None if t is None else (tuple(t.shape), t.dtype) for k, t in value.items()}
             elif name == "_modules":
                 value = list(value)
             elif name == "p" and id(m) in lifted:
                 continue
-            elif not _plain(value):
+            text = _text(value)
+            if text is None:
                 return None
-            attrs[name] = sorted(value) if isinstance(value, (set, frozenset)) else value
-        rows.append(f"{path} {type(m).__module__}.{type(m).__qualname__} {sorted(attrs.items())!r}")
+            attrs.append(f"{name}={text}")
+        rows.append(f"{path} {type(m).__module__}.{type(m).__qualname__} {' '.join(attrs)}")
     return "\n".join(rows)
 
 
