@@ -144,21 +144,24 @@ def test_one_package_serves_every_batch_size_and_a_warm_epoch_never_loads_dynamo
     assert warm["params"] == {k: v.tolist() for k, v in params.items()}
 
 
-def _drop(channels: bool, rate: float) -> nn.Module:
+def _drop(channels: bool, rate: float, inplace: bool = False) -> nn.Module:
     """`nn.Dropout`, or channel-wise `nn.Dropout1d` over a row's features as its channels."""
-    return nn.Dropout1d(rate) if channels else nn.Dropout(rate)
+    return nn.Dropout1d(rate, inplace) if channels else nn.Dropout(rate, inplace)
 
 
 def _apply(drop: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return drop(x.unsqueeze(-1)).squeeze(-1) if isinstance(drop, nn.Dropout1d) else drop(x)
+    """`drop` on a copy of `x`; in place, what it wrote into that copy (read after the layer ran)."""
+    h = x.clone()
+    out = drop(h.unsqueeze(-1)).squeeze(-1) if isinstance(drop, nn.Dropout1d) else drop(h)
+    return h if drop.inplace else out
 
 
 class _Dropped(nn.Module):
     """Dropout before a sum: a row of ones comes out as twice the count of inputs the mask kept."""
 
-    def __init__(self, width: int = 1000, norm: bool = True, channels: bool = False):
+    def __init__(self, width: int = 1000, norm: bool = True, channels: bool = False, inplace: bool = False):
         super().__init__()
-        self.drop = _drop(channels, 0.5)
+        self.drop = _drop(channels, 0.5, inplace)
         self.norm = nn.BatchNorm1d(width, affine=False) if norm else nn.Identity()
         self.sum = nn.Linear(width, 1, bias=False)
         nn.init.ones_(self.sum.weight)
@@ -167,18 +170,19 @@ class _Dropped(nn.Module):
         return self.sum(_apply(self.drop, x) + 0 * self.norm(x))
 
 
-@pytest.mark.parametrize("channels", [False, True])
-def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_size(store, channels):
+@pytest.mark.parametrize("channels, inplace", [(False, False), (True, False), (False, True)])
+def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_size(store, channels, inplace):
     """`torch.dropout`'s CPU kernel cannot trace with a symbolic batch under `torch.func.grad`, nor
-    can channel-wise dropout's; the package traces `native_dropout` (channel-wise: a mask drawn per
-    channel) instead: one train package for 4 and 6 rows, whose masks
-    come from torch's generator (one seed, one mask; another seed, another) and keep about half
-    of the inputs, scaled by 2. Building a package draws nothing from that generator: the call
-    that builds one gives what a later call that loads it gives (a 1-row batch's package is
-    traced by running the step)."""
+    can channel-wise or in-place dropout's; the package traces `native_dropout` (channel-wise: a mask
+    drawn per channel; in place: written into the layer's input) instead: one train package for 4
+    and 6 rows, whose masks come from torch's generator (one seed, one mask; another seed, another)
+    and keep about half of the inputs, scaled by 2. Building a package draws nothing from that
+    generator: the call that builds one gives what a later call that loads it gives (a 1-row
+    batch's package is traced by running the step)."""
     for norm, batches in ((True, (4, 6)), (False, (1,))):
-        model, optimizer = functional(_Dropped, norm=norm, channels=channels), sgd(1e-9)
-        train = compile_step(make_train_step(model, optimizer, loss="mse"), key=f"dropped {norm} {channels}")
+        model, optimizer = functional(_Dropped, norm=norm, channels=channels, inplace=inplace), sgd(1e-9)
+        described = f"dropped {norm} {channels} {inplace}"
+        train = compile_step(make_train_step(model, optimizer, loss="mse"), key=described)
         params, buffers = model.init(0)
         state = optimizer.init(params)
         for rows in batches:
@@ -197,11 +201,11 @@ class _Kept(nn.Module):
     """Dropout at `rate` before a count: a row of ones comes out as the number of inputs kept."""
 
     def __init__(
-        self, rate: float = 0.5, width: int = 1000, hook=False, channels=False, other: float = 0, tags=()
+        self, rate=0.5, width=1000, hook=False, channels=False, other: float = 0, tags=(), inplace=False
     ):
         super().__init__()
         self.tags = set(tags)  # plain data the key reads: its order follows the process's hash seed
-        self.drop = _drop(channels, rate)
+        self.drop = _drop(channels, rate, inplace)
         self.sum = nn.Linear(width, 1, bias=False)
         nn.init.ones_(self.sum.weight)
         if hook:  # an attribute whose repr does not say what the forward does
@@ -211,21 +215,21 @@ class _Kept(nn.Module):
         return self.sum(_apply(self.drop, x).sign())
 
 
-@pytest.mark.parametrize("channels", [False, True])
+@pytest.mark.parametrize("channels, inplace", [(False, False), (True, False), (False, True)])
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # one store for every rate
 @given(rate=st.floats(0, 1))
 @example(rate=0.0)
 @example(rate=1.0)
 def test_models_that_differ_only_in_dropout_rate_share_packages_and_each_drops_at_its_own_rate(
-    store, channels, rate
+    store, channels, inplace, rate
 ):
-    """An unbatched step takes its dropout rates as an input (channel-wise too): models built with
-    any rates share one train package and one eval package, and each keeps its own share of inputs:
-    of 1000 a row, about 1000 (1 - rate), binomial (sd at most 16; 100 is 6 of them), exactly all at
-    0 and none at 1. The eval step (no dropout) counts them all."""
+    """An unbatched step takes its dropout rates as an input (channel-wise and in place too): models
+    built with any rates share one train package and one eval package, and each keeps its own share
+    of inputs: of 1000 a row, about 1000 (1 - rate), binomial (sd at most 16; 100 is 6 of them),
+    exactly all at 0 and none at 1. The eval step (no dropout) counts them all."""
     optimizer = sgd(1e-9)
     x, y = torch.ones(2, 1000), torch.zeros(2, 1)
-    model = functional(_Kept, rate=rate, channels=channels)
+    model = functional(_Kept, rate=rate, channels=channels, inplace=inplace)
     train, evaluate_step = steps_for(model, optimizer, compiled=True, loss="mse")
     params, buffers = model.init(0)
     kept = train(params, buffers, optimizer.init(params), x, y)[3].item() ** 0.5  # rows' root mean square

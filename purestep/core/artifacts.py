@@ -116,10 +116,10 @@ _DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.
 
 
 def dropouts(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """`module`'s dropout layers (`nn.Dropout` and its channel-wise 1d, 2d and 3d kinds, not in
-    place), in `modules()` order: the layers whose rate a saved unbatched step takes as an input
+    """`module`'s dropout layers (`nn.Dropout` and its channel-wise 1d, 2d and 3d kinds, in place
+    or not), in `modules()` order: the layers whose rate a saved unbatched step takes as an input
     (`build`), not as a constant baked into its graph."""
-    return [m for m in module.modules() if type(m) in _DROPOUTS and not m.inplace]
+    return [m for m in module.modules() if type(m) in _DROPOUTS]
 
 
 def _text(value: Any) -> str | None:
@@ -247,7 +247,8 @@ class _TracedDropout(TorchFunctionMode):
 
     A rate that is a tensor (an input, `rates_as`), and any channel-wise rate, becomes a mask drawn
     against it: each element (or channel) kept with probability 1 - p and scaled by 1 / (1 - p), as
-    torch's do, p = 1 dropping all. A float rate of `F.dropout` becomes `aten.native_dropout`. On the
+    torch's do, p = 1 dropping all. A float rate of `F.dropout` becomes `aten.native_dropout`. In
+    place, the result is written into the layer's input, as torch's `dropout_` does. On the
     CPU `torch.dropout` and `torch.feature_dropout` run composite kernels that read `numel()`, which a
     symbolic batch lacks under `torch.func.grad` (the trace would fail and the step fall back to a
     package per batch size). A package draws its masks from inductor's generator either way, not
@@ -262,16 +263,20 @@ class _TracedDropout(TorchFunctionMode):
             bound.apply_defaults()
             x, p, training, inplace = bound.args
             lifted = isinstance(p, Tensor)
-            if (func in _CHANNELS and x.ndim != _CHANNELS[func]) or inplace or not (lifted or training):
+            if (func in _CHANNELS and x.ndim != _CHANNELS[func]) or not (lifted or training):
                 return func(*args, **kwargs)
             if not training:
                 return x
             if func is _F.dropout and not lifted:
-                return torch.ops.aten.native_dropout(x, p, True)[0] if 0 < p < 1 else func(*args, **kwargs)
-            shape = x.shape if func is _F.dropout else x.shape[:2] + (1,) * (x.ndim - 2)
-            scale = torch.where(p < 1, 1 / (1 - p), 0.0) if lifted else (1 / (1 - p) if p < 1 else 0.0)
-            keep = torch.rand(shape, dtype=x.dtype, device=x.device) >= p
-            return torch.where(keep, x * scale, 0.0)
+                if not 0 < p < 1:
+                    return func(*args, **kwargs)
+                out = torch.ops.aten.native_dropout(x, p, True)[0]
+            else:
+                shape = x.shape if func is _F.dropout else x.shape[:2] + (1,) * (x.ndim - 2)
+                scale = torch.where(p < 1, 1 / (1 - p), 0.0) if lifted else (1 / (1 - p) if p < 1 else 0.0)
+                keep = torch.rand(shape, dtype=x.dtype, device=x.device) >= p
+                out = torch.where(keep, x * scale, 0.0)
+            return x.copy_(out) if inplace else out
         return func(*args, **kwargs)
 
 
