@@ -144,24 +144,35 @@ def test_one_package_serves_every_batch_size_and_a_warm_epoch_never_loads_dynamo
     assert warm["params"] == {k: v.tolist() for k, v in params.items()}
 
 
-def _drop(channels: bool, rate: float, inplace: bool = False) -> nn.Module:
-    """`nn.Dropout`, or channel-wise `nn.Dropout1d` over a row's features as its channels."""
-    return nn.Dropout1d(rate, inplace) if channels else nn.Dropout(rate, inplace)
+_LAYERS = {
+    "dropout": nn.Dropout,
+    "in place": lambda rate: nn.Dropout(rate, inplace=True),
+    "dropout1d": nn.Dropout1d,
+    "dropout2d": nn.Dropout2d,
+}
+
+
+def _drop(kind: str, rate: float) -> nn.Module:
+    """`nn.Dropout` (in place too), or channel-wise dropout with a row's features as its channels
+    (`_apply`)."""
+    return _LAYERS[kind](rate)
 
 
 def _apply(drop: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`drop` on a copy of `x`; in place, what it wrote into that copy (read after the layer ran)."""
+    """`drop` on a copy of `x` (channel-wise: as (N, C, 1), which `nn.Dropout2d` reads as (N, C, L));
+    in place, what it wrote into that copy (read after the layer ran)."""
     h = x.clone()
-    out = drop(h.unsqueeze(-1)).squeeze(-1) if isinstance(drop, nn.Dropout1d) else drop(h)
+    channels = isinstance(drop, (nn.Dropout1d, nn.Dropout2d))
+    out = drop(h.unsqueeze(-1)).squeeze(-1) if channels else drop(h)
     return h if drop.inplace else out
 
 
 class _Dropped(nn.Module):
     """Dropout before a sum: a row of ones comes out as twice the count of inputs the mask kept."""
 
-    def __init__(self, width: int = 1000, norm: bool = True, channels: bool = False, inplace: bool = False):
+    def __init__(self, width: int = 1000, norm: bool = True, kind: str = "dropout"):
         super().__init__()
-        self.drop = _drop(channels, 0.5, inplace)
+        self.drop = _drop(kind, 0.5)
         self.norm = nn.BatchNorm1d(width, affine=False) if norm else nn.Identity()
         self.sum = nn.Linear(width, 1, bias=False)
         nn.init.ones_(self.sum.weight)
@@ -170,8 +181,8 @@ class _Dropped(nn.Module):
         return self.sum(_apply(self.drop, x) + 0 * self.norm(x))
 
 
-@pytest.mark.parametrize("channels, inplace", [(False, False), (True, False), (False, True)])
-def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_size(store, channels, inplace):
+@pytest.mark.parametrize("kind", ["dropout", "dropout1d", "in place"])
+def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_size(store, kind):
     """`torch.dropout`'s CPU kernel cannot trace with a symbolic batch under `torch.func.grad`, nor
     can channel-wise or in-place dropout's; the package traces `native_dropout` (channel-wise: a mask
     drawn per channel; in place: written into the layer's input) instead: one train package for 4
@@ -180,9 +191,8 @@ def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_siz
     generator: the call that builds one gives what a later call that loads it gives (a 1-row
     batch's package is traced by running the step)."""
     for norm, batches in ((True, (4, 6)), (False, (1,))):
-        model, optimizer = functional(_Dropped, norm=norm, channels=channels, inplace=inplace), sgd(1e-9)
-        described = f"dropped {norm} {channels} {inplace}"
-        train = compile_step(make_train_step(model, optimizer, loss="mse"), key=described)
+        model, optimizer = functional(_Dropped, norm=norm, kind=kind), sgd(1e-9)
+        train = compile_step(make_train_step(model, optimizer, loss="mse"), key=f"dropped {norm} {kind}")
         params, buffers = model.init(0)
         state = optimizer.init(params)
         for rows in batches:
@@ -198,44 +208,46 @@ def test_a_model_with_dropout_and_batchnorm_gets_one_package_for_every_batch_siz
 
 
 class _Kept(nn.Module):
-    """Dropout at `rate` before a count: a row of ones comes out as the number of inputs kept."""
+    """Dropout at `rate` before a count: a row of ones comes out as the number of inputs kept; in
+    eval mode, as the share it keeps (scaled at test time by 1 - rate, read from the layer)."""
 
-    def __init__(
-        self, rate=0.5, width=1000, hook=False, channels=False, other: float = 0, tags=(), inplace=False
-    ):
+    def __init__(self, rate=0.5, width=1000, hook=False, kind="dropout", other: float = 0, tags=()):
         super().__init__()
         self.tags = set(tags)  # plain data the key reads: its order follows the process's hash seed
-        self.drop = _drop(channels, rate, inplace)
+        self.drop = _drop(kind, rate)
         self.sum = nn.Linear(width, 1, bias=False)
         nn.init.ones_(self.sum.weight)
         if hook:  # an attribute whose repr does not say what the forward does
             self.sum.register_forward_hook(lambda module, args, out: out)
 
     def forward(self, x):
+        if not self.training:
+            return self.sum(x) * (1 - self.drop.p)
         return self.sum(_apply(self.drop, x).sign())
 
 
-@pytest.mark.parametrize("channels, inplace", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("kind", list(_LAYERS))
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # one store for every rate
 @given(rate=st.floats(0, 1))
 @example(rate=0.0)
 @example(rate=1.0)
 def test_models_that_differ_only_in_dropout_rate_share_packages_and_each_drops_at_its_own_rate(
-    store, channels, inplace, rate
+    store, kind, rate
 ):
     """An unbatched step takes its dropout rates as an input (channel-wise and in place too): models
     built with any rates share one train package and one eval package, and each keeps its own share
     of inputs: of 1000 a row, about 1000 (1 - rate), binomial (sd at most 16; 100 is 6 of them),
-    exactly all at 0 and none at 1. The eval step (no dropout) counts them all."""
+    exactly all at 0 and none at 1. The eval step reads its rate too (a test-time scale): 1000 (1 - rate)."""
     optimizer = sgd(1e-9)
     x, y = torch.ones(2, 1000), torch.zeros(2, 1)
-    model = functional(_Kept, rate=rate, channels=channels, inplace=inplace)
+    model = functional(_Kept, rate=rate, kind=kind)
     train, evaluate_step = steps_for(model, optimizer, compiled=True, loss="mse")
     params, buffers = model.init(0)
     kept = train(params, buffers, optimizer.init(params), x, y)[3].item() ** 0.5  # rows' root mean square
     expected = 1000 * (1 - rate)
     assert kept == expected if rate in (0.0, 1.0) else abs(kept - expected) < 100
-    assert evaluate_step(params, buffers, x, y)[0].item() == 2 * 1000**2
+    scaled = (evaluate_step(params, buffers, x, y)[0].item() / 2) ** 0.5  # a sum over the 2 rows
+    assert scaled == pytest.approx(expected, rel=1e-6, abs=1e-3)
     assert len(list(store.glob("*.pt2"))) == 2
 
 
@@ -274,36 +286,89 @@ def test_the_step_key_leaves_out_only_the_rates_a_package_takes_as_an_input():
     assert keyed(True, rate=0.5) != keyed(True, rate=0.75)
     assert keyed(rate=0.5, hook=True) != keyed(rate=0.75, hook=True)
     assert keyed(rate=0.5, other=2.0) != keyed(rate=0.5, other=3.0) != keyed(rate=0.5)
+    assert keyed(rate=0.5, other=0.5) != keyed(rate=0.25, other=0.25)  # equal to a rate, not one
     assert None not in {keyed(rate=0.5), keyed(True, rate=0.5), keyed(rate=0.5, hook=True)}
 
 
-KEY_OF_TAGS = """
+def test_a_model_whose_closure_no_key_can_see_gets_no_saved_step():
+    """A class defined inside a function (it may read its closure), and a model made from an
+    instance (built by a lambda): their steps are compiled but not saved."""
+
+    class Local(_Kept):
+        pass
+
+    for model in (functional(Local), functional(_Kept())):
+        assert artifacts.step_key(model, sgd(0.1), "mse", "fp32", False) is None
+
+
+KEYS = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from test_artifacts import _Kept
 from purestep.core import artifacts
-from purestep.core.model import functional
+from purestep.core.model import functional, resolve_factory
 from purestep.core.optim import sgd
-model = functional(_Kept, tags=["relu", "gelu", "tanh", "silu", 3, 2.5, None, ("a", 1)])
-print(artifacts.step_key(model, sgd(0.1), "mse", "fp32", False))
+models = [
+    functional(_Kept, tags={"relu", "gelu", "tanh", "silu", 3, 2.5, None, ("a", 1)}),
+    functional(resolve_factory(sys.argv[2] + ":Net"), rate=0.3),
+    functional(resolve_factory(sys.argv[2] + ":make"), rate=0.3),
+]
+for model in models:
+    print(artifacts.step_key(model, sgd(0.1), "mse", "fp32", False))
 """
 
 
-def test_a_tree_holding_a_set_has_one_step_key_in_every_process():
-    """A set attribute, of strings (their order follows each process's hash seed) and of values of
-    mixed types, reads in sorted order: processes with other hash seeds find one key, and another set
-    another key."""
+def test_a_model_has_one_step_key_in_every_process(tmp_path):
+    """Processes with other hash seeds find one key: for a set argument and attribute (of strings,
+    whose order follows the seed, and of mixed types), and for a class and a function from a user's
+    model file (imported under a name made from its path)."""
+    file = tmp_path / "net.py"
+    file.write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Sequential):\n"
+        "    def __init__(self, rate):\n"
+        "        super().__init__(nn.Linear(4, 8), nn.Dropout(rate), nn.Linear(8, 2))\n"
+        "def make(rate):\n"
+        "    return Net(rate)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     keys = [
         subprocess.run(
-            [sys.executable, "-c", KEY_OF_TAGS, str(ROOT / "tests")],
+            [sys.executable, "-c", KEYS, str(ROOT / "tests"), str(file)],
             capture_output=True, text=True, check=True, env={**env, "PYTHONHASHSEED": str(seed)},
-        ).stdout.strip()
+        ).stdout.split("\n")[:3]
         for seed in (1, 2, 3)
     ]
-    assert len(set(keys)) == 1 and keys[0] != "None"
-    other = artifacts.step_key(functional(_Kept, tags=["relu"]), sgd(0.1), "mse", "fp32", False)
-    assert other is not None and other != keys[0]
+    assert keys[0] == keys[1] == keys[2] and len(set(keys[0])) == 3 and "None" not in keys[0]
+    other = artifacts.step_key(functional(_Kept, tags={"relu"}), sgd(0.1), "mse", "fp32", False)
+    assert other is not None and other != keys[0][0]
+
+
+@pytest.mark.parametrize(
+    "layer, shape, lead",
+    [
+        (nn.Dropout1d, (64, 32, 8), 2),  # (N, C, L)
+        (nn.Dropout1d, (64, 32), 1),  # (C, L)
+        (nn.Dropout2d, (64, 32, 8), 2),  # read as (N, C, L), as torch does (with a warning)
+        (nn.Dropout2d, (16, 32, 4, 4), 2),
+        (nn.Dropout3d, (16, 32, 2, 2, 2), 2),
+        (nn.Dropout3d, (64, 8, 2, 2), 1),  # (C, D, H, W)
+    ],
+)
+def test_a_traced_channel_wise_rate_masks_the_dims_torchs_own_layer_masks(layer, shape, lead):
+    """Traced with its rate as an input, channel-wise dropout draws one value per channel (and per
+    row, batched) as torch's own layer does on the same input, batched or not: constant along the
+    other dims, 0 or 2 at rate 0.5."""
+    x = torch.ones(shape)
+    traced = layer(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's, for a 3-d input to dropout2d
+        with artifacts.rates_as([traced], torch.tensor([0.5])), artifacts._TracedDropout():
+            mine = traced(x)
+        own = layer(0.5)(x)
+    for out in (mine, own):
+        flat = out.reshape(*shape[:lead], -1)
+        assert bool((flat == flat[..., :1]).all()) and set(flat[..., 0].unique().tolist()) == {0.0, 2.0}
 
 
 def _parts(description: str, args, options=None):

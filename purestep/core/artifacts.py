@@ -163,25 +163,54 @@ def _tree(module: torch.nn.Module, rates: Sequence[torch.nn.Module]) -> str | No
     return "\n".join(rows)
 
 
+def _name(owner: Any) -> str | None:
+    """A class or function by its module and qualified name, the same in every process; None for
+    one defined inside a function (a lambda, a local class): two of those can share a name and
+    differ in what their closure holds, which no key can see."""
+    qualname = getattr(owner, "__qualname__", None)
+    if not (inspect.isclass(owner) or inspect.isfunction(owner)) or qualname is None or "<" in qualname:
+        return None
+    return f"{owner.__module__}.{qualname}"
+
+
+def _sets_only_rates(model: Any, name: str, tree: str, rates: Sequence[torch.nn.Module]) -> bool:
+    """Whether keyword argument `name` sets dropout rates and nothing else the module tree shows:
+    built with another rate in its place, the model's tree is `tree` (rates left out) and its
+    layers' rates differ from `rates`'."""
+    value = model.kwargs[name]
+    if type(value) not in (int, float) or float(value) not in {float(m.p) for m in rates}:
+        return False
+    try:
+        with torch.device("meta"):
+            other = model.factory(**{**model.kwargs, name: 0.25 if value != 0.25 else 0.5})
+    except Exception:  # a factory that takes no other value: the argument stays in the key
+        return False
+    layers = dropouts(other)
+    return _tree(other, layers) == tree and [m.p for m in layers] != [m.p for m in rates]
+
+
 def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: bool) -> str | None:
     """What shapes a step's graph beyond its arguments: the model (its factory and keyword
     arguments in sorted order, its module tree, and the source files of the module's classes
     and factory), the optimizer family (its update function), the loss, the precision and
     batching; None when a source file cannot be found (a model defined interactively: its
-    steps are not saved).
+    steps are not saved) or a class or factory is defined inside a function (`_name`).
 
     An unbatched step of a model with dropout layers takes their rates as an input (`dropouts`),
     so its model is described by the tree it builds, rates left out (`_tree`), and by its keyword
-    arguments but those that equal one of the rates: trials that differ only in dropout rate share
-    one graph."""
+    arguments but those that only set rates (`_sets_only_rates`): trials that differ only in
+    dropout rate share one graph."""
     with torch.device("meta"):
         module = model.module()
+    owners = {type(m) for m in module.modules()} | {model.factory}
+    names = {owner: _name(owner) for owner in owners}
+    if None in names.values():
+        return None
     digest = hashlib.sha256()
-    for owner in sorted({type(m) for m in module.modules()} | {model.factory}, key=repr):
-        target = owner if inspect.isclass(owner) or inspect.isfunction(owner) else type(owner)
+    for owner in sorted(owners, key=names.__getitem__):
         try:
-            source = inspect.getsourcefile(target)
-        except TypeError:
+            source = inspect.getsourcefile(owner)
+        except TypeError:  # a built-in class
             return None
         if source is None or not os.path.exists(source):
             return None
@@ -191,13 +220,12 @@ def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: boo
     rates = [] if batched else dropouts(module)
     tree = _tree(module, rates) if rates else None
     if tree is None:
-        built = f"{kwargs!r} {model.name!r} {module!r}"
+        built = f"{module!r}"
     else:
-        values = {float(m.p) for m in rates}
-        kwargs = {k: v for k, v in kwargs.items() if not (type(v) in (int, float) and float(v) in values)}
-        tree = hashlib.sha256(tree.encode()).hexdigest()
-        built = f"{kwargs!r} {model.name!r} tree={tree} rates={len(rates)}"
-    described = f"{model.factory!r} {built} sources={digest.hexdigest()}"
+        kwargs = {k: v for k, v in kwargs.items() if not _sets_only_rates(model, k, tree, rates)}
+        built = f"tree={hashlib.sha256(tree.encode()).hexdigest()} rates={len(rates)}"
+    built = f"{_text(kwargs) or repr(kwargs)} {model.name!r} {built}"
+    described = f"{names[model.factory]} {built} sources={digest.hexdigest()}"
     return f"{described} {update} {loss} {precision} batched={batched}"
 
 
@@ -237,8 +265,18 @@ def name(parts: dict[str, Any]) -> str:
 
 
 _F = torch.nn.functional
-_CHANNELS = {_F.dropout1d: 3, _F.dropout2d: 4, _F.dropout3d: 5}
-"""Channel-wise dropout and the dims of its batched input (N, C, ...), the only form a step feeds it."""
+_CHANNELS = (_F.dropout1d, _F.dropout2d, _F.dropout3d)
+
+
+def _channel_dims(func: Any, ndim: int) -> int | None:
+    """How many leading dims of an `ndim`-dim input a channel-wise dropout's mask varies over, as
+    torch's `F.dropout1d/2d/3d` read it: batch and channel (2), or channel alone for an unbatched
+    input (1); None where torch raises."""
+    if func is _F.dropout1d:
+        return {3: 2, 2: 1}.get(ndim)
+    if func is _F.dropout2d:  # any dims as (N, C, ...), 3 included (torch warns)
+        return 2 if ndim >= 2 else None
+    return 2 if ndim == 5 else 1 if ndim >= 1 else None
 
 
 class _TracedDropout(TorchFunctionMode):
@@ -263,7 +301,8 @@ class _TracedDropout(TorchFunctionMode):
             bound.apply_defaults()
             x, p, training, inplace = bound.args
             lifted = isinstance(p, Tensor)
-            if (func in _CHANNELS and x.ndim != _CHANNELS[func]) or not (lifted or training):
+            lead = _channel_dims(func, x.ndim) if func in _CHANNELS else x.ndim
+            if lead is None or not (lifted or training):
                 return func(*args, **kwargs)
             if not training:
                 return x
@@ -272,7 +311,7 @@ class _TracedDropout(TorchFunctionMode):
                     return func(*args, **kwargs)
                 out = torch.ops.aten.native_dropout(x, p, True)[0]
             else:
-                shape = x.shape if func is _F.dropout else x.shape[:2] + (1,) * (x.ndim - 2)
+                shape = x.shape[:lead] + (1,) * (x.ndim - lead)
                 scale = torch.where(p < 1, 1 / (1 - p), 0.0) if lifted else (1 / (1 - p) if p < 1 else 0.0)
                 keep = torch.rand(shape, dtype=x.dtype, device=x.device) >= p
                 out = torch.where(keep, x * scale, 0.0)

@@ -124,9 +124,13 @@ def steps_for(
             train_step, eval_step = batch_over_trials(train_step), batch_eval_over_trials(eval_step)
         if compiled:
             described = step_key(model, optimizer, loss, precision, batched)
-            rates = () if batched else dropouts(model.train_module())
-            train_step = compile_step(train_step, key=described and f"train {described}", rates=rates)
-            eval_step = compile_step(eval_step, key=described and f"eval {described}")
+            # Unbatched, a package takes the dropout rates as an input: in eval mode too, where a
+            # forward may still read them (Monte Carlo dropout, a test-time scale by 1 - p).
+            train_rates, eval_rates = (
+                ((), ()) if batched else (dropouts(model.train_module()), dropouts(model.eval_module()))
+            )
+            train_step = compile_step(train_step, key=described and f"train {described}", rates=train_rates)
+            eval_step = compile_step(eval_step, key=described and f"eval {described}", rates=eval_rates)
         _STEPS[key] = train_step, eval_step
     return _STEPS[key]
 

@@ -13,6 +13,7 @@ loop's would be; under `vmap` each trial draws its own numbers from it.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import sys
@@ -114,8 +115,16 @@ class ConvNet(nn.Module):
 # --- a module as init/apply ---------------------------------------------------------------
 
 
-def _frozen(kwargs: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+def _frozen(value: Any) -> Any:
+    """`value` as something hashable that is equal where it is: lists (nested too) as tuples, sets
+    as frozensets, mappings as their items in key order."""
+    if isinstance(value, Mapping):
+        return tuple(sorted(((_frozen(k), _frozen(v)) for k, v in value.items()), key=repr))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_frozen(v) for v in value)
+    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,6 +171,10 @@ class Model:
     def train_module(self) -> nn.Module:
         """The weightless train-mode module `apply` calls (its layers' settings, e.g. dropout rates)."""
         return self._train
+
+    def eval_module(self) -> nn.Module:
+        """The weightless eval-mode module `apply(..., train=False)` calls."""
+        return self._eval
 
     def init(self, seed: int, device: torch.device | str = "cpu") -> tuple[Params, Buffers]:
         """`(params, buffers)` bitwise equal to `torch.manual_seed(seed); factory(**kwargs)`'s,
@@ -259,7 +272,8 @@ def resolve_factory(ref: str) -> Factory:
     file = Path(path)
     if not file.is_file():
         raise ModelError(f"model file {file} does not exist")
-    name = f"purestep_user_model_{abs(hash(str(file.resolve())))}"
+    # Named by its path, the same in every process: saved steps of its models are found again.
+    name = f"purestep_user_model_{hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:16]}"
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:
         raise ModelError(f"cannot import {file}")
