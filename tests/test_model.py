@@ -238,6 +238,16 @@ def test_models_with_the_same_factory_and_arguments_are_equal():
     assert mlp(8, [4], 3) == mlp(8, (4,), 3) and hash(mlp(8, [4], 3)) == hash(mlp(8, (4,), 3))
     assert mlp(8, (4,), 3) != mlp(8, (5,), 3)
     assert cnn(dropout=0.1) != cnn(dropout=0.2)
+    nested = {"widths": [[4], [5]], "act": {"name": "relu", "of": {1, 2}}}
+    same = {"act": {"of": {2, 1}, "name": "relu"}, "widths": [[4], [5]]}
+    assert functional(_nested, **nested) == functional(_nested, **same)
+    assert hash(functional(_nested, **nested)) == hash(functional(_nested, **same))
+    assert functional(_nested, **nested) != functional(_nested, **{**same, "widths": [[4], [6]]})
+
+
+def _nested(widths, act):
+    """A factory taking nested arguments (lists of lists, a dict holding a set)."""
+    return nn.Linear(widths[0][0], widths[1][0])
 
 
 def test_build_model_fits_the_data_and_names_bad_arguments(tmp_path):
