@@ -655,3 +655,64 @@ def test_workers_racing_for_queued_trials_on_sqlite_never_share_one(tmp_path: Pa
     numbers = [int(n) for out, _ in outs for n in out.split()]
     assert len(numbers) == len(set(numbers)) == 4 * (queued // 4 + 5)
     assert set(range(queued)) <= set(numbers)
+
+
+# A model whose forward calls a custom op implemented in Python: a compiled package calls it from
+# native code, which turns what it raises into a RuntimeError. At its POKE_AT-th call it signals
+# its own process, so the signal arrives inside the op, as Ctrl-C does when a compiled step's
+# Python kernel is running.
+_POKED = """
+import os, signal, time
+import torch
+from torch import nn
+
+calls = [0]
+
+
+@torch.library.custom_op("poked::poke", mutates_args=())
+def poke(x: torch.Tensor) -> torch.Tensor:
+    calls[0] += 1
+    if calls[0] == int(os.environ["POKE_AT"]):
+        os.kill(os.getpid(), getattr(signal, os.environ["POKE_SIGNAL"]))
+        time.sleep(30)
+    return x.clone()
+
+
+@poke.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class Net(nn.Module):
+    def __init__(self, in_features, classes):
+        super().__init__()
+        self.lin = nn.Linear(in_features, classes)
+
+    def forward(self, x):
+        return self.lin(poke(x.flatten(1)))
+"""
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_inside_a_compiled_packages_python_kernel_ends_the_run_as_that_signal(
+    tmp_path: Path, name: str, code: int
+) -> None:
+    """The package wraps the handler's exception in a RuntimeError; `train` and `tune` still exit
+    130 or 143, and the trial's reason is the signal's, not a failure."""
+    model = tmp_path / "poked.py"
+    model.write_text(_POKED)
+    env = _env(POKE_AT="3", POKE_SIGNAL=name)
+    storage, out = f"sqlite:///{tmp_path / 's.db'}", str(tmp_path)
+    runs = {
+        "train": [*PURESTEP, "train", "--dataset", "digits", "--epochs", "1"],
+        "tune": [*PURESTEP, *FAST, "--n-trials", "1", "--no-final", "--storage", storage, "--out", out],
+    }
+    for command, cmd in runs.items():
+        cmd = [*cmd, "--model", f"{model}:Net", "--impl", "compiled"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == code, (command, done.stderr)
+        assert "Error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    (failed,) = trials(storage)
+    reason = "interrupted (SIGINT)" if name == "SIGINT" else "terminated (exit 143)"
+    assert failed.state == TrialState.FAIL and failed.user_attrs["reason"] == reason

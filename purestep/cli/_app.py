@@ -24,10 +24,6 @@ def _debug() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(143)
-
-
 class _Group(TyperGroup):
     """Runs commands with click's non-standalone mode and maps every failure to one line."""
 
@@ -95,7 +91,11 @@ def _root(
 
 def main() -> NoReturn:
     """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _sigterm)
+    from purestep.core.errors import raise_for_signal
+
+    signal.signal(signal.SIGTERM, raise_for_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started ignoring it
+        signal.signal(signal.SIGINT, raise_for_signal)
     # torch warns on every compile that a CUDA toolkit without a GPU is "no CUDA runtime"
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from purestep.cli._fast_exit import exit_now

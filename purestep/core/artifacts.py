@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from purestep.core import fastpath
+from purestep.core.errors import holding_signals
 
 Runner = Callable[[list[Tensor]], list[Tensor]]
 Structure = list[list[str] | None]
@@ -426,6 +427,11 @@ def load(path: Path, parts: dict[str, Any]) -> tuple[Runner, Structure, bool] | 
 
 
 def _runner(path: Path) -> Runner:
+    """The package at `path` as `run(leaves) -> leaves`, signals held while it runs."""
+    return holding_signals(_loaded(path))
+
+
+def _loaded(path: Path) -> Runner:
     from purestep.core import _onednn  # noqa: F401  (registers the ops a package may call)
 
     loader = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)

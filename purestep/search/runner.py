@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from purestep.core.errors import one_line
+from purestep.core.errors import one_line, raise_for_signal, signal_exception
 from purestep.search.heartbeat import (
     Heartbeat,
     fail_stale_trials,
@@ -54,12 +54,6 @@ if TYPE_CHECKING:
 from purestep.search.study import FINISHED, TAKEN, best_of, count
 
 
-def _signal_exception(signum: int) -> BaseException:
-    if signum == signal.SIGTERM:
-        return SystemExit(143)
-    return KeyboardInterrupt()
-
-
 class Shield:
     """Defers SIGINT/SIGTERM inside `hold()`; after the first one is raised, later ones wait.
 
@@ -77,7 +71,7 @@ class Shield:
             self.pending = self.pending or signum
             return
         self.unwinding = True
-        raise _signal_exception(signum)
+        raise_for_signal(signum)  # or, inside a compiled package's call, as it returns
 
     @contextmanager
     def armed(self) -> Iterator[Shield]:
@@ -108,7 +102,7 @@ class Shield:
         if self.pending is not None and self.depth == 0 and not self.unwinding:
             signum, self.pending = self.pending, None
             self.unwinding = True
-            raise _signal_exception(signum)
+            raise signal_exception(signum)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,15 @@ import signal
 import sys
 import traceback
 
-from purestep.core.errors import PurestepError, one_line
+from purestep.core.errors import PurestepError, one_line, raise_for_signal
 from purestep.search.tune import TuneOptions, run_worker
 
 
 def main(argv: list[str]) -> int:
     """Run one worker; the arguments are the parent's options (JSON), an index and a deadline (JSON)."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    signal.signal(signal.SIGTERM, raise_for_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, raise_for_signal)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     options = TuneOptions(**json.loads(argv[0]))
     index = int(argv[1])
