@@ -96,6 +96,46 @@ def test_report_with_too_few_trials_says_why_there_are_no_importances(tmp_path: 
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["history.png", "intermediate.png"]
 
 
+def test_report_on_a_regression_lists_the_lowest_validation_mse_first(tmp_path: Path) -> None:
+    """A regression study minimises validation MSE: the report ranks, labels and formats it as one."""
+    storage = f"sqlite:///{tmp_path / 'diabetes.db'}"
+    args = ["tune", "--dataset", "diabetes", "--epochs", "1", "--n-trials", "4", "--storage", storage]
+    assert runner.invoke(app, [*args, "--no-final", "--out", str(tmp_path / "o")]).exit_code == 0
+    trials = optuna.load_study(study_name="purestep-diabetes", storage=storage).get_trials()
+    complete = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (t.value, t.number)
+    )
+    assert len(complete) >= 2 and complete[0].value < complete[-1].value
+
+    result = runner.invoke(app, ["report", "--storage", storage, "--no-plots", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [r["trial"] for r in report["top"]] == [t.number for t in complete]
+    assert report["best"]["trial"] == complete[0].number
+    assert report["metric"] == "validation MSE" and report["direction"] == "minimize"
+
+    result = runner.invoke(app, ["report", "--storage", storage, "--no-plots"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1] == f"top {len(complete)} by validation MSE (lowest first):"
+    assert lines[2].split()[:4] == ["trial", "state", "val", "mse"]
+    assert lines[3].split()[:3] == [str(complete[0].number), "complete", f"{complete[0].value:.4g}"]
+    best = next(line for line in lines if line.startswith("best: "))
+    assert best == f"best: trial {complete[0].number}, validation MSE {complete[0].value:.4g}"
+    baseline = next(line for line in lines if line.startswith("baseline "))
+    base = next(t for t in trials if t.user_attrs.get("baseline"))
+    gain = (
+        f"no trial beat it (best {base.value:.4g})"
+        if complete[0].value >= base.value
+        else f"tuning brought the MSE down from {base.value:.4g} to {complete[0].value:.4g}"
+    )
+    assert baseline == (
+        f"baseline (the tutorial's configuration): trial {base.number}, "
+        f"validation MSE {base.value:.4g}; {gain}"
+    )
+    assert "accuracy" not in result.stdout and "%" not in result.stdout
+
+
 def _journal(storage: str) -> optuna.storages.BaseStorage:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 

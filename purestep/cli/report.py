@@ -30,8 +30,8 @@ def report(
 ) -> None:
     """Summarise a study: top trials, the best against the tutorial's baseline, importances, plots.
 
-    Plots: history.png (optimization history), intermediate.png (validation accuracy per epoch)
-    and importance.png.
+    Plots: history.png (optimization history), intermediate.png (validation accuracy, or a
+    regression's validation MSE, per epoch) and importance.png.
     """
     from purestep.search.storage import StorageURLError, open_storage, parse_storage, storage_errors
     from purestep.search.study import NoStudy, load_existing, study_names
@@ -85,10 +85,29 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
-def _cells(r: Row, keys: list[str]) -> list[str]:
-    value = "-" if r.value is None else f"{r.value:.2%}"
+def _value(value: float | None, accuracy: bool) -> str:
+    """A trial's value: accuracy as a percentage, a regression's MSE (or another metric) as a number."""
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if accuracy else f"{value:.4g}"
+
+
+def _cells(r: Row, keys: list[str], accuracy: bool) -> list[str]:
+    value = _value(r.value, accuracy)
     seconds = "-" if r.seconds is None else f"{r.seconds:.1f}"
     return [str(r.number), r.state.lower(), value, seconds, *(_fmt(r.config.get(k)) for k in keys)]
+
+
+def _gain(base: float, best: float, metric: str, accuracy: bool, minimize: bool) -> str:
+    """What tuning changed over the baseline: accuracy points gained, or a minimised metric lowered."""
+    if accuracy:
+        return f"tuning gained {100 * (best - base):+.2f} points"
+    name = metric.removeprefix("validation ")
+    if minimize and best < base:
+        return f"tuning brought the {name} down from {base:.4g} to {best:.4g}"
+    if not minimize and best > base:
+        return f"tuning raised the {name} from {base:.4g} to {best:.4g}"
+    return f"no trial beat it (best {best:.4g})"
 
 
 def render(summary: Report, storage: str) -> str:
@@ -98,19 +117,24 @@ def render(summary: Report, storage: str) -> str:
         f"study {summary.study} in {storage}: {c['complete']} complete, {c['pruned']} pruned, "
         f"{c['fail']} failed, {c['running']} running, {c['waiting']} waiting"
     ]
-    header = ["trial", "state", "val acc", "seconds", *summary.keys]
+    metric = summary.metric
+    accuracy = metric == "validation accuracy"
+    column = "val acc" if accuracy else ("val mse" if metric == "validation MSE" else "value")
+    header = ["trial", "state", column, "seconds", *summary.keys]
     if summary.top:
-        lines.append(f"top {len(summary.top)} by validation accuracy:")
-        lines += _table([header] + [_cells(r, summary.keys) for r in summary.top])
+        order = " (lowest first)" if summary.minimize else ""
+        lines.append(f"top {len(summary.top)} by {metric}{order}:")
+        lines += _table([header] + [_cells(r, summary.keys, accuracy) for r in summary.top])
     if summary.best is not None:
-        lines.append(f"best: trial {summary.best.number}, validation accuracy {summary.best.value:.2%}")
-    if summary.baseline is not None and summary.baseline.value is not None:
+        lines.append(f"best: trial {summary.best.number}, {metric} {_value(summary.best.value, accuracy)}")
+    base = summary.baseline
+    if base is not None and base.value is not None:
         gain = ""
         if summary.best is not None and summary.best.value is not None:
-            gain = f"; tuning gained {100 * (summary.best.value - summary.baseline.value):+.2f} points"
+            gain = "; " + _gain(base.value, summary.best.value, metric, accuracy, summary.minimize)
         lines.append(
-            f"baseline (the tutorial's configuration): trial {summary.baseline.number}, "
-            f"validation accuracy {summary.baseline.value:.2%}{gain}"
+            f"baseline (the tutorial's configuration): trial {base.number}, "
+            f"{metric} {_value(base.value, accuracy)}{gain}"
         )
     if summary.importances is not None:
         lines.append("parameter importances (PED-ANOVA):")

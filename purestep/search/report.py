@@ -17,6 +17,19 @@ from purestep.core.files import replacing
 from purestep.search.study import baseline_trial, best_trial, stored_spec
 
 PLOTS = ("history.png", "intermediate.png", "importance.png")
+METRICS = {"val_accuracy": "validation accuracy", "val_mse": "validation MSE"}
+"""The names `purestep tune` gives a study's metric, as the report spells them."""
+
+
+def study_metric(study: optuna.Study) -> tuple[str, bool]:
+    """What a trial's value is and whether lower is better, from the study's metric name and direction.
+
+    A classification maximises validation accuracy; a regression minimises validation MSE.
+    """
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    names = study.metric_names
+    default = "validation MSE" if minimize else "validation accuracy"
+    return (METRICS.get(names[0], names[0]) if names else default), minimize
 
 
 @dataclass(frozen=True)
@@ -44,9 +57,14 @@ class Row:
 
 @dataclass
 class Report:
-    """A study's summary; `importances` is None when they cannot be computed (`note` says why)."""
+    """A study's summary; `importances` is None when they cannot be computed (`note` says why).
+
+    `metric` says what every value is; `minimize` that lower values are better (and listed first).
+    """
 
     study: str
+    metric: str
+    minimize: bool
     counts: dict[str, int]
     top: list[Row]
     best: Row | None
@@ -60,6 +78,8 @@ class Report:
         """JSON-ready fields."""
         return {
             "study": self.study,
+            "metric": self.metric,
+            "direction": "minimize" if self.minimize else "maximize",
             "trials": self.counts,
             "top": [r.to_dict() for r in self.top],
             "best": self.best.to_dict() if self.best else None,
@@ -84,7 +104,8 @@ def row(trial: FrozenTrial) -> Row:
 
 
 def build_report(study: optuna.Study, top: int) -> Report:
-    """The top `top` completed trials by validation accuracy, the best, the baseline and importances."""
+    """The top `top` completed trials, best first in the study's direction, the best, the baseline
+    and importances."""
     trials = study.get_trials(deepcopy=False)
     counts = {
         state.name.lower(): sum(t.state == state for t in trials)
@@ -96,8 +117,11 @@ def build_report(study: optuna.Study, top: int) -> Report:
             TrialState.WAITING,
         )
     }
+    metric, minimize = study_metric(study)
+    sign = 1.0 if minimize else -1.0
     complete = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-(t.value or 0.0), t.number)
+        (t for t in trials if t.state == TrialState.COMPLETE),
+        key=lambda t: (sign * (t.value or 0.0), t.number),
     )
     best, base = best_trial(study), baseline_trial(trials)
     importances, note = param_importances(study)
@@ -109,6 +133,8 @@ def build_report(study: optuna.Study, top: int) -> Report:
     )
     return Report(
         study.study_name,
+        metric,
+        minimize,
         counts,
         [row(t) for t in complete[:top]],
         row(best) if best else None,
@@ -144,9 +170,10 @@ def write_plots(study: optuna.Study, out: Path, importances_ok: bool) -> list[Pa
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
+    metric, _ = study_metric(study)
     out.mkdir(parents=True, exist_ok=True)
     drawings = [
-        ("history.png", lambda: ovm.plot_optimization_history(study, target_name="validation accuracy")),
+        ("history.png", lambda: ovm.plot_optimization_history(study, target_name=metric)),
         ("intermediate.png", lambda: ovm.plot_intermediate_values(study)),
     ]
     if importances_ok:
@@ -158,7 +185,7 @@ def write_plots(study: optuna.Study, out: Path, importances_ok: bool) -> list[Pa
             ax = draw()
             if name == "intermediate.png":
                 ax.set_xlabel("epoch")
-                ax.set_ylabel("validation accuracy")
+                ax.set_ylabel(metric)
                 legend = ax.get_legend()
                 if legend is not None and len(legend.get_texts()) > 12:
                     legend.remove()
