@@ -28,7 +28,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
-from test_tune_cli import FAST, PURESTEP, finished, invoke, one_line_error, trials
+from test_tune_cli import FAST, PURESTEP, finished, invoke, one_line_error, one_line_error_tail, trials
 
 from purestep.search.heartbeat import fail_stale_trials, start_heartbeat
 from purestep.search.runner import run_trials
@@ -602,6 +602,61 @@ def test_an_unreachable_database_is_one_line_and_writes_nothing(
     line = one_line_error(invoke("--storage", "postgresql://me:secret@127.0.0.1:1/db"), 1)
     assert "postgresql://me:***@127.0.0.1:1/db" in line and "secret" not in line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "text", [b"garbage\n", b"garbage", b'{"name": "x"}\n', b"SQLite format 3\x00\xff\xfe"], ids=repr
+)
+def test_a_file_that_is_not_a_journal_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: bytes
+) -> None:
+    """Optuna takes an unparsable last line for a half-written record and appends after it: such a
+    file must be refused before anything is written to it."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "notes.txt"
+    path.write_bytes(text)
+    result = invoke("--n-trials", "1", "--storage", f"journal:{path}")
+    assert path.read_bytes() == text
+    assert list(tmp_path.iterdir()) == [path]
+    assert one_line_error(result, 1) == f"Error: cannot read journal:{path}: not an Optuna journal"
+
+
+def test_a_journal_resumes_and_one_with_a_half_written_last_line_opens(tmp_path: Path) -> None:
+    """The check that refuses other files lets real journals through: one tune wrote, and one whose
+    last record a crash cut off (which Optuna reads as written up to there)."""
+    path = tmp_path / "study.log"
+    storage = f"journal:{path}"
+    first = invoke("--n-trials", "1", "--storage", storage, "--out", str(tmp_path), "--no-final")
+    assert first.exit_code == 0, first.output
+    (done,) = finished(trials(storage))
+    more = invoke("--n-trials", "2", "--storage", storage, "--out", str(tmp_path), "--no-final")
+    assert more.exit_code == 0, more.output
+    assert len(finished(trials(storage))) == 2
+    assert trials(storage)[0].value == done.value
+
+    crashed = tmp_path / "crashed.log"
+    text = path.read_bytes() + b'{"op_code":4,"worker_id":"cut-off'
+    crashed.write_bytes(text)
+    opened = open_storage(parse_storage(f"journal:{crashed}"), create=False)
+    assert len(finished(optuna.load_study(study_name="purestep-digits", storage=opened).get_trials())) == 2
+    assert crashed.read_bytes() == text
+
+
+@pytest.mark.parametrize("damage", ["a garbage last line", "only a cut-off first record"])
+def test_a_journal_optuna_cannot_replay_is_one_line_naming_it(tmp_path: Path, damage: str) -> None:
+    """Files that begin like a journal, which Optuna opens and appends to, then fails to read back
+    (a ValueError while reading, or its assertion that the record it wrote is there); the message
+    ends the output, after the study's status line when one was printed."""
+    path = tmp_path / "study.log"
+    storage = f"journal:{path}"
+    if damage == "a garbage last line":
+        first = invoke("--n-trials", "1", "--storage", storage, "--out", str(tmp_path), "--no-final")
+        assert first.exit_code == 0, first.output
+        path.write_bytes(path.read_bytes() + b"garbage\n")
+    else:
+        path.write_bytes(b'{"op_code":0,"worker_id":"cut-off')
+    line = one_line_error_tail(invoke("--n-trials", "2", "--storage", storage, "--out", str(tmp_path)))
+    assert line.startswith(f"Error: cannot read {storage}: ")
 
 
 @pytest.mark.parametrize(("interval", "grace"), [("0", "60"), ("five", "60"), ("5", "9")])

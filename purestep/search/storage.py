@@ -2,7 +2,8 @@
 
 `sqlite:///FILE`, `postgresql://...` and `mysql://...` (with an optional `+driver`) are
 Optuna's RDB storage; `journal:FILE` is its append-only journal file, which several
-processes can share without a database server.
+processes can share without a database server; an existing file that does not begin with a
+journal record is refused, unchanged.
 
 Database storages carry Optuna's heartbeat settings: while a trial runs, its process stamps it
 every `PURESTEP_HEARTBEAT_INTERVAL` seconds (default 5) with the database server's clock
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import inspect
+import json
 import os
 import re
 import threading
@@ -50,6 +52,10 @@ HEARTBEAT_MAX_RETRY = 2
 (say, out of memory) stops being retried."""
 _RDB = re.compile(r"(sqlite|postgresql|postgres|mysql)(\+[A-Za-z0-9_]+)?://", re.IGNORECASE)
 _DRIVERS = {"postgresql": "'psycopg[binary]'", "postgres": "'psycopg[binary]'", "mysql": "pymysql"}
+_JOURNAL_RECORD_START = b'{"op_code":'
+"""How every record Optuna writes to a journal file begins (a JSON object, `op_code` first)."""
+_JOURNAL_HEAD_BYTES = 1 << 16
+"""How much of a journal's first line is read to recognise it (its first record is a few hundred bytes)."""
 
 
 _SQLITE_ENGINES: weakref.WeakSet[sqlalchemy.engine.Engine] = weakref.WeakSet()
@@ -133,6 +139,8 @@ def open_storage(url: StorageURL, create: bool) -> BaseStorage:
         parent = url.path.parent
         if create and not parent.is_dir():
             raise StorageError(f"cannot create {url.shown}: directory {parent} does not exist")
+    if url.kind == "journal":
+        _check_journal(url)
     with storage_errors(url):
         try:
             if url.kind == "journal":
@@ -140,10 +148,40 @@ def open_storage(url: StorageURL, create: bool) -> BaseStorage:
 
                 return JournalStorage(JournalFileBackend(str(url.path)))
             return _open_rdb(url)
-        except (UnicodeDecodeError, ValueError, KeyError, RuntimeError) as e:
+        except (UnicodeDecodeError, ValueError, KeyError, RuntimeError, AssertionError) as e:
             raise StorageError(f"cannot read {url.shown}: {_first_line(e)}") from None
         except OSError as e:
             raise StorageError(f"cannot open {url.shown}: {e.strerror or _first_line(e)}") from None
+
+
+def _check_journal(url: StorageURL) -> None:
+    """Refuse an existing, non-empty file whose first line is not an Optuna journal record.
+
+    Optuna takes an unparsable last line for a record half-written by a crash and appends after
+    it, so a text file given as a journal would be written to and then fail with a puzzling error.
+    A first line that is still being written (no newline yet) passes if it begins like a record.
+
+    Raises:
+        StorageError: the file is not an Optuna journal; nothing has been written to it.
+    """
+    assert url.path is not None, "a journal URL names a file"
+    try:
+        with url.path.open("rb") as f:
+            head = f.readline(_JOURNAL_HEAD_BYTES)
+    except OSError:
+        return  # a missing file is a new journal; Optuna's open reports any other failure
+    if not head:
+        return
+    if head.endswith(b"\n"):
+        try:
+            record = json.loads(head)
+        except ValueError:  # not JSON, or not text
+            record = None
+        ok = isinstance(record, dict) and "op_code" in record
+    else:
+        ok = head.startswith(_JOURNAL_RECORD_START) or _JOURNAL_RECORD_START.startswith(head)
+    if not ok:
+        raise StorageError(f"cannot read {url.shown}: not an Optuna journal")
 
 
 def _open_rdb(url: StorageURL, attempts: int = 5) -> HeartbeatRDBStorage:
@@ -335,6 +373,27 @@ def storage_errors(url: StorageURL) -> Iterator[None]:
         raise StorageError(f"storage {url.shown}: {_first_line(cause)}") from None
     except optuna.exceptions.StorageInternalError as e:
         raise StorageError(f"storage {url.shown}: {_first_line(e)}") from None
+    except (ValueError, AssertionError) as e:
+        if url.kind != "journal" or not _from_journal(e):
+            raise
+        cause = f"{type(e).__name__}: {_first_line(e)}" if isinstance(e, AssertionError) else _first_line(e)
+        raise StorageError(f"cannot read {url.shown}: {cause}") from None
+
+
+def _from_journal(e: BaseException) -> bool:
+    """Whether `e` is the journal's own failure: a record of the file that does not parse (raised
+    while reading it), or Optuna's assertion that a record it has just written is there. A value
+    error from the code that reads or writes the study (say, a changed search space) is not."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    modules = []
+    tb = e.__traceback__
+    while tb is not None:
+        modules.append(tb.tb_frame.f_globals.get("__name__"))
+        tb = tb.tb_next
+    if isinstance(e, AssertionError):
+        return bool(modules) and modules[-1] == JournalStorage.__module__
+    return JournalFileBackend.__module__ in modules
 
 
 def _first_line(e: BaseException) -> str:
