@@ -167,3 +167,35 @@ def test_resuming_from_a_foreign_or_damaged_checkpoint_is_one_line(tmp_path, dam
     assert result.exit_code == 1, result.output
     assert result.stderr.count("\n") == 1 and "checkpoint" in result.stderr, result.stderr
     assert digest(ckpt) == before
+
+
+@pytest.mark.parametrize("seed", [str(2**32), "9" * 20])
+@pytest.mark.parametrize("command", ["train", "check", "tune"])
+def test_a_seed_past_32_bits_is_a_usage_error_that_creates_no_storage(tmp_path, command, seed):
+    """Every seed reaches numpy or an Optuna sampler, which take 32 bits: a larger one is refused
+    by name before anything runs, and `tune` leaves no storage file behind."""
+    db = tmp_path / "s.db"
+    args = [command, "--dataset", "digits", "--epochs" if command != "check" else "--steps", "1"]
+    if command == "tune":
+        args += ["--n-trials", "2", "--storage", f"sqlite:///{db}"]
+    result = runner.invoke(app, [*args, "--seed", seed], env={"PURESTEP_OFFLINE": "1"})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
+    assert "--seed" in result.stderr and "Traceback" not in result.output
+    assert not db.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_sampler_that_cannot_be_built_leaves_no_storage(tmp_path):
+    """`tune` builds its sampler before it opens the storage, so a seed the sampler refuses
+    (possible through the library, which has no option to bound it) writes no file."""
+    from purestep.search.space import default_space
+    from purestep.search.tune import TuneOptions, tune
+
+    db = tmp_path / "s.db"
+    options = TuneOptions(
+        "digits", str(tmp_path), "cpu", 1, 2, 2**32, None, "tpe", "median", f"sqlite:///{db}", "s",
+        default_space().to_json(),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        tune(options)
+    assert not db.exists()

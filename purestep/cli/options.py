@@ -107,7 +107,11 @@ WeightDecay = Annotated[float, _option("weight_decay", "--weight-decay")]
 Alpha = Annotated[float | None, _option("alpha", "--alpha", default_note=True)]
 Eps = Annotated[float | None, _option("eps", "--eps", default_note=True)]
 Centered = Annotated[bool, typer.Option("--centered/--no-centered", help=_help("centered"))]
-Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the init and the batch order.")]
+SEED_MAX = 2**32 - 1
+"""The largest seed every consumer takes: numpy's and Optuna's samplers' seeds are 32-bit."""
+Seed = Annotated[
+    int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the init and the batch order.")
+]
 Shuffle = Annotated[
     bool, typer.Option("--shuffle/--no-shuffle", help="Seeded permutation per epoch, or file order.")
 ]

@@ -43,7 +43,6 @@ from purestep.search.study import (
     StudySpec,
     baseline_trial,
     best_trial,
-    check_sampler,
     count,
     ensure_baseline,
     make_pruner,
@@ -411,7 +410,7 @@ def tune(
     """
     start = time.time()
     quiet_optuna()
-    check_sampler(options.sampler)
+    sampler = make_sampler(options.sampler, options.seed)  # a sampler that cannot be built writes nothing
     pruner = make_pruner(options.pruner, options.epochs)
     url = parse_storage(options.storage)
     space = options.space
@@ -421,9 +420,7 @@ def tune(
     _check_model(options, splits)
     storage = open_storage(url, create=True)
     with storage_errors(url):
-        study, created = open_study(
-            storage, options.study, options.spec(), make_sampler(options.sampler, options.seed), pruner
-        )
+        study, created = open_study(storage, options.study, options.spec(), sampler, pruner)
         queued = ensure_baseline(study, space, options.n_trials, model_defaults(options.model))
         left = options.n_trials - count(study.get_trials(deepcopy=False), TAKEN)
         speed = choose_speed(options, len(splits.y_fit), left, saved_steps(options, splits))
