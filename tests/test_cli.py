@@ -265,3 +265,63 @@ def test_a_checkpoint_written_before_the_rmsprop_fields_still_resumes(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Epoch 2\n")
     assert run(*base, "--epochs", "3", "--resume", "--alpha", "0.5").exit_code == 2
+
+
+def _listing(folder) -> dict[str, bytes | None]:
+    return {str(p): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def _usage_error(result, option: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
+    assert option in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_a_save_path_that_cannot_be_written_is_refused_before_training(tmp_path, where):
+    """`--save` into a directory, or below a file, would fail only once training is done and lose
+    it: it is a usage error before any work, and nothing is written."""
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_bytes(b"mine")
+    save = tmp_path / ("adir" if where == "a directory" else "afile/x.safetensors")
+    before = _listing(tmp_path)
+    result = run("train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--save", str(save))
+    _usage_error(result, "--save")
+    assert result.stdout == "" and _listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("out", ["afile/out", "afile/deeper/out", "purestep-digits"])
+def test_a_tune_out_that_cannot_be_written_is_refused_before_the_storage_is_opened(
+    tmp_path, monkeypatch, out
+):
+    """`--out` (or the default, ./STUDY) below a file or over one is refused before any trial runs:
+    exit 2 naming --out, and no storage file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_bytes(b"mine")
+    (tmp_path / "purestep-digits").write_bytes(b"mine too")
+    args = ["tune", "--dataset", "digits", "--epochs", "1", "--n-trials", "2", "--storage", "sqlite:///s.db"]
+    if out != "purestep-digits":
+        args += ["--out", str(tmp_path / out)]
+    before = _listing(tmp_path)
+    result = run(*args)
+    _usage_error(result, "--out")
+    assert _listing(tmp_path) == before and not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any directory")
+def test_an_output_in_a_read_only_directory_is_refused_before_any_work(tmp_path):
+    """A folder this user cannot write in is as final as a file in the way: refused up front."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        save = run("train", "--dataset", "digits", "--epochs", "1", "--impl", "eager",
+                   "--save", str(locked / "m.safetensors"))  # fmt: skip
+        tune = run("tune", "--dataset", "digits", "--epochs", "1", "--n-trials", "2",
+                   "--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(locked / "out"))  # fmt: skip
+    finally:
+        locked.chmod(0o700)
+    for result, option in ((save, "--save"), (tune, "--out")):
+        _usage_error(result, option)
+        assert "not writable" in result.stderr
+    assert list(locked.iterdir()) == [] and not (tmp_path / "s.db").exists()

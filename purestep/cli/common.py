@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,29 @@ def optimizer_config(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     return config
+
+
+def check_output(path: Path, option: str, *, directory: bool = False) -> None:
+    """Refuse, before any work, an output the end of the run could not write: a directory where a
+    file goes (or a file where a directory goes), a file in the way of its folders, or a folder this
+    user cannot write in. A usage error (exit 2) naming `option`; nothing is created."""
+    path = path.absolute()
+    problem = None
+    if directory and os.path.lexists(path) and not path.is_dir():
+        problem = f"{path} is a file, not a directory"
+    elif not directory and path.is_dir():
+        problem = f"{path} is a directory; give a file name"
+    else:
+        existing = path if directory else path.parent  # the nearest folder that exists, or what is in its way
+        while not os.path.lexists(existing):
+            existing = existing.parent
+        if not existing.is_dir():
+            what = "a file" if existing.is_file() else "not a directory"
+            problem = f"{existing} is {what}, so {path} cannot be written"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{existing} is not writable, so {path} cannot be written"
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint=option)
 
 
 def resolve_device(device: str) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.common import load_data, loss_for, model_for, optimizer_config
+from purestep.cli.common import check_output, load_data, loss_for, model_for, optimizer_config
 from purestep.cli.options import (
     Alpha,
     BatchSize,
@@ -241,7 +241,9 @@ def train(
     save: Annotated[
         Path | None,
         typer.Option(
-            "--save", help="Write the trained params as safetensors, config and metrics as metadata."
+            "--save",
+            dir_okay=False,
+            help="Write the trained params as safetensors, config and metrics as metadata.",
         ),
     ] = None,
     checkpoint: Annotated[
@@ -267,6 +269,10 @@ def train(
         raise typer.BadParameter("--precision bf16 needs --impl eager or compiled")
     if resume and checkpoint is None:
         raise typer.BadParameter("--resume needs --checkpoint DIR")
+    if save is not None:
+        check_output(save, "--save")
+    if checkpoint is not None:
+        check_output(checkpoint, "--checkpoint", directory=True)
     widths = parse_hidden(hidden)
     model_args = parse_model_args(model_arg)
     if model != "mlp" and widths != (512, 512):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from purestep.cli._app import app
+from purestep.cli.common import check_output
 from purestep.cli.options import (
     DataDir,
     Dataset,
@@ -241,6 +242,8 @@ def tune(
     except StorageURLError as e:
         raise typer.BadParameter(str(e), param_hint="--storage") from None
     name = study or f"purestep-{dataset_label(dataset)}"
+    out = out if out is not None else default_out(name)
+    check_output(out, "--out", directory=True)  # before any trial runs: a study's end must be writable
     options = TuneOptions(
         dataset=dataset,
         data_dir=str(data_dir),
@@ -275,7 +278,7 @@ def tune(
         line.close()
     if outcome.complete + outcome.pruned < n_trials:
         _note(_short_of(outcome, n_trials))
-    best = finish(outcome, data, options, out if out is not None else default_out(name), final)
+    best = finish(outcome, data, options, out, final)
     if json_output:
         import json
 
