@@ -48,6 +48,20 @@ def test_resume_with_other_settings_is_refused_and_the_checkpoint_kept(tmp_path)
     assert {p.name: p.stat().st_mtime_ns for p in ckpt.rglob("*")} == before
 
 
+def test_resume_with_fewer_epochs_than_the_checkpoint_ran_is_refused_and_the_checkpoint_kept(tmp_path):
+    """A checkpoint past `--epochs` cannot be resumed to it: a usage error naming both counts,
+    before any training, and the checkpoint's bytes as they were."""
+    ckpt = tmp_path / "ckpt"
+    assert runner.invoke(app, [*BASE, "--epochs", "2", "--checkpoint", str(ckpt)]).exit_code == 0
+    before = {str(p): p.read_bytes() for p in sorted(ckpt.rglob("*")) if p.is_file()}
+    result = runner.invoke(app, [*BASE, "--epochs", "1", "--checkpoint", str(ckpt), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
+    assert "--epochs 1 is fewer than the 2 epochs" in result.stderr and str(ckpt) in result.stderr
+    assert result.stdout == ""
+    assert {str(p): p.read_bytes() for p in sorted(ckpt.rglob("*")) if p.is_file()} == before
+
+
 def test_a_crash_mid_write_leaves_the_previous_checkpoint_latest(tmp_path):
     params, buffers = mlp(4, (3,), 2).init(0)
     state = sgd(0.1, momentum=0.9).init(params)

@@ -119,6 +119,11 @@ def _run_functional(
         found = load_checkpoint(checkpoint, device)
         if found is not None:
             _check_resumable(found.meta, run, checkpoint)
+            if run["epochs"] <= found.epoch:
+                raise typer.BadParameter(
+                    f"--epochs {run['epochs']} is fewer than the {found.epoch + 1} epochs the checkpoint "
+                    f"in {checkpoint} has run; resume with --epochs {found.epoch + 1} or more"
+                )
             where = f"the checkpoint in {checkpoint}"
             check_like(found.params, params, where)
             check_like(found.buffers, buffers, where)
