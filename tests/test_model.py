@@ -271,6 +271,9 @@ def test_build_model_fits_the_data_and_names_bad_arguments(tmp_path):
         build_model(f"{file}:nope", (1, 8, 8), 10)
     with pytest.raises(ModelError, match="does not exist"):
         build_model(f"{tmp_path / 'missing.py'}:make", (1, 8, 8), 10)
+    (tmp_path / "quits.py").write_text("raise SystemExit(0)\n")  # a script, not a model file
+    with pytest.raises(ModelError, match="cannot import .*quits.py: SystemExit"):
+        build_model(f"{tmp_path / 'quits.py'}:make", (1, 8, 8), 10)
 
 
 def test_the_cnn_runs_on_digits_and_fashion_mnist_shapes():

@@ -342,8 +342,10 @@ def test_ctrl_c_mid_trial_fails_that_trial_keeps_the_rest_and_a_rerun_completes(
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_two_workers_share_one_storage_and_stop_at_exactly_n(tmp_path: Path, kind: str) -> None:
+    """Workers seed their samplers with the seed plus their index, past 2**32 - 1 wrapping to 0."""
     storage = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
     cmd = [*PURESTEP, *FAST, "--n-trials", "7", "--workers", "2", "--storage", storage, "--no-final"]
+    cmd += ["--seed", str(2**32 - 1)]
     out = subprocess.run([*cmd, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     # Once tune has exited, the SQLite file alone holds the study (to copy, to send): no WAL beside it.

@@ -106,9 +106,24 @@ def test_resuming_with_another_model_is_refused(tmp_path):
         (["--loss", "mse"], "does not fit class labels"),
         (["--model", "vgg"], "unknown model 'vgg'"),
         (["--model-arg", "depth=2"], "takes no argument 'depth'"),
+        (["--model", "cnn", "--model-arg", "width=0"], "--model cnn cannot run on the data: RuntimeError"),
+        (["--model", "cnn", "--model-arg", "dropout=nan"], "--model cnn cannot run on the data"),
+        (["--val-fraction", "0.9999"], "--val-fraction: holding out 0.9999 of 1437 rows leaves none"),
+        (["--space", "mlp-dropout"], "the space's model.dropout = 0.0: model 'mlp' takes no argument"),
+        (["--model", "cnn", "--space", "zero-width"], "model.width = 0: --model cnn cannot run on the data"),
     ],
 )
 def test_bad_model_or_loss_is_a_usage_error_before_the_storage(tmp_path, args, message):
+    """Trial 0's model and every value the space gives a model argument are built and run on two
+    rows first: a bad one is a usage error, and the storage is never created (a study that failed
+    its first trial would keep the space and refuse a corrected run)."""
+    spaces = {
+        "mlp-dropout": '[dropout]\nkey = "model.dropout"\nlow = 0.0\nhigh = 0.5\n',
+        "zero-width": '[width]\nkey = "model.width"\nchoices = [16, 0]\n',
+    }
+    for name, text in spaces.items():
+        (tmp_path / f"{name}.toml").write_text(text)
+    args = [str(tmp_path / f"{a}.toml") if a in spaces else a for a in args]
     db = tmp_path / "x.db"
     result = runner.invoke(
         app, ["tune", "--dataset", "digits", "--storage", f"sqlite:///{db}", "--n-trials", "1", *args]

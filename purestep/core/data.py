@@ -423,6 +423,8 @@ def split(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Ten
     if not 0 < fraction < 1:
         raise ValueError(f"split fraction must be in (0, 1), got {fraction}")
     n_b = max(1, round(len(y) * fraction))
+    if n_b >= len(y):
+        raise ValueError(f"holding out {fraction} of {len(y)} rows leaves none to train on")
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)).to(y.device)
     b, a = order[:n_b], order[n_b:]
     return x[a], y[a], x[b], y[b]

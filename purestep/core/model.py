@@ -283,7 +283,7 @@ def resolve_factory(ref: str) -> Factory:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as e:  # a user's file: any error is theirs to read, in one line
+        except (Exception, SystemExit) as e:  # a user's file: any error or exit is theirs, in one line
             del sys.modules[name]
             raise ModelError(f"cannot import {file}: {type(e).__name__}: {e}") from None
     factory = getattr(module, attr, None)

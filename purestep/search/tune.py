@@ -338,13 +338,40 @@ def resolve_for_data(options: TuneOptions, data: Dataset) -> TuneOptions:
 
 
 def _check_model(options: TuneOptions, splits: Splits) -> None:
-    """Build the tutorial configuration's model once, so a bad --model fails before the study opens."""
+    """Build the model of trial 0 and of each value the space gives a model argument or the MLP's
+    shape (a range at its ends), and run each on two training rows through the loss: a bad
+    --model, --model-arg or space value fails here, before the study opens, not as a failed trial."""
+    from purestep.core.errors import one_line
+    from purestep.core.losses import loss_fn
     from purestep.search.objective import ConfigError
+    from purestep.search.space import MODEL_PREFIX, Fixed, Range
 
-    try:
-        splits.model_for(TrialConfig())
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
+    checks = {"": TrialConfig()}
+    for p in options.space.params:
+        if p.key.startswith(MODEL_PREFIX) or p.key in ("hidden", "layers"):
+            domain = p.domain
+            values = (
+                (domain.value,) if isinstance(domain, Fixed)
+                else (domain.low, domain.high) if isinstance(domain, Range)
+                else domain.values
+            )
+            checks |= {
+                f"the space's {p.key} = {v!r}: ": TrialConfig.from_settings({p.key: v})
+                for v in values
+            }
+    x, y = splits.x_fit[:2], splits.y_fit[:2]
+    for where, config in checks.items():
+        try:
+            model = splits.model_for(config)
+        except ConfigError as e:
+            raise UsageError(f"{where}{e}") from None
+        try:
+            params, buffers = model.init(0, x.device)
+            out, _ = model.apply(params, buffers, x, train=len(x) > 1)  # train mode: dropout runs too
+            loss_fn(splits.loss)(out, y)
+        except Exception as e:  # the user's model: any error is theirs to read, in one line
+            cause = f"{type(e).__name__}: {one_line(e)}"
+            raise UsageError(f"{where}--model {options.model} cannot run on the data: {cause}") from None
 
 
 def model_defaults(ref: str) -> dict[str, Any]:
@@ -416,7 +443,10 @@ def tune(
     space = options.space
     data = load_data(options)
     options = resolve_for_data(options, data)
-    splits = options.splits(data)
+    try:
+        splits = options.splits(data)
+    except ValueError as e:  # too few rows for the validation fraction
+        raise UsageError(f"--val-fraction: {e}") from None
     _check_model(options, splits)
     storage = open_storage(url, create=True)
     with storage_errors(url):
@@ -548,7 +578,7 @@ def run_worker(options: TuneOptions, index: int, deadline: float | None) -> int:
         study = optuna.load_study(
             study_name=options.study,
             storage=storage,
-            sampler=make_sampler(options.sampler, options.seed + index),
+            sampler=make_sampler(options.sampler, (options.seed + index) % 2**32),  # a seed is 32 bits
             pruner=make_pruner(options.pruner, options.epochs),
         )
         from purestep.core.denormals import flushed
