@@ -341,6 +341,8 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
     """Build the model of trial 0 and of each value the space gives a model argument or the MLP's
     shape (a range at its ends), and run each on two training rows through the loss: a bad
     --model, --model-arg or space value fails here, before the study opens, not as a failed trial."""
+    import torch
+
     from purestep.core.errors import one_line
     from purestep.core.losses import loss_fn
     from purestep.search.objective import ConfigError
@@ -366,9 +368,10 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
         except ConfigError as e:
             raise UsageError(f"{where}{e}") from None
         try:
-            params, buffers = model.init(0, x.device)
-            out, _ = model.apply(params, buffers, x, train=len(x) > 1)  # train mode: dropout runs too
-            loss_fn(splits.loss)(out, y)
+            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):  # trials' draws unchanged
+                params, buffers = model.init(0, x.device)
+                out, _ = model.apply(params, buffers, x, train=len(x) > 1)  # train mode: dropout runs too
+                loss_fn(splits.loss)(out, y)
         except Exception as e:  # the user's model: any error is theirs to read, in one line
             cause = f"{type(e).__name__}: {one_line(e)}"
             raise UsageError(f"{where}--model {options.model} cannot run on the data: {cause}") from None
