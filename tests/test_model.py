@@ -15,6 +15,7 @@ from torch.func import functional_call
 
 from purestep import ConvNet, NeuralNetwork, OptimizerConfig, cnn, functional, mlp
 from purestep.check import max_rel_diff
+from purestep.core.loop import evaluate
 from purestep.core.model import ModelError, build_model, state_of
 from purestep.core.reference import torch_optimizer
 from purestep.core.step import batch_over_trials, compile_step, make_eval_step, make_train_step, stack
@@ -292,6 +293,51 @@ def test_eval_step_scores_regression_by_squared_error():
     out = functional_call(model.module(), params, (x,))
     torch.testing.assert_close(sse, ((out - y) ** 2).sum())
     torch.testing.assert_close(loss_sum, F.mse_loss(out, y, reduction="sum"))
+    # the tutorial's average of per-batch mean losses, a mean over every target (2 a row here)
+    metrics = evaluate(make_eval_step(model, "mse"), params, buffers, x, y, batch_size=2)
+    means = [F.mse_loss(out[i : i + 2], y[i : i + 2]).item() for i in (0, 2, 4)]
+    assert metrics.loss == pytest.approx(sum(means) / 3, rel=1e-6)
+
+
+def test_evaluation_runs_without_autograd_as_the_tutorials_test_loop():
+    """On the CPU an LSTM takes another kernel with autograd on (a batch in 20 or so differs in its
+    last bit): evaluation runs under no_grad, as `test_loop` does, and gives its numbers bit for bit."""
+    model = functional(_Recurrent)
+    params, buffers = model.init(0)
+    module = model.module()
+    module.load_state_dict({**params, **buffers})
+    module.eval()
+    step = make_eval_step(model)
+    for seed in range(60):
+        torch.manual_seed(seed)
+        x, y = torch.randn(16, 5, 4), torch.randint(0, 3, (16,))
+        with torch.no_grad():
+            expected = F.cross_entropy(module(x), y, reduction="sum")
+        assert torch.equal(step(params, buffers, x, y)[0], expected), seed
+
+
+class _Recurrent(nn.Module):
+    """A 2-layer LSTM read at its last step."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 8, num_layers=2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+def test_an_instance_stands_for_its_architecture_with_every_weight_drawn_afresh():
+    """`functional(instance)`: every parameter is drawn again from the seed, attention's too (it
+    names its reset `_reset_parameters`), none kept from the instance."""
+    instance = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+    model = functional(instance)
+    first, second = model.init(0)[0], model.init(1)[0]
+    own = dict(instance.named_parameters())
+    drawn = [k for k, v in own.items() if v.abs().sum() > 0 and v.std() > 0]  # not a constant init
+    assert drawn and all(not torch.equal(first[k], own[k]) for k in drawn)
+    assert all(not torch.equal(first[k], second[k]) for k in drawn)
 
 
 DETERMINISTIC = sorted(set(ZOO) - RANDOM)

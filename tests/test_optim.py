@@ -394,6 +394,8 @@ def test_update_returns_state_and_params_in_their_own_layout(optimizer, eager):
         lambda: sgd(0.1, nesterov=True),
         lambda: sgd(0.1, weight_decay=-1),
         lambda: adam(0.1, betas=(1.5, 0.9)),
+        lambda: adam(0.1, betas=(0.9, 1.0)),  # torch.optim refuses 1 too: the first step divides by 0
+        lambda: adam(0.1, betas=(1.0, 0.9)),
         lambda: adam(0.1, eps=-1),
         lambda: rmsprop(0.0),
         lambda: rmsprop(0.1, alpha=1.5),
@@ -413,6 +415,8 @@ def test_bad_hyperparameters_are_refused(make):
 def test_a_refusal_names_the_value_and_its_bounds():
     with pytest.raises(ValueError, match=r"^alpha must be >= 0.0 and <= 1.0, got 1.5$"):
         rmsprop(0.1, alpha=1.5)
+    with pytest.raises(ValueError, match=r"^beta2 must be >= 0.0 and < 1.0, got 1.0$"):
+        adam(0.1, betas=(0.9, 1.0))
 
 
 _COMPILE_UPDATES = """

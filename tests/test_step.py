@@ -288,3 +288,42 @@ def test_epochs_enter_the_graph_directly_and_equal_stepping_through_dynamo(digit
     eval_calls.clear()
     assert evaluate(eval_step, init, {}, x, y, 64) == direct_metrics
     assert len(eval_calls) == 11
+
+
+class _Untraceable(torch.nn.Module):
+    """What Dynamo does not trace: an LSTM, or a BatchNorm's cumulative average (momentum=None)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.lstm = torch.nn.LSTM(6, 4, batch_first=True)
+        self.norm = torch.nn.BatchNorm1d(6, momentum=None)
+        self.head = torch.nn.Linear(4 if kind == "lstm" else 6, 3)
+
+    def forward(self, x):
+        if self.kind == "lstm":
+            return self.head(self.lstm(x.unsqueeze(1))[0][:, -1])
+        return self.head(self.norm(x))
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("kind", ["lstm", "cumulative batchnorm"])
+def test_a_step_dynamo_cannot_trace_runs_uncompiled_with_a_warning(kind):
+    """It gives the uncompiled step's bits, call after call, and the model's own errors still raise."""
+    from purestep import functional
+
+    model, optimizer = functional(_Untraceable, kind=kind), sgd(0.1, momentum=0.9)
+    step = make_train_step(model, optimizer)
+    compiled = compile_step(step)
+    params, buffers = model.init(0)
+    state = optimizer.init(params)
+    x, y = torch.rand(8, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    ours = theirs = (params, buffers, state)
+    with pytest.warns(UserWarning, match="step not compiled .*; it runs eagerly"):
+        ours = compiled(*ours, x, y)[:3]
+    for _ in range(2):
+        theirs = step(*theirs, x, y)[:3]
+    ours = compiled(*ours, x, y)[:3]
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(ours, theirs) for k in a)
+    with pytest.raises(RuntimeError):
+        compiled(*ours, torch.rand(8, 5), y)  # a width the model does not take

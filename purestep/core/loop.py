@@ -193,7 +193,7 @@ def _eval_batches(
         loss_sum, metric_sum = call(params, buffers, xb, yb)
         if i == 0 and steady((params, buffers), (params, buffers)):
             call.go_direct()
-        means.append(loss_sum / len(yb))
+        means.append(loss_sum / yb.numel())  # a mean over every target, as the loss's own
         metric.append(metric_sum)
     return torch.stack(means), torch.stack(metric).sum(0)
 

@@ -239,8 +239,10 @@ def _copy_structure(module: nn.Module) -> nn.Module:
 
     clone = copy.deepcopy(module).to(torch.get_default_device())
     for m in clone.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+        # MultiheadAttention (and so the Transformer layers) names its own `_reset_parameters`
+        reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+        if reset is not None:
+            reset()
     return clone
 
 

@@ -58,12 +58,20 @@ def _slots(prefix: str, params: Params) -> State:
     return {f"{prefix}.{k}": torch.zeros_like(v) for k, v in params.items()}
 
 
-def _check(name: str, value: float, low: float, high: float = math.inf, *, open_low: bool = False):
-    ok = (value > low if open_low else value >= low) and value <= high
+def _check(
+    name: str,
+    value: float,
+    low: float,
+    high: float = math.inf,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+):
+    ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
     if not (ok and math.isfinite(value)):
         bound = f"> {low}" if open_low else f">= {low}"
         if high != math.inf:
-            bound += f" and <= {high}"
+            bound += f" and < {high}" if open_high else f" and <= {high}"
         raise ValueError(f"{name} must be {bound}, got {value}")
 
 
@@ -334,8 +342,8 @@ _adam_update, _adam_eager_update = _updates("adam", partial(_adaptive_rule, adam
 
 def _adam(lr: float, betas: tuple[float, float], eps: float, weight_decay: float, decoupled: bool):
     _check("lr", lr, 0.0, open_low=True)
-    _check("beta1", betas[0], 0.0, 1.0)
-    _check("beta2", betas[1], 0.0, 1.0)
+    _check("beta1", betas[0], 0.0, 1.0, open_high=True)  # as torch.optim: 1 divides by zero
+    _check("beta2", betas[1], 0.0, 1.0, open_high=True)
     _check("eps", eps, 0.0)
     _check("weight_decay", weight_decay, 0.0)
 

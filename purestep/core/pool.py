@@ -393,7 +393,7 @@ class Pool:
             xb = self.eval_x[start : start + self.eval_batch_size]
             yb = self.eval_y[start : start + self.eval_batch_size]
             loss_sum, metric_sum = _call(batched, self.compiled, (params, buffers), xb, yb, per_trial=False)
-            means.append(loss_sum / len(yb))
+            means.append(loss_sum / yb.numel())  # a mean over every target, as the loss's own
             metric.append(metric_sum)
         columns = torch.stack(means).T.tolist()
         totals = torch.stack(metric).sum(0).tolist()

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 
 from purestep.core import _direct
+from purestep.core.errors import first_line
 from purestep.core.files import cache_home
 from purestep.core.losses import LossName, batch_metric, loss_fn, shape_free_loss_fn
 from purestep.core.model import Buffers, Model, Params
@@ -75,7 +76,10 @@ def make_train_step(
     `shape_free` computes the loss so that one compiled graph serves every batch and stack size.
     `eager` gives the same step, bit for bit, for running as it is (never under `torch.compile`
     or `vmap`): gradients by `torch.autograd.grad` rather than `grad_and_value`'s wrapped tensors,
-    and the optimizer's `eager_update`, which runs only each choice's own branch.
+    and the optimizer's `eager_update`, which runs only each choice's own branch. Except where
+    dropout draws a mask for a non-contiguous tensor (a Transformer layer's attention output):
+    under `grad_and_value` its mask follows another memory order, so only `eager` draws the
+    module loop's.
     """
     train_loss = make_loss(model, loss, precision, shape_free)
     if eager:
@@ -120,7 +124,8 @@ def make_eval_step(
     fn = shape_free_loss_fn(loss) if shape_free else loss_fn(loss)
 
     def eval_step(params: Params, buffers: Buffers, x: Tensor, y: Tensor):
-        with autocast(precision, x.device):
+        # no_grad, as the tutorial's test_loop: some CPU kernels (LSTM) differ with autograd on
+        with torch.no_grad(), autocast(precision, x.device):
             out, _ = model.apply(params, buffers, x, train=False)
             loss_sum = fn(out, y, reduction="sum")
         return loss_sum, batch_metric(out.float(), y)
@@ -198,7 +203,8 @@ class CompiledStep:
     layout (built on first use), never through Dynamo, and `direct()` is the package of the
     last full batch. One package serves every batch size of 2 rows or more, an epoch's short
     last batch included (a 1-row batch has its own), so a warm process never runs a step
-    eagerly (whose `grad_and_value` would import Dynamo).
+    eagerly (whose `grad_and_value` would import Dynamo). A step Dynamo cannot trace (an LSTM, a
+    BatchNorm with a cumulative average) runs uncompiled, with a warning.
     """
 
     def __init__(
@@ -219,6 +225,8 @@ class CompiledStep:
         self._packages: dict[str, Callable[..., Any] | None] = {}
         self._every_batch = True
         """Whether packages serve every batch size (`artifacts.batch_rows`); off once an export fails so."""
+        self._eager = False
+        """Whether the step runs uncompiled: on once Dynamo failed on a call the step itself runs."""
 
     @property
     def options(self) -> dict[str, Any]:
@@ -258,8 +266,19 @@ class CompiledStep:
                 return package(*args)
             if short:
                 return self._fn(*args)
+        if self._eager:
+            return self._fn(*args)
         self._ran = None
-        result = self._dynamo()(*args)
+        try:
+            result = self._dynamo()(*args)
+        except RuntimeError as e:
+            if type(e) is RuntimeError:  # not the compiler's (its errors subclass it): a stance's, a kernel's
+                raise
+            result = self._fn(*args)  # the step's own error, if it has one, is raised here
+            self._eager, self._last = True, None
+            cause = f"{type(e).__name__}: {first_line(e)}"
+            warnings.warn(f"step not compiled ({cause}); it runs eagerly", stacklevel=2)
+            return result
         self._last = (args, result, self._ran) if self._ran is not None else None
         self._ran = None
         return result
