@@ -213,8 +213,11 @@ def test_a_compiled_pool_on_a_cpu_runs_each_trials_own_graphs_bit_for_bit(digits
         assert same_numbers(pooled[k], alone(x, y, (ex, ey), t, epochs=2, compiled=True)), k
 
 
-def test_random_layers_draw_in_a_pool_what_they_draw_alone(digits):
-    """Dropout reads the global generator: each slot keeps its own, seeded as `fit`'s caller seeds it."""
+@pytest.mark.parametrize("stack", [None, True])
+def test_random_layers_draw_in_a_pool_what_they_draw_alone(digits, stack):
+    """Dropout reads the global generator: each slot keeps its own, seeded as `fit`'s caller seeds it;
+    in a pool that stacks (off the CPU), a model that draws runs its slots alone too (one vmapped call
+    would split one generator among them)."""
     from purestep import cnn
 
     x, y, ex, ey = digits
@@ -222,7 +225,7 @@ def test_random_layers_draw_in_a_pool_what_they_draw_alone(digits):
     model = cnn(1, 10, width=4, dense=16, dropout=0.5)
     config = OptimizerConfig("sgd", lr=0.05, momentum=0.9)
     trials = [(config, 32, True, seed) for seed in range(3)]
-    pooled = run_pool(x, y, (ex, ey), trials, 3, [0, 0, 0], epochs=2, model=model)
+    pooled = run_pool(x, y, (ex, ey), trials, 3, [0, 0, 0], epochs=2, model=model, stack=stack)
     for k, t in enumerate(trials):
         assert same_numbers(pooled[k], alone(x, y, (ex, ey), t, epochs=2, model=model)), k
 

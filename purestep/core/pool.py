@@ -93,7 +93,9 @@ class _Lane:
     batch_size: int
     slots: list[Slot]
     trees: tuple[Tree, Tree, State] | None
-    """The slots' params, buffers and state stacked in slot order; None in a pool that does not stack."""
+    """The slots' params, buffers and state stacked in slot order; None in a lane that does not stack."""
+    stacked: bool
+    """Whether the lane's slots share one vmapped call a batch; else each runs an epoch alone."""
 
 
 _STEPS: dict[tuple[Model, bool, LossName, str | None], tuple[TrainStep, EvalStep]] = {}
@@ -106,6 +108,19 @@ def stacks(device: torch.device | str) -> bool:
     """Whether a pool on `device` stacks its slots by default: off the CPU. On a CPU a batched
     product of K trials costs K single ones (BENCHMARKS.md, "The pool's slots on a CPU")."""
     return torch.device(device).type != "cpu"
+
+
+def _draws(model: Model, x: Tensor) -> bool:
+    """Whether `model`'s train-mode forward draws from torch's generator on rows `x` (dropout with
+    a rate above 0, RReLU): its slots cannot share a vmapped call, which splits one generator
+    among them, and still draw what each draws alone, from its own."""
+    devices = [x.device] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        params, buffers = model.init(0, x.device)
+        states = [torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in devices)]
+        model.apply(params, buffers, x, train=True)
+        after = [torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in devices)]
+    return any(not torch.equal(a, b) for a, b in zip(states, after))
 
 
 def pool_steps(
@@ -219,8 +234,11 @@ class Pool:
         slot = Slot(key, lrs, shuffle, seed, family_of(config))
         # a lane stacks one state layout: RMSprop with momentum keeps a third buffer
         name = (model, batch_size, needs_third_buffer(config))
-        lane = self.lanes.setdefault(name, _Lane(model, batch_size, [], None))
-        if not self.stack:
+        if name not in self.lanes:
+            stacked = self.stack and not _draws(model, self.x[:2])
+            self.lanes[name] = _Lane(model, batch_size, [], None, stacked)
+        lane = self.lanes[name]
+        if not lane.stacked:
             optimizer = config.build_for(self.compiled)
             slot.trees = params, buffers, optimizer.init(params)
             slot.steps = steps_for(model, optimizer, self.compiled, loss=self.loss)
@@ -260,7 +278,7 @@ class Pool:
         USAGE["steps"] += 1
         USAGE["slot_steps"] += len(self)
         for lane in list(self.lanes.values()):
-            ends += self._advance(lane) if self.stack else [self._epoch(lane, slot) for slot in lane.slots]
+            ends += self._advance(lane) if lane.stacked else [self._epoch(lane, slot) for slot in lane.slots]
         return ends
 
     def _own_generator(self):
