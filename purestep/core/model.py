@@ -221,7 +221,9 @@ def functional(factory: Factory | nn.Module, **kwargs: Any) -> Model:
     """Any module class, factory or instance as a `Model`.
 
     A factory is called with `kwargs` each time a module is needed; an instance stands for
-    its own architecture (its current weights are not kept: `state_of(module)` gives them).
+    its own architecture (its current weights are not kept: `state_of(module)` gives them), drawn
+    afresh by each layer's public `reset_parameters`; a layer without one (MultiheadAttention, whose
+    reset is private) keeps the instance's weights: give its class to draw them from each seed.
     """
     if isinstance(factory, nn.Module):
         if kwargs:
@@ -239,10 +241,8 @@ def _copy_structure(module: nn.Module) -> nn.Module:
 
     clone = copy.deepcopy(module).to(torch.get_default_device())
     for m in clone.modules():
-        # MultiheadAttention (and so the Transformer layers) names its own `_reset_parameters`
-        reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
-        if reset is not None:
-            reset()
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
     return clone
 
 
