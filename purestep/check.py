@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad_and_value, vjp
 
+from purestep.core.artifacts import DROPOUTS
 from purestep.core.data import Dataset, batches
 from purestep.core.interop import load, save
 from purestep.core.loop import Callbacks, evaluate, steps_for, train_epoch
@@ -645,10 +646,6 @@ def reference_vs_eager(
     passed = error <= bound and loss_diff <= max(bound, 1e-5) and counts
     label = f"eager vs reference ({describe(config)})"
     return Row(label, len(losses), diff, loss_diff, error, bound, relative, passed), ref_lines, eager_lines
-
-
-DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-"""torch's dropout layers (every public subclass of its private `_DropoutNd`)."""
 
 
 def deterministic(model: Model) -> tuple[Model, bool]:

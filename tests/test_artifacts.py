@@ -371,6 +371,79 @@ def test_a_traced_channel_wise_rate_masks_the_dims_torchs_own_layer_masks(layer,
         assert bool((flat == flat[..., :1]).all()) and set(flat[..., 0].unique().tolist()) == {0.0, 2.0}
 
 
+_ALPHAS = {"alpha": nn.AlphaDropout, "feature alpha": nn.FeatureAlphaDropout}
+
+
+def _alpha_values(rate: float) -> tuple[float, float]:
+    """What torch's alpha dropout turns a kept 1 and a dropped value into at `rate` < 1."""
+    alpha = 1.7580993408473766
+    a = ((alpha**2 * rate + 1) * (1 - rate)) ** -0.5
+    return a + alpha * a * rate, alpha * a * (rate - 1)
+
+
+@pytest.mark.parametrize(
+    "kind, shape, lead",
+    [("alpha", (64, 32), 2), ("feature alpha", (64, 32, 4), 2), ("feature alpha", (16, 8, 2, 2), 2)],
+)
+def test_traced_alpha_dropout_takes_the_values_and_masks_the_dims_torchs_own_layer_does(kind, shape, lead):
+    """Traced with its rate as an input, alpha dropout turns a 1 into the two values torch's own layer
+    does (kept and dropped, which keep a SELU network's mean and variance), keeps about 1 - p of the
+    elements (feature-wise: of the channels, constant along the other dims), and gives all zeros at
+    p = 1 and the input at p = 0, as torch's does."""
+    x = torch.ones(shape)
+    for rate in (0.0, 0.3, 1.0):
+        traced = _ALPHAS[kind](rate)
+        with artifacts.rates_as([traced], torch.tensor([rate])), artifacts._TracedDropout():
+            mine = traced(x)
+        own = _ALPHAS[kind](rate)(x)
+        if rate in (0.0, 1.0):
+            assert torch.equal(mine, own) and torch.equal(mine, x * (1 - rate))
+            continue
+        kept, dropped = _alpha_values(rate)
+        for out in (mine, own):
+            flat = out.reshape(*shape[:lead], -1)
+            assert bool((flat == flat[..., :1]).all())
+            assert sorted(out.unique().tolist()) == pytest.approx([dropped, kept], rel=1e-6)
+            assert abs(float((out > 0).float().mean()) - (1 - rate)) < 0.06  # sd 0.01 over 2048
+
+
+class _AlphaSum(nn.Module):
+    """Alpha dropout at `rate` on a row of ones (feature-wise: its features as channels), summed."""
+
+    def __init__(self, rate=0.5, width=1000, kind="alpha"):
+        super().__init__()
+        self.drop = _ALPHAS[kind](rate)
+        self.sum = nn.Linear(width, 1, bias=False)
+        nn.init.ones_(self.sum.weight)
+
+    def forward(self, x):
+        return self.sum(self.drop(x.unsqueeze(-1)).squeeze(-1))
+
+
+@pytest.mark.parametrize("kind", list(_ALPHAS))
+def test_alpha_dropout_rates_share_packages_and_each_keeps_its_own_share(store, kind):
+    """Alpha dropout's rate is an input of a saved step too: models at four rates (and two batch
+    sizes) share one train package and one eval package, and each trial's row of 1000 ones sums to
+    about what its own rate gives (1000 (1 - p) kept of the value a kept 1 becomes, the rest dropped;
+    sd under 32, 150 is 4.7 of them), exactly 1000 at p = 0 and 0 at p = 1."""
+    optimizer = sgd(1e-9)
+    for rate in (0.0, 0.2, 0.6, 1.0):
+        model = functional(_AlphaSum, rate=rate, kind=kind)
+        train, evaluate_step = steps_for(model, optimizer, compiled=True, loss="mse")
+        params, buffers = model.init(0)
+        for rows in (2, 3):
+            x, y = torch.ones(rows, 1000), torch.zeros(rows, 1)
+            assert (evaluate_step(params, buffers, x, y)[0].item() / rows) ** 0.5 == 1000  # eval: no dropout
+            torch.manual_seed(0)
+            total = train(params, buffers, optimizer.init(params), x, y)[3].item() ** 0.5
+            if rate in (0.0, 1.0):
+                assert total == pytest.approx(1000 * (1 - rate), abs=1e-3)
+            else:
+                kept, dropped = _alpha_values(rate)
+                assert abs(total - 1000 * ((1 - rate) * kept + rate * dropped)) < 150
+    assert len(list(store.glob("*.pt2"))) == 2
+
+
 def _parts(description: str, args, options=None):
     return artifacts.key(description, args, options or {"size_asserts": "False"})
 

@@ -85,10 +85,10 @@ def test_exit_is_sys_exit_with_fast_paths_off(switch, public):
 
 
 def test_check_knows_every_dropout_layer_torch_has():
-    # check.py names torch's dropout layers publicly; this says when torch adds one.
+    # the saved steps and `check` name torch's dropout layers publicly; this says when torch adds one.
     from torch import nn
 
-    from purestep.check import DROPOUTS
+    from purestep.core.artifacts import DROPOUTS
 
     assert set(nn.modules.dropout._DropoutNd.__subclasses__()) <= set(DROPOUTS)
 

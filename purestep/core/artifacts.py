@@ -113,14 +113,17 @@ def option_text(value: Any) -> str:
     return value.uuid().hex() if hasattr(value, "uuid") else repr(value)
 
 
-_DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
+_nn = torch.nn
+DROPOUTS = (_nn.Dropout, _nn.Dropout1d, _nn.Dropout2d, _nn.Dropout3d)
+DROPOUTS += (_nn.AlphaDropout, _nn.FeatureAlphaDropout)
+"""torch's dropout layers (every public subclass of its private `_DropoutNd`)."""
 
 
 def dropouts(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """`module`'s dropout layers (`nn.Dropout` and its channel-wise 1d, 2d and 3d kinds, in place
-    or not), in `modules()` order: the layers whose rate a saved unbatched step takes as an input
-    (`build`), not as a constant baked into its graph."""
-    return [m for m in module.modules() if type(m) in _DROPOUTS]
+    """`module`'s dropout layers (`DROPOUTS`, in place or not; a subclass, whose forward may be its
+    own, is not one), in `modules()` order: the layers whose rate a saved unbatched step takes as an
+    input (`build`), not as a constant baked into its graph."""
+    return [m for m in module.modules() if type(m) in DROPOUTS]
 
 
 def _text(value: Any) -> str | None:
@@ -266,7 +269,9 @@ def name(parts: dict[str, Any]) -> str:
 
 
 _F = torch.nn.functional
-_CHANNELS = (_F.dropout1d, _F.dropout2d, _F.dropout3d)
+_CHANNELS = (_F.dropout1d, _F.dropout2d, _F.dropout3d, _F.feature_alpha_dropout)
+_ALPHAS = (_F.alpha_dropout, _F.feature_alpha_dropout)
+_ALPHA = 1.7580993408473766  # SELU's negative saturation, -alpha * scale, as torch's alpha dropout sets
 
 
 def _channel_dims(func: Any, ndim: int) -> int | None:
@@ -275,25 +280,27 @@ def _channel_dims(func: Any, ndim: int) -> int | None:
     input (1); None where torch raises."""
     if func is _F.dropout1d:
         return {3: 2, 2: 1}.get(ndim)
-    if func is _F.dropout2d:  # any dims as (N, C, ...), 3 included (torch warns)
+    if func in (_F.dropout2d, _F.feature_alpha_dropout):  # any dims as (N, C, ...) (dropout2d warns at 3)
         return 2 if ndim >= 2 else None
     return 2 if ndim == 5 else 1 if ndim >= 1 else None
 
 
 class _TracedDropout(TorchFunctionMode):
-    """`F.dropout` and channel-wise `F.dropout1d/2d/3d` in training as a package can trace them,
-    while a step is traced for one.
+    """`F.dropout`, channel-wise `F.dropout1d/2d/3d` and alpha dropout (`F.alpha_dropout`,
+    `F.feature_alpha_dropout`) in training as a package can trace them, while a step is traced for one.
 
-    A rate that is a tensor (an input, `rates_as`), and any channel-wise rate, becomes a mask drawn
-    against it: each element (or channel) kept with probability 1 - p and scaled by 1 / (1 - p), as
-    torch's do, p = 1 dropping all. A float rate of `F.dropout` becomes `aten.native_dropout`. In
+    A rate that is a tensor (an input, `rates_as`), and any channel-wise or alpha rate, becomes a mask
+    drawn against it: each element (or channel) kept with probability 1 - p and scaled by 1 / (1 - p),
+    as torch's do, p = 1 dropping all; alpha dropout sets a dropped value to -alpha and maps the
+    result by a * v + alpha * a * p, a = ((alpha^2 p + 1)(1 - p))^-1/2, as torch's kernel does (all
+    zeros at p = 1). A float rate of `F.dropout` becomes `aten.native_dropout`. In
     place, the result is written into the layer's input, as torch's `dropout_` does. On the
     CPU `torch.dropout` and `torch.feature_dropout` run composite kernels that read `numel()`, which a
     symbolic batch lacks under `torch.func.grad` (the trace would fail and the step fall back to a
     package per batch size). A package draws its masks from inductor's generator either way, not
     from eager's sequence."""
 
-    _signatures = {f: inspect.signature(f) for f in (_F.dropout, *_CHANNELS)}
+    _signatures = {f: inspect.signature(f) for f in (_F.dropout, _F.alpha_dropout, *_CHANNELS)}
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -313,9 +320,15 @@ class _TracedDropout(TorchFunctionMode):
                 out = torch.ops.aten.native_dropout(x, p, True)[0]
             else:
                 shape = x.shape[:lead] + (1,) * (x.ndim - lead)
-                scale = torch.where(p < 1, 1 / (1 - p), 0.0) if lifted else (1 / (1 - p) if p < 1 else 0.0)
                 keep = torch.rand(shape, dtype=x.dtype, device=x.device) >= p
-                out = torch.where(keep, x * scale, 0.0)
+                if func in _ALPHAS:
+                    a = ((_ALPHA**2 * p + 1) * (1 - p)) ** -0.5 if lifted or p < 1 else 0.0
+                    a = torch.where(p < 1, a, 0.0) if lifted else a
+                    out = torch.where(keep, x, -_ALPHA) * a + _ALPHA * a * p
+                else:
+                    scale = 1 / (1 - p) if lifted or p < 1 else 0.0
+                    scale = torch.where(p < 1, scale, 0.0) if lifted else scale
+                    out = torch.where(keep, x * scale, 0.0)
             return x.copy_(out) if inplace else out
         return func(*args, **kwargs)
 
