@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import given
@@ -265,6 +267,31 @@ def test_a_checkpoint_written_before_the_rmsprop_fields_still_resumes(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Epoch 2\n")
     assert run(*base, "--epochs", "3", "--resume", "--alpha", "0.5").exit_code == 2
+
+
+def test_ctrl_c_ends_train_with_one_line_and_keeps_the_checkpoints_it_wrote(tmp_path):
+    """SIGINT mid-run, in a real process: `Interrupted.` on stderr and exit 130, as `tune`; every
+    checkpoint written before it is intact, and `--resume` goes on from the latest."""
+    ckpt = tmp_path / "ckpt"
+    base = ["train", "--dataset", "digits", "--impl", "eager", "--lr", "0.05", "--checkpoint", str(ckpt)]
+    cmd = [sys.executable, "-c", "from purestep.cli import main; main()", *base, "--epochs", "10000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (ckpt / "epoch-0002").is_dir():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+            time.sleep(0.05)
+        written = _listing(ckpt / "epoch-0001") | _listing(ckpt / "epoch-0002")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "Interrupted.\n", (proc.returncode, err)
+    assert {k: v for k, v in _listing(ckpt).items() if k in written} == written
+    latest = json.loads((ckpt / "latest.json").read_text())["epoch"] + 1
+    result = run(*base, "--epochs", str(latest + 1), "--resume")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"Epoch {latest + 1}\n")
 
 
 def _listing(folder) -> dict[str, bytes | None]:

@@ -46,9 +46,7 @@ class _Group(TyperGroup):
         except typer.TyperException as e:
             typer.echo(f"Error: {one_line(e.format_message())}", err=True)
             code = e.exit_code
-        except typer.Abort:
-            code = 130
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, typer.Abort):  # Ctrl-C, raised past typer as Abort by `invoke`
             typer.echo("Interrupted.", err=True)
             code = 130
         except (PurestepError, ValueError, OSError) as e:
@@ -69,6 +67,14 @@ class _Group(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        """The command; a Ctrl-C in it leaves as `typer.Abort`, which typer passes on to `main`
+        (a KeyboardInterrupt it would turn into a silent exit 130)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise typer.Abort() from None
 
 
 app = typer.Typer(
