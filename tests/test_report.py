@@ -86,6 +86,27 @@ def test_report_on_a_missing_storage_creates_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("storage", "problem"),
+    [
+        ("postgresql://me:secret@localhost:99999/db", "port 99999 is not a number from 1 to 65535"),
+        ("postgresql://me:secret@localhost:5x/db", "its port is not a number from 1 to 65535"),
+    ],
+)
+def test_report_on_a_malformed_database_url_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, storage: str, problem: str
+) -> None:
+    """A URL SQLAlchemy cannot take is bad usage (exit 2), not a failure of the server (exit 1)."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["report", "--storage", storage])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "malformed storage URL 'postgresql://me:***@localhost:" in result.stderr, result.stderr
+    assert problem in result.stderr
+    assert "secret" not in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_report_with_too_few_trials_says_why_there_are_no_importances(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 's.db'}"
     args = ["tune", "--dataset", "digits", "--epochs", "1", "--n-trials", "1", "--storage", storage]

@@ -192,6 +192,8 @@ def one_line_error_tail(result) -> str:
         (["--storage", "sqlite:///:memory:"], 2, "cannot be resumed"),
         (["--storage", "sqlite:///{tmp}/no/such/dir/s.db"], 1, "directory"),
         (["--storage", "postgresql://me:secret@127.0.0.1:9/db"], 1, "postgresql://me:***@127.0.0.1:9/db"),
+        (["--storage", "postgresql://me:secret@localhost:99999/db"], 2, "me:***@localhost:99999/db': port"),
+        (["--storage", "mysql://me@localhost:x1/db"], 2, "'mysql://me@localhost:x1/db': its port is not"),
         (["--space", "{tmp}/missing.toml"], 2, "'--space'"),
     ],
 )

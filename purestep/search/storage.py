@@ -97,8 +97,9 @@ def parse_storage(url: str) -> StorageURL:
     """Check a storage URL's form (nothing is opened).
 
     Raises:
-        StorageURLError: an unknown scheme, an empty path, or an in-memory SQLite database
-            (which no second process and no re-run could resume).
+        StorageURLError: an unknown scheme, a database URL SQLAlchemy cannot parse or with a port
+            outside 1 to 65535, an empty path, or an in-memory SQLite database (which no second
+            process and no re-run could resume).
     """
     if url.startswith("journal:"):
         path = url.removeprefix("journal:").removeprefix("//")
@@ -111,6 +112,7 @@ def parse_storage(url: str) -> StorageURL:
             f"unknown storage URL {hide_password(url)!r}; use sqlite:///FILE, postgresql://USER@HOST/DB, "
             "mysql://USER@HOST/DB or journal:FILE"
         )
+    _check_address(url)
     dialect = match.group(1).lower()
     if dialect != "sqlite":
         return StorageURL(url, "rdb", dialect, None)
@@ -120,6 +122,25 @@ def parse_storage(url: str) -> StorageURL:
             f"{url!r} is not a file; an in-memory database cannot be resumed: use sqlite:///FILE"
         )
     return StorageURL(url, "rdb", "sqlite", Path(path.split("?", 1)[0]))
+
+
+def _check_address(url: str) -> None:
+    """Refuse a database URL that SQLAlchemy cannot parse, or whose port is not 1 to 65535: the
+    driver would fail on it only once the storage is opened, as if the server were at fault."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        port = make_url(url).port
+    except ArgumentError:
+        problem = "SQLAlchemy cannot parse it"
+    except ValueError:  # the text after the host's colon is not a number
+        problem = "its port is not a number from 1 to 65535"
+    else:
+        if port is None or 0 < port < 65536:
+            return
+        problem = f"port {port} is not a number from 1 to 65535"
+    raise StorageURLError(f"malformed storage URL {hide_password(url)!r}: {problem}")
 
 
 def hide_password(url: str) -> str:
