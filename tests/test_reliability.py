@@ -10,6 +10,7 @@ databases (`.ci/run` starts one with `.ci/postgres.sh`); each test creates its o
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import pickle
@@ -642,19 +643,53 @@ def test_a_journal_resumes_and_one_with_a_half_written_last_line_opens(tmp_path:
     assert crashed.read_bytes() == text
 
 
-@pytest.mark.parametrize("damage", ["a garbage last line", "only a cut-off first record"])
-def test_a_journal_optuna_cannot_replay_is_one_line_naming_it(tmp_path: Path, damage: str) -> None:
-    """Files that begin like a journal, which Optuna opens and appends to, then fails to read back
-    (a ValueError while reading, or its assertion that the record it wrote is there); the message
-    ends the output, after the study's status line when one was printed."""
+def test_a_journal_whose_last_record_a_crash_cut_off_resumes_and_keeps_every_finished_record(
+    tmp_path: Path,
+) -> None:
+    """A writer killed mid-record leaves a last line without its newline, which Optuna's reader
+    skips. Resuming cuts it before the next record instead of appending to it (the two made one
+    line no reader could parse, and the new trial was lost): the file up to its last newline is
+    kept byte for byte, and the new trials are appended and read back."""
     path = tmp_path / "study.log"
     storage = f"journal:{path}"
-    if damage == "a garbage last line":
-        first = invoke("--n-trials", "1", "--storage", storage, "--out", str(tmp_path), "--no-final")
-        assert first.exit_code == 0, first.output
-        path.write_bytes(path.read_bytes() + b"garbage\n")
-    else:
-        path.write_bytes(b'{"op_code":0,"worker_id":"cut-off')
+    args = ["--storage", storage, "--out", str(tmp_path / "out"), "--no-final", "--impl", "eager"]
+    assert invoke("--n-trials", "2", *args).exit_code == 0
+    data = path.read_bytes()
+    last = data.rindex(b"\n", 0, len(data) - 1) + 1
+    path.write_bytes(data[: (last + len(data)) // 2])  # the last record (trial 1's end) cut mid-write
+    before = {t.number: (t.state, t.value, t.params) for t in trials(storage)}
+    assert [state for state, _, _ in before.values()] == [TrialState.COMPLETE, TrialState.RUNNING]
+
+    result = invoke("--n-trials", "4", *args)
+    assert result.exit_code == 0, result.output
+    after = path.read_bytes()
+    assert after[:last] == data[:last] and after.endswith(b"\n")
+    assert all(isinstance(json.loads(line), dict) for line in after.splitlines())
+    ts = trials(storage)
+    assert {t.number: (t.state, t.value, t.params) for t in ts if t.number in before} == before
+    assert [t.number for t in finished(ts)] == [0, 2, 3]  # trial 1 stays RUNNING: no heartbeat there
+
+
+def test_a_journal_holding_only_a_cut_off_first_record_starts_the_study(tmp_path: Path) -> None:
+    """A crash during a journal's very first record left nothing finished: the study starts anew."""
+    path = tmp_path / "study.log"
+    path.write_bytes(b'{"op_code":0,"worker_id":"cut-off')
+    args = ["--storage", f"journal:{path}", "--out", str(tmp_path / "out"), "--no-final", "--impl", "eager"]
+    result = invoke("--n-trials", "2", *args)
+    assert result.exit_code == 0, result.output
+    assert "(new study)" in result.stderr and b"cut-off" not in path.read_bytes()
+    assert len(finished(trials(f"journal:{path}"))) == 2
+
+
+def test_a_journal_optuna_cannot_replay_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A file that begins like a journal and holds a whole line that is no record, which Optuna
+    opens and appends to, then fails to read back; the message ends the output, after the study's
+    status line."""
+    path = tmp_path / "study.log"
+    storage = f"journal:{path}"
+    first = invoke("--n-trials", "1", "--storage", storage, "--out", str(tmp_path), "--no-final")
+    assert first.exit_code == 0, first.output
+    path.write_bytes(path.read_bytes() + b"garbage\n")
     line = one_line_error_tail(invoke("--n-trials", "2", "--storage", storage, "--out", str(tmp_path)))
     assert line.startswith(f"Error: cannot read {storage}: ")
 

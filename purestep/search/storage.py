@@ -3,7 +3,7 @@
 `sqlite:///FILE`, `postgresql://...` and `mysql://...` (with an optional `+driver`) are
 Optuna's RDB storage; `journal:FILE` is its append-only journal file, which several
 processes can share without a database server; an existing file that does not begin with a
-journal record is refused, unchanged.
+journal record is refused, unchanged, and a last record a crash cut off is cut before the next.
 
 Database storages carry Optuna's heartbeat settings: while a trial runs, its process stamps it
 every `PURESTEP_HEARTBEAT_INTERVAL` seconds (default 5) with the database server's clock
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import TrialState
 
 from purestep.core.errors import PurestepError, first_line
@@ -167,7 +168,7 @@ def open_storage(url: StorageURL, create: bool) -> BaseStorage:
             if url.kind == "journal":
                 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-                return JournalStorage(JournalFileBackend(str(url.path)))
+                return JournalStorage(JournalFileBackend(str(url.path), lock_obj=JournalLock(url.path)))
             return _open_rdb(url)
         except (UnicodeDecodeError, ValueError, KeyError, RuntimeError, AssertionError) as e:
             raise StorageError(f"cannot read {url.shown}: {_first_line(e)}") from None
@@ -178,8 +179,9 @@ def open_storage(url: StorageURL, create: bool) -> BaseStorage:
 def _check_journal(url: StorageURL) -> None:
     """Refuse an existing, non-empty file whose first line is not an Optuna journal record.
 
-    Optuna takes an unparsable last line for a record half-written by a crash and appends after
-    it, so a text file given as a journal would be written to and then fail with a puzzling error.
+    Optuna takes an unparsable last line for a record half-written by a crash (which `JournalLock`
+    cuts before the next record), so a text file given as a journal would be written to and then
+    fail with a puzzling error.
     A first line that is still being written (no newline yet) passes if it begins like a record.
 
     Raises:
@@ -203,6 +205,47 @@ def _check_journal(url: StorageURL) -> None:
         ok = head.startswith(_JOURNAL_RECORD_START) or _JOURNAL_RECORD_START.startswith(head)
     if not ok:
         raise StorageError(f"cannot read {url.shown}: not an Optuna journal")
+
+
+class JournalLock(JournalFileSymlinkLock):
+    """Optuna's default lock of a journal file, which Optuna takes for each record it appends; once
+    taken, it cuts a record that a crash left half-written at the end of the file
+    (`cut_partial_record`), so the record about to be appended does not land on it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.journal = path
+
+    def acquire(self) -> bool:
+        super().acquire()
+        try:
+            cut_partial_record(self.journal)
+        except BaseException:
+            self.release()
+            raise
+        return True
+
+
+def cut_partial_record(path: Path) -> None:
+    """Cut the bytes after a journal file's last newline: the start of a record whose writer died
+    mid-write (SIGKILL, a power loss). Optuna writes each record with its newline last and its
+    reader skips a last line without one, so no process has read that record and its writer never
+    saw it written: nothing finished is lost. Everything up to the last newline is left as it is.
+    Call it holding the journal's lock, as `JournalLock` does."""
+    with path.open("r+b") as f:
+        end = keep = f.seek(0, os.SEEK_END)
+        size = 1  # the last byte first: a newline unless a writer died
+        while keep > 0:
+            start = max(0, keep - size)
+            f.seek(start)
+            newline = f.read(keep - start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            keep, size = start, _JOURNAL_HEAD_BYTES
+        if keep < end:
+            f.truncate(keep)
+            os.fsync(f.fileno())
 
 
 def _open_rdb(url: StorageURL, attempts: int = 5) -> HeartbeatRDBStorage:
