@@ -80,6 +80,17 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint_latest(tmp_path):
     assert load_checkpoint(tmp_path).epoch == 1
 
 
+def test_a_write_that_fails_leaves_no_half_written_folder_and_the_previous_checkpoint_latest(tmp_path):
+    params, buffers = mlp(4, (3,), 2).init(0)
+    state = sgd(0.1).init(params)
+    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(TypeError):  # meta.json cannot hold it: the last file of the folder fails
+        save_checkpoint(tmp_path, 1, params, buffers, state, {"history": [object()]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert load_checkpoint(tmp_path).epoch == 0
+
+
 def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     ckpt = tmp_path / "ckpt"
     args = ["train", "--dataset", "digits", "--impl", "eager", "--lr", "100", "--momentum", "0.5"]

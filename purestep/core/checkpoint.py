@@ -52,12 +52,16 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"epoch-{epoch + 1:04d}"
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}."))
-    save(tmp / "params.safetensors", params)
-    save(tmp / "buffers.safetensors", buffers)
-    save(tmp / "state.safetensors", state)
-    save(tmp / "rng.safetensors", {"cpu": torch.get_rng_state()})
-    write_json(tmp / "meta.json", {"epoch": epoch, **meta}, indent=1)
-    if final.exists():
+    try:
+        save(tmp / "params.safetensors", params)
+        save(tmp / "buffers.safetensors", buffers)
+        save(tmp / "state.safetensors", state)
+        save(tmp / "rng.safetensors", {"cpu": torch.get_rng_state()})
+        write_json(tmp / "meta.json", {"epoch": epoch, **meta}, indent=1)
+    except BaseException:  # a full disk, a signal: no half-written folder left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():  # not the latest: written by a run that stopped before pointing at it
         shutil.rmtree(final)
     os.replace(tmp, final)
     write_json(directory / LATEST, {"checkpoint": final.name, "epoch": epoch}, indent=1)
