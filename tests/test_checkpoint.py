@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from purestep import load, mlp, sgd
 from purestep.cli import app
 from purestep.core.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from purestep.core.errors import PurestepError
 
 runner = CliRunner()
 BASE = ["train", "--dataset", "digits", "--impl", "eager", "--lr", "0.05", "--momentum", "0.9", "--shuffle"]
@@ -103,3 +104,48 @@ def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     )
     found = load_checkpoint(ckpt)
     assert found.epoch == 0 and all(torch.isfinite(v).all() for v in found.params.values())
+
+
+def test_a_run_without_resume_is_refused_a_folder_holding_another_runs_checkpoints(tmp_path):
+    """Forgetting `--resume`: the new run would replace some of the old run's epochs and leave the
+    rest; a usage error before any training instead, every byte of the folder as it was."""
+    ckpt = tmp_path / "ckpt"
+    assert runner.invoke(app, [*BASE, "--epochs", "2", "--checkpoint", str(ckpt)]).exit_code == 0
+    before = {str(p): p.read_bytes() for p in sorted(ckpt.rglob("*")) if p.is_file()}
+    result = runner.invoke(app, [*BASE, "--epochs", "1", "--lr", "0.01", "--checkpoint", str(ckpt)])
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr.count("\n") == 1 and "pass --resume" in result.stderr, result.stderr
+    assert {str(p): p.read_bytes() for p in sorted(ckpt.rglob("*")) if p.is_file()} == before
+
+
+def test_the_latest_checkpoint_is_never_written_over(tmp_path):
+    """Writing again the epoch `latest.json` names would delete the folder it points at before the
+    new one is in place; refused, the folder kept and no temporary one left."""
+    params, buffers = mlp(4, (3,), 2).init(0)
+    state = sgd(0.1).init(params)
+    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []})
+    before = {str(p): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    with pytest.raises(PurestepError, match="latest checkpoint"):
+        save_checkpoint(tmp_path, 0, {k: v + 1 for k, v in params.items()}, buffers, state, {"history": []})
+    assert {str(p): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001", LATEST]
+
+
+@pytest.mark.parametrize(
+    "file, text",
+    [
+        (LATEST, "[]"),
+        (LATEST, '{"checkpoint": null}'),
+        (LATEST, '{"checkpoint": "../elsewhere"}'),
+        ("epoch-0001/meta.json", '{"epoch": null}'),
+        ("epoch-0001/meta.json", '{"epoch": 0}'),  # no run, no history
+    ],
+)
+def test_a_checkpoint_whose_json_was_edited_is_one_line_naming_it(tmp_path, file, text):
+    ckpt = tmp_path / "ckpt"
+    assert runner.invoke(app, [*BASE, "--epochs", "1", "--checkpoint", str(ckpt)]).exit_code == 0
+    (ckpt / file).write_text(text)
+    result = runner.invoke(app, [*BASE, "--epochs", "2", "--checkpoint", str(ckpt), "--resume"])
+    assert result.exit_code == 1 and result.stdout == "", result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"Error: cannot read the checkpoint in {ckpt}"), result.stderr

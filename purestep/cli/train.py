@@ -118,6 +118,8 @@ def _run_functional(
     if resume and checkpoint is not None:
         found = load_checkpoint(checkpoint, device)
         if found is not None:
+            if not (isinstance(found.meta.get("run"), dict) and isinstance(found.meta.get("history"), list)):
+                raise PurestepError(f"cannot read the checkpoint in {checkpoint}: its meta.json holds no run")
             _check_resumable(found.meta, run, checkpoint)
             if run["epochs"] <= found.epoch:
                 raise typer.BadParameter(
@@ -204,6 +206,18 @@ RESUME_KEYS = (
 )
 
 
+def _check_fresh(checkpoint: Path, resume: bool) -> None:
+    """A run without `--resume` does not write into a folder holding another run's checkpoints
+    (its epochs would replace some of theirs and leave the rest)."""
+    from purestep.core.checkpoint import latest
+
+    if not resume and checkpoint.is_dir() and latest(checkpoint) is not None:
+        raise typer.BadParameter(
+            f"{checkpoint} holds the checkpoints of another run; pass --resume to continue it, "
+            "or give another --checkpoint folder"
+        )
+
+
 def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Path) -> None:
     """A checkpoint resumes only the run that wrote it (more epochs and another impl are fine)."""
     from purestep.core.optim import OptimizerConfig
@@ -278,6 +292,7 @@ def train(
         check_output(save, "--save")
     if checkpoint is not None:
         check_output(checkpoint, "--checkpoint", directory=True)
+        _check_fresh(checkpoint, resume)
     widths = parse_hidden(hidden)
     model_args = parse_model_args(model_arg)
     if model != "mlp" and widths != (512, 512):

@@ -61,11 +61,33 @@ def save_checkpoint(
     except BaseException:  # a full disk, a signal: no half-written folder left behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():  # not the latest: written by a run that stopped before pointing at it
+    if final.exists():  # written by a run that stopped before pointing at it (never the latest)
+        if latest(directory) == final.name:
+            shutil.rmtree(tmp)
+            raise PurestepError(f"{final} is the latest checkpoint in {directory}; it is not written over")
         shutil.rmtree(final)
     os.replace(tmp, final)
     write_json(directory / LATEST, {"checkpoint": final.name, "epoch": epoch}, indent=1)
     return final
+
+
+def latest(directory: str | os.PathLike[str]) -> str | None:
+    """The name of the folder `latest.json` in `directory` points at; None when there is none yet.
+
+    Raises:
+        PurestepError: `latest.json` is there but does not name a folder of `directory`.
+    """
+    pointer = Path(directory) / LATEST
+    if not pointer.exists():
+        return None
+    try:
+        pointed = json.loads(pointer.read_text())
+    except (OSError, ValueError) as e:
+        raise PurestepError(f"cannot read the checkpoint in {directory}: {e}") from None
+    name = pointed.get("checkpoint") if isinstance(pointed, dict) else None
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise PurestepError(f"cannot read the checkpoint in {directory}: {LATEST} names no folder of it")
+    return name
 
 
 def load_checkpoint(
@@ -73,14 +95,16 @@ def load_checkpoint(
 ) -> Checkpoint | None:
     """The latest complete checkpoint in `directory`, or None if there is none yet."""
     directory = Path(directory)
-    pointer = directory / LATEST
-    if not pointer.exists():
+    name = latest(directory)
+    if name is None:
         return None
     try:
-        folder = directory / json.loads(pointer.read_text())["checkpoint"]
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError, KeyError) as e:
+        meta = json.loads((directory / name / "meta.json").read_text())
+        if not isinstance(meta, dict) or type(meta.get("epoch")) is not int:
+            raise ValueError("meta.json holds no epoch number")
+    except (OSError, ValueError) as e:
         raise PurestepError(f"cannot read the checkpoint in {directory}: {e}") from None
+    folder = directory / name
     try:
         params, _ = load(folder / "params.safetensors", device)
         buffers, _ = load(folder / "buffers.safetensors", device)
