@@ -80,6 +80,47 @@ def test_any_model_prints_identical_lines_by_reference_and_eager(tmp_path, model
     assert lines[2].startswith("loss: ") and lines[4].startswith(" Accuracy: ") and lines[-1] == "Done!"
 
 
+TIED = """
+import torch, torch.nn as nn
+
+class Tied(nn.Module):
+    def __init__(self, in_features, classes):
+        super().__init__()
+        self.inp, self.mix, self.mix2 = nn.Linear(in_features, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.mix2.weight = self.mix.weight  # tied, as a decoder shares its encoder's
+        self.head = nn.Linear(16, classes)
+        self.register_buffer("table", torch.linspace(0.5, 1.5, 16), persistent=False)
+
+    def forward(self, x):
+        return self.head(self.mix2(torch.tanh(self.mix(torch.relu(self.inp(x.flatten(1)))) * self.table)))
+"""
+
+
+def test_both_impls_save_a_model_with_tied_weights_and_a_non_persistent_buffer_alike(tmp_path):
+    """`--save` writes what `state_dict()` holds, each tied weight once: the reference loop's file
+    (it crashed at the end: safetensors refuses two names of one tensor) and the functional step's
+    (it held the non-persistent buffer, which `load_state_dict` refuses) have the same keys and
+    tensors, and load into the module with nothing unexpected."""
+    import torch
+
+    from purestep.core.interop import load
+    from purestep.core.model import resolve_factory
+
+    (tmp_path / "tied.py").write_text(TIED)
+    model = f"{tmp_path / 'tied.py'}:Tied"
+    args = ["train", "--dataset", "digits", "--model", model, "--epochs", "1", "--lr", "0.05"]
+    saved = {}
+    for impl in ("reference", "eager"):
+        result = run(*args, "--impl", impl, "--save", str(tmp_path / f"{impl}.safetensors"))
+        assert result.exit_code == 0, result.output
+        saved[impl], _ = load(tmp_path / f"{impl}.safetensors")
+    assert saved["reference"].keys() == saved["eager"].keys() and "table" not in saved["eager"]
+    assert all(torch.equal(saved["reference"][k], saved["eager"][k]) for k in saved["eager"])
+    module = resolve_factory(model)(in_features=64, classes=10)
+    missing, unexpected = module.load_state_dict(saved["eager"], strict=False)
+    assert unexpected == [] and missing == ["mix2.weight"]
+
+
 def test_rmsprop_reference_and_eager_print_identical_tutorial_lines():
     args = ["train", "--dataset", "digits", "--epochs", "2", "--optimizer", "rmsprop", "--lr", "1e-3"]
     args += ["--momentum", "0.5", "--centered", "--alpha", "0.9", "--eps", "1e-6", "--impl"]

@@ -71,6 +71,7 @@ def _progress(total: int):
 
 
 def _run_reference(spec: Model, config: OptimizerConfig, data: Data, run: dict[str, Any], say: Say):
+    from purestep.core.model import state_of
     from purestep.core.reference import fit_reference
 
     model, tests = fit_reference(
@@ -89,7 +90,7 @@ def _run_reference(spec: Model, config: OptimizerConfig, data: Data, run: dict[s
     history = [
         {"epoch": t, "train_loss": None, "eval_loss": loss, score: s} for t, (s, loss) in enumerate(tests)
     ]
-    return {k: v.detach() for k, v in model.state_dict().items()}, history
+    return spec.saved(*state_of(model)), history
 
 
 def _run_functional(
@@ -187,7 +188,7 @@ def _run_functional(
     finally:
         if progress is not None:
             progress.stop()
-    return result.params | result.buffers, history
+    return spec.saved(result.params, result.buffers), history
 
 
 _TUTORIAL = {name: setting.tutorial for name, setting in OPTIMIZER_SETTINGS.items()}

@@ -195,6 +195,13 @@ class Model:
         with torch.device("cpu"):
             self.module()
 
+    def saved(self, params: Params, buffers: Buffers) -> dict[str, Tensor]:
+        """`params | buffers` without the non-persistent buffers `state_dict()` leaves out: what a
+        saved model file holds (tied weights once, as `named_parameters()`), which
+        `load_state_dict` takes (with `strict=False` for the tied weights' other names)."""
+        kept = self._train.state_dict(keep_vars=True)
+        return params | {k: v for k, v in buffers.items() if k in kept}
+
     def apply(
         self, params: Params, buffers: Buffers, x: Tensor, train: bool = True
     ) -> tuple[Tensor, Buffers]:

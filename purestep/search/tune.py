@@ -718,7 +718,7 @@ def final_train(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path
         "loss": splits.loss,
         **{k: v for k, v in test.items() if k.startswith("test_")},
     }
-    save(weights, result.params | result.buffers, json.loads(json.dumps(meta)))
+    save(weights, splits.model_for(config).saved(result.params, result.buffers), json.loads(json.dumps(meta)))
     outcome.files.append(str(weights))
     return final
 
