@@ -111,6 +111,7 @@ def test_resuming_with_another_model_is_refused(tmp_path):
         (["--val-fraction", "0.9999"], "--val-fraction: holding out 0.9999 of 1437 rows leaves none"),
         (["--space", "mlp-dropout"], "the space's model.dropout = 0.0: model 'mlp' takes no argument"),
         (["--model", "cnn", "--space", "zero-width"], "model.width = 0: --model cnn cannot run on the data"),
+        (["--model", "nine"], "gives 9 outputs a row for labels up to 9"),  # the batched loss scored 9 as 0
     ],
 )
 def test_bad_model_or_loss_is_a_usage_error_before_the_storage(tmp_path, args, message):
@@ -123,7 +124,10 @@ def test_bad_model_or_loss_is_a_usage_error_before_the_storage(tmp_path, args, m
     }
     for name, text in spaces.items():
         (tmp_path / f"{name}.toml").write_text(text)
+    (tmp_path / "nine.py").write_text("import torch.nn as nn\ndef make(in_features):\n"
+                                      "    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, 9))\n")
     args = [str(tmp_path / f"{a}.toml") if a in spaces else a for a in args]
+    args = [f"{tmp_path / 'nine.py'}:make" if a == "nine" else a for a in args]
     db = tmp_path / "x.db"
     result = runner.invoke(
         app, ["tune", "--dataset", "digits", "--storage", f"sqlite:///{db}", "--n-trials", "1", *args]

@@ -362,6 +362,8 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
                 for v in values
             }
     x, y = splits.x_fit[:2], splits.y_fit[:2]
+    labels = splits.loss in ("cross_entropy", "nll")
+    top = int(torch.cat([splits.y_fit, splits.y_val]).max()) if labels else None  # the highest label
     for where, config in checks.items():
         try:
             model = splits.model_for(config)
@@ -375,6 +377,10 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
         except Exception as e:  # the user's model: any error is theirs to read, in one line
             cause = f"{type(e).__name__}: {one_line(e)}"
             raise UsageError(f"{where}--model {options.model} cannot run on the data: {cause}") from None
+        if top is not None and out.shape[-1] <= top:  # the batched loss would score such a label as 0
+            raise UsageError(
+                f"{where}--model {options.model} gives {out.shape[-1]} outputs a row for labels up to {top}"
+            )
 
 
 def model_defaults(ref: str) -> dict[str, Any]:
