@@ -199,21 +199,65 @@ def scale_by_torch_adam(
     return optax.GradientTransformation(init, update)
 
 
+class ScaleByTorchRMSpropState(NamedTuple):
+    """The squared-gradient average and, centered, the gradient average (else None), as
+    `torch.optim.RMSprop` keeps them."""
+
+    square_avg: optax.Updates
+    grad_avg: optax.Updates | None
+
+
+def scale_by_torch_rmsprop(
+    alpha: float = 0.99, eps: float = 1e-8, centered: bool = False
+) -> optax.GradientTransformation:
+    """RMSprop's rescaling with `torch.optim.RMSprop`'s arithmetic: `g / (sqrt(v) + eps)`, centered
+    `g / (sqrt(v - m**2) + eps)`, both averages from zero.
+
+    `optax.scale_by_rms` and `scale_by_stddev` add eps under the root; the option to add it
+    outside came after optax 0.2.0, the oldest this module supports.
+    """
+
+    def init(params: optax.Params) -> ScaleByTorchRMSpropState:
+        grad_avg = jax.tree.map(jnp.zeros_like, params) if centered else None
+        return ScaleByTorchRMSpropState(jax.tree.map(jnp.zeros_like, params), grad_avg)
+
+    def update(
+        updates: optax.Updates, state: ScaleByTorchRMSpropState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ScaleByTorchRMSpropState]:
+        square_avg = jax.tree.map(lambda v, g: v * alpha + g * (1 - alpha) * g, state.square_avg, updates)
+        spread, grad_avg = square_avg, None
+        if centered:
+            grad_avg = jax.tree.map(lambda m, g: m + (g - m) * (1 - alpha), state.grad_avg, updates)
+            spread = jax.tree.map(lambda v, m: v - m * m, square_avg, grad_avg)
+        scaled = jax.tree.map(lambda g, v: g / (jnp.sqrt(v) + eps), updates, spread)
+        return scaled, ScaleByTorchRMSpropState(square_avg, grad_avg)
+
+    return optax.GradientTransformation(init, update)
+
+
 def optax_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     """The optax transformation that does what `config.build()` does in purestep (same validation).
 
     SGD: `add_decayed_weights` (torch's L2 term), then `optax.sgd`, whose trace is torch's
     momentum buffer (dampening 0). Adam: `add_decayed_weights`, `scale_by_torch_adam`, the
     learning rate. AdamW: decay after the rescaling, as `optax.adamw`, which equals torch's
-    `p * (1 - lr * wd)`.
+    `p * (1 - lr * wd)`. RMSprop: `add_decayed_weights`, `scale_by_torch_rmsprop`, with momentum
+    `optax.trace` (torch's buffer, from zero), the learning rate.
     """
     config.build()
     decay = optax.add_decayed_weights(config.weight_decay)
+    lr = optax.scale_by_learning_rate(config.lr)
     if config.name == "sgd":
         return optax.chain(decay, optax.sgd(config.lr, config.momentum or None, nesterov=config.nesterov))
-    adam = scale_by_torch_adam(*config.betas, config.eps)
-    lr = optax.scale_by_learning_rate(config.lr)
-    return optax.chain(decay, adam, lr) if config.name == "adam" else optax.chain(adam, decay, lr)
+    if config.name == "adam":
+        return optax.chain(decay, scale_by_torch_adam(*config.betas, config.eps), lr)
+    if config.name == "adamw":
+        return optax.chain(scale_by_torch_adam(*config.betas, config.eps), decay, lr)
+    if config.name == "rmsprop":
+        rms = scale_by_torch_rmsprop(config.alpha, config.eps, config.centered)
+        momentum = [optax.trace(config.momentum)] if config.momentum != 0 else []
+        return optax.chain(decay, rms, *momentum, lr)
+    raise ValueError(f"optax_optimizer has no transformation for optimizer {config.name!r}")
 
 
 def make_jax_train_step(model: FlaxMLP, tx: optax.GradientTransformation) -> JaxTrainStep:
@@ -235,6 +279,11 @@ def make_jax_train_step(model: FlaxMLP, tx: optax.GradientTransformation) -> Jax
     return train_step
 
 
+def _is_state(leaf: Any) -> bool:
+    """Whether `leaf` is one of the optax states that hold purestep's buffers."""
+    return isinstance(leaf, (optax.TraceState, ScaleByTorchAdamState, ScaleByTorchRMSpropState))
+
+
 def _moments(state: Tree, prefix: str) -> FlaxParams:
     return to_flax({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})["params"]
 
@@ -243,7 +292,8 @@ def to_optax_state(
     tx: optax.GradientTransformation, state: Tree, params: FlaxParams, init: optax.OptState | None = None
 ) -> optax.OptState:
     """purestep's optimizer state as the state of `tx = optax_optimizer(config)`: momentum
-    buffers as optax's trace, Adam's moments and step count as `ScaleByTorchAdamState`. `init`
+    buffers as optax's trace, Adam's moments and step count as `ScaleByTorchAdamState`, RMSprop's
+    averages as `ScaleByTorchRMSpropState`. `init`
     is `tx.init(params)` when the caller keeps one (only its structure and the states of the
     other transforms are used), so a step need not build it again."""
 
@@ -253,10 +303,12 @@ def to_optax_state(
         if isinstance(leaf, ScaleByTorchAdamState):
             count = jnp.asarray(int(state["step"].item()), jnp.int32)
             return ScaleByTorchAdamState(count, _moments(state, "exp_avg."), _moments(state, "exp_avg_sq."))
+        if isinstance(leaf, ScaleByTorchRMSpropState):
+            grad_avg = None if leaf.grad_avg is None else _moments(state, "grad_avg.")
+            return ScaleByTorchRMSpropState(_moments(state, "square_avg."), grad_avg)
         return leaf
 
-    is_state = lambda leaf: isinstance(leaf, (optax.TraceState, ScaleByTorchAdamState))  # noqa: E731
-    return jax.tree.map(fill, tx.init(params) if init is None else init, is_leaf=is_state)
+    return jax.tree.map(fill, tx.init(params) if init is None else init, is_leaf=_is_state)
 
 
 def from_optax_state(opt_state: optax.OptState, state: Tree) -> Tree:
@@ -264,13 +316,16 @@ def from_optax_state(opt_state: optax.OptState, state: Tree) -> Tree:
     its hyperparameters): moments back under purestep's keys, and the step count advanced."""
     new = {k: v for k, v in state.items() if "." not in k}
     new["step"] = state["step"] + 1
-    is_state = lambda leaf: isinstance(leaf, (optax.TraceState, ScaleByTorchAdamState))  # noqa: E731
-    for leaf in jax.tree.leaves(opt_state, is_leaf=is_state):
+    for leaf in jax.tree.leaves(opt_state, is_leaf=_is_state):
         if isinstance(leaf, optax.TraceState):
             new |= {f"momentum_buffer.{k}": v for k, v in from_flax(leaf.trace).items()}
         if isinstance(leaf, ScaleByTorchAdamState):
             new |= {f"exp_avg.{k}": v for k, v in from_flax(leaf.mu).items()}
             new |= {f"exp_avg_sq.{k}": v for k, v in from_flax(leaf.nu).items()}
+        if isinstance(leaf, ScaleByTorchRMSpropState):
+            new |= {f"square_avg.{k}": v for k, v in from_flax(leaf.square_avg).items()}
+            if leaf.grad_avg is not None:
+                new |= {f"grad_avg.{k}": v for k, v in from_flax(leaf.grad_avg).items()}
     return {k: new[k].to(state[k].device) for k in state}
 
 

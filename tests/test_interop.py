@@ -206,6 +206,39 @@ def test_scale_by_torch_adam_is_optax_adam_with_exact_bias_correction(jx):
             assert ((a - b).abs() / b.abs().max()).max().item() <= 2e-5
 
 
+@pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_optax_rmsprop_takes_torch_optim_rmsprops_steps(jx, centered, momentum, weight_decay):
+    """eps outside the root, alpha, the centered average, momentum from a zero buffer, coupled decay."""
+    import optax
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(50, 7, generator=g)
+    options = {"weight_decay": weight_decay, "momentum": momentum, "centered": centered}
+    config = OptimizerConfig("rmsprop", lr=1e-2, alpha=0.9, eps=1e-3, **options)
+    theirs = start.clone().requires_grad_()
+    torch_optimizer = torch.optim.RMSprop(
+        [theirs], config.lr, config.alpha, config.eps, weight_decay, momentum, centered, foreach=False
+    )
+    tx = jx.optax_optimizer(config)
+    ours = {"w": jx.tensor_to_jax(start.clone())}
+    state = tx.init(ours)
+    for step in range(8):
+        grad = torch.randn(50, 7, generator=g) * (1 + step)
+        theirs.grad = grad
+        torch_optimizer.step()
+        updates, state = tx.update({"w": jx.tensor_to_jax(grad)}, state, ours)
+        ours = optax.apply_updates(ours, updates)
+        moved = (theirs.detach() - start).abs().max().item()
+        assert (jx.jax_to_tensor(ours["w"]) - theirs.detach()).abs().max().item() <= 5e-5 * moved, step
+
+
+def test_optax_optimizer_refuses_a_name_it_does_not_know(jx):
+    with pytest.raises(ValueError, match="'lion'"):
+        jx.optax_optimizer(OptimizerConfig("lion"))  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     "config",
     [
@@ -213,8 +246,10 @@ def test_scale_by_torch_adam_is_optax_adam_with_exact_bias_correction(jx):
         OptimizerConfig("sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
         OptimizerConfig("adam", lr=1e-2, weight_decay=1e-2),
         OptimizerConfig("adamw", lr=1e-2, weight_decay=1e-1),
+        OptimizerConfig("rmsprop", lr=1e-2),
+        OptimizerConfig("rmsprop", lr=1e-3, momentum=0.9, centered=True, weight_decay=1e-2),
     ],
-    ids=["sgd", "sgd-nesterov-wd", "adam-wd", "adamw"],
+    ids=["sgd", "sgd-nesterov-wd", "adam-wd", "adamw", "rmsprop", "rmsprop-momentum-centered-wd"],
 )
 def test_jax_step_tracks_eager_for_every_optimizer_option(jx, config):
     g = torch.Generator().manual_seed(0)
