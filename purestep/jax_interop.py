@@ -110,7 +110,11 @@ def flax_model(spec: Model) -> FlaxMLP:
 
 
 def _as_jax(leaf: Any) -> jax.Array:
-    return tensor_to_jax(leaf) if isinstance(leaf, Tensor) else jnp.asarray(leaf)
+    """A tensor, JAX or NumPy leaf as a JAX array of its dtype: under x64, so 64-bit stays 64-bit."""
+    if isinstance(leaf, Tensor):
+        return tensor_to_jax(leaf)
+    with _x64():
+        return jnp.asarray(leaf)
 
 
 def _transpose(array: jax.Array) -> jax.Array:
@@ -121,7 +125,8 @@ def _transpose(array: jax.Array) -> jax.Array:
 def to_flax(params: Mapping[str, Any]) -> FlaxVariables:
     """purestep params as the variables `FlaxMLP.apply` takes: `{"params": {"Dense_i": ...}}`.
 
-    Leaves may be tensors, JAX or NumPy arrays (e.g. from `safetensors.flax.load_file`).
+    Leaves may be tensors, JAX or NumPy arrays (e.g. from `safetensors.flax.load_file`); each
+    keeps its dtype and bits.
     A torch `Linear` weight `(out, in)` becomes a flax kernel `(in, out)`; biases pass as they are.
     """
     layers: dict[int, dict[str, Any]] = {}

@@ -129,6 +129,22 @@ def test_flax_layout_round_trip_is_bitwise(jx, spec, seed, dtype):
     assert_bitwise(jx.from_flax(dense), params)
 
 
+@pytest.mark.parametrize("kind", ["numpy", "jax"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.float32, torch.float16, torch.int64], ids=lambda d: str(d)[6:]
+)
+def test_numpy_and_jax_leaves_keep_their_dtype_and_bits_through_flax(jx, kind, dtype):
+    """As tensors do: a float64 or int64 NumPy array, or JAX array, is not narrowed to 32 bits."""
+    params = {k: (v * 1e3).to(dtype) for k, v in mlp(5, (4,), 3).init(0)[0].items()}
+    leaves = {k: v.numpy() if kind == "numpy" else jx.tensor_to_jax(v) for k, v in params.items()}
+    variables = jx.to_flax(leaves)
+    for j, layer in enumerate(variables["params"].values()):
+        weight = params[f"linear_relu_stack.{2 * j}.weight"]
+        assert str(layer["kernel"].dtype) == str(dtype).removeprefix("torch.")
+        assert np.asarray(layer["kernel"]).tobytes() == bits(weight.T)
+    assert_bitwise(jx.from_flax(variables), params)
+
+
 @given(spec=mlp_specs, seed=st.integers(0, 2**16), n=st.integers(1, 6))
 def test_flax_mlp_gives_purestep_logits(jx, spec, seed, n):
     params, buffers = spec.init(seed)
