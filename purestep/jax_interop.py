@@ -56,10 +56,12 @@ def tensor_to_jax(tensor: Tensor) -> jax.Array:
     """One tensor as a JAX array with the same dtype and bits (DLPack; zero-copy when possible).
 
     Any other layout (transposed, gaps between elements) is made contiguous on its device first:
-    jax 0.6 imports a transposed tensor's memory as if it were row-major, silently. A device JAX
-    cannot address goes through the host to JAX's default device.
+    jax 0.6 imports a transposed tensor's memory as if it were row-major, silently. A lazy
+    conjugate or negation (`z.conj()`, `z.conj().imag`) is applied first: DLPack refuses the one
+    and would drop the other's sign. A device JAX cannot address goes through the host to JAX's
+    default device.
     """
-    tensor = tensor.detach().contiguous()
+    tensor = tensor.detach().resolve_conj().resolve_neg().contiguous()
     with _x64():
         try:
             return jnp.from_dlpack(tensor)

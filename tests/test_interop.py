@@ -102,6 +102,21 @@ def test_dlpack_round_trip_is_bitwise(jx, params):
     assert_bitwise(jx.from_jax(arrays), params)
 
 
+LAZY = {  # a lazy view, and the values it stands for
+    "conjugate bit": (torch.tensor([1 + 2j, 3 - 4j]).conj(), torch.tensor([1 - 2j, 3 + 4j])),
+    "negative bit": (torch.tensor([1 + 2j]).conj().imag, torch.tensor([-2.0])),
+}
+
+
+@pytest.mark.parametrize("case", LAZY)
+def test_a_lazy_conjugate_or_negation_crosses_with_its_values(jx, case):
+    """`z.conj()` sets the conjugate bit, `z.conj().imag` the negative bit: DLPack exports neither."""
+    lazy, values = LAZY[case]
+    assert lazy.is_conj() or (lazy.is_neg() and lazy.is_contiguous())
+    assert np.asarray(jx.tensor_to_jax(lazy)).tobytes() == bits(values)
+    assert_bitwise(jx.from_jax(jx.to_jax({"t": lazy})), {"t": values})
+
+
 def test_params_cross_to_jax_and_back_without_a_copy(jx):
     params, _ = mlp(12, (8, 8), 3).init(0)
     arrays = jx.to_jax(params)
