@@ -199,7 +199,17 @@ FLOATS = {
     "float32": torch.float32,
     "float64": torch.float64,
 }
-LABELS = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+FLOAT8 = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}  # safetensors only
+LABELS = [
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+]
 
 
 def save_arrays(path, arrays: dict[str, torch.Tensor]) -> None:
@@ -214,17 +224,18 @@ def save_arrays(path, arrays: dict[str, torch.Tensor]) -> None:
 def user_arrays(draw):
     suffix = draw(st.sampled_from([".npz", ".safetensors"]))
     names = [n for n in FLOATS if suffix == ".safetensors" or n != "bfloat16"]  # numpy has no bfloat16
+    names += list(FLOAT8) if suffix == ".safetensors" else []
     shape = tuple(draw(st.lists(st.integers(1, 4), max_size=3)))
     sizes = {"train": draw(st.integers(1, 30)), "test": draw(st.integers(1, 10))}
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
-    x_dtype = FLOATS[draw(st.sampled_from(names))]
+    x_dtype = (FLOATS | FLOAT8)[draw(st.sampled_from(names))]
     arrays = {f"x_{p}": torch.randn((n, *shape), generator=g).to(x_dtype) for p, n in sizes.items()}
     if draw(st.booleans()):
         classes, dtype = draw(st.integers(1, 12)), draw(st.sampled_from(LABELS))
         arrays |= {f"y_{p}": torch.randint(0, classes, (n,), generator=g).to(dtype) for p, n in sizes.items()}
     else:
         columns = draw(st.sampled_from([(), (1,), (3,)]))
-        y_dtype = FLOATS[draw(st.sampled_from(names))]
+        y_dtype = (FLOATS | FLOAT8)[draw(st.sampled_from(names))]
         arrays |= {f"y_{p}": torch.randn((n, *columns), generator=g).to(y_dtype) for p, n in sizes.items()}
     return suffix, arrays
 
@@ -252,6 +263,42 @@ def test_npz_and_safetensors_round_trip(tmp_path_factory, case):
         labels = torch.cat([arrays["y_train"], arrays["y_test"]]).long()
         assert data.task == "classification" and data.classes == data.out_features == labels.max() + 1
     assert load_dataset(path).name == "my-data"  # a Path works as well as its string
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64], ids=lambda d: str(d)[6:])
+def test_unsigned_labels_of_any_width_load_as_int64(tmp_path, suffix, dtype):
+    labels = {"y_train": torch.tensor([0, 4, 2, 1, 3, 0]), "y_test": torch.tensor([1, 4])}
+    arrays = {"x_train": torch.rand(6, 3), "x_test": torch.rand(2, 3)}
+    save_arrays(tmp_path / f"d{suffix}", arrays | {k: v.to(dtype) for k, v in labels.items()})
+    data = load_dataset(tmp_path / f"d{suffix}")
+    assert data.task == "classification" and data.classes == 5
+    assert torch.equal(data.y_train, labels["y_train"]) and torch.equal(data.y_test, labels["y_test"])
+
+
+@pytest.mark.parametrize("dtype", list(FLOAT8.values()), ids=list(FLOAT8))
+def test_float8_inputs_and_targets_load_as_float32(tmp_path, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = {p: torch.randn(n, 3, generator=g).to(dtype) for p, n in (("train", 6), ("test", 2))}
+    arrays = {f"x_{p}": v for p, v in x.items()} | {f"y_{p}": v[:, 0].clone() for p, v in x.items()}
+    save_file(arrays, tmp_path / "d.safetensors")
+    data = load_dataset(tmp_path / "d.safetensors")
+    assert data.task == "regression" and data.x_train.dtype == data.y_train.dtype == torch.float32
+    for p, v in x.items():
+        assert torch.equal(getattr(data, f"x_{p}"), v.float())
+        assert torch.equal(getattr(data, f"y_{p}"), v[:, :1].float())
+
+
+def test_a_safetensors_file_of_narrow_dtypes_trains_from_the_cli(tmp_path):
+    """uint16 labels and float8 inputs: `train` runs its epoch on them."""
+    arrays = {k: torch.from_numpy(v) for k, v in _good(70, 12).items()}
+    arrays |= {k: v.to(torch.uint16 if k.startswith("y") else torch.float8_e4m3fn) for k, v in arrays.items()}
+    save_arrays(tmp_path / "narrow.safetensors", arrays)
+    args = ["train", "--dataset", str(tmp_path / "narrow.safetensors"), "--epochs", "1", "--impl", "eager"]
+    result = CliRunner().invoke(app, [*args, "--json", "--hidden", "8"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["config"]["dataset"] == "narrow" and len(summary["history"]) == 1
 
 
 def _good(n_train: int = 10, n_test: int = 4) -> dict[str, np.ndarray]:
@@ -310,8 +357,10 @@ def _safetensors_writes_complex() -> bool:
 
 
 def _safetensors(**changes):
+    """Writer of a .safetensors holding the good arrays with `changes` (tensors or NumPy; None deletes)."""
+
     def write(path):
-        arrays = {k: torch.from_numpy(v) for k, v in (_good() | changes).items() if v is not None}
+        arrays = {k: torch.as_tensor(v) for k, v in (_good() | changes).items() if v is not None}
         if any(t.is_complex() for t in arrays.values()) and not _safetensors_writes_complex():
             pytest.skip("this safetensors cannot write complex64 (0.7 and later can)")
         save_file(arrays, path)
@@ -352,6 +401,21 @@ BAD_FILES = {
     "bool labels": ("d.npz", _npz(y_test=np.ones(4, bool)), "y_test has dtype bool"),
     "labels and targets": ("d.npz", _npz(y_test=np.zeros(4)), "both integer labels or both float targets"),
     "negative label": ("d.npz", _npz(y_train=np.arange(10) - 1), "y_train has a negative label (-1)"),
+    "uint64 labels beyond int64": (
+        "d.npz",
+        _npz(y_test=np.full(4, 2**63, np.uint64)),
+        "y_test holds labels beyond",
+    ),
+    "uint64 labels beyond int64, safetensors": (
+        "d.safetensors",
+        _safetensors(y_train=np.arange(10, dtype=np.uint64) << np.uint64(60)),
+        "y_train holds labels beyond int64",
+    ),
+    "float8 NaN input, safetensors": (
+        "d.safetensors",
+        _safetensors(x_train=torch.full((10, 5), math.nan).to(torch.float8_e4m3fn)),
+        "x_train has NaN or infinite values",
+    ),
     "2-D labels": ("d.npz", _npz(y_train=np.zeros((10, 2), np.int64)), "class labels are 1-D"),
     "NaN input": (
         "d.npz",

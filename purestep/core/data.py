@@ -223,9 +223,10 @@ def read_arrays(path: str | os.PathLike[str]) -> Dataset:
     """A user's dataset from an `.npz` or `.safetensors` file holding `x_train, y_train, x_test, y_test`.
 
     Used as given, not standardised (what is trained on is what the file holds, and a saved model
-    predicts in the file's units). Inputs of any float dtype and any trailing shape become float32;
-    integer labels (>= 0) mean classification with `max + 1` classes, float targets regression
-    (a 1-D target becomes `(N, 1)`). Pickled arrays are never loaded.
+    predicts in the file's units). Inputs of any float dtype (float8 included) and any trailing
+    shape become float32; integer labels (>= 0, unsigned of any width included) mean classification
+    with `max + 1` classes, float targets regression (a 1-D target becomes `(N, 1)`). Pickled arrays
+    are never loaded.
     Raises:
         DataError: one line naming the file and its problem.
     """
@@ -265,17 +266,13 @@ def _read_npz(path: Path) -> dict[str, Tensor]:
 
 
 def _from_numpy(path: Path, key: str, array: np.ndarray) -> Tensor:
-    """Numbers as a tensor of their dtype, or the nearest torch has (uint16-64: int64, float128: float64)."""
+    """Numbers as a tensor of their dtype, or the nearest torch has (float128: float64)."""
     import numpy as np
 
     kind, dtype = array.dtype.kind, array.dtype.newbyteorder("=")
     if kind not in "biufc":
         raise DataError(f"{path}: {key} has dtype {array.dtype}; dataset arrays hold numbers")
-    if kind == "u" and dtype.itemsize > 1:
-        if dtype.itemsize == 8 and array.size and array.max() > np.iinfo(np.int64).max:
-            raise DataError(f"{path}: {key} holds labels beyond int64")
-        dtype = np.dtype(np.int64)
-    elif kind in "fc" and dtype.itemsize > 8 * (1 + (kind == "c")):
+    if kind in "fc" and dtype.itemsize > 8 * (1 + (kind == "c")):
         dtype = np.dtype(np.float64 if kind == "f" else np.complex128)
     return torch.from_numpy(np.asarray(array, dtype=dtype, order="C"))
 
@@ -305,6 +302,7 @@ def _from_arrays(path: Path, arrays: dict[str, Tensor]) -> Dataset:
         if not ok:
             raise DataError(f"{path}: {problem}")
 
+    arrays = {key: _widened(path, key, t) for key, t in arrays.items()}
     x_train, y_train, x_test, y_test = (arrays[key] for key in ARRAYS)
     for key, t in arrays.items():
         check(t.ndim > 0, f"{key} is a single number; it needs one row per sample")
@@ -343,6 +341,21 @@ def _from_arrays(path: Path, arrays: dict[str, Tensor]) -> Dataset:
         y_train, y_test = y_train.long(), y_test.long()
     x_train, x_test = _as_float(path, "x_train", x_train), _as_float(path, "x_test", x_test)
     return Dataset(path.stem, x_train, y_train, x_test, y_test, task, classes)
+
+
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def _widened(path: Path, key: str, t: Tensor) -> Tensor:
+    """A file's array in a dtype torch computes with (it has few ops for these): labels of unsigned
+    ints wider than a byte as int64, refusing uint64 values beyond it; float8 values as float32."""
+    if key.startswith("y") and t.dtype in _WIDE_UNSIGNED:
+        if t.dtype == torch.uint64 and bool((t.view(torch.int64) < 0).any()):
+            raise DataError(f"{path}: {key} holds labels beyond int64")
+        return t.to(torch.int64)
+    if t.is_floating_point() and t.itemsize == 1:
+        return t.to(torch.float32)
+    return t
 
 
 def _as_float(path: Path, key: str, t: Tensor) -> Tensor:
