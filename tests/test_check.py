@@ -402,3 +402,22 @@ def test_check_passes_every_row_for_the_cnn_on_digits():
     report = json.loads(result.stdout)
     assert report["passed"] and report["printed_lines_identical"]
     assert any("compiled" in r["pair"] for r in report["rows"])
+
+
+@pytest.mark.compile
+def test_check_json_is_strict_json_when_a_run_diverges():
+    """A learning rate of 1e30 makes the free-running figures NaN: they print as null."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from purestep.cli import app
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"{token} is not JSON")
+
+    args = ["check", "--dataset", "digits", "--steps", "6", "--hidden", "16", "--lr", "1e30", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout, parse_constant=refuse)
+    assert not report["passed"] and report["rows"][0]["error"] is None

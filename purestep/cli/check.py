@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -84,7 +85,7 @@ def check(
     ok = same_lines and all(r.passed for r in rows)
     if json_output:
         report = {"rows": [_row_json(r) for r in rows], "printed_lines_identical": same_lines, "passed": ok}
-        print(json.dumps(report))
+        print(json.dumps(_finite(report), allow_nan=False))
     else:
         _print_table(rows, same_lines)
     if not ok:
@@ -110,6 +111,17 @@ def _row_json(r) -> dict[str, object]:
         else {"step": flip.step, "units": flip.units, "closest": flip.closest, "rounding": flip.rounding},
         "steps_with_branch_differences": r.flip_steps,
     }
+
+
+def _finite(value: object) -> object:
+    """`value` with every NaN and infinity as None (null): strict JSON has no token for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jax_rows(config, batch_size: int):
