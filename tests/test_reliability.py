@@ -806,3 +806,27 @@ def test_a_signal_inside_a_compiled_packages_python_kernel_ends_the_run_as_that_
     (failed,) = trials(storage)
     reason = "interrupted (SIGINT)" if name == "SIGINT" else "terminated (exit 143)"
     assert failed.state == TrialState.FAIL and failed.user_attrs["reason"] == reason
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_resumed_study_proposes_new_points_and_the_same_ones_for_the_same_rerun(
+    tmp_path, monkeypatch, workers
+):
+    """A re-run for more trials (or after Ctrl-C) seeds its samplers from `--seed` and the trials the
+    study holds: it draws none of the first run's points again (every sampler starts from seeded
+    random draws, so the same seed proposed them one for one), and one process's same re-run draws
+    the same."""
+    monkeypatch.chdir(tmp_path)  # best.json
+    runs = []
+    for copy in ("a", "b"):
+        storage = f"sqlite:///{tmp_path / copy}.db"
+        args = ["--epochs", "1", "--sampler", "random", "--pruner", "none", "--no-final"]
+        args += ["--storage", storage]
+        for n in (4, 8):
+            result = invoke(*args, "--n-trials", str(n), "--workers", str(workers))
+            assert result.exit_code == 0, result.output
+        points = {t.number: tuple(sorted(t.params.items())) for t in finished(trials(storage))}  # no surplus
+        assert len(points) == 8 and len(set(points.values())) == 8, points
+        runs.append(points)
+    if workers == 1:  # with workers, how many trials each one draws depends on timing
+        assert runs[0] == runs[1]

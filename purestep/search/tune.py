@@ -8,6 +8,7 @@ study is compared with this run's definition before anything is written to it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -100,6 +101,8 @@ class TuneOptions:
     """None until the data is loaded: then the task's default (`resolve_for_data`)."""
     denormals: str = "flush"
     """`flush`: denormal floats are zero on the CPU while trials train (`core/denormals.py`); `keep`."""
+    sampler_seed: int | None = None
+    """None until the study is open: then the seed its samplers draw from (`sampler_seed`)."""
 
     @property
     def space(self) -> Space:
@@ -460,6 +463,10 @@ def tune(
     storage = open_storage(url, create=True)
     with storage_errors(url):
         study, created = open_study(storage, options.study, options.spec(), sampler, pruner)
+        held = len(study.get_trials(deepcopy=False))
+        options = replace(options, sampler_seed=sampler_seed(options.seed, held))
+        if held:  # resumed: not the first run's draws again
+            study.sampler = make_sampler(options.sampler, options.sampler_seed)
         queued = ensure_baseline(study, space, options.n_trials, model_defaults(options.model))
         left = options.n_trials - count(study.get_trials(deepcopy=False), TAKEN)
         speed = choose_speed(options, len(splits.y_fit), left, saved_steps(options, splits))
@@ -564,10 +571,19 @@ def worker_device(device: str, index: int, gpus: int) -> str:
     return f"cuda:{index % gpus}"
 
 
+def sampler_seed(seed: int, held: int) -> int:
+    """The seed a study's samplers draw from: `seed` for a new study; for one resumed with `held`
+    trials, a 32-bit seed drawn from both, so a re-run (after Ctrl-C, or for more trials) does
+    not propose the first run's points again, and the same re-run proposes the same ones."""
+    if held == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed} {held}".encode()).digest()[:4], "little")
+
+
 def run_worker(options: TuneOptions, index: int, deadline: float | None) -> int:
     """One worker process's share: load the data, join the study, run trials until it is full.
 
-    The sampler is seeded with `seed + index`, so workers do not propose the same points. With
+    The sampler is seeded with `sampler_seed + index`, so workers do not propose the same points. With
     `--device cuda` on a machine with several GPUs, worker k runs on `cuda:k % n` (`worker_device`).
     Returns how many trials it finished.
     """
@@ -587,7 +603,7 @@ def run_worker(options: TuneOptions, index: int, deadline: float | None) -> int:
         study = optuna.load_study(
             study_name=options.study,
             storage=storage,
-            sampler=make_sampler(options.sampler, (options.seed + index) % 2**32),  # a seed is 32 bits
+            sampler=make_sampler(options.sampler, (options.sampler_seed + index) % 2**32),  # 32 bits
             pruner=make_pruner(options.pruner, options.epochs),
         )
         from purestep.core.denormals import flushed
