@@ -89,6 +89,29 @@ def test_tune_searches_a_cnns_own_arguments_and_names_the_model(tmp_path, batch)
     assert any(k.endswith("running_mean") for k in tensors)  # buffers are saved beside params
 
 
+def test_a_fixed_model_argument_holds_the_spaces_parameter_for_it(tmp_path):
+    """`--model-arg width=8` with a space that searches `model.width`: every trial (the baseline too)
+    trains width 8, and best.json and the saved weights say so; the space searched it, and its
+    draw, not the command line's value, was what trials trained and best.json reported."""
+    result, storage = _tune(tmp_path, "--n-trials", "3", "--sampler", "random", "--model-arg", "width=8")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="purestep-digits", storage=storage)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and all(t.user_attrs["config"]["model_args"]["width"] == 8 for t in done)
+    assert next(t for t in done if t.user_attrs.get("baseline")).user_attrs["config"]["model_args"] == {
+        "dropout": 0.5,  # ConvNet's default: not fixed, still searched
+        "width": 8,
+    }
+    assert len({t.user_attrs["config"]["model_args"]["dropout"] for t in done}) == 3
+    best = json.loads((tmp_path / "out" / "best.json").read_text())
+    assert best["model_args"] == {"dense": 16, "width": 8} and best["config"]["model_args"]["width"] == 8
+    tensors, _ = load(tmp_path / "out" / "best.safetensors")
+    assert tensors["features.0.weight"].shape[0] == 8
+    wrong = runner.invoke(app, ["tune", "--dataset", "digits", "--model", "cnn", "--model-arg", "width=wide",
+                                "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--no-final"])
+    assert wrong.exit_code == 2 and not (tmp_path / "x.db").exists(), wrong.output
+
+
 def test_resuming_with_another_model_is_refused(tmp_path):
     result, _ = _tune(tmp_path, "--n-trials", "1", "--no-final")
     assert result.exit_code == 0, result.output
@@ -107,7 +130,7 @@ def test_resuming_with_another_model_is_refused(tmp_path):
         (["--model", "vgg"], "unknown model 'vgg'"),
         (["--model-arg", "depth=2"], "takes no argument 'depth'"),
         (["--model", "cnn", "--model-arg", "width=0"], "--model cnn cannot run on the data: RuntimeError"),
-        (["--model", "cnn", "--model-arg", "dropout=nan"], "--model cnn cannot run on the data"),
+        (["--model", "cnn", "--model-arg", "dropout=nan"], "--model-arg: [dropout] value: must be finite"),
         (["--val-fraction", "0.9999"], "--val-fraction: holding out 0.9999 of 1437 rows leaves none"),
         (["--space", "mlp-dropout"], "the space's model.dropout = 0.0: model 'mlp' takes no argument"),
         (["--model", "cnn", "--space", "zero-width"], "model.width = 0: --model cnn cannot run on the data"),

@@ -222,12 +222,17 @@ def tune(
     model's own arguments (`key = "model.dropout"`). At the end: the best trial, best.json, and the
     best and the tutorial's configurations re-trained on the whole training set and tested once.
     """
-    from purestep.search.space import SpaceError, load_space
+    from purestep.search.space import SpaceError, holding, load_space
 
+    model_args = parse_model_args(model_arg)
     try:
         search_space = load_space(space, model, _task(dataset, loss))
     except SpaceError as e:
         raise typer.BadParameter(str(e), param_hint="--space") from None
+    try:
+        search_space = holding(search_space, model_args)
+    except SpaceError as e:
+        raise typer.BadParameter(str(e), param_hint="--model-arg") from None
     if show_space:
         typer.echo(search_space.to_toml(), nl=False)
         return
@@ -263,7 +268,7 @@ def tune(
         impl=impl.value,
         threads=None if threads == "auto" else int(threads),
         model=model,
-        model_args=parse_model_args(model_arg),
+        model_args=model_args,
         loss=loss.value if loss is not None else None,
         denormals=denormals.value,
     )

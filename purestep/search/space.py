@@ -331,6 +331,25 @@ def load_space(path: str | Path | None, model: str = "mlp", task: str = "classif
     return parse_space(text, str(path), base)
 
 
+def holding(space: Space, model_args: Mapping[str, Any]) -> Space:
+    """`space` with each `model.NAME` parameter whose NAME a fixed `--model-arg` sets held at that
+    value: what the command line fixes, trials train, the baseline takes and `best.json` reports.
+
+    Raises:
+        SpaceError: a value the parameter's setting does not take (`[name] value: ...`).
+    """
+    tables = space.to_tables()
+    held = {}
+    for name, table in tables.items():
+        key = str(table.get("key", name))
+        if key.startswith(MODEL_PREFIX) and key.removeprefix(MODEL_PREFIX) in model_args:
+            held[name] = {"value": model_args[key.removeprefix(MODEL_PREFIX)]}
+    if not held:
+        return space
+    merged, origin = _merge(tables, held, _Locator("", ""))  # no file: the message names no place
+    return _build(merged, origin)
+
+
 MODEL_SPACES_TOML = {
     "cnn": """
 # The CNN's own arguments (zoo model `cnn`); its defaults are the tutorial trial's.
@@ -465,9 +484,10 @@ def _build(tables: dict[str, dict[str, Any]], origin: dict[tuple[str, str | None
     """Validate plain tables into a `Space`, or raise `SpaceError` naming where."""
 
     def fail(name: str, field: str | None, message: str) -> SpaceError:
-        place = origin.get((name, field)) or origin.get((name, None)) or "default space"
+        place = origin.get((name, field)) or origin.get((name, None))
+        place = "default space: " if place is None else f"{place}: " if place else ""
         label = f"[{name}] {field}" if field else f"[{name}]"
-        return SpaceError(f"{place}: {label}: {message}")
+        return SpaceError(f"{place}{label}: {message}")
 
     params: dict[str, Param] = {}
     for name, table in tables.items():

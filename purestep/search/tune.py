@@ -467,7 +467,8 @@ def tune(
         options = replace(options, sampler_seed=sampler_seed(options.seed, held))
         if held:  # resumed: not the first run's draws again
             study.sampler = make_sampler(options.sampler, options.sampler_seed)
-        queued = ensure_baseline(study, space, options.n_trials, model_defaults(options.model))
+        tutorial_model = model_defaults(options.model) | options.model_args  # the baseline's model
+        queued = ensure_baseline(study, space, options.n_trials, tutorial_model)
         left = options.n_trials - count(study.get_trials(deepcopy=False), TAKEN)
         speed = choose_speed(options, len(splits.y_fit), left, saved_steps(options, splits))
         impl = "compiled" if speed.compiled else "eager"
