@@ -65,6 +65,32 @@ def test_report_text(study: str, tmp_path: Path) -> None:
     assert "wrote" not in text
 
 
+def test_report_shows_the_model_arguments_the_space_searches(tmp_path: Path) -> None:
+    """`--model cnn`'s default space searches model.dropout and model.width; a trial stores them in
+    its config's `model_args`, and the report's columns and JSON show each trial's own values."""
+    storage = f"sqlite:///{tmp_path / 'cnn.db'}"
+    args = ["tune", "--model", "cnn", "--dataset", "digits", "--epochs", "1", "--n-trials", "2"]
+    result = runner.invoke(app, [*args, "--storage", storage, "--no-final", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="purestep-digits", storage=storage).get_trials()
+    drawn = {t.number: t.user_attrs["config"]["model_args"] for t in trials}
+    assert len(drawn) == 2 and all({"dropout", "width"} <= set(a) for a in drawn.values())
+
+    result = runner.invoke(app, ["report", "--storage", storage, "--no-plots", "--json"])
+    assert result.exit_code == 0, result.output
+    top = json.loads(result.stdout)["top"]
+    assert {r["trial"]: r["config"]["model_args"] for r in top} == drawn
+
+    result = runner.invoke(app, ["report", "--storage", storage, "--no-plots"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = lines[2].replace("val acc", "val_acc").split()
+    rows = [dict(zip(header, line.split())) for line in lines[3 : 3 + len(top)]]
+    assert {int(r["trial"]): (r["model.dropout"], r["model.width"]) for r in rows} == {
+        n: (f"{a['dropout']:.4g}", str(a["width"])) for n, a in drawn.items()
+    }
+
+
 def test_report_names_the_study_when_the_storage_has_several(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 's.db'}"
     for name in ("one", "two"):

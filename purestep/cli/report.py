@@ -93,9 +93,12 @@ def _value(value: float | None, accuracy: bool) -> str:
 
 
 def _cells(r: Row, keys: list[str], accuracy: bool) -> list[str]:
+    from purestep.search.space import config_settings
+
     value = _value(r.value, accuracy)
     seconds = "-" if r.seconds is None else f"{r.seconds:.1f}"
-    return [str(r.number), r.state.lower(), value, seconds, *(_fmt(r.config.get(k)) for k in keys)]
+    settings = config_settings(r.config)
+    return [str(r.number), r.state.lower(), value, seconds, *(_fmt(settings.get(k)) for k in keys)]
 
 
 def _gain(base: float, best: float, metric: str, accuracy: bool, minimize: bool) -> str:

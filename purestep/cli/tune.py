@@ -363,14 +363,15 @@ def _fmt(value: Any) -> str:
 
 def _summary(outcome: Outcome, space: Space) -> str:
     """The end-of-run table: the baseline and the best trial, the final test, and the files written."""
+    from purestep.search.space import config_settings
+
     keys = list(dict.fromkeys(p.key for p in space.params))
     header = ["", "trial", "val acc" if outcome.accuracy else "val mse", *keys]
     rows = [header]
     for label, trial in (("baseline", outcome.baseline), ("best", outcome.best)):
         if trial is None:
             continue
-        config = dict(trial.user_attrs.get("config") or {})
-        config |= {f"model.{k}": v for k, v in config.get("model_args", {}).items()}
+        config = config_settings(trial.user_attrs.get("config") or {})
         value = "-" if trial.value is None else _value(trial.value, outcome.accuracy)
         if trial.state.name == "PRUNED":
             value += " (pruned)"

@@ -562,6 +562,11 @@ def model_args(settings: Mapping[str, Scalar]) -> dict[str, Scalar]:
     return {k.removeprefix(MODEL_PREFIX): v for k, v in settings.items() if k.startswith(MODEL_PREFIX)}
 
 
+def config_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's stored config by the keys a space names: its `model_args` table also as `model.NAME`."""
+    return {**config, **{MODEL_PREFIX + k: v for k, v in config.get("model_args", {}).items()}}
+
+
 def _value(name: str, field: str, value: Any, setting: Setting, fail: Callable[..., SpaceError]) -> Scalar:
     if setting.kind is float and _is_kind(value, int):
         value = float(value)
