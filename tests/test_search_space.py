@@ -7,9 +7,10 @@ import re
 
 import optuna
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from purestep.core.settings import show
 from purestep.search.objective import TrialConfig, optuna_suggest
 from purestep.search.space import (
     SETTINGS,
@@ -156,6 +157,29 @@ def test_stored_space_round_trip_and_difference() -> None:
     assert difference(default_space(), space) == "[hidden] is in this space but not in the study's"
     narrowed = parse_space("[adam_lr]\nlow = 1e-4\n", "space.toml")
     assert difference(default_space(), narrowed) == "[adam_lr] low is 1e-05 in the study, 0.0001 here"
+
+
+KINDED = st.one_of(st.booleans(), st.integers(-2, 2), st.sampled_from([-1.0, 0.0, 1.0, 2.0, 0.5]))
+"""Values that Python's == confuses across kinds: 1 == 1.0 == True, 0 == 0.0 == False."""
+
+
+@given(KINDED, KINDED, st.sampled_from(["value", "choices", "low"]))
+def test_a_value_written_as_another_kind_is_another_space(old: object, new: object, field: str) -> None:
+    """A model argument's kind is its values' kind: `low = 16` draws integers, `low = 16.0` floats,
+    which a study cannot resume; equal numbers of another kind are a difference, named like any."""
+    assume(field != "low" or not isinstance(old, bool) and not isinstance(new, bool))
+
+    def space(value: object) -> Space:
+        written = {"value": show(value), "choices": f"[{show(value)}]", "low": f"{show(value)}\nhigh = 3"}
+        text = f'[x]\nkey = "model.x"\n{field} = {written[field]}\n'
+        return parse_space(text, "space.toml", base=Space((), ()))
+
+    found = difference(space_from_json(space(old).to_json()), space(new))
+    if type(old) is type(new) and old == new:
+        assert found is None
+    else:
+        shown = (f"[{show(old)}]", f"[{show(new)}]") if field == "choices" else (show(old), show(new))
+        assert found == f"[x] {field} is {shown[0]} in the study, {shown[1]} here"
 
 
 # ---- properties over generated space definitions ---------------------------------------------------

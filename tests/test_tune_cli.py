@@ -256,6 +256,30 @@ def test_resuming_with_another_definition_is_refused_and_leaves_the_storage(
     assert list(tmp_path.iterdir()) == [space]
 
 
+def test_resuming_with_a_range_rewritten_in_floats_is_refused_before_any_trial(tmp_path: Path) -> None:
+    """`low = 16` and `low = 16.0` are equal numbers, but a model argument's range of integers becomes
+    a range of floats, which Optuna cannot resume: refused as a changed space, nothing written."""
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\n"
+        "def make(in_features, width=32):\n"
+        "    w = int(width)\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, w), nn.ReLU(), nn.Linear(w, 10))\n"
+    )
+    ints, floats = tmp_path / "ints.toml", tmp_path / "floats.toml"
+    ints.write_text('[width]\nkey = "model.width"\nlow = 16\nhigh = 64\n')
+    floats.write_text('[width]\nkey = "model.width"\nlow = 16.0\nhigh = 64.0\n')
+    db = tmp_path / "s.db"
+    common = ["--model", f"{tmp_path / 'net.py'}:make", "--storage", f"sqlite:///{db}", "--no-final"]
+    common += ["--out", str(tmp_path / "out")]
+    first = invoke("--n-trials", "1", "--space", str(ints), *common)
+    assert first.exit_code == 0, first.output
+    before = digest(db)
+    line = one_line_error(invoke("--n-trials", "2", "--space", str(floats), *common), 2)
+    assert "the search space differs: [width] high is 64 in the study, 64.0 here" in line
+    assert "Invalid value for --study" in line
+    assert digest(db) == before
+
+
 def test_show_space_prints_the_merged_space_as_toml(tmp_path: Path) -> None:
     assert parse_space(runner.invoke(app, ["tune", "--show-space"]).stdout).to_tables() == (
         default_space().to_tables()

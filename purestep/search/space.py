@@ -397,16 +397,20 @@ def space_from_json(text: str) -> Space:
 
 
 def difference(stored: Space, given: Space) -> str | None:
-    """One line on how `given` differs from `stored`, or None when they are the same definition."""
+    """One line on how `given` differs from `stored`, or None when they are the same definition.
+
+    A value written as another kind is a change (16 is not 16.0, true is not 1): it can turn a
+    parameter's draws from integers to floats, which a study cannot resume.
+    """
     a, b = stored.to_tables(), given.to_tables()
     for name in list(a) + [n for n in b if n not in a]:
         if name not in b:
             return f"[{name}] is in the study's space but not in this one"
         if name not in a:
             return f"[{name}] is in this space but not in the study's"
-        if a[name] != b[name]:
+        if _canonical(a[name]) != _canonical(b[name]):
             fields = sorted(set(a[name]) | set(b[name]))
-            changed = next(f for f in fields if a[name].get(f) != b[name].get(f))
+            changed = next(f for f in fields if _canonical(a[name].get(f)) != _canonical(b[name].get(f)))
             old, new = a[name].get(changed, "(unset)"), b[name].get(changed, "(unset)")
             return f"[{name}] {changed} is {_show(old)} in the study, {_show(new)} here"
     return None
@@ -722,6 +726,11 @@ def _same(a: Any, b: Any) -> bool:
 
 def _member(value: Scalar, values: tuple[Scalar, ...]) -> bool:
     return any(_same(value, v) for v in values)
+
+
+def _canonical(value: Any) -> str:
+    """Plain data as JSON with sorted keys: equal only for equal values of the same kinds."""
+    return json.dumps(value, sort_keys=True)
 
 
 def _plain(value: Any) -> Any:
