@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import select
 import signal
 import subprocess
@@ -364,6 +365,21 @@ def test_ctrl_c_mid_trial_fails_that_trial_keeps_the_rest_and_a_rerun_completes(
     ts = trials(storage)
     assert len(finished(ts)) == 3 and not [t for t in ts if t.state == TrialState.RUNNING]
     assert {t.number: t.value for t in finished(ts) if t.number in done_before} == done_before
+
+
+def test_workers_print_a_progress_line_as_the_finished_count_grows(tmp_path: Path) -> None:
+    """Off a terminal (the runner's stderr is not one), a line `N of 4 finished`, as one worker prints,
+    each time the count grows, though with two workers a trial is almost always running. The parent
+    polls the storage every 0.5 s: 20 epochs make a trial longer than that, so some poll falls between
+    the first trial's end and the last's."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["tune", "--dataset", "digits", "--epochs", "20", "--n-trials", "4", "--workers", "2"]
+    result = runner.invoke(app, [*args, "--storage", storage, "--no-final", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    line = re.compile(r"(\d+) of 4 finished \| (best \d+\.\d\d% \(trial \d+\)|no best yet) \| \d+\.\ds")
+    counts = [int(m[1]) for m in map(line.fullmatch, result.stderr.splitlines()) if m]
+    assert counts == sorted(set(counts)) and counts[-1] == 4, result.stderr
+    assert {1, 2, 3} & set(counts), result.stderr  # not only the start and the end
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])

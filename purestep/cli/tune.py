@@ -293,7 +293,8 @@ def tune(
 
 
 class _LiveLine:
-    """The progress line on stderr: rewritten in place on a terminal, one line per trial otherwise."""
+    """The progress line on stderr: rewritten in place on a terminal; otherwise a line when a trial
+    ends here and whenever the count of finished trials changes (with workers, trials still running)."""
 
     def __init__(self, tty: bool) -> None:
         self.tty = tty
@@ -304,23 +305,22 @@ class _LiveLine:
         key = (p.running, p.finished)
         if key == self.last:
             return
+        counted = self.last is not None and p.finished != self.last[1]
         self.last = key
         best = (
             f"best {_value(p.best_value, p.accuracy)} (trial {p.best_number})"
             if p.best_value is not None
             else "no best yet"
         )
-        if p.running is not None:
-            head = f"trial {p.finished + 1} of {p.n_trials} running (number {p.running})"
-        else:
-            head = f"{p.finished} of {p.n_trials} finished"
-        text = f"{head} | {best} | {p.elapsed:.1f}s"
+        finished = f"{p.finished} of {p.n_trials} finished"
         if self.tty:
+            head = f"trial {p.finished + 1} of {p.n_trials} running (number {p.running})"
+            text = f"{head if p.running is not None else finished} | {best} | {p.elapsed:.1f}s"
             sys.stderr.write("\r" + text.ljust(self.width))
             sys.stderr.flush()
             self.width = len(text)
-        elif p.running is None:
-            sys.stderr.write(text + "\n")
+        elif p.running is None or counted:
+            sys.stderr.write(f"{finished} | {best} | {p.elapsed:.1f}s\n")
             sys.stderr.flush()
 
     def close(self) -> None:
