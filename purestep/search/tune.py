@@ -380,9 +380,9 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
         except Exception as e:  # the user's model: any error is theirs to read, in one line
             cause = f"{type(e).__name__}: {one_line(e)}"
             raise UsageError(f"{where}--model {options.model} cannot run on the data: {cause}") from None
-        if top is not None and out.shape[-1] <= top:  # the batched loss would score such a label as 0
-            raise UsageError(
-                f"{where}--model {options.model} gives {out.shape[-1]} outputs a row for labels up to {top}"
+        if top is not None and out.ndim > 1 and out.shape[1] <= top:  # dim 1: the classes, as torch's losses
+            raise UsageError(  # the batched loss would score such a label as 0
+                f"{where}--model {options.model} gives {out.shape[1]} outputs a row for labels up to {top}"
             )
 
 
