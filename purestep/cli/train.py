@@ -212,7 +212,7 @@ def _check_fresh(checkpoint: Path, resume: bool) -> None:
     (its epochs would replace some of theirs and leave the rest)."""
     from purestep.core.checkpoint import latest
 
-    if not resume and checkpoint.is_dir() and latest(checkpoint) is not None:
+    if not resume and latest(checkpoint) is not None:
         raise typer.BadParameter(
             f"{checkpoint} holds the checkpoints of another run; pass --resume to continue it, "
             "or give another --checkpoint folder"

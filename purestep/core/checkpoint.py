@@ -51,6 +51,8 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"epoch-{epoch + 1:04d}"
+    if latest(directory) == final.name:  # deleting it before its replacement is in place loses it
+        raise PurestepError(f"{final} is the latest checkpoint in {directory}; it is not written over")
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}."))
     try:
         save(tmp / "params.safetensors", params)
@@ -62,9 +64,6 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if final.exists():  # written by a run that stopped before pointing at it (never the latest)
-        if latest(directory) == final.name:
-            shutil.rmtree(tmp)
-            raise PurestepError(f"{final} is the latest checkpoint in {directory}; it is not written over")
         shutil.rmtree(final)
     os.replace(tmp, final)
     write_json(directory / LATEST, {"checkpoint": final.name, "epoch": epoch}, indent=1)
