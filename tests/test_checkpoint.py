@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +132,50 @@ def test_the_latest_checkpoint_is_never_written_over(tmp_path):
         save_checkpoint(tmp_path, 0, {k: v + 1 for k, v in params.items()}, buffers, state, {"history": []})
     assert {str(p): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001", LATEST]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads fds' paths from /proc")
+def test_each_rename_into_place_is_followed_by_a_sync_of_the_folder_holding_it(tmp_path, monkeypatch):
+    """A rename is on disk only once its folder is: without syncing it, a power loss after the rename
+    can bring back the old name. The checkpoint folder's rename and latest.json's are each followed
+    by a sync of `tmp_path` before anything else happens."""
+    params, buffers = mlp(4, (3,), 2).init(0)
+    state = sgd(0.1).init(params)
+    events: list[tuple[str, Path]] = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append(("replace", Path(dst)))
+
+    def fsync(fd):
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    folder = tmp_path.resolve()
+    save_checkpoint(folder, 0, params, buffers, state, {"history": []})
+    for renamed in (folder / "epoch-0001", folder / LATEST):
+        i = events.index(("replace", renamed))
+        assert events[i + 1] == ("fsync", folder), events
+    assert events.index(("replace", folder / "epoch-0001")) < events.index(("replace", folder / LATEST))
+
+
+def test_a_folder_that_cannot_be_opened_to_sync_is_skipped(tmp_path, monkeypatch):
+    """Where a folder cannot be opened (Windows), its renames go without the sync and nothing fails."""
+    params, buffers = mlp(4, (3,), 2).init(0)
+    state = sgd(0.1).init(params)
+    real_open = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []})
+    assert load_checkpoint(tmp_path).epoch == 0
 
 
 @pytest.mark.parametrize(

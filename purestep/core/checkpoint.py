@@ -3,7 +3,8 @@ safetensors, the rest as JSON.
 
 A checkpoint is a directory `epoch-NNNN/` written under a temporary name and renamed
 into place; `latest.json` is then replaced atomically to point at it. A crash at any
-moment leaves `latest.json` naming a complete checkpoint (or none yet).
+moment leaves `latest.json` naming a complete checkpoint (or none yet), and each rename is
+synced to disk (the folder holding it too) before the next step, so a power loss does as well.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from purestep.core.errors import PurestepError
-from purestep.core.files import write_json
+from purestep.core.files import rename_into_place, write_json
 from purestep.core.interop import load, save
 
 LATEST = "latest.json"
@@ -65,7 +66,7 @@ def save_checkpoint(
         raise
     if final.exists():  # written by a run that stopped before pointing at it (never the latest)
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    rename_into_place(tmp, final)
     write_json(directory / LATEST, {"checkpoint": final.name, "epoch": epoch}, indent=1)
     return final
 

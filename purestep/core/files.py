@@ -6,6 +6,7 @@ half-written one; this is the one place that does it. And where purestep's cache
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -18,6 +19,24 @@ from typing import Any
 def cache_home() -> Path:
     """`$XDG_CACHE_HOME/purestep`, else `~/.cache/purestep`: what purestep keeps and can rebuild."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "purestep"
+
+
+def rename_into_place(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Rename `tmp` (a file or a folder, already synced) onto `path`, then sync `path`'s folder so
+    the rename itself survives a power loss: until the folder's entry is on disk, a crash can
+    bring back the old name (or none)."""
+    os.replace(tmp, path)
+    try:
+        fd = os.open(Path(path).parent, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened on this platform (Windows): its renames are its own
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:  # a file system that does not sync folders
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -33,7 +52,7 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        rename_into_place(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
