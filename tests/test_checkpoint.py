@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from purestep import load, mlp, sgd
 from purestep.cli import app
-from purestep.core.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from purestep.core.checkpoint import LATEST, load_checkpoint, restore_generators, save_checkpoint
 from purestep.core.errors import PurestepError
 
 runner = CliRunner()
@@ -69,7 +69,7 @@ def test_resume_with_fewer_epochs_than_the_checkpoint_ran_is_refused_and_the_che
 def test_a_crash_mid_write_leaves_the_previous_checkpoint_latest(tmp_path):
     params, buffers = mlp(4, (3,), 2).init(0)
     state = sgd(0.1, momentum=0.9).init(params)
-    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []})
+    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []}, device="cpu")
     # what a crash leaves behind: a half-written folder and pointer under temporary names
     (tmp_path / ".epoch-0002.abc").mkdir()
     (tmp_path / ".epoch-0002.abc" / "params.safetensors").write_bytes(b"\x00" * 5)
@@ -80,17 +80,17 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint_latest(tmp_path):
     assert all(
         torch.equal(found.state[k], state[k]) and found.state[k].dtype == state[k].dtype for k in state
     )
-    save_checkpoint(tmp_path, 1, params, buffers, state, {"history": []})
+    save_checkpoint(tmp_path, 1, params, buffers, state, {"history": []}, device="cpu")
     assert load_checkpoint(tmp_path).epoch == 1
 
 
 def test_a_write_that_fails_leaves_no_half_written_folder_and_the_previous_checkpoint_latest(tmp_path):
     params, buffers = mlp(4, (3,), 2).init(0)
     state = sgd(0.1).init(params)
-    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []})
+    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []}, device="cpu")
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(TypeError):  # meta.json cannot hold it: the last file of the folder fails
-        save_checkpoint(tmp_path, 1, params, buffers, state, {"history": [object()]})
+        save_checkpoint(tmp_path, 1, params, buffers, state, {"history": [object()]}, device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert load_checkpoint(tmp_path).epoch == 0
 
@@ -126,12 +126,57 @@ def test_the_latest_checkpoint_is_never_written_over(tmp_path):
     new one is in place; refused, the folder kept and no temporary one left."""
     params, buffers = mlp(4, (3,), 2).init(0)
     state = sgd(0.1).init(params)
-    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []})
+    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []}, device="cpu")
     before = {str(p): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
     with pytest.raises(PurestepError, match="latest checkpoint"):
-        save_checkpoint(tmp_path, 0, {k: v + 1 for k, v in params.items()}, buffers, state, {"history": []})
+        save_checkpoint(
+            tmp_path, 0, {k: v + 1 for k, v in params.items()}, buffers, state, {"history": []}, device="cpu"
+        )
     assert {str(p): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001", LATEST]
+
+
+def test_a_checkpoint_on_a_gpu_keeps_and_restores_that_devices_generator_and_the_cpus(tmp_path, monkeypatch):
+    """Dropout on a GPU draws its masks from that device's generator, not the CPU's: a checkpoint of
+    a run there saves both, and resuming sets both (CUDA's calls stubbed: no GPU is needed)."""
+    params, buffers = mlp(4, (3,), 2).init(0)
+    state = sgd(0.1).init(params)
+    gpu = torch.device("cuda", 0)
+    gpu_state, calls = torch.arange(16, dtype=torch.uint8), []
+    monkeypatch.setattr(
+        torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or gpu_state
+    )
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda s, device: calls.append(("set", device, s.clone()))
+    )
+    torch.manual_seed(3)
+    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []}, device=gpu)
+    expected = torch.rand(5)  # what the CPU's generator draws next after the checkpoint
+    torch.rand(100)
+    found = load_checkpoint(tmp_path)
+    assert sorted(found.rng) == ["cpu", "cuda"] and torch.equal(found.rng["cuda"], gpu_state)
+    restore_generators(found.rng, gpu)
+    assert torch.equal(torch.rand(5), expected)
+    assert [c[:2] for c in calls] == [("get", gpu), ("set", gpu)] and torch.equal(calls[1][2], gpu_state)
+
+
+def test_a_checkpoint_written_on_the_cpu_resumes_on_a_gpu_leaving_its_generator_alone(tmp_path, monkeypatch):
+    """A checkpoint without the GPU's generator (written on the CPU, or before it was kept) loads, and
+    resuming it on a GPU sets the CPU's generator and leaves the GPU's as the run's seed left it."""
+    params, buffers = mlp(4, (3,), 2).init(0)
+    state = sgd(0.1).init(params)
+    torch.manual_seed(4)
+    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []}, device="cpu")
+    expected = torch.rand(5)
+    found = load_checkpoint(tmp_path)
+    assert sorted(found.rng) == ["cpu"]
+
+    def set_rng_state(s, device):
+        raise AssertionError("the GPU's generator was set from a checkpoint that holds none")
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    restore_generators(found.rng, "cuda")
+    assert torch.equal(torch.rand(5), expected)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads fds' paths from /proc")
@@ -155,7 +200,7 @@ def test_each_rename_into_place_is_followed_by_a_sync_of_the_folder_holding_it(t
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(os, "fsync", fsync)
     folder = tmp_path.resolve()
-    save_checkpoint(folder, 0, params, buffers, state, {"history": []})
+    save_checkpoint(folder, 0, params, buffers, state, {"history": []}, device="cpu")
     for renamed in (folder / "epoch-0001", folder / LATEST):
         i = events.index(("replace", renamed))
         assert events[i + 1] == ("fsync", folder), events
@@ -174,7 +219,7 @@ def test_a_folder_that_cannot_be_opened_to_sync_is_skipped(tmp_path, monkeypatch
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", open_)
-    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []})
+    save_checkpoint(tmp_path, 0, params, buffers, state, {"history": []}, device="cpu")
     assert load_checkpoint(tmp_path).epoch == 0
 
 

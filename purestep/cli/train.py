@@ -103,9 +103,7 @@ def _run_functional(
     resume: bool,
     show_progress: bool,
 ):
-    from torch import set_rng_state
-
-    from purestep.core.checkpoint import check_like, load_checkpoint, save_checkpoint
+    from purestep.core.checkpoint import check_like, load_checkpoint, restore_generators, save_checkpoint
     from purestep.core.data import num_batches
     from purestep.core.errors import PurestepError
     from purestep.core.loop import Callbacks, NonFiniteLoss, fit
@@ -133,8 +131,7 @@ def _run_functional(
             check_like(found.state, optimizer.init(params), where)
             params, buffers, state = found.params, found.buffers, found.state
             history, start = found.meta["history"], found.epoch + 1
-            if found.rng is not None:
-                set_rng_state(found.rng)
+            restore_generators(found.rng, device)
     if run["impl"] == Impl.compiled.value:
         set_compile_cache()
 
@@ -149,7 +146,7 @@ def _run_functional(
     def keep(row, p, b, s) -> None:
         history.append(asdict(row))
         if checkpoint is not None:
-            save_checkpoint(checkpoint, row.epoch, p, b, s, {"run": run, "history": history})
+            save_checkpoint(checkpoint, row.epoch, p, b, s, {"run": run, "history": history}, device=device)
 
     callbacks = Callbacks(
         on_epoch_start=epoch_start,

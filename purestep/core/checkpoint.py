@@ -1,4 +1,4 @@
-"""Per-epoch checkpoints: params, buffers, optimizer state and the random generator's state as
+"""Per-epoch checkpoints: params, buffers, optimizer state and the random generators' states as
 safetensors, the rest as JSON.
 
 A checkpoint is a directory `epoch-NNNN/` written under a temporary name and renamed
@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,33 @@ LATEST = "latest.json"
 @dataclass(frozen=True)
 class Checkpoint:
     """What resuming needs: the epoch just finished, params, buffers, optimizer state, the global
-    generator's state (random layers go on drawing where they stopped), and free-form meta."""
+    generators' states (random layers go on drawing where they stopped; `generator_states`), and
+    free-form meta."""
 
     epoch: int
     params: dict[str, Tensor]
     buffers: dict[str, Tensor]
     state: dict[str, Tensor]
     meta: dict[str, Any]
-    rng: Tensor | None = None
+    rng: dict[str, Tensor] = field(default_factory=dict)
+
+
+def generator_states(device: torch.device | str) -> dict[str, Tensor]:
+    """The states of the global generators a run on `device` draws from: the CPU's always, and on a
+    GPU that device's own (dropout there draws its masks from it, not from the CPU's)."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_generators(states: dict[str, Tensor], device: torch.device | str) -> None:
+    """Set the generators `generator_states(device)` reads to `states`; one `states` does not hold
+    (a checkpoint written on the CPU, or before the GPU's was kept) is left as it is."""
+    if "cpu" in states:
+        torch.set_rng_state(states["cpu"])
+    if torch.device(device).type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def save_checkpoint(
@@ -47,8 +66,12 @@ def save_checkpoint(
     buffers: dict[str, Tensor],
     state: dict[str, Tensor],
     meta: dict[str, Any],
+    *,
+    device: torch.device | str,
 ) -> Path:
-    """Write the checkpoint of `epoch` (0-based, finished) and make it the latest; returns its folder."""
+    """Write the checkpoint of `epoch` (0-based, finished) and make it the latest; returns its folder.
+
+    `device` is the run's: the generators it draws from are saved (`generator_states`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"epoch-{epoch + 1:04d}"
@@ -59,7 +82,7 @@ def save_checkpoint(
         save(tmp / "params.safetensors", params)
         save(tmp / "buffers.safetensors", buffers)
         save(tmp / "state.safetensors", state)
-        save(tmp / "rng.safetensors", {"cpu": torch.get_rng_state()})
+        save(tmp / "rng.safetensors", generator_states(device))
         write_json(tmp / "meta.json", {"epoch": epoch, **meta}, indent=1)
     except BaseException:  # a full disk, a signal: no half-written folder left behind
         shutil.rmtree(tmp, ignore_errors=True)
@@ -112,7 +135,7 @@ def load_checkpoint(
         rng, _ = load(folder / "rng.safetensors")
     except PurestepError as e:
         raise PurestepError(f"cannot read the checkpoint in {directory}: {e}") from None
-    return Checkpoint(int(meta.pop("epoch")), params, buffers, state, meta, rng.get("cpu"))
+    return Checkpoint(int(meta.pop("epoch")), params, buffers, state, meta, rng)
 
 
 def check_like(found: dict[str, Tensor], template: dict[str, Tensor], what: str) -> None:
