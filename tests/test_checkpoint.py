@@ -48,8 +48,54 @@ def test_resume_with_other_settings_is_refused_and_the_checkpoint_kept(tmp_path)
     result = runner.invoke(
         app, [*BASE, "--epochs", "2", "--lr", "0.1", "--checkpoint", str(ckpt), "--resume"]
     )
-    assert result.exit_code == 2 and "other settings (optimizer)" in result.stderr
+    assert result.exit_code == 2
+    assert "other settings (optimizer.lr: 0.05 in the checkpoint, 0.1 now)" in result.stderr, result.stderr
     assert {p.name: p.stat().st_mtime_ns for p in ckpt.rglob("*")} == before
+
+
+def _bytes(folder):
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("written, given", [("fp32", "bf16"), ("bf16", "fp32")])
+def test_resume_with_another_precision_is_refused_naming_both_and_the_checkpoint_kept(
+    tmp_path, written, given
+):
+    """bf16 matmuls are other arithmetic than fp32's: resuming with the other would silently change the
+    rest of the run. A usage error before any training, one line naming the setting and both values,
+    every byte of the checkpoint as it was."""
+    ckpt = tmp_path / "ckpt"
+    first = runner.invoke(app, [*BASE, "--epochs", "1", "--precision", written, "--checkpoint", str(ckpt)])
+    assert first.exit_code == 0, first.output
+    before = _bytes(ckpt)
+    result = runner.invoke(
+        app, [*BASE, "--epochs", "2", "--precision", given, "--checkpoint", str(ckpt), "--resume"]
+    )
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
+    assert f"other settings (precision: {written} in the checkpoint, {given} now)" in result.stderr
+    assert _bytes(ckpt) == before
+
+
+@pytest.mark.parametrize("given, exit_code", [("fp32", 0), ("bf16", 2)])
+def test_a_checkpoint_that_records_no_precision_resumes_as_the_fp32_run_that_wrote_it(
+    tmp_path, given, exit_code
+):
+    """Checkpoints written before the precision was recorded come from fp32 runs (the only precision
+    then): they resume at fp32 and are refused at bf16."""
+    ckpt = tmp_path / "ckpt"
+    assert runner.invoke(app, [*BASE, "--epochs", "1", "--checkpoint", str(ckpt)]).exit_code == 0
+    meta = json.loads((ckpt / "epoch-0001" / "meta.json").read_text())
+    del meta["run"]["precision"]
+    (ckpt / "epoch-0001" / "meta.json").write_text(json.dumps(meta))
+    result = runner.invoke(
+        app, [*BASE, "--epochs", "2", "--precision", given, "--checkpoint", str(ckpt), "--resume"]
+    )
+    assert result.exit_code == exit_code, result.output
+    if exit_code:
+        assert "other settings (precision: fp32 in the checkpoint, bf16 now)" in result.stderr
+    else:
+        assert result.stdout.startswith("Epoch 2\n")
 
 
 def test_resume_with_fewer_epochs_than_the_checkpoint_ran_is_refused_and_the_checkpoint_kept(tmp_path):

@@ -201,7 +201,12 @@ RESUME_KEYS = (
     "seed",
     "shuffle",
     "optimizer",
+    "precision",
 )
+"""The settings a checkpoint resumes only with; more epochs, another impl or device are let through."""
+
+ADDED = {"precision": "fp32"}
+"""Settings recorded since the first checkpoints, as the runs that wrote those ran."""
 
 
 def _check_fresh(checkpoint: Path, resume: bool) -> None:
@@ -217,19 +222,34 @@ def _check_fresh(checkpoint: Path, resume: bool) -> None:
 
 
 def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Path) -> None:
-    """A checkpoint resumes only the run that wrote it (more epochs and another impl are fine)."""
+    """A checkpoint resumes only the run that wrote it: a usage error naming each setting that
+    differs and both its values. More epochs are fine, and so is another impl (eager and compiled
+    take the same steps, to float32 rounding); another precision is not (bf16 matmuls would change
+    the arithmetic of the rest of the run)."""
     from purestep.core.optim import OptimizerConfig
 
-    before = dict(saved.get("run", {}))
+    before = ADDED | dict(saved.get("run", {}))
     now = json.loads(json.dumps(run))
     if isinstance(before.get("optimizer"), dict):  # fields added since the checkpoint keep their defaults
         before["optimizer"] = json.loads(json.dumps(OptimizerConfig().to_dict())) | before["optimizer"]
-    changed = [k for k in RESUME_KEYS if before.get(k) != now[k]]
+    changed = [d for k in RESUME_KEYS for d in _differences(k, before.get(k), now[k])]
     if changed:
         raise typer.BadParameter(
-            f"the checkpoint in {checkpoint} was written with other settings ({', '.join(changed)}); "
+            f"the checkpoint in {checkpoint} was written with other settings ({'; '.join(changed)}); "
             "use another --checkpoint directory or the same settings"
         )
+
+
+def _differences(name: str, before: Any, now: Any) -> list[str]:
+    """`name: <before> in the checkpoint, <now> now` for the setting, or for each field of a table
+    that differs (`optimizer.lr`); none when they are equal."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        fields = [*now, *(k for k in before if k not in now)]
+        return [d for k in fields for d in _differences(f"{name}.{k}", before.get(k), now.get(k))]
+    if before == now:
+        return []
+    shown = [v if isinstance(v, str) else json.dumps(v) for v in (before, now)]
+    return [f"{name}: {shown[0]} in the checkpoint, {shown[1]} now"]
 
 
 @app.command()
