@@ -528,3 +528,20 @@ def test_a_package_under_another_settings_name_is_never_loaded(store, monkeypatc
     assert [a[5] for a in calls] == [True, False]  # for every batch size, then for this one
     assert any("not saved" in str(w.message) for w in caught)
     assert bf16._compiled is not None  # compiled in this process instead
+
+
+def test_a_sidecar_a_crash_cut_short_is_rebuilt_not_read(store):
+    """A sidecar cut off mid-write (a crash, a full disk) is no package: the next step builds it
+    again, and the sidecar is then written whole, where before it was read and raised."""
+    model, optimizer = mlp(6, (5,), 3), sgd(0.1)
+    params, buffers = model.init(0)
+    args = (params, buffers, optimizer.init(params), *_batch())
+    compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")(*args)
+    (package,) = store.glob("*.pt2")
+    sidecar = package.with_suffix(".json")
+    whole = sidecar.read_text()
+    sidecar.write_text(whole[: len(whole) // 2])
+    again = compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")
+    again(*args)
+    assert json.loads(sidecar.read_text()) == json.loads(whole)
+    assert again.direct() is not None

@@ -41,6 +41,7 @@ from torch.overrides import TorchFunctionMode
 
 from purestep.core import fastpath
 from purestep.core.errors import holding_signals
+from purestep.core.files import write_json
 
 Runner = Callable[[list[Tensor]], list[Tensor]]
 Structure = list[list[str] | None]
@@ -408,7 +409,7 @@ def build(
     try:
         aoti_compile_and_package(exported, package_path=tmp, inductor_configs=options)
         sidecar = {"parts": parts, "results": results["structure"], "single": results["single"]}
-        path.with_suffix(".json").write_text(json.dumps(sidecar))
+        write_json(path.with_suffix(".json"), sidecar, indent=0)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -421,7 +422,10 @@ def _sidecar(path: Path, parts: dict[str, Any]) -> dict[str, Any] | None:
     sidecar = path.with_suffix(".json")
     if not (path.exists() and sidecar.exists()):
         return None
-    saved = json.loads(sidecar.read_text())
+    try:
+        saved = json.loads(sidecar.read_text())
+    except (OSError, ValueError):  # cut off by a crash before sidecars were written whole: rebuilt
+        return None
     return saved if saved["parts"] == json.loads(json.dumps(parts)) else None
 
 
