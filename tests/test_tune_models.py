@@ -211,3 +211,55 @@ def test_zero_hidden_layers_is_a_linear_model():
     assert parse_space("[layers]\nchoices = [0, 1]\n").params  # 0 is a valid depth in a space file
     with pytest.raises(SpaceError, match="layers"):
         parse_space("[layers]\nchoices = [-1, 1]\n")
+
+
+@given(
+    name=st.sampled_from(["cross_entropy", "nll"]),
+    reduction=st.sampled_from(["mean", "sum"]),
+    rows=st.integers(1, 5),
+    classes=st.integers(1, 5),
+    positions=st.one_of(st.none(), st.integers(1, 4)),
+    trials=st.integers(1, 3),
+    ignored=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_the_shape_free_loss_is_torchs(name, reduction, rows, classes, positions, trials, ignored, seed):
+    """The loss of stacked pool steps equals torch's with its default arguments, alone and under
+    vmap over a trial axis: classes on dim 1 ((N, C), or (N, C, L) with labels (N, L), C == L too)
+    and labels of -100 left out of the sum and of the mean's count."""
+    import torch
+
+    from purestep.core.losses import loss_fn, shape_free_loss_fn
+
+    g = torch.Generator().manual_seed(seed)
+    shape = (trials, rows, classes) + ((positions,) if positions else ())
+    out = torch.randn(shape, generator=g)
+    if name == "nll":
+        out = out.log_softmax(2)
+    y = torch.randint(0, classes, (trials, rows) + ((positions,) if positions else ()), generator=g)
+    y = torch.where(torch.rand(y.shape, generator=g) < ignored, -100, y)
+
+    def shape_free(o, t):
+        return shape_free_loss_fn(name)(o, t, reduction=reduction)
+
+    expected = torch.stack([loss_fn(name)(o, t, reduction=reduction) for o, t in zip(out, y)])
+    alone = torch.stack([shape_free(o, t) for o, t in zip(out, y)])
+    stacked = torch.func.vmap(shape_free)(out, y)
+    for got in (alone, stacked):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True)  # all -100: nan
+
+
+def test_the_shape_free_loss_keeps_positions_and_takes_probabilities():
+    """reduction="none" keeps a loss per position (0 where the label is -100), and cross_entropy
+    takes class probabilities in place of labels, as torch's."""
+    import torch
+
+    from purestep.core.losses import loss_fn, shape_free_loss_fn
+
+    g = torch.Generator().manual_seed(0)
+    out, y = torch.randn(4, 3, 2, generator=g), torch.tensor([[0, 2], [-100, 1], [2, -100], [1, 1]])
+    probs = torch.rand(4, 3, 2, generator=g).softmax(1)
+    for name, target in (("cross_entropy", y), ("nll", y), ("cross_entropy", probs)):
+        for reduction in ("none", "mean", "sum"):
+            expected = loss_fn(name)(out, target, reduction=reduction)
+            torch.testing.assert_close(shape_free_loss_fn(name)(out, target, reduction=reduction), expected)

@@ -30,16 +30,41 @@ def loss_fn(name: str) -> Callable[..., Tensor]:
     return LOSSES[name]
 
 
+IGNORE_INDEX = -100
+"""The label `cross_entropy` and `nll_loss` skip by default (`ignore_index`): in neither the sum
+nor the mean's count."""
+
+
+def _class_dim(out: Tensor) -> int:
+    """Where torch's classification losses read the classes: dim 1, or dim 0 of one unbatched row."""
+    return 1 if out.ndim > 1 else 0
+
+
 def _picked(log_probs: Tensor, y: Tensor, reduction: str) -> Tensor:
-    """Minus each row's log-probability of its label, reduced: `nll_loss`'s arithmetic, written
-    with a comparison instead of a gather so that it keeps a batch dimension symbolic under vmap."""
-    labels = torch.arange(log_probs.shape[-1], device=y.device)
-    picked = torch.where(y.unsqueeze(-1) == labels, log_probs, 0).sum(-1)
-    return -(picked.sum() if reduction == "sum" else picked.mean())
+    """Minus each position's log-probability of its label, reduced: `nll_loss`'s arithmetic with
+    its default arguments, written with a comparison instead of a gather so that it keeps a batch
+    dimension symbolic under vmap.
+
+    The classes lie on dim 1 (`(N, C)` or `(N, C, d1, ...)` with labels `(N, d1, ...)`); a label
+    of `IGNORE_INDEX` matches no class, so it adds 0 to the sum, and the mean divides by the number
+    of other labels (nan when every label is ignored, as torch gives)."""
+    dim = _class_dim(log_probs)
+    classes = torch.arange(log_probs.shape[dim], device=y.device)
+    classes = classes.view(-1, *(1,) * (log_probs.ndim - dim - 1))  # along the class dim
+    picked = torch.where(y.unsqueeze(dim) == classes, log_probs, 0).sum(dim)
+    if reduction == "sum":
+        return -picked.sum()
+    if reduction == "none":
+        return -picked
+    return -(picked.sum() / (y != IGNORE_INDEX).sum())
 
 
 def _cross_entropy(out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
-    return _picked(F.log_softmax(out, -1), y, reduction)
+    log_probs = F.log_softmax(out, _class_dim(out))
+    if y.is_floating_point():  # class probabilities, not labels: every position counts
+        each = -(y * log_probs).sum(_class_dim(out))
+        return each.sum() if reduction == "sum" else each if reduction == "none" else each.mean()
+    return _picked(log_probs, y, reduction)
 
 
 def _nll(out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
@@ -50,7 +75,13 @@ def shape_free_loss_fn(name: str) -> Callable[..., Tensor]:
     """`loss_fn(name)` in a form whose compiled graph serves every batch size and stack size.
 
     Under `vmap`, `nll_loss`'s batching rule fixes the batch and trial dimensions of a compiled
-    graph; this form does not. Equal to `loss_fn(name)` up to the order of the batch's sum.
+    graph; this form does not (no gather, no shape that depends on the labels). Equal to
+    `loss_fn(name)` up to the order of the batch's sum for every input torch's loss takes with its
+    default arguments: classes on dim 1 (per-position outputs `(N, C, d1, ...)` too), labels of
+    -100 ignored (`ignore_index`), `reduction` "mean", "sum" or "none"; and for `cross_entropy`,
+    class probabilities in place of labels. Except a label outside `[0, C)` other than -100:
+    torch raises, but a compiled graph cannot, so here it scores 0 and counts in the mean. Check
+    labels before (`purestep tune` refuses a model with fewer outputs than the labels need).
     """
     loss_fn(name)
     return {"cross_entropy": _cross_entropy, "nll": _nll}.get(name, LOSSES[name])
