@@ -80,6 +80,36 @@ def test_any_model_prints_identical_lines_by_reference_and_eager(tmp_path, model
     assert lines[2].startswith("loss: ") and lines[4].startswith(" Accuracy: ") and lines[-1] == "Done!"
 
 
+SQUEEZED = """
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self, in_features, out_features, squeeze=True):
+        super().__init__()
+        self.net, self.squeeze = nn.Linear(in_features, out_features), squeeze
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1) if self.squeeze else self.net(x)
+"""
+
+
+@pytest.mark.parametrize("impl", ["reference", "eager", "compiled"])
+def test_a_regression_model_whose_outputs_miss_the_targets_shape_is_refused_by_every_impl(tmp_path, impl):
+    """Outputs (N,) for targets (N, 1): mse would broadcast them to (N, N) and train to an R² of -50
+    with only torch's warning. Refused before anything trains, one line naming both shapes; the
+    same model returning a column trains."""
+    (tmp_path / "net.py").write_text(SQUEEZED)
+    args = ["train", "--dataset", "diabetes", "--model", f"{tmp_path / 'net.py'}:Net", "--epochs", "1"]
+    result = run(*args, "--impl", impl, "--save", str(tmp_path / "net.safetensors"))
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    shapes = "gives outputs of shape (2,) for targets of shape (2, 1): mse needs the same shape"
+    assert shapes in result.stderr
+    assert not (tmp_path / "net.safetensors").exists()
+    if impl == "eager":
+        column = run(*args, "--impl", impl, "--model-arg", "squeeze=false", "--json")
+        assert column.exit_code == 0 and json.loads(column.stdout)["test_r2"] > -1, column.output
+
+
 TIED = """
 import torch, torch.nn as nn
 

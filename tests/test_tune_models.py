@@ -193,6 +193,24 @@ def test_a_regression_tunes_the_mlps_depth_on_a_larger_validation_split(tmp_path
     assert refused.exit_code == 2 and "--val-fraction is 0.4 in the study" in refused.stderr, refused.output
 
 
+def test_a_regression_model_whose_outputs_miss_the_targets_shape_is_refused(tmp_path):
+    """Outputs (N,) for targets (N, 1): mse would broadcast them to (N, N), every trial would
+    finish and the final test report an R² of -100. A usage error before the storage is created."""
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\n"
+        "def make(in_features):\n"
+        "    return nn.Sequential(nn.Linear(in_features, 1), nn.Flatten(0))\n"
+    )
+    db = tmp_path / "d.db"
+    args = ["tune", "--dataset", "diabetes", "--model", f"{tmp_path / 'net.py'}:make", "--epochs", "1"]
+    args += ["--out", str(tmp_path / "out"), "--no-final"]
+    result = runner.invoke(app, [*args, "--n-trials", "1", "--storage", f"sqlite:///{db}"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and not db.exists(), result.output
+    assert "make gives outputs of shape (2,) for targets of shape (2, 1): mse needs the same shape" in (
+        result.stderr
+    )
+
+
 @pytest.mark.parametrize("n, fraction", [(354, 0.4), (999, 0.4), (1000, 0.2), (1437, 0.2), (48000, 0.2)])
 def test_small_training_sets_hold_out_more_to_score_trials(n, fraction):
     from purestep.search.tune import auto_val_fraction

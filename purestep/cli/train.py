@@ -188,6 +188,26 @@ def _run_functional(
     return spec.saved(result.params, result.buffers), history
 
 
+def _check_outputs(spec: Model, data: Data, ref: str, loss: str) -> None:
+    """For a regression, run the model on two training rows (eval mode, the global generators
+    left as they were) and refuse, before anything trains by any impl, outputs of another shape than
+    the targets (`mse_loss` would broadcast them, warning only): a usage error naming both shapes."""
+    import torch
+
+    from purestep.core.losses import OutputShapeError, check_output_shape, is_regression
+
+    if not is_regression(loss):
+        return  # the classification losses raise on a mismatch by themselves
+    x, y = data.x_train[:2], data.y_train[:2]
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
+        params, buffers = spec.init(0, x.device)
+        out, _ = spec.apply(params, buffers, x, train=False)
+    try:
+        check_output_shape(loss, out, y)
+    except OutputShapeError as e:
+        raise typer.BadParameter(f"--model {ref} gives {e}") from None
+
+
 _TUTORIAL = {name: setting.tutorial for name, setting in OPTIMIZER_SETTINGS.items()}
 """The optimizer options' defaults: the tutorial's."""
 
@@ -337,6 +357,7 @@ def train(
     data = load_data(dataset, data_dir, device)
     run["loss"] = loss_for(data, run["loss"])
     spec = model_for(data, model, model_args, run["loss"], widths)
+    _check_outputs(spec, data, model, run["loss"])
     lines: list[str] = []
     say = lines.append if json_output else print
     if impl is Impl.reference:

@@ -98,6 +98,28 @@ def is_regression(name: str) -> bool:
     return name == "mse"
 
 
+class OutputShapeError(ValueError):
+    """A model's outputs that do not fit the targets' shape for the loss (`check_output_shape`)."""
+
+
+def check_output_shape(name: str, out: Tensor, y: Tensor) -> None:
+    """Refuse a model's outputs that loss `name` would score against targets of another shape.
+
+    `mse_loss` broadcasts: outputs `(N,)` against targets `(N, 1)` give an `(N, N)` error with
+    only torch's UserWarning, and a model that trains to the wrong figure. Classification losses
+    raise on a mismatch by themselves.
+
+    Raises:
+        OutputShapeError: for `mse`, outputs whose shape is not the targets' (a ValueError; the
+            message begins "outputs of shape", to follow the model's name).
+    """
+    if is_regression(name) and out.shape != y.shape:
+        raise OutputShapeError(
+            f"outputs of shape {tuple(out.shape)} for targets of shape {tuple(y.shape)}: "
+            f"{name} needs the same shape (return one column per target)"
+        )
+
+
 def batch_metric(output: Tensor, y: Tensor) -> Tensor:
     """Per batch, the metric's sum: correct predictions (integer labels) or squared errors (floats)."""
     if y.is_floating_point():

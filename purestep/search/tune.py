@@ -347,7 +347,7 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
     import torch
 
     from purestep.core.errors import one_line
-    from purestep.core.losses import loss_fn
+    from purestep.core.losses import OutputShapeError, check_output_shape, loss_fn
     from purestep.search.objective import ConfigError
     from purestep.search.space import MODEL_PREFIX, Fixed, Range
 
@@ -376,7 +376,10 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
             with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):  # trials' draws unchanged
                 params, buffers = model.init(0, x.device)
                 out, _ = model.apply(params, buffers, x, train=len(x) > 1)  # train mode: dropout runs too
-                loss_fn(splits.loss)(out, y)
+            check_output_shape(splits.loss, out, y)  # before the loss: mse would broadcast, warning only
+            loss_fn(splits.loss)(out, y)
+        except OutputShapeError as e:
+            raise UsageError(f"{where}--model {options.model} gives {e}") from None
         except Exception as e:  # the user's model: any error is theirs to read, in one line
             cause = f"{type(e).__name__}: {one_line(e)}"
             raise UsageError(f"{where}--model {options.model} cannot run on the data: {cause}") from None
