@@ -460,3 +460,114 @@ def test_compiled_updates_compute_their_step_factors_outside_every_element_loop(
     # and the union shares Adam's and RMSprop's root: no element loop takes two
     innermost = [b for s in sources for b in _loop_bodies(s) if "for(" not in b]
     assert max(len(re.findall(r"\.sqrt\(\)|std::sqrt\(", b)) for b in innermost) == 1
+
+
+# --- params of several dtypes, and of bfloat16 and float16 ------------------------------------
+
+DTYPE_CONFIGS = [
+    OptimizerConfig("sgd", lr=0.1),
+    OptimizerConfig("sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    OptimizerConfig("adam", lr=1e-2, weight_decay=1e-2),
+    OptimizerConfig("adamw", lr=1e-2, weight_decay=0.1),
+    OptimizerConfig("rmsprop", lr=1e-2),
+    OptimizerConfig("rmsprop", lr=1e-2, momentum=0.9, centered=True, weight_decay=1e-3),
+]
+UPDATES = ("update", "eager", "union", "union eager")
+"""Each update of `config` a test runs: its own optimizer's or the union's, every branch or eager."""
+
+
+def _against_torch_optim(config, module, update: str, grads, steps):
+    """`steps` steps of torch.optim on `module` and of `config`'s `update` (one of `UPDATES`) from
+    its params, with the gradients `grads(i)`."""
+    reference = torch_optimizer(config, module.parameters())
+    params = {k: v.detach().clone() for k, v in module.named_parameters()}
+    optimizer = tunable(config) if update.startswith("union") else config.build()
+    state = optimizer.init(params)
+    update = optimizer.eager_update if update.endswith("eager") else optimizer.update
+    for i in range(steps):
+        g = grads(i)
+        for k, p in module.named_parameters():
+            p.grad = g[k].clone()
+        reference.step()
+        params, state = update(g, state, params)
+    return params, state, reference, {k: v.detach() for k, v in module.named_parameters()}
+
+
+def _random_grads(module: nn.Module):
+    def grads(i: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(i)
+        return {
+            k: torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
+            for k, p in module.named_parameters()
+        }
+
+    return grads
+
+
+@pytest.mark.parametrize("config", DTYPE_CONFIGS, ids=lambda c: f"{c.name} {c.momentum}")
+@pytest.mark.parametrize("update", UPDATES, ids=str)
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.float64, torch.float32)], ids=str)
+def test_params_of_two_dtypes_each_step_as_torch_optim_bitwise(config, update, dtypes):
+    """Each parameter takes its factors in its own dtype, as torch.optim's kernels take them,
+    whichever dtype comes first."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(5, 4).to(dtypes[0]), nn.Linear(4, 3).to(dtypes[1]))
+    params, _, _, expected = _against_torch_optim(
+        config, module, update, _random_grads(module), 3
+    )
+    assert all(params[k].dtype == v.dtype for k, v in expected.items())
+    assert _all_same(params, expected)
+
+
+@pytest.mark.parametrize("config", DTYPE_CONFIGS, ids=lambda c: f"{c.name} {c.momentum}")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_bfloat16_and_float16_params_eager_step_as_torch_optim_bitwise(config, dtype):
+    """torch.optim's kernels take each factor in float32 for these params (beta2 0.999 is not
+    rounded to 1, nor momentum 0.9 to 0.8984375), `add`'s alpha in the params' dtype; the eager
+    update on the CPU makes the very same calls, so short tensors (a kernel's scalar tail) too."""
+    for update in ("eager", "union eager"):
+        torch.manual_seed(0)
+        module = nn.Sequential(nn.Linear(7, 5), nn.Linear(5, 3)).to(dtype)
+        params, *_, expected = _against_torch_optim(
+            config, module, update, _random_grads(module), 8
+        )
+        assert _all_same(params, expected), update
+
+
+@pytest.mark.parametrize("update", UPDATES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_bfloat16_and_float16_momentum_buffers_as_torch_optim(update, dtype):
+    """200 steps of one gradient: the buffer settles at torch.optim's value (bf16: 9.75; the
+    momentum rounded to bf16 would give 9.5625), every update alike, on tensors of whole vectors."""
+    config = OptimizerConfig("sgd", lr=0.01, momentum=0.9)
+    module = nn.Linear(32, 64, bias=False).to(dtype)
+    ones = {"weight": torch.ones(64, 32, dtype=dtype)}
+    params, state, reference, expected = _against_torch_optim(
+        config, module, update, lambda i: ones, 200
+    )
+    buffer = state["exp_avg.weight" if update.startswith("union") else "momentum_buffer.weight"]
+    assert torch.equal(buffer, reference.state[module.weight]["momentum_buffer"])
+    assert dtype != torch.bfloat16 or buffer.unique().tolist() == [9.75]
+    assert _all_same(params, expected)
+
+
+@pytest.mark.parametrize("config", DTYPE_CONFIGS, ids=lambda c: f"{c.name} {c.momentum}")
+def test_bfloat16_params_every_update_as_torch_optim_on_whole_vectors(config):
+    """The update for compile and vmap takes its 0-d factors in float32 where they meet bfloat16
+    params: equal to torch.optim on tensors of whole vectors (a kernel's scalar tail, on shorter
+    ones, rounds `add` in bf16 twice, as only the eager update's same call does)."""
+    for update in ("update", "union"):
+        torch.manual_seed(0)
+        module = nn.Linear(32, 64, bias=False).to(torch.bfloat16)
+        params, *_, expected = _against_torch_optim(
+            config, module, update, _random_grads(module), 8
+        )
+        assert _all_same(params, expected), update
+
+
+@pytest.mark.parametrize("make", [lambda: sgd(0.1), adam, rmsprop, lambda: tunable(OptimizerConfig())])
+def test_init_of_no_params_is_refused_as_torch_optim(make):
+    with pytest.raises(ValueError, match="^optimizer got an empty parameter list$"):
+        make().init({})
+    with pytest.raises(ValueError, match="empty parameter list"):
+        torch.optim.SGD([], lr=0.1)

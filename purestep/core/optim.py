@@ -11,7 +11,9 @@ torch.optim passes a Python scalar (`add(p, g, alpha=-lr)`), the update passes
 the same value as a tensor through the fused op of the same rounding
 (`addcmul(p, g, lr, value=-1)`); scalar arithmetic on hyperparameters
 (`1 - dampening`, `lr / bias_correction`) runs in float64 as Python's does, and
-is cast to the parameter dtype once, where torch.optim's kernels cast it.
+is cast once per step to each dtype the params hold, the one torch.optim's kernels cast it to for
+them: a model of float32 and float64 params steps each as torch.optim does, and bfloat16 and float16
+params take their factors in float32 (their eager update on the CPU makes torch.optim's calls).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Optimizer(NamedTuple):
     optimizer of a union state) from the state in Python and runs only the chosen arithmetic,
     where `update` runs every branch and keeps one with `torch.where`, and passes scalar factors
     to the kernels as torch.optim does. Same state in, same bits out for float32 and float64
-    params (zeros' signs aside).
+    params (zeros' signs aside); bfloat16 and float16 ones may differ in a kernel's scalar tail.
     """
 
     init: Callable[[Params], State]
@@ -50,6 +52,8 @@ class Optimizer(NamedTuple):
 
 
 def _hyper(params: Params, **values: float) -> State:
+    if not params:  # as torch.optim: nothing to train, and no device to keep the state on
+        raise ValueError("optimizer got an empty parameter list")
     device = next(iter(params.values())).device
     return {k: torch.tensor(float(v), dtype=torch.float64, device=device) for k, v in values.items()}
 
@@ -110,6 +114,8 @@ def _addcmul(x: Tensor, t1: Tensor, t2: Tensor, value: float | Tensor) -> Tensor
     """`x + value * t1 * t2`: a number goes to the kernel as torch.optim passes it; a 0-d tensor
     (per trial) multiplies `t1` first, which rounds the same (the kernel's `value * t1` first)."""
     if isinstance(value, Tensor):
+        if x.dtype in _REDUCED:  # the kernel's `value * t1` in float32, as torch.optim's number
+            return torch.addcmul(x.float(), t1.float() * value, t2.float()).to(x.dtype)
         return torch.addcmul(x, t1 * value, t2)
     return torch.addcmul(x, t1, t2, value=value)
 
@@ -117,8 +123,18 @@ def _addcmul(x: Tensor, t1: Tensor, t2: Tensor, value: float | Tensor) -> Tensor
 def _addcdiv(x: Tensor, t1: Tensor, t2: Tensor, value: float | Tensor) -> Tensor:
     """`x + value * t1 / t2`, as `_addcmul` takes `value`."""
     if isinstance(value, Tensor):
+        if x.dtype in _REDUCED:
+            return torch.addcdiv(x.float(), t1.float() * value, t2.float()).to(x.dtype)
         return torch.addcdiv(x, t1 * value, t2)
     return torch.addcdiv(x, t1, t2, value=value)
+
+
+def _lerp(x: Tensor, y: Tensor, weight: float | Tensor) -> Tensor:
+    """`x + weight * (y - x)`, as `_addcmul` takes `weight`: bfloat16 and float16 params' kernels
+    take a number in float32, a tensor weight in their own dtype, so a 0-d one runs in float32."""
+    if isinstance(weight, Tensor) and x.dtype in _REDUCED:
+        return torch.lerp(x.float(), y.float(), weight.float()).to(x.dtype)
+    return torch.lerp(x, y, weight)
 
 
 def _once(choose: Choose, *factors: Tensor) -> tuple[Tensor, ...]:
@@ -139,38 +155,77 @@ def _kept(flag: Tensor) -> Tensor:
     return flag
 
 
-def _read(flag: Tensor) -> Any:
+def _read(flag: Tensor | float) -> Any:
     """A choice or value as eager updates take it: read in Python on the CPU, so only the chosen
     branch runs and a value goes to the kernel as torch.optim passes it (a 0-d read costs far less
-    than a pass over the params); on an accelerator, where a read would wait for the device, kept."""
-    return flag.item() if flag.device.type == "cpu" else flag
+    than a pass over the params); on an accelerator, where a read would wait for the device, kept.
+    A number, read already, stays."""
+    return flag.item() if isinstance(flag, Tensor) and flag.device.type == "cpu" else flag
+
+
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
+def _scalar_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a parameter of `dtype` takes its factors in: the one torch's CPU kernels cast a
+    Python scalar to for it. Its own for float32 and float64; float32 for bfloat16 and float16, whose
+    kernels compute in float32 and round each result (`add`'s alpha and added number excepted: those
+    they round to the parameter's dtype, as a 0-d factor is rounded where it meets such params)."""
+    return torch.float32 if dtype in _REDUCED else dtype
+
+
+def _values(dtype: torch.dtype, choose: Choose) -> Choose:
+    """How a rule for params of `dtype` takes its factors: as `choose` for bfloat16 and float16,
+    whose kernels round a 0-d factor other than a Python number would be (an eager update on the
+    CPU then makes torch.optim's very calls); kept as 0-d tensors otherwise (the same bits)."""
+    return choose if dtype in _REDUCED else _kept
+
+
+def _add(x: Tensor, y: Tensor, alpha: float | Tensor) -> Tensor:
+    """`x + alpha * y`: a number goes to `add` as torch.optim passes it; a 0-d tensor to `addcmul`,
+    which rounds the same."""
+    if isinstance(alpha, Tensor):
+        return torch.addcmul(x, y, alpha)
+    return torch.add(x, y, alpha=alpha)
+
+
+def _sub(x: Tensor, y: Tensor, alpha: float | Tensor) -> Tensor:
+    """`x - alpha * y`, as `_add` takes `alpha`."""
+    if isinstance(alpha, Tensor):
+        return torch.addcmul(x, y, alpha, value=-1)
+    return torch.add(x, y, alpha=-alpha)
 
 
 def _sgd_rule(state: State, dtype: torch.dtype, choose: Choose, with_momentum: Flag = True) -> Rule:
-    momentum = state["momentum"].to(dtype)
+    to = _scalar_dtype(dtype)
+    momentum = state["momentum"].to(to)
     decay_on = choose(state["weight_decay"] != 0)
     nesterov = choose(state["nesterov"] != 0)
     # torch.optim's first buffer is the gradient itself: 0 * (zero buffer) + 1 * g, so the
     # choice is made on two 0-d coefficients rather than on every element.
     first = state["step"] == 0
-    lr, momentum, decay, carry, keep = _once(
-        choose,
-        state["lr"].to(dtype),
-        momentum,
-        state["weight_decay"].to(dtype),
-        torch.where(first, 0.0, momentum),
-        torch.where(first, 1.0, (1 - state["dampening"]).to(dtype)),
+    value = _values(dtype, choose)
+    lr, momentum, decay, carry, keep = map(
+        value,
+        _once(
+            choose,
+            state["lr"].to(to),
+            momentum,
+            state["weight_decay"].to(to),
+            torch.where(first, 0.0, momentum),
+            torch.where(first, 1.0, (1 - state["dampening"]).to(to)),
+        ),
     )
 
     def rule(p: Tensor, g: Tensor, slots: Slots) -> tuple[Tensor, Slots]:
         if decay_on is not False:
-            g = torch.addcmul(g, p, decay)
+            g = _add(g, p, decay)
         if "momentum_buffer" in slots:
-            buf = torch.addcmul(slots["momentum_buffer"] * carry, g, keep)
+            buf = _add(slots["momentum_buffer"] * carry, g, keep)
             slots = {"momentum_buffer": buf}
-            direction = _where(nesterov, lambda: torch.addcmul(g, buf, momentum), lambda: buf)
+            direction = _where(nesterov, lambda: _add(g, buf, momentum), lambda: buf)
             g = _where(with_momentum, lambda: direction, lambda: g)
-        return torch.addcmul(p, g, lr, value=-1), slots
+        return _sub(p, g, lr), slots
 
     return rule
 
@@ -224,7 +279,8 @@ def _adaptive_rule(
         factors |= {"momentum": state["momentum"], "lr": lr}
         if with_momentum is not True:  # per trial: the step's factor where momentum is off
             factors["factor"] = torch.where(with_momentum, torch.ones_like(lr), plain)
-    f = dict(zip(factors, _once(choose, *(v.to(dtype) for v in factors.values()))))
+    to, value = _scalar_dtype(dtype), _values(dtype, choose)
+    f = {k: value(v) for k, v in zip(factors, _once(choose, *(v.to(to) for v in factors.values())))}
     keep, plain, factor = choose(f["keep"]), choose(f["plain"]), choose(f["factor"]) if "factor" in f else 1.0
     decay_on = choose(wd != 0)
     decoupled_on = choose(state["decoupled"] != 0) if "decoupled" in state else False
@@ -234,12 +290,12 @@ def _adaptive_rule(
         if decay_on is not False and decoupled_on is not False:
             p = p * f["shrink"]
         if decay_on is not False and decoupled_on is not True:
-            g = torch.addcmul(g, p, f["l2"])
+            g = _add(g, p, f["l2"])
         second = _addcmul(slots[second_name] * f["smoothing"], g, g, keep)
         new: Slots = {second_name: second}
         spread = second
         if first_name in slots:
-            first = new[first_name] = torch.lerp(slots[first_name], g, f["keep_first"])
+            first = new[first_name] = _lerp(slots[first_name], g, f["keep_first"])
             spread = _where(centered, lambda: torch.addcmul(second, first, first, value=-1), lambda: second)
         root = spread.sqrt()  # one root of the chosen spread: the same bits as a root of each
         denom = (root if adam is False else root / f["scale"]) + f["eps"]
@@ -247,7 +303,7 @@ def _adaptive_rule(
         if "momentum_buffer" not in slots or with_momentum is False:
             return _addcdiv(p, numerator, denom, plain), new
         buf = _addcdiv(slots["momentum_buffer"] * f["momentum"], numerator, denom, factor)
-        moved = torch.addcmul(p, buf, f["lr"], value=-1)
+        moved = _sub(p, buf, f["lr"])
         if with_momentum is True:
             return moved, new | {"momentum_buffer": buf}
         # the union: one division serves both steps (`factor` is `plain` where momentum is off)
@@ -257,13 +313,21 @@ def _adaptive_rule(
     return rule
 
 
-def _apply(rule: Rule, grads: Params, state: State, params: Params, family: str) -> tuple[Params, State]:
-    """One family's update of every parameter; the state comes back in its own key order."""
+def _dtypes(params: Params) -> list[torch.dtype]:
+    """The params' dtypes, each once: an update builds a rule, and casts its factors, per dtype."""
+    return list(dict.fromkeys(p.dtype for p in params.values()))
+
+
+def _apply(
+    rules: dict[torch.dtype, Rule], grads: Params, state: State, params: Params, family: str
+) -> tuple[Params, State]:
+    """One family's update of every parameter, by the rule of its dtype; the state comes back in its
+    own key order."""
     new_params: Params = {}
     new: State = {"step": state["step"] + 1}
     for k, p in params.items():
         slots = {s: state[f"{s}.{k}"] for s in _BUFFERS[family] if f"{s}.{k}" in state}
-        new_params[k], slots = rule(p, grads[k], slots)
+        new_params[k], slots = rules[p.dtype](p, grads[k], slots)
         new |= {f"{s}.{k}": v for s, v in slots.items()}
     return new_params, {key: new.get(key, state[key]) for key in state}
 
@@ -277,8 +341,8 @@ def _updates(family: str, make_rule: Callable[[State, torch.dtype, Choose], Rule
 
     def made(choose: Choose, name: str) -> Update:
         def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-            dtype = next(iter(params.values())).dtype
-            return _apply(make_rule(state, dtype, choose), grads, state, params, family)
+            rules = {dtype: make_rule(state, dtype, choose) for dtype in _dtypes(params)}
+            return _apply(rules, grads, state, params, family)
 
         update.__name__ = update.__qualname__ = name
         return update
@@ -469,7 +533,6 @@ def _union_over(families: tuple[str, ...], choose: Choose = _kept) -> Update:
     each trial's own family is read from its state and only its rule runs (`_union_eager_update`)."""
 
     def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-        dtype = next(iter(params.values())).dtype
         with_momentum = choose(state["momentum"] != 0)
         centered = choose(state["centered"] != 0)
         chosen = {f: choose(state["family"] == FAMILIES.index(f)) for f in families}
@@ -480,11 +543,11 @@ def _union_over(families: tuple[str, ...], choose: Choose = _kept) -> Update:
             chosen["rmsprop"] = chosen["rmsprop"] | adam
             running.remove("adam")
         rules = {
-            "sgd": lambda: _sgd_rule(state, dtype, choose, with_momentum),
-            "adam": lambda: _adaptive_rule(state, dtype, choose, True),
-            "rmsprop": lambda: _adaptive_rule(state, dtype, choose, adam, with_momentum, centered),
+            "sgd": lambda dtype: _sgd_rule(state, dtype, choose, with_momentum),
+            "adam": lambda dtype: _adaptive_rule(state, dtype, choose, True),
+            "rmsprop": lambda dtype: _adaptive_rule(state, dtype, choose, adam, with_momentum, centered),
         }
-        built = {f: rules[f]() for f in running}
+        built = {dtype: {f: rules[f](dtype) for f in running} for dtype in _dtypes(params)}
         only = len(running) == 1
         new_params: Params = {}
         new: State = {"step": state["step"] + 1}
@@ -492,7 +555,8 @@ def _union_over(families: tuple[str, ...], choose: Choose = _kept) -> Update:
             for i, family in enumerate(running):
                 keys = {s: f"{_UNION_SLOT.get((family, s), s)}.{k}" for s in _BUFFERS[family]}
                 keys = {s: key for s, key in keys.items() if key in state}  # absent: the feature is off
-                p_family, slots = built[family](p, grads[k], {s: state[key] for s, key in keys.items()})
+                slots = {s: state[key] for s, key in keys.items()}
+                p_family, slots = built[p.dtype][family](p, grads[k], slots)
                 new_params[k] = torch.where(chosen[family], p_family, new_params[k]) if i else p_family
                 for s, v in slots.items():
                     previous = new.get(keys[s], state[keys[s]])
@@ -550,7 +614,8 @@ class OptimizerConfig:
     """Plain-data description of an optimizer, for CLIs, files and search spaces.
 
     Defaults are the tutorial's, from `OPTIMIZER_SETTINGS` (fields an optimizer does not read
-    are ignored by `build`).
+    are ignored by `build`): its SGD's weight decay, 0, for every optimizer, AdamW's included, where
+    `adamw()` and `torch.optim.AdamW` default to 0.01.
     """
 
     name: OptimizerName = tutorial("optimizer")
