@@ -67,7 +67,12 @@ OPTIMIZER_SETTINGS: dict[str, Setting] = {
     ),
     "nesterov": Setting(bool, False, help="Nesterov momentum.", optimizers=("sgd",)),
     "weight_decay": Setting(
-        float, 0.0, low=0.0, help="Weight decay (L2; AdamW: decoupled).", optimizers=OPTIMIZERS
+        float,
+        0.0,
+        low=0.0,
+        help="Weight decay (L2; AdamW: decoupled), 0 unless given for every optimizer, AdamW included "
+        "(torch.optim.AdamW and ps.adamw() default to 0.01: pass it)",
+        optimizers=OPTIMIZERS,
     ),
     "beta1": Setting(
         float, 0.9, low=0.0, high=1.0, high_open=True, help="Decay of the gradient average.", optimizers=_ADAM
