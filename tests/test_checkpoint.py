@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from purestep import load, mlp, sgd
+from purestep import load, mlp, save, sgd
 from purestep.cli import app
 from purestep.core.checkpoint import LATEST, load_checkpoint, restore_generators, save_checkpoint
 from purestep.core.errors import PurestepError
@@ -287,3 +287,27 @@ def test_a_checkpoint_whose_json_was_edited_is_one_line_naming_it(tmp_path, file
     assert result.exit_code == 1 and result.stdout == "", result.output
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"Error: cannot read the checkpoint in {ckpt}"), result.stderr
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_and_checkpoints_take_the_umasks_mode_and_a_file_written_over_keeps_its_own(tmp_path, umask):
+    """What is written under a private temporary name and renamed into place gets the mode `open`
+    and `mkdir` would give it under the umask (others can read a saved model where the umask lets
+    them), and a file written over keeps the mode it had."""
+    from purestep.core.files import write_json
+
+    params, buffers = mlp(4, (3,), 2).init(0)
+    before = os.umask(umask)
+    try:
+        folder = save_checkpoint(tmp_path, 0, params, buffers, sgd(0.1).init(params), {}, device="cpu")
+        save(tmp_path / "model.safetensors", params)
+        kept = tmp_path / "kept.json"
+        kept.write_text("{}")
+        kept.chmod(0o640)
+        write_json(kept, {"a": 1})
+    finally:
+        os.umask(before)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
+    for path in [*folder.iterdir(), tmp_path / LATEST, tmp_path / "model.safetensors"]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    assert kept.stat().st_mode & 0o777 == 0o640

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from purestep.core.errors import PurestepError
-from purestep.core.files import rename_into_place, write_json
+from purestep.core.files import creation_mode, rename_into_place, write_json
 from purestep.core.interop import load, save
 
 LATEST = "latest.json"
@@ -79,6 +79,7 @@ def save_checkpoint(
         raise PurestepError(f"{final} is the latest checkpoint in {directory}; it is not written over")
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}."))
     try:
+        os.chmod(tmp, creation_mode(directory=True))  # made private; given the mode `mkdir` gives
         save(tmp / "params.safetensors", params)
         save(tmp / "buffers.safetensors", buffers)
         save(tmp / "state.safetensors", state)

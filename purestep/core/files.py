@@ -39,6 +39,14 @@ def rename_into_place(tmp: str | os.PathLike[str], path: str | os.PathLike[str])
         os.close(fd)
 
 
+def creation_mode(directory: bool = False) -> int:
+    """The mode `open` or `mkdir` would give a new file (0o666) or folder (0o777) under the umask;
+    a temporary name is created private (0o600, 0o700), so what is renamed into place takes this."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextmanager
 def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside `path` to write; renamed onto `path` when the block ends without
@@ -52,6 +60,8 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # a file written over keeps its mode; a new one gets the umask's, as `open` would give it
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else creation_mode())
         rename_into_place(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
