@@ -57,12 +57,10 @@ class _Group(TyperGroup):
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except Exception as e:  # a bug: still one line, the traceback behind --debug
+            hint = "" if _debug() else " (purestep --debug ... for the traceback)"
             if _debug():
                 traceback.print_exc()
-            typer.echo(
-                f"Error: {type(e).__name__}: {one_line(str(e))} (set {DEBUG_ENV}=1 for the traceback)",
-                err=True,
-            )
+            typer.echo(f"Error: {type(e).__name__}: {one_line(str(e))}{hint}", err=True)
             code = 1
         if standalone_mode:
             sys.exit(code)
