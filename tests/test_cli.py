@@ -423,3 +423,21 @@ def test_an_output_in_a_read_only_directory_is_refused_before_any_work(tmp_path)
         _usage_error(result, option)
         assert "not writable" in result.stderr
     assert list(locked.iterdir()) == [] and not (tmp_path / "s.db").exists()
+
+
+def test_an_unexpected_error_is_one_line_pointing_at_debug_which_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PURESTEP_DEBUG", "0")  # and put back as it was: --debug sets it in this process
+    (tmp_path / "boom.py").write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.l = nn.Linear(64, 10)\n"
+        "    def forward(self, x):\n        raise RuntimeError('boom')\n"
+    )
+    args = ["train", "--dataset", "digits", "--impl", "eager", "--epochs", "1", "--model", "boom.py:Net"]
+    plain = run(*args)
+    assert plain.exit_code == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr == "Error: RuntimeError: boom (purestep --debug ... for the traceback)\n"
+    debug = run("--debug", *args)
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr
+    assert debug.stderr.endswith("\nError: RuntimeError: boom\n")
