@@ -30,6 +30,16 @@ def test_the_api_in_ten_lines_runs_as_written(monkeypatch, tmp_path):
     assert torch.isfinite(scope["loss"])
 
 
+def test_the_space_file_example_loads_for_the_model_it_names(tmp_path):
+    from purestep.search.space import load_space
+
+    (block,) = re.findall(r"^```toml\n(.*?)^```", README.read_text(encoding="utf-8"), re.M | re.S)
+    path = tmp_path / "space.toml"
+    path.write_text(block)
+    space = {p.name: p for p in load_space(path, "cnn").params}
+    assert space["dropout"].key == "model.dropout" and space["width"].key == "model.width"
+
+
 def test_the_jax_examples_run_as_written_and_agree_with_torch(monkeypatch, tmp_path):
     for name in ("jax", "optax", "flax"):
         pytest.importorskip(name, reason=f"{name} is not installed: pip install 'purestep[jax]'")

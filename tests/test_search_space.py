@@ -22,6 +22,7 @@ from purestep.search.space import (
     SpaceError,
     default_space,
     difference,
+    load_space,
     parse_space,
     sample,
     settings_of,
@@ -359,3 +360,23 @@ def test_a_stored_space_keeps_the_sampling_order() -> None:
     again = space_from_json(space.to_json())
     assert [p.name for p in again.params] == [p.name for p in space.params]
     assert [p.name for p in space.params][-1] == "hidden"
+
+
+SHAPES = {
+    "hidden": "[hidden]\nchoices = [128, 256]\n",
+    "layers": '[depth]\nkey = "layers"\nlow = 1\nhigh = 3\n',
+}
+
+
+@pytest.mark.parametrize("key", SHAPES)
+def test_a_space_that_searches_the_mlps_shape_for_another_model_is_refused_naming_it(tmp_path, key):
+    """The MLP's width and depth reach no other model: searched for one, they would be drawn,
+    stored and reported while every trial trained the same model."""
+    path = tmp_path / "space.toml"
+    path.write_text(SHAPES[key])
+    assert key in {p.key for p in load_space(path, "mlp").params}
+    for model in ("cnn", "net.py:Net"):
+        name = "hidden" if key == "hidden" else "depth"
+        said = f"{path}: [{name}] sets the MLP's {key}, which --model {model}"
+        with pytest.raises(SpaceError, match=re.escape(said)):
+            load_space(path, model)

@@ -46,6 +46,9 @@ SETTINGS: dict[str, Setting] = {
 }
 """Every setting a space may set. Settings no parameter sets keep the tutorial's value."""
 
+MLP_SETTINGS = ("hidden", "layers")
+"""Settings only the MLP (`--model mlp`) reads: its hidden layers' width and their number."""
+
 TUTORIAL: dict[str, Scalar] = {key: s.tutorial for key, s in SETTINGS.items()}
 
 MODEL_PREFIX = "model."
@@ -328,7 +331,14 @@ def load_space(path: str | Path | None, model: str = "mlp", task: str = "classif
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpaceError(f"cannot read space file {path}: {e}") from None
-    return parse_space(text, str(path), base)
+    space = parse_space(text, str(path), base)
+    for p in space.params:  # else drawn, stored and reported, and no trial would differ for it
+        if p.key in MLP_SETTINGS and model != "mlp":
+            raise SpaceError(
+                f"{path}: [{p.name}] sets the MLP's {p.key}, which --model {model} does not take; "
+                f"search its own arguments as key = \"{MODEL_PREFIX}NAME\""
+            )
+    return space
 
 
 def holding(space: Space, model_args: Mapping[str, Any]) -> Space:
