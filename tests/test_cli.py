@@ -110,6 +110,18 @@ def test_a_regression_model_whose_outputs_miss_the_targets_shape_is_refused_by_e
         assert column.exit_code == 0 and json.loads(column.stdout)["test_r2"] > -1, column.output
 
 
+
+@pytest.mark.parametrize("impl", ["reference", "eager"])
+def test_a_model_with_fewer_classes_than_the_labels_is_refused_before_an_epoch(tmp_path, impl):
+    """Three outputs a row for digits' labels 0 to 9: torch failed mid-epoch (`Target 7 is out of
+    bounds`, after `Epoch 1` was printed). One line, exit 2, before anything runs or is written."""
+    save = tmp_path / "cnn.safetensors"
+    args = ["train", "--dataset", "digits", "--model", "cnn", "--model-arg", "classes=3", "--epochs", "1"]
+    result = run(*args, "--impl", impl, "--save", str(save))
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "--model cnn gives 3 outputs a row for labels up to 9" in result.stderr
+    assert result.stdout == "" and not save.exists()
+
 TIED = """
 import torch, torch.nn as nn
 

@@ -189,21 +189,20 @@ def _run_functional(
 
 
 def _check_outputs(spec: Model, data: Data, ref: str, loss: str) -> None:
-    """For a regression, run the model on two training rows (eval mode, the global generators
-    left as they were) and refuse, before anything trains by any impl, outputs of another shape than
-    the targets (`mse_loss` would broadcast them, warning only): a usage error naming both shapes."""
+    """Run the model on two training rows (eval mode, the global generators left as they were) and
+    refuse, before anything trains by any impl, outputs the loss would score wrongly: another shape
+    than a regression's targets, or fewer classes than the labels need (`check_output_shape`)."""
     import torch
 
     from purestep.core.losses import OutputShapeError, check_output_shape, is_regression
 
-    if not is_regression(loss):
-        return  # the classification losses raise on a mismatch by themselves
     x, y = data.x_train[:2], data.y_train[:2]
+    top = None if is_regression(loss) else int(torch.cat([data.y_train, data.y_test]).max())
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
         params, buffers = spec.init(0, x.device)
         out, _ = spec.apply(params, buffers, x, train=False)
     try:
-        check_output_shape(loss, out, y)
+        check_output_shape(loss, out, y, top)
     except OutputShapeError as e:
         raise typer.BadParameter(f"--model {ref} gives {e}") from None
 

@@ -102,22 +102,25 @@ class OutputShapeError(ValueError):
     """A model's outputs that do not fit the targets' shape for the loss (`check_output_shape`)."""
 
 
-def check_output_shape(name: str, out: Tensor, y: Tensor) -> None:
-    """Refuse a model's outputs that loss `name` would score against targets of another shape.
+def check_output_shape(name: str, out: Tensor, y: Tensor, top: int | None = None) -> None:
+    """Refuse a model's outputs that loss `name` would score wrongly against the targets.
 
     `mse_loss` broadcasts: outputs `(N,)` against targets `(N, 1)` give an `(N, N)` error with
-    only torch's UserWarning, and a model that trains to the wrong figure. Classification losses
-    raise on a mismatch by themselves.
+    only torch's UserWarning, and a model that trains to the wrong figure. A classification's
+    outputs need a class (dim 1, as torch's losses read it) for every label up to `top`, the
+    highest in the data: torch would fail mid-run, and the batched loss would score it 0.
 
     Raises:
-        OutputShapeError: for `mse`, outputs whose shape is not the targets' (a ValueError; the
-            message begins "outputs of shape", to follow the model's name).
+        OutputShapeError: the mismatch (a ValueError; the message begins "outputs of shape" or
+            "N outputs a row", to follow the model's name).
     """
     if is_regression(name) and out.shape != y.shape:
         raise OutputShapeError(
             f"outputs of shape {tuple(out.shape)} for targets of shape {tuple(y.shape)}: "
             f"{name} needs the same shape (return one column per target)"
         )
+    if not is_regression(name) and top is not None and out.ndim > 1 and out.shape[1] <= top:
+        raise OutputShapeError(f"{out.shape[1]} outputs a row for labels up to {top}")
 
 
 def batch_metric(output: Tensor, y: Tensor) -> Tensor:

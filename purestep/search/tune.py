@@ -376,17 +376,13 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
             with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):  # trials' draws unchanged
                 params, buffers = model.init(0, x.device)
                 out, _ = model.apply(params, buffers, x, train=len(x) > 1)  # train mode: dropout runs too
-            check_output_shape(splits.loss, out, y)  # before the loss: mse would broadcast, warning only
+            check_output_shape(splits.loss, out, y, top)  # before the loss: mse would broadcast, warning only
             loss_fn(splits.loss)(out, y)
         except OutputShapeError as e:
             raise UsageError(f"{where}--model {options.model} gives {e}") from None
         except Exception as e:  # the user's model: any error is theirs to read, in one line
             cause = f"{type(e).__name__}: {one_line(e)}"
             raise UsageError(f"{where}--model {options.model} cannot run on the data: {cause}") from None
-        if top is not None and out.ndim > 1 and out.shape[1] <= top:  # dim 1: the classes, as torch's losses
-            raise UsageError(  # the batched loss would score such a label as 0
-                f"{where}--model {options.model} gives {out.shape[1]} outputs a row for labels up to {top}"
-            )
 
 
 def model_defaults(ref: str) -> dict[str, Any]:
