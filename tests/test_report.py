@@ -187,3 +187,12 @@ def _journal(storage: str) -> optuna.storages.BaseStorage:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     return JournalStorage(JournalFileBackend(storage.removeprefix("journal:")))
+
+
+def test_report_on_a_storage_without_studies_says_so_in_one_line(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(study_name="gone", storage=storage)
+    optuna.delete_study(study_name="gone", storage=storage)
+    result = runner.invoke(app, ["report", "--storage", storage])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "the storage holds no study yet: purestep tune writes one" in result.stderr

@@ -46,11 +46,11 @@ def report(
     with storage_errors(url):
         if study is None:
             names = study_names(opened)
-            if len(names) != 1:
-                there = ", ".join(names) if names else "none"
-                raise typer.BadParameter(
-                    f"the storage holds {len(names)} studies ({there}); name one", param_hint="--study"
-                )
+            if not names:
+                raise typer.BadParameter("the storage holds no study yet: purestep tune writes one")
+            if len(names) > 1:
+                there = f"the storage holds {len(names)} studies ({', '.join(names)}); name one"
+                raise typer.BadParameter(there, param_hint="--study")
             study = names[0]
         try:
             loaded = load_existing(opened, study)
