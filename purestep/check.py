@@ -318,6 +318,11 @@ class Twin:
             _carry(self.update({k: g + sign * tolerance[k] for k, g in grads.items()}, state, params))
             for sign in (-1.0, -0.5, 0.0, 0.5, 1.0)
         ]
+        # the optimizer's running averages as a float32 step rounds them on the way: a difference
+        # of two (centered RMSprop's variance) can cancel, and magnify that rounding in the result
+        rounded = [
+            _carry(self.update(grads, _scaled(state, 1 + sign * ARITHMETIC * U), params)) for sign in (-1, 1)
+        ]
         low, high, slack, scale = {}, {}, {}, {}
         for k in runs[0]:
             values = torch.stack([r[k] for r in runs])
@@ -326,6 +331,8 @@ class Twin:
             turns = ~((steps >= 0).all(0) | (steps <= 0).all(0))
             width = torch.where(turns, high[k] - low[k], 0.0)
             low[k], high[k] = low[k] - width, high[k] + width
+            for r in rounded:
+                low[k], high[k] = torch.minimum(low[k], r[k]), torch.maximum(high[k], r[k])
             before = old[k].double()
             change = torch.maximum((low[k] - before).abs(), (high[k] - before).abs())
             slack[k] = ARITHMETIC * U * change
@@ -352,6 +359,11 @@ def _leaves(carry: Carry) -> Tree:
     return {
         f"{part}/{k}": v for part, tree in zip(("params", "buffers", "state"), carry) for k, v in tree.items()
     }
+
+
+def _scaled(state: Tree, factor: float) -> Tree:
+    """`state` with its per-element float buffers times `factor` (0-d hyperparameters as they are)."""
+    return {k: v * factor if v.is_floating_point() and v.ndim else v for k, v in state.items()}
 
 
 def _carry(update: tuple[Tree, Tree]) -> Tree:
