@@ -31,8 +31,12 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 from test_tune_cli import FAST, PURESTEP, finished, invoke, one_line_error, one_line_error_tail, trials
 
+from purestep import load_dataset
+from purestep.search import runner
 from purestep.search.heartbeat import fail_stale_trials, start_heartbeat
-from purestep.search.runner import run_trials
+from purestep.search.objective import ConfigError, make_splits
+from purestep.search.runner import run_trial_batches, run_trials
+from purestep.search.space import parse_space
 from purestep.search.storage import HeartbeatRDBStorage, open_storage, parse_storage
 
 N = 6
@@ -428,6 +432,84 @@ def test_a_trial_failed_by_another_worker_is_dropped_and_counted_once(tmp_path: 
     assert seen == [0, 1, 2, 3] and ts[0].state == TrialState.FAIL and ts[0].value is None
     assert ts[0].intermediate_values == {}
     assert [t.state for t in ts[1:]] == [TrialState.COMPLETE] * 3 and ts[1].params == ts[0].params
+
+
+_STABLE = (
+    "[batch_size]\nvalue = 128\n[sgd_lr]\nhigh = 0.1\n[adam_lr]\nhigh = 0.01\n[rmsprop_lr]\nhigh = 0.001\n"
+)
+"""A space whose trials take one pool step an epoch on digits and never diverge, so each reports."""
+
+
+def _pooled(study: optuna.Study, n: int, epochs: int = 1) -> int:
+    """`tune --batch 2` on digits in this process: `n` trials of `epochs` epochs, 2 at a time."""
+    splits = make_splits(load_dataset("digits"), 0.2, 0)
+    space = parse_space(_STABLE)
+    return run_trial_batches(study, space, splits, batch=2, epochs=epochs, seed=0, compiled=False, n_trials=n)
+
+
+@pytest.mark.parametrize(
+    ("pooled", "ending"),
+    [(False, "complete"), (False, "pruned"), (False, "rejected"), (True, "complete"), (True, "rejected")],
+    ids=["complete", "pruned", "rejected", "pooled-complete", "pooled-rejected"],
+)
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_an_interrupt_between_a_trials_end_and_its_tell_leaves_no_trial_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pooled: bool, ending: str, when: str
+) -> None:
+    """SIGINT after a trial ended (a result, a prune, settings the optimizer rejects) and before
+    the tell has held signals back (CPython runs a handler at a call, such as the tell's entry):
+    the trial is failed with the reason and the interrupt goes on, so nothing is left RUNNING on
+    a journal, where no heartbeat would ever fail it. Landing just after the tell, it leaves the
+    trial as told, told once."""
+    path = tmp_path / "study.log"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    study = optuna.create_study(storage=storage, direction="maximize", pruner=optuna.pruners.NopPruner())
+    states = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "rejected": TrialState.FAIL}
+    state = states[ending]
+    tell = runner._tell
+    calls: list[TrialState] = []
+
+    def interrupted(study: optuna.Study, trial: optuna.Trial, shield, told: TrialState, *args, **kwargs):
+        calls.append(told)
+        first = told == state and calls.count(state) == 1
+        if first and when == "before":
+            raise KeyboardInterrupt
+        result = tell(study, trial, shield, told, *args, **kwargs)
+        if first:
+            raise KeyboardInterrupt
+        return result
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if ending == "pruned":
+            raise optuna.TrialPruned("pruned here")
+        if ending == "rejected":
+            raise ConfigError("rejected here")
+        return x
+
+    def rejected(*args, **kwargs):
+        raise ConfigError("rejected here")
+
+    monkeypatch.setattr(runner, "_tell", interrupted)
+    if ending == "rejected" and pooled:
+        monkeypatch.setattr(runner, "suggest_config", rejected)
+    with pytest.raises(KeyboardInterrupt):
+        if pooled:
+            _pooled(study, 4)
+        else:
+            run_trials(study, objective, n_trials=4)
+    ts = optuna.load_study(study_name=study.study_name, storage=storage).get_trials()
+    assert not _left_open(ts)
+    first = ts[0]  # the first to end: in the pool, trials 0 and 1 end at the same step, 0 first
+    if when == "before":
+        assert first.state == TrialState.FAIL and first.user_attrs["reason"] == "interrupted (SIGINT)"
+    else:
+        assert first.state == state and first.user_attrs.get("reason") == {
+            "complete": None, "pruned": "pruned here", "rejected": "rejected here"
+        }[ending]  # fmt: skip
+    assert first.value is None or (ending, when) == ("complete", "after")
+    assert all(t.user_attrs["reason"] == "interrupted (SIGINT)" for t in ts[1:])  # the pool's other
+    assert len(ts) == (2 if (pooled, ending) == (True, "complete") else 1)  # none asked after
 
 
 def _write_locked(storage: str) -> bool:

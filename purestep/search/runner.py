@@ -165,13 +165,20 @@ def run_trials(
                 break
             beat = start_heartbeat(trial)
             on_trial_start(trial.number, count(trials, FINISHED))
-            value = objective(trial)
-        except optuna.TrialPruned as e:
-            assert trial is not None
-            told = _tell(study, trial, shield, TrialState.PRUNED, reason=str(e) or "pruned", beat=beat)
-        except ConfigError as e:
-            assert trial is not None
-            raise _rejected(study, trial, shield, e, beat) from None
+            # Every tell is inside the outer `try`: an exception that comes before it has held signals
+            # back (a signal's handler runs at a call, such as the tell's entry) fails the trial with
+            # the reason below instead of leaving it RUNNING; one that comes after it changes
+            # nothing, as `_tell` leaves a finished trial as it is (its writes to one are refused).
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned as e:
+                told = _tell(study, trial, shield, TrialState.PRUNED, reason=str(e) or "pruned", beat=beat)
+            except ConfigError as e:
+                raise _rejected(study, trial, shield, e, beat) from None
+            else:
+                told = _tell(study, trial, shield, TrialState.COMPLETE, value=value, beat=beat)
+        except ConfigError:
+            raise  # the trial was failed with it (`_rejected`)
         except BaseException as e:
             if trial is None:
                 shield.depth -= 1
@@ -180,8 +187,6 @@ def run_trials(
                 _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e), beat=beat)
                 raise
             told = False
-        else:
-            told = _tell(study, trial, shield, TrialState.COMPLETE, value=value, beat=beat)
         finally:
             if beat is not None:
                 beat.stop()
@@ -301,9 +306,12 @@ def run_trial_batches(
 
     def finish(number: int, state: TrialState | None, value: float | None = None, reason: str | None = None):
         nonlocal ran
-        pool.remove(number)
-        slot = running.pop(number)
+        slot = running[number]
+        # The slot leaves `running` only once its trial is told: an interrupt before the tell has held
+        # signals back then fails it with the others (below), where it was left RUNNING.
         ok = state is not None and _tell(study, slot.trial, shield, state, value, reason, slot.beat)
+        del running[number]
+        pool.remove(number)
         if slot.beat is not None:
             slot.beat.stop()
         if not ok:
@@ -409,34 +417,37 @@ def _ask_into(
     trial: optuna.Trial | None = None
     beat = None
     try:
-        with shield.hold():
-            trial = study.ask()
-        if _fail_if_surplus(study, trial, shield, n_trials):
-            return False
-        beat = start_heartbeat(trial)
-        with shield.hold():
-            _, config = suggest_config(space, trial)
-        on_trial_start(trial.number, finished)
-        model = splits.model_for(config)
-        optimizer = config.optimizer_config()
-        params, buffers = model.init(seed, splits.x_fit.device)
-        lrs = [lr_at(config, epoch, epochs) for epoch in range(epochs)]
-        pool.add(
-            trial.number,
-            model,
-            params,
-            buffers,
-            optimizer,
-            batch_size=config.batch_size,
-            lrs=lrs,
-            shuffle=config.shuffle,
-            seed=seed,
-        )
-        running[trial.number] = _Slot(trial, beat, [])
-        return True
-    except ConfigError as e:
-        assert trial is not None
-        raise _rejected(study, trial, shield, e, beat) from None
+        try:
+            with shield.hold():
+                trial = study.ask()
+            if _fail_if_surplus(study, trial, shield, n_trials):
+                return False
+            beat = start_heartbeat(trial)
+            with shield.hold():
+                _, config = suggest_config(space, trial)
+            on_trial_start(trial.number, finished)
+            model = splits.model_for(config)
+            optimizer = config.optimizer_config()
+            params, buffers = model.init(seed, splits.x_fit.device)
+            lrs = [lr_at(config, epoch, epochs) for epoch in range(epochs)]
+            pool.add(
+                trial.number,
+                model,
+                params,
+                buffers,
+                optimizer,
+                batch_size=config.batch_size,
+                lrs=lrs,
+                shuffle=config.shuffle,
+                seed=seed,
+            )
+            running[trial.number] = _Slot(trial, beat, [])
+            return True
+        except ConfigError as e:  # an interrupt before its tell is failed below, as in `run_trials`
+            assert trial is not None
+            raise _rejected(study, trial, shield, e, beat) from None
+    except ConfigError:
+        raise  # the trial was failed with it (`_rejected`)
     except BaseException as e:
         if trial is not None and trial.number not in running:
             _tell(study, trial, shield, TrialState.FAIL, reason=_interrupt_reason(e), beat=beat)
