@@ -512,6 +512,49 @@ def test_an_interrupt_between_a_trials_end_and_its_tell_leaves_no_trial_running(
     assert len(ts) == (2 if (pooled, ending) == (True, "complete") else 1)  # none asked after
 
 
+@pytest.mark.parametrize("which", ["first", "last"])
+def test_a_pooled_trial_failed_by_another_worker_is_dropped_and_its_retry_run_in_its_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, which: str
+) -> None:
+    """`test_a_trial_failed_by_another_worker_is_dropped_and_counted_once` for `tune --batch 2`, on
+    SQLite with heartbeats: another worker fails a pooled trial as stale just before its report
+    and queues the retry (as Optuna's stale check does). The pool drops that trial and refills the
+    slot, with the retry first, also when the trial was the study's last to start (the pool
+    had stopped asking: the study was full until the fail): exactly n finished."""
+    for name, value in HEARTBEAT.items():
+        monkeypatch.setenv(name, value)
+    url = parse_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(
+        storage=open_storage(url, create=True),
+        study_name="s",
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        pruner=optuna.pruners.NopPruner(),
+    )
+    other = open_storage(url, create=False)  # another worker's
+    n = 3
+    target = 0 if which == "first" else n - 1  # trials 0 and 1 end together; 2 starts the study full
+    report = runner.pruned_reason
+
+    def failed_elsewhere_first(trial: optuna.Trial, *args, **kwargs):
+        if trial.number == target and trial.storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            assert other.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            retry = getattr(other, "get_heartbeat_stale_trial_callback", other.get_failed_trial_callback)()
+            retry(optuna.load_study(study_name="s", storage=other), other.get_trial(trial._trial_id))
+        return report(trial, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "pruned_reason", failed_elsewhere_first)
+    assert _pooled(study, n, epochs=2) == n
+    ts = study.get_trials()
+    assert len(finished(ts)) == n and not _left_open(ts)
+    dropped = ts[target]
+    assert dropped.state == TrialState.FAIL and dropped.value is None and dropped.intermediate_values == {}
+    (retry,) = [t for t in ts if t.system_attrs.get("failed_trial") == target]
+    assert retry.params == dropped.params and retry.state == TrialState.COMPLETE
+    assert [t.number for t in ts if t.state == TrialState.FAIL] == [target]
+    assert f"trial {target} was failed by another worker" in caplog.text
+
+
 def _write_locked(storage: str) -> bool:
     """Whether some connection holds the database's write lock or an open transaction (a paused
     process caught in the middle of a write would hold up every other worker's writes)."""

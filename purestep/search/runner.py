@@ -284,7 +284,9 @@ def run_trial_batches(
 ) -> int:
     """`run_trials` with `batch` slots: a pool (core/pool.py) trains up to `batch` trials at once,
     and a slot freed by a trial that finished, was pruned or diverged takes a newly asked trial
-    at the next step. Each trial reports, is pruned and is told on its own.
+    at the next step, while the study has room. Each trial reports, is pruned and is told on its own.
+    A slot whose trial another worker failed as stale is dropped and takes the next trial too (the
+    queued retry first), even after the pool had found the study full: the fail gave it room again.
 
     Interrupted, every trial in the pool is failed with the reason. Returns how many trials
     this call finished.
@@ -305,7 +307,7 @@ def run_trial_batches(
     asking = True
 
     def finish(number: int, state: TrialState | None, value: float | None = None, reason: str | None = None):
-        nonlocal ran
+        nonlocal ran, asking
         slot = running[number]
         # The slot leaves `running` only once its trial is told: an interrupt before the tell has held
         # signals back then fails it with the others (below), where it was left RUNNING.
@@ -316,6 +318,9 @@ def run_trial_batches(
             slot.beat.stop()
         if not ok:
             lost_notice(number)
+            # Failed elsewhere, the trial no longer counts as taken: the study has room again (for the
+            # retry queued with it), also when this pool had stopped asking because it was full.
+            asking = True
             return
         ran += 1
         _report_end(study, number, on_trial_end)
