@@ -40,7 +40,15 @@ from purestep.core.reference import (
     train_line,
     train_loop,
 )
-from purestep.core.step import batch_over_trials, compile_step, make_train_step, short_batch, stack, unstack
+from purestep.core.step import (
+    batch_over_trials,
+    compile_step,
+    make_train_step,
+    short_batch,
+    stack,
+    trainable_update,
+    unstack,
+)
 
 Tree = dict[str, Tensor]
 Carry = tuple[Tree, Tree, Tree]
@@ -214,6 +222,7 @@ class Twin:
         self._loss_fn = loss_fn(loss)
         self._parts = LOSS_PARTS[loss]
         self._grad = grad_and_value(self._loss, has_aux=True)
+        self._update = trainable_update(model, optimizer.update)  # frozen params: untouched
 
     def _hook(self, i: int, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
         z = inputs[0]
@@ -300,8 +309,8 @@ class Twin:
         return {k: torch.maximum(s, scale[k]) for k, s in self.spread(params, buffers, x, y, grads).items()}
 
     def update(self, grads: Tree, state: Tree, params: Tree) -> tuple[Tree, Tree]:
-        """The optimizer's update on exact values."""
-        return self.optimizer.update(grads, state, params)
+        """The optimizer's update on exact values (of the trainable params, as the step's)."""
+        return self._update(grads, state, params)
 
     def envelope(self, grads: Tree, state: Tree, params: Tree, old: Tree, scale: Tree) -> Envelope:
         """Where a float32 step from `old` (a carry's `_leaves`) may land, given exact `grads`.
@@ -642,7 +651,7 @@ def reference_vs_eager(
     spec.seed_like_module(seed)
     log = Callbacks(on_log=lambda b, loss, cur, size: eager_lines.append(train_line(loss, cur, size)))
     params, buffers, _, losses = train_epoch(
-        train_step, params, buffers, optimizer.init(params), *train, batch_size, callbacks=log
+        train_step, params, buffers, optimizer.init(spec.trainable(params)), *train, batch_size, callbacks=log
     )
     metrics = evaluate(eval_step, params, buffers, *test, batch_size)
     eager_lines.append(test_report(metrics.accuracy, metrics.loss))
@@ -690,7 +699,7 @@ def compiled_vs_eager(
         Twin(model, optimizer),
         side(_steps(model, optimizer, changed, compiled=False)),
         one_at_a_time(side(_steps(model, optimizer, changed, compiled=True))),
-        [(params, buffers, optimizer.init(params))],
+        [(params, buffers, optimizer.init(spec.trainable(params)))],
         *train,
         batch_size,
     )
@@ -712,7 +721,7 @@ def batched_vs_alone(
     optimizers = [c.build() for c in configs]
     model, changed = deterministic(spec)
     inits = [spec.init(seed + k, train[0].device) for k in range(trials)]
-    carries = [(p, b, o.init(p)) for o, (p, b) in zip(optimizers, inits)]
+    carries = [(p, b, o.init(spec.trainable(p))) for o, (p, b) in zip(optimizers, inits)]
     alone = make_train_step(model, optimizers[0])
     batched = batch_over_trials(alone)
 

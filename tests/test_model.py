@@ -1,7 +1,7 @@
 """Model contract: any nn.Module as init/apply; params and buffers are the module's own; the
 functional eager step equals `module.train()` + `torch.optim` (bitwise for SGD) for every model
-of a zoo: MLP, CNN with BatchNorm and dropout, LayerNorm MLP, residual block, tied weights, and a
-registered non-trainable buffer."""
+of a zoo: MLP, CNN with BatchNorm and dropout, LayerNorm MLP, residual block, tied weights, a
+registered non-trainable buffer, and a trunk frozen for fine-tuning."""
 
 from __future__ import annotations
 
@@ -77,6 +77,20 @@ class WithBuffer(nn.Module):
         return self.fc(x.flatten(1) * self.scale)
 
 
+class FineTuned(nn.Module):
+    """A trunk frozen for fine-tuning (`requires_grad_(False)`: its Linear and its BatchNorm's
+    affine params); the BatchNorm's running statistics still update in train mode, as the module's."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.BatchNorm1d(width), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
+        self.trunk.requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(self.trunk(x))
+
+
 def small_cnn():
     return ConvNet(channels=1, classes=10, width=4, dense=16, dropout=0.3)
 
@@ -88,6 +102,7 @@ ZOO = {
     "residual": Residual,
     "tied": Tied,
     "buffer": WithBuffer,
+    "frozen trunk": FineTuned,
 }
 RANDOM = {"cnn"}  # dropout: compared bitwise with the module loop, not across vmap or compile
 
@@ -233,6 +248,46 @@ def test_an_instance_stands_for_its_architecture():
     assert list(buffers) == [k for k, _ in module.named_buffers()]
     with pytest.raises(TypeError, match="no keyword"):
         functional(module, width=3)
+
+
+def test_frozen_params_stay_in_params_and_the_model_names_them():
+    """Params keep every `named_parameters()` entry (a saved model loads as before); `frozen` names
+    those built with `requires_grad=False`, and `trainable` leaves them out (nothing to leave out
+    of a model that freezes none: `params` itself)."""
+    model = functional(FineTuned)
+    assert model.frozen == {"trunk.1.weight", "trunk.1.bias", "trunk.2.weight", "trunk.2.bias"}
+    params, buffers = model.init(0)
+    torch.manual_seed(0)
+    module = FineTuned()
+    assert list(params) == [k for k, _ in module.named_parameters()]
+    assert list(model.trainable(params)) == ["head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"]
+    load_into(module, model.saved(params, buffers))
+    assert all(torch.equal(v, params[k]) for k, v in module.named_parameters())
+    assert [k for k, p in module.named_parameters() if not p.requires_grad] == sorted(
+        model.frozen, key=list(params).index
+    )
+    plain = functional(Residual)
+    assert plain.frozen == frozenset() and plain.trainable(p := plain.init(0)[0]) is p
+    assert functional(small_cnn().requires_grad_(False)).frozen == set(params_of(small_cnn()))
+
+
+def params_of(module: nn.Module) -> list[str]:
+    return [k for k, _ in module.named_parameters()]
+
+
+def test_a_saved_steps_key_names_what_the_model_freezes():
+    """The frozen params are constants of a compiled step's graph: another frozen set is another
+    saved package; a model that freezes none keeps the key it had."""
+    from purestep.core.artifacts import step_key
+
+    optimizer = OptimizerConfig("sgd", lr=0.1).build()
+    model = functional(FineTuned)
+    thawed = functional(FineTuned)
+    object.__setattr__(thawed, "frozen", frozenset())
+    keys = [step_key(m, optimizer, "cross_entropy", "fp32", False) for m in (model, thawed)]
+    assert None not in keys and keys[0] != keys[1]
+    assert "frozen=" in keys[0] and "frozen=" not in keys[1]
+    assert "frozen=" not in step_key(functional(Residual), optimizer, "cross_entropy", "fp32", False)
 
 
 def test_models_with_the_same_factory_and_arguments_are_equal():

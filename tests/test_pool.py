@@ -258,6 +258,63 @@ def test_one_familys_update_equals_the_union_bit_for_bit(digits, config):
         assert all(torch.equal(tree_a[k], tree_b[k]) for k in tree_a)
 
 
+class _FrozenFirst(torch.nn.Module):
+    """An MLP whose first layer is frozen (`requires_grad=False`), as fine-tuning leaves a trunk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(64, 16), torch.nn.Linear(16, 10)
+        self.first.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.relu(self.first(x.flatten(1))))
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_a_pooled_trial_with_a_frozen_layer_equals_it_alone_and_leaves_the_layer(digits, stack):
+    """Per slot (the CPU's default) and stacked: two SGD trials share a vmapped call, Adam and
+    RMSprop run alone. Each trial's history is its `fit`'s, its frozen layer comes back bit for bit
+    and its state holds nothing for it."""
+    from purestep import functional
+
+    x, y, ex, ey = digits
+    model = functional(_FrozenFirst)
+    configs = [
+        OptimizerConfig("sgd", lr=0.1, momentum=0.9, weight_decay=0.01),
+        OptimizerConfig("sgd", lr=0.05, momentum=0.9, weight_decay=0.01),
+        OptimizerConfig("adam", lr=0.01, weight_decay=0.01),
+        OptimizerConfig("rmsprop", lr=0.01, weight_decay=0.01),
+    ]
+    trials = [(config, 64, seed % 2 == 0, seed) for seed, config in enumerate(configs)]
+    pool = Pool(x, y, (ex, ey), eval_batch_size=32, compiled=False, stack=stack)
+    inits = {}
+    for k, (config, batch_size, shuffle, seed) in enumerate(trials):
+        inits[k] = model.init(seed)
+        lrs = [config.lr * (2 - e) / 2 for e in range(2)]
+        pool.add(k, model, *inits[k], config, batch_size=batch_size, lrs=lrs, shuffle=shuffle, seed=seed)
+    histories: dict[int, list] = {k: [] for k in range(len(trials))}
+    finals = {}
+    while len(pool):
+        for end in pool.step():
+            assert end.row is not None, end
+            histories[end.key].append(end.row)
+            if len(histories[end.key]) == 2:
+                finals[end.key] = pool.trees(end.key)
+                pool.remove(end.key)
+    for k, t in enumerate(trials):
+        own = alone(x, y, (ex, ey), t, epochs=2, model=model)
+        if stack:  # the union's update, vmapped: the same steps to float32 rounding
+            for a, b in zip(histories[k], own, strict=True):
+                assert close(a.train_loss, b.train_loss) and close(a.eval_loss, b.eval_loss), (k, a, b)
+        else:
+            assert same_numbers(histories[k], own), k
+        params, _, state = finals[k]
+        init = inits[k][0]
+        assert all(torch.equal(params[n], init[n]) for n in ("first.weight", "first.bias")), k
+        assert not torch.equal(params["second.weight"], init["second.weight"]), k
+        assert not [n for n in state if n.endswith(("first.weight", "first.bias"))], k
+
+
 def test_workers_spread_over_the_gpus_in_turn():
     from purestep.search.tune import worker_device
 

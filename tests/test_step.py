@@ -57,8 +57,26 @@ class _PartlyUsed(torch.nn.Module):
         return self.used(x.flatten(1))
 
 
+class _PartlyFrozen(torch.nn.Module):
+    """Three linear layers, the params named in `frozen` built with `requires_grad=False`, as a
+    fine-tuning script freezes a pretrained trunk."""
+
+    NAMES = tuple(f"layers.{i}.{kind}" for i in range(3) for kind in ("weight", "bias"))
+
+    def __init__(self, frozen: tuple[str, ...] = ("layers.0.weight", "layers.0.bias")) -> None:
+        super().__init__()
+        widths = [(64, 8), (8, 8), (8, 3)]
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(*w) for w in widths])
+        for name in frozen:
+            self.get_parameter(name).requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.layers[0](x.flatten(1)))
+        return self.layers[2](torch.relu(self.layers[1](x)))
+
+
 @given(
-    which=st.sampled_from(["mlp", "cnn", "partly used"]),
+    which=st.sampled_from(["mlp", "cnn", "partly used", "partly frozen"]),
     optimizer=st.sampled_from(["sgd", "adam", "adamw", "rmsprop"]),
     seed=st.integers(0, 1000),
     batch=st.integers(2, 6),
@@ -69,7 +87,8 @@ def test_the_eager_step_is_the_transformable_step_bit_for_bit(which, optimizer, 
     from purestep import OptimizerConfig, cnn, functional
 
     models = {"mlp": mlp(64, (16,), 3), "cnn": cnn(classes=3, width=4, dense=8)}
-    model = models[which] if which in models else functional(_PartlyUsed)
+    others = {"partly used": _PartlyUsed, "partly frozen": _PartlyFrozen}
+    model = models[which] if which in models else functional(others[which])
     config = OptimizerConfig(optimizer, lr=0.01, momentum=0.9, weight_decay=0.01, centered=True)
     steps = [make_train_step(model, config.build(), eager=eager) for eager in (False, True)]
     params, buffers = model.init(seed)
@@ -327,3 +346,148 @@ def test_a_step_dynamo_cannot_trace_runs_uncompiled_with_a_warning(kind):
     assert all(torch.equal(a[k], b[k]) for a, b in zip(ours, theirs) for k in a)
     with pytest.raises(RuntimeError):
         compiled(*ours, torch.rand(8, 5), y)  # a width the model does not take
+
+
+# --- frozen params (requires_grad=False): neither differentiated nor updated, as torch.optim -----
+
+
+def _module_loop_against_eager_step(frozen, config, seed, steps=6):
+    """`steps` of `module.train()` + torch.optim and of the eager functional step from one seed,
+    every param compared bit for bit after each step; the final params, states and torch's optimizer."""
+    from torch.nn.functional import cross_entropy
+
+    from purestep import functional
+    from purestep.core.reference import torch_optimizer
+
+    model = functional(_PartlyFrozen, frozen=frozen)
+    assert model.frozen == set(frozen)
+    torch.manual_seed(seed)
+    module = model.module()
+    theirs = torch_optimizer(config, module.parameters())
+    optimizer = config.build()
+    step = make_train_step(model, optimizer, eager=True)
+    init, buffers = model.init(seed)
+    params, state = init, optimizer.init(model.trainable(init))
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.rand(8, 64, generator=g), torch.randint(0, 3, (8,), generator=g)
+        expected = cross_entropy(module(x), y)
+        expected.backward()
+        theirs.step()
+        theirs.zero_grad()
+        params, buffers, state, loss = step(params, buffers, state, x, y)
+        assert torch.equal(loss, expected.detach())
+        for k, v in module.named_parameters():
+            assert torch.equal(params[k], v.detach()), k
+    return model, module, theirs, init, params, state
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ("sgd", {"lr": 0.1, "weight_decay": 0.01}),
+        ("sgd", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+        ("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+        ("adam", {"lr": 0.01, "weight_decay": 0.01}),
+        ("adamw", {"lr": 0.01, "weight_decay": 0.01}),
+        ("rmsprop", {"lr": 0.01, "weight_decay": 0.01}),
+        ("rmsprop", {"lr": 0.01, "momentum": 0.5, "centered": True, "weight_decay": 0.01}),
+    ],
+    ids=lambda c: "-".join([c[0], *c[1]]),
+)
+def test_a_frozen_layer_is_left_as_torch_optim_leaves_it(config):
+    """The first layer frozen: every step's params and loss are the module loop's bit for bit, the
+    frozen ones never move (not even by weight decay), and neither optimizer keeps state for them."""
+    from purestep import OptimizerConfig
+
+    name, values = config
+    frozen = ("layers.0.weight", "layers.0.bias")
+    model, module, theirs, init, params, state = _module_loop_against_eager_step(
+        frozen, OptimizerConfig(name, **values), seed=3
+    )
+    assert list(params) == list(init) == [k for k, _ in module.named_parameters()]
+    for k in frozen:
+        assert torch.equal(params[k], init[k]) and not params[k].requires_grad
+        assert not any(key.endswith(f".{k}") for key in state), k
+    assert all(not torch.equal(params[k], init[k]) for k in init if k not in frozen)
+    kept = {id(p) for p in theirs.state}
+    with_state = [k for k in init if any(key.endswith(f".{k}") for key in state)]
+    assert [k for k, p in module.named_parameters() if id(p) in kept] == with_state
+
+
+@given(
+    frozen=st.sets(st.sampled_from(_PartlyFrozen.NAMES), max_size=len(_PartlyFrozen.NAMES) - 1),
+    name=st.sampled_from(["sgd", "adam", "rmsprop"]),
+    seed=st.integers(0, 1000),
+)
+def test_whichever_params_are_frozen_the_eager_step_is_the_module_loop(frozen, name, seed):
+    from purestep import OptimizerConfig
+
+    config = OptimizerConfig(name, lr=0.05, momentum=0.9, weight_decay=0.01, centered=True)
+    frozen = tuple(sorted(frozen))
+    model, _, _, init, params, state = _module_loop_against_eager_step(frozen, config, seed, steps=3)
+    assert all(torch.equal(params[k], init[k]) for k in frozen)
+    assert not [k for k in state if "." in k and k.split(".", 1)[1] in frozen]
+    # the transformable step (grad_and_value, the update of every branch) takes the same steps
+    params, buffers, state = init, {}, config.build().init(model.trainable(init))
+    step = make_train_step(model, config.build())
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        x, y = torch.rand(8, 64, generator=g), torch.randint(0, 3, (8,), generator=g)
+        params, buffers, state, _ = step(params, buffers, state, x, y)
+    assert all(torch.equal(params[k], init[k]) for k in frozen)
+
+
+def test_a_state_made_from_every_param_still_leaves_the_frozen_ones_alone():
+    """`optimizer.init(params)`, frozen params and all, as code written before them does: the
+    step reads and writes only the trainable params' entries, so it takes the same steps."""
+    from purestep import OptimizerConfig, functional
+
+    model = functional(_PartlyFrozen)
+    config = OptimizerConfig("sgd", lr=0.1, momentum=0.9, weight_decay=0.01)
+    init, _ = model.init(0)
+    x, y = torch.rand(8, 64), torch.randint(0, 3, (8,))
+    step = make_train_step(model, config.build(), eager=True)
+    lean = step(init, {}, config.build().init(model.trainable(init)), x, y)
+    full = step(init, {}, config.build().init(init), x, y)
+    assert all(torch.equal(lean[0][k], full[0][k]) for k in init)
+    assert all(torch.equal(full[2][k], v) for k, v in lean[2].items())
+    assert torch.equal(full[2]["momentum_buffer.layers.0.weight"], torch.zeros(8, 64))
+
+
+def test_a_model_with_every_param_frozen_is_refused():
+    from purestep import functional
+    from purestep.core.model import ModelError
+
+    model = functional(_PartlyFrozen, frozen=_PartlyFrozen.NAMES)
+    with pytest.raises(ModelError, match="every parameter of model '_PartlyFrozen' is frozen"):
+        make_train_step(model, sgd(0.1))
+    with pytest.raises(ModelError, match="frozen"):
+        model.trainable(model.init(0)[0])
+
+
+@pytest.mark.compile
+def test_the_compiled_step_leaves_frozen_params_as_they_are():
+    """Compiled, alone and vmapped over trials: the frozen params come back bit for bit, the others
+    as the eager step's to float32 rounding, and the state holds none of the frozen ones."""
+    from purestep import OptimizerConfig, functional
+
+    model = functional(_PartlyFrozen, frozen=("layers.1.weight", "layers.2.bias"))
+    optimizer = OptimizerConfig("adam", lr=0.01, weight_decay=0.01).build_for(compiled=True)
+    init, _ = model.init(0)
+    state = optimizer.init(model.trainable(init))
+    eager = make_train_step(model, optimizer, eager=True)
+    compiled = compile_step(make_train_step(model, optimizer))
+    batched = batch_over_trials(make_train_step(model, optimizer))
+    g = torch.Generator().manual_seed(0)
+    ours = theirs = (init, {}, state)
+    stacked = (stack([init, init]), {}, stack([state, state]))
+    for _ in range(3):
+        x, y = torch.rand(8, 64, generator=g), torch.randint(0, 3, (8,), generator=g)
+        ours, theirs = compiled(*ours, x, y)[:3], eager(*theirs, x, y)[:3]
+        stacked = batched(*stacked, x, y)[:3]
+        assert max_rel_diff(ours[0], theirs[0]) <= 1e-5
+    for k in model.frozen:
+        assert torch.equal(ours[0][k], init[k]) and torch.equal(stacked[0][k], torch.stack([init[k]] * 2))
+    assert list(ours[2]) == list(state)
+    assert not any(k.endswith(("layers.1.weight", "layers.2.bias")) for k in state)

@@ -196,10 +196,11 @@ def _sets_only_rates(model: Any, name: str, tree: str, rates: Sequence[torch.nn.
 
 def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: bool) -> str | None:
     """What shapes a step's graph beyond its arguments: the model (its factory and keyword
-    arguments in sorted order, its module tree, and the source files of the module's classes
-    and factory), the optimizer family (its update function), the loss, the precision and
-    batching; None when a source file cannot be found (a model defined interactively: its
-    steps are not saved) or a class or factory is defined inside a function (`_name`).
+    arguments in sorted order, its module tree, the params it freezes if any, and the source
+    files of the module's classes and factory), the optimizer family (its update function), the
+    loss, the precision and batching; None when a source file cannot be found (a model defined
+    interactively: its steps are not saved) or a class or factory is defined inside a function
+    (`_name`).
 
     An unbatched step of a model with dropout layers takes their rates as an input (`dropouts`),
     so its model is described by the tree it builds, rates left out (`_tree`), and by its keyword
@@ -230,6 +231,9 @@ def step_key(model: Any, optimizer: Any, loss: str, precision: str, batched: boo
         kwargs = {k: v for k, v in kwargs.items() if not _sets_only_rates(model, k, tree, rates)}
         built = f"tree={hashlib.sha256(tree.encode()).hexdigest()} rates={len(rates)}"
     built = f"{_text(kwargs) or repr(kwargs)} {model.name!r} {built}"
+    frozen = sorted(getattr(model, "frozen", ()))
+    if frozen:  # constants of the graph, not gradients: another frozen set is another graph
+        built += f" frozen={hashlib.sha256(repr(frozen).encode()).hexdigest()}"
     described = f"{names[model.factory]} {built} sources={digest.hexdigest()}"
     return f"{described} {update} {loss} {precision} batched={batched}"
 

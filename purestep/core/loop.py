@@ -301,7 +301,7 @@ def fit(
     Args:
         model, optimizer: the model and optimizer families.
         params, buffers: initial params and buffers (`model.init(seed)`); state defaults to
-            `optimizer.init(params)`.
+            `optimizer.init(model.trainable(params))` (no state for frozen params).
         x, y: training tensors, already on the device.
         eval_data: tensors to evaluate on after every epoch (the test set in `train`,
             a validation split in tuning); defaults to the training set.
@@ -319,7 +319,7 @@ def fit(
     if epochs < 1 or batch_size < 1 or not 0 <= start_epoch <= epochs:
         raise ValueError("epochs and batch_size must be >= 1, and 0 <= start_epoch <= epochs")
     callbacks = callbacks or Callbacks()
-    state = optimizer.init(params) if state is None else state
+    state = optimizer.init(model.trainable(params)) if state is None else state
     train_step, eval_step = steps_for(model, optimizer, compiled, precision=precision, loss=loss)
     eval_data = eval_data if eval_data is not None else (x, y)
     result = FitResult(params, buffers, state)

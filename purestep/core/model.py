@@ -5,6 +5,11 @@ hands back its `named_parameters()` and `named_buffers()`. `apply` runs them thr
 weightless (meta-device) copy of the module with `torch.func.functional_call`, so the
 model itself holds no state: params and buffers travel as values, in and out.
 
+Parameters the module freezes (`requires_grad=False` when it is built) stay in `params`, keyed as
+the others, and are named in `Model.frozen`: the train step takes no gradient for them and the
+optimizer never sees them (`Model.trainable`), so they keep their values and hold no optimizer
+state, as `torch.optim` leaves a parameter without a gradient.
+
 Where purity ends: dropout and other random layers draw from torch's global generator,
 exactly as the module does, because that is what keeps an eager functional step bitwise
 equal to the module loop. `seed_like_module(seed)` puts that generator where the module
@@ -132,7 +137,8 @@ class Model:
     """A module factory and its keyword arguments, as pure `init`/`apply` functions.
 
     Two models are equal when they build the same module (same factory, same arguments),
-    so steps built for one serve the other.
+    so steps built for one serve the other. `frozen` names the parameters the module builds
+    with `requires_grad=False` (keyed as `named_parameters()`), read once from a weightless copy.
     """
 
     factory: Factory
@@ -141,6 +147,7 @@ class Model:
     _train: nn.Module = field(init=False, repr=False)
     _eval: nn.Module = field(init=False, repr=False)
     _tied: bool = field(init=False, repr=False)
+    frozen: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kwargs", dict(self.kwargs))
@@ -154,9 +161,11 @@ class Model:
             object.__setattr__(self, "_eval", self.module().eval())
         every = dict(skeleton.named_parameters(remove_duplicate=False))
         object.__setattr__(self, "_tied", len(every) != len(dict(skeleton.named_parameters())))
+        frozen = frozenset(k for k, p in skeleton.named_parameters() if not p.requires_grad)
+        object.__setattr__(self, "frozen", frozen)
 
     def _key(self) -> tuple[object, ...]:
-        return (type(self), self.factory, _frozen(self.kwargs))
+        return (type(self), self.factory, _frozen(self.kwargs), self.frozen)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Model) and self._key() == other._key()
@@ -187,6 +196,20 @@ class Model:
             with torch.device("cpu"):
                 module = self.module()
         return state_of(module, device)
+
+    def trainable(self, params: Params) -> Params:
+        """`params` without the frozen ones: what an optimizer trains, so its state is
+        `optimizer.init(model.trainable(params))` (`params` itself when nothing is frozen).
+
+        Raises:
+            ModelError: every one of `params` is frozen: there is nothing to train.
+        """
+        if not self.frozen:
+            return params
+        trainable = {k: v for k, v in params.items() if k not in self.frozen}
+        if not trainable and params:
+            raise ModelError(f"every parameter of model {self.name!r} is frozen (requires_grad=False)")
+        return trainable
 
     def seed_like_module(self, seed: int) -> None:
         """Leave the global generator where `torch.manual_seed(seed); factory(**kwargs)` leaves it,

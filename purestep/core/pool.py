@@ -240,14 +240,14 @@ class Pool:
         lane = self.lanes[name]
         if not lane.stacked:
             optimizer = config.build_for(self.compiled)
-            slot.trees = params, buffers, optimizer.init(params)
+            slot.trees = params, buffers, optimizer.init(model.trainable(params))
             slot.steps = steps_for(model, optimizer, self.compiled, loss=self.loss)
             with self._own_generator():
                 model.seed_like_module(seed)
                 slot.rng = self._rng()
             lane.slots.append(slot)
             return
-        state = tunable(config).init(params)
+        state = tunable(config).init(model.trainable(params))
         # its own copies: the pool writes its stacks in place, and compiled graphs guard on views' bases
         one = tuple({k: v.clone() for k, v in tree.items()} for tree in (params, buffers, state))
         mine = tuple({k: v.unsqueeze(0) for k, v in tree.items()} for tree in one)
@@ -270,6 +270,19 @@ class Pool:
                 lane.trees = tuple(_take(tree, index) for tree in lane.trees)
             lane.slots = [lane.slots[i] for i in keep]
             return
+        raise KeyError(key)
+
+    def trees(self, key: Hashable) -> tuple[Params, Buffers, State]:
+        """Trial `key`'s params, buffers and optimizer state as they are now (copies of its rows
+        where its lane stacks them)."""
+        for lane in self.lanes.values():
+            for i, slot in enumerate(lane.slots):
+                if slot.key != key:
+                    continue
+                if slot.trees is not None:
+                    return slot.trees
+                params, buffers, state = ({k: v[i].clone() for k, v in tree.items()} for tree in lane.trees)
+                return params, buffers, state
         raise KeyError(key)
 
     def step(self) -> list[EpochEnd]:

@@ -80,36 +80,94 @@ def make_train_step(
     dropout draws a mask for a non-contiguous tensor (a Transformer layer's attention output):
     under `grad_and_value` its mask follows another memory order, so only `eager` draws the
     module loop's.
+
+    The model's frozen params (`Model.frozen`) are constants of the loss: no gradient is taken
+    for them and the update sees only `model.trainable(params)` (`trainable_update`), so they come
+    back as they went in. `state` is `optimizer.init(model.trainable(params))`, as torch.optim
+    keeps no state for them; one made from every param works too, its frozen entries untouched.
+
+    Raises:
+        ModelError: every param of the model is frozen (nothing to train; torch's loop raises too).
     """
+    if model.frozen:
+        model.trainable(dict(model.train_module().named_parameters()))  # raises if nothing is left
     train_loss = make_loss(model, loss, precision, shape_free)
     if eager:
-        return _eager_train_step(train_loss, optimizer.eager_update or optimizer.update)
-    grad_fn = grad_and_value(train_loss, has_aux=True)
+        return _eager_train_step(model, train_loss, optimizer.eager_update or optimizer.update)
+    update = trainable_update(model, optimizer.update)
+    if not model.frozen:
+        grad_fn = grad_and_value(train_loss, has_aux=True)
 
-    def train_step(params: Params, buffers: Buffers, state: State, x: Tensor, y: Tensor):
-        grads, (value, buffers) = grad_fn(params, buffers, x, y)
-        params, state = optimizer.update(grads, state, params)
+        def train_step(params: Params, buffers: Buffers, state: State, x: Tensor, y: Tensor):
+            grads, (value, buffers) = grad_fn(params, buffers, x, y)
+            params, state = update(grads, state, params)
+            return params, buffers, state, value
+
+        return train_step
+
+    def split_loss(trainable: Params, fixed: Params, buffers: Buffers, x: Tensor, y: Tensor):
+        return train_loss(trainable | fixed, buffers, x, y)
+
+    split_grad_fn = grad_and_value(split_loss, has_aux=True)
+
+    def train_step_with_frozen(params: Params, buffers: Buffers, state: State, x: Tensor, y: Tensor):
+        trainable, fixed = _split(model, params)
+        grads, (value, buffers) = split_grad_fn(trainable, fixed, buffers, x, y)
+        params, state = update(grads, state, params)
         return params, buffers, state, value
 
-    return train_step
+    return train_step_with_frozen
+
+
+def _split(model: Model, params: Params) -> tuple[Params, Params]:
+    """`params` as (trainable, frozen), each in `params`' order."""
+    trainable = model.trainable(params)
+    return trainable, {k: v for k, v in params.items() if k not in trainable}
+
+
+Update = Callable[[Params, State, Params], tuple[Params, State]]
+
+
+def trainable_update(model: Model, update: Update) -> Update:
+    """`update` over `model.trainable(params)` alone, the frozen params handed back as they came,
+    every param in `params`' order: the one way a step (and `purestep check`'s float64 twin)
+    applies an optimizer. `update` itself when nothing is frozen."""
+    if not model.frozen:
+        return update
+
+    def restricted(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        new, state = update(grads, state, model.trainable(params))
+        return {k: new.get(k, v) for k, v in params.items()}, state
+
+    return restricted
 
 
 def _eager_train_step(
+    model: Model,
     train_loss: Callable[[Params, Buffers, Tensor, Tensor], tuple[Tensor, Buffers]],
-    update: Callable[[Params, State, Params], tuple[Params, State]],
+    update: Update,
 ) -> TrainStep:
     """The train step by plain autograd: the loss on leaves that alias `params` (nothing of the
-    caller's is written), their gradients, one update."""
+    caller's is written), their gradients, one update; frozen params enter as constants, as the
+    module's own do (no gradient, no update)."""
+    update = trainable_update(model, update)
+    frozen = model.frozen
 
     def train_step(params: Params, buffers: Buffers, state: State, x: Tensor, y: Tensor):
-        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        if frozen:
+            leaves = {
+                k: v.detach() if k in frozen else v.detach().requires_grad_() for k, v in params.items()
+            }
+            trainable = model.trainable(leaves)
+        else:
+            trainable = leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
         with torch.enable_grad():
             value, buffers = train_loss(leaves, buffers, x, y)
         if value.requires_grad:
-            grads = torch.autograd.grad(value, tuple(leaves.values()), materialize_grads=True)
+            grads = torch.autograd.grad(value, tuple(trainable.values()), materialize_grads=True)
         else:  # a loss that no param reaches: zero gradients, as grad_and_value gives
-            grads = tuple(torch.zeros_like(v) for v in leaves.values())
-        params, state = update(dict(zip(leaves, grads)), state, params)
+            grads = tuple(torch.zeros_like(v) for v in trainable.values())
+        params, state = update(dict(zip(trainable, grads)), state, params)
         return params, {k: v.detach() for k, v in buffers.items()}, state, value.detach()
 
     return train_step

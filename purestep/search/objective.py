@@ -343,7 +343,7 @@ def steps_saved(
         if not (isinstance(train_step, CompiledStep) and isinstance(eval_step, CompiledStep)):
             return False
         params, buffers = model.init(0, splits.x_fit.device)
-        state = optimizer.init(params)
+        state = optimizer.init(model.trainable(params))
         calls = [(train_step, (params, buffers, state), x, y, config.batch_size) for x, y in train_on] + [
             (eval_step, (params, buffers), x, y, EVAL_BATCH_SIZE) for x, y in eval_on
         ]
