@@ -603,3 +603,87 @@ def test_a_worker_that_finds_a_study_another_is_creating_defines_it_too(tmp_path
     with pytest.raises(IncompatibleStudy, match="was not created by purestep tune"):
         open_study(storage, "m", spec, sampler, pruner)
     assert digest(tmp_path / "s.db") == before
+
+
+def _save_arrays(path: Path, classes: int, features: int) -> None:
+    """A small classification dataset as an .npz: 60 training rows (the first 20 also the test set)."""
+    import numpy as np
+
+    x = np.random.default_rng(classes).random((60, features), dtype=np.float32)
+    y = np.arange(60) % classes
+    np.savez(path, x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
+
+
+def _forget_fingerprints(storage: str, study: str) -> None:
+    """Make `study` one created before datasets and model files were known by their contents."""
+    from purestep.search.study import ATTR
+
+    loaded = optuna.load_study(study_name=study, storage=storage)
+    attr = dict(loaded.user_attrs[ATTR])
+    attr.pop("dataset_id", None)
+    attr.pop("model_id", None)
+    loaded.set_user_attr(ATTR, attr)
+
+
+def test_a_file_dataset_is_known_by_its_contents_not_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same arrays at another path resume the study; other arrays under the study's path are
+    refused before anything is written. A study made before contents were compared keeps comparing paths."""
+    monkeypatch.chdir(tmp_path)
+    good, moved = tmp_path / "good.npz", tmp_path / "moved" / "good.npz"
+    _save_arrays(good, 3, 8)
+    moved.parent.mkdir()
+    moved.write_bytes(good.read_bytes())
+    db = tmp_path / "s.db"
+    storage = f"sqlite:///{db}"
+
+    def run(dataset: str, n: int):
+        args = ["--epochs", "1", "--n-trials", str(n), "--study", "s", "--storage", storage, "--no-final"]
+        return runner.invoke(app, ["tune", "--dataset", dataset, *args])
+
+    first = run("good.npz", 1)
+    assert first.exit_code == 0, first.output
+    again = run("moved/good.npz", 2)
+    assert again.exit_code == 0, again.output
+    assert len(finished(trials(storage, "s"))) == 2
+    _save_arrays(good, 4, 6)  # other classes and features under the study's path
+    before = digest(db)
+    line = one_line_error(run("good.npz", 3), 2)
+    assert f"--dataset {good} has changed since the study was made (data sha256 " in line, line
+    assert "Invalid value for --study" in line and digest(db) == before
+    _forget_fingerprints(storage, "s")
+    before = digest(db)
+    line = one_line_error(run("moved/good.npz", 3), 2)
+    assert f"--dataset is {good} in the study, {moved} here" in line and digest(db) == before
+
+
+NET = (
+    "import torch.nn as nn\n"
+    "def make(in_features, width={width}):\n"
+    "    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, 10))\n"
+)
+
+
+def test_a_model_file_is_known_by_its_source_not_the_path_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(NET.format(width=32))
+    db = tmp_path / "s.db"
+    storage = f"sqlite:///{db}"
+
+    def run(model: str, n: int):
+        args = ["--epochs", "1", "--n-trials", str(n), "--storage", storage, "--no-final"]
+        return runner.invoke(app, ["tune", "--dataset", "digits", "--model", model, *args])
+
+    first = run("net.py:make", 1)
+    assert first.exit_code == 0, first.output
+    again = run("./net.py:make", 2)  # the same file, typed another way
+    assert again.exit_code == 0, again.output
+    assert len(finished(trials(storage))) == 2
+    (tmp_path / "net.py").write_text(NET.format(width=16))  # another model under the study's name
+    before = digest(db)
+    line = one_line_error(run("net.py:make", 3), 2)
+    assert "--model net.py:make has changed since the study was made (source file sha256 " in line, line
+    assert digest(db) == before

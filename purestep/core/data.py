@@ -94,6 +94,20 @@ class Dataset:
         return replace(self, **moved)
 
 
+def fingerprint(data: Dataset) -> str:
+    """`sha256:HEX` of what a dataset holds as loaded: each array's name, dtype, shape and bytes, and
+    the task, classes and target scaling. The same data, wherever its file is, has the same one;
+    a file re-saved with equal arrays too (an .npz's bytes hold the time it was written)."""
+    import hashlib
+
+    digest = hashlib.sha256(repr((data.task, data.classes, data.target_mean, data.target_std)).encode())
+    for key in ARRAYS:
+        t = getattr(data, key).detach().to("cpu").contiguous()
+        digest.update(f"{key} {t.dtype} {tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return f"sha256:{digest.hexdigest()}"
+
+
 def _images(uint8: Tensor) -> Tensor:
     """uint8 `(N, H, W)` to float `(N, 1, H, W)`, by the same op as `ToTensor()`: `/ 255`."""
     return uint8.to(dtype=torch.get_default_dtype()).div(255).unsqueeze(1)

@@ -8,6 +8,7 @@ anything is written. Samplers and pruners are not part of it: a study may change
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from collections.abc import Mapping, Sequence
@@ -49,6 +50,11 @@ class StudySpec:
     model: str = "mlp"
     model_args: Mapping[str, Any] = field(default_factory=dict)
     loss: str = "cross_entropy"
+    dataset_id: str | None = None
+    """A file dataset's content fingerprint (`data.fingerprint`); None for a built-in one, known by
+    its name, and in studies made before fingerprints were kept (then the path is compared)."""
+    model_id: str | None = None
+    """A model file's fingerprint (`model_fingerprint`); None for a built-in model, as `dataset_id`."""
 
     @property
     def direction(self) -> str:
@@ -75,12 +81,27 @@ class StudySpec:
             str(attr.get("model", "mlp")),
             dict(attr.get("model_args", {})),  # type: ignore[arg-type]
             str(attr.get("loss", "cross_entropy")),
+            _optional(attr.get("dataset_id")),
+            _optional(attr.get("model_id")),
         )
 
     def mismatch(self, other: StudySpec) -> str | None:
-        """How `other` differs from this definition, in one line, or None."""
+        """How `other` differs from this definition, in one line, or None.
+
+        A file dataset or model file is known by its fingerprint when both sides have one (the
+        same contents at another path resume, other contents at the same path do not); by its
+        name otherwise (a built-in one, or a study made before fingerprints were kept)."""
         for name in ("dataset", "epochs", "seed", "val_fraction", "model", "loss"):
             mine, theirs = getattr(self, name), getattr(other, name)
+            if name in ("dataset", "model"):
+                was, now = getattr(self, f"{name}_id"), getattr(other, f"{name}_id")
+                if was is not None and now is not None:
+                    if was == now:
+                        continue
+                    how = f"is not the study's {mine}"
+                    how = "has changed since the study was made" if mine == theirs else how
+                    what = "data sha256" if name == "dataset" else "source file sha256"
+                    return f"--{name} {theirs} {how} ({what} {_short(was)} in the study, {_short(now)} here)"
             if mine != theirs:
                 option = "--" + name.replace("_", "-")
                 return f"{option} is {mine} in the study, {theirs} here"
@@ -90,6 +111,29 @@ class StudySpec:
             return f"--model-arg is {dict(self.model_args)} in the study, {dict(other.model_args)} here"
         diff = difference(self.space, other.space)
         return f"the search space differs: {diff}" if diff else None
+
+
+def _optional(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _short(fingerprint: str) -> str:
+    """A fingerprint as a message shows it: `sha256:` dropped, the digest cut to 12 hex digits."""
+    digest, sep, rest = fingerprint.removeprefix("sha256:").partition(":")
+    return digest[:12] + sep + rest
+
+
+def model_fingerprint(ref: str) -> str | None:
+    """`--model FILE.py:factory`'s identity: the sha256 of the file's bytes and the factory's name
+    (`sha256:HEX:factory`), whatever path reached the file; None for a built-in model (`mlp`, `cnn`)."""
+    from pathlib import Path
+
+    from purestep.core.model import ZOO
+
+    if ref in ZOO:
+        return None
+    path, _, factory = ref.rpartition(":")
+    return f"sha256:{hashlib.sha256(Path(path).read_bytes()).hexdigest()}:{factory}"
 
 
 def check_sampler(name: str) -> None:

@@ -48,6 +48,7 @@ from purestep.search.study import (
     ensure_baseline,
     make_pruner,
     make_sampler,
+    model_fingerprint,
     open_study,
     stored_spec,
 )
@@ -461,7 +462,7 @@ def tune(
     _check_model(options, splits)
     storage = open_storage(url, create=True)
     with storage_errors(url):
-        study, created = open_study(storage, options.study, options.spec(), sampler, pruner)
+        study, created = open_study(storage, options.study, study_spec(options, data), sampler, pruner)
         held = len(study.get_trials(deepcopy=False))
         options = replace(options, sampler_seed=sampler_seed(options.seed, held))
         if held:  # resumed: not the first run's draws again
@@ -485,6 +486,15 @@ def tune(
             else:
                 _run_workers(study, options, deadline, start, progress)
         return _outcome(study, url, created, queued, speed, start), data
+
+
+def study_spec(options: TuneOptions, data: Dataset) -> StudySpec:
+    """The definition this run asks for, a file dataset and a model file known by their contents
+    (`fingerprint`, `model_fingerprint`); built-in ones by their names."""
+    from purestep.core.data import DATASETS, fingerprint
+
+    dataset_id = None if options.dataset in DATASETS else fingerprint(data)
+    return replace(options.spec(), dataset_id=dataset_id, model_id=model_fingerprint(options.model))
 
 
 def _progress(
