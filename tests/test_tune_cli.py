@@ -687,3 +687,31 @@ def test_a_model_file_is_known_by_its_source_not_the_path_typed(
     line = one_line_error(run("net.py:make", 3), 2)
     assert "--model net.py:make has changed since the study was made (source file sha256 " in line, line
     assert digest(db) == before
+
+
+def test_study_names_that_read_alike_get_folders_of_their_own_and_another_studys_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from purestep.search.tune import default_out
+
+    monkeypatch.chdir(tmp_path)
+    assert default_out("purestep-digits") == Path("purestep-digits")  # a plain name is the folder's
+    names = ("exp 1", "exp/1", "exp_1", "日本語", "中文", "study", "??")
+    assert len({default_out(n) for n in names}) == len(names)
+    assert all(len(default_out(n).parts) == 1 for n in names)
+    db = tmp_path / "s.db"
+    common = ["--epochs", "1", "--n-trials", "1", "--storage", f"sqlite:///{db}", "--no-final"]
+    for name in ("日本語", "中文"):
+        result = runner.invoke(app, ["tune", "--dataset", "digits", "--study", name, *common])
+        assert result.exit_code == 0, result.output
+    for name in ("日本語", "中文"):
+        assert json.loads((tmp_path / default_out(name) / "best.json").read_text())["study"] == name
+    taken = tmp_path / default_out("日本語")
+    written = json.loads((taken / "best.json").read_text())
+    (taken / "best.json").write_text(json.dumps({**written, "study": "中文"}))  # as if 中文's run wrote it
+    before = digest(taken / "best.json"), digest(db)
+    for out in ([], ["--out", str(taken)]):  # another study's folder, by default or named
+        args = ["tune", "--dataset", "digits", "--study", "日本語", *common, *out]
+        line = one_line_error(runner.invoke(app, args), 2)
+        assert "best.json is study '中文''s, not '日本語''s" in line and "--out" in line
+        assert (digest(taken / "best.json"), digest(db)) == before

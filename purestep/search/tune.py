@@ -836,5 +836,40 @@ def best_json(outcome: Outcome, options: TuneOptions) -> dict[str, Any]:
 
 
 def default_out(study: str) -> Path:
-    """Where a study's files go by default: a directory named after it."""
-    return Path(re.sub(r"[^A-Za-z0-9._-]+", "_", study).strip("._") or "study")
+    """Where a study's files go by default: a directory named after it. A name that is not all
+    ASCII letters, digits and `._-` is made so and given 8 hex digits of its sha256, so names that
+    read alike (`exp 1`, `exp/1`; `日本語`, `中文`) keep apart: `exp_1-24dc4c5d`, `study-77710aed`."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", study).strip("._-") or "study"
+    if readable != study:
+        readable += "-" + hashlib.sha256(study.encode()).hexdigest()[:8]
+    return Path(readable)
+
+
+def check_out(out: Path, study: str) -> None:
+    """Refuse a folder whose `best.json` is another study's (or not one `tune` wrote), before any
+    trial runs: the end of this run would write over it.
+
+    Raises:
+        UsageError: the folder holds another study's results.
+    """
+    owner = _written(out / "best.json")
+    if owner is None:
+        return
+    held = owner.get("study")
+    if held != study:
+        whose = f"study {held!r}'s" if isinstance(held, str) else "no study's"
+        raise UsageError(
+            f"{out / 'best.json'} is {whose}, not {study!r}'s: this run would write over it; "
+            "choose another --out or --study"
+        )
+
+
+def _written(path: Path) -> dict[str, Any] | None:
+    """A `best.json` as written (an object: `{}` when it is not one), or None when there is none."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
