@@ -715,3 +715,28 @@ def test_study_names_that_read_alike_get_folders_of_their_own_and_another_studys
         line = one_line_error(runner.invoke(app, args), 2)
         assert "best.json is study '中文''s, not '日本語''s" in line and "--out" in line
         assert (digest(taken / "best.json"), digest(db)) == before
+
+
+def test_a_run_without_the_final_retrain_keeps_the_final_result_of_the_same_best_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The best trial unchanged: its `final` and weights stay. Changed: `final` is null and the
+    earlier trial's weights are removed with it."""
+    monkeypatch.chdir(tmp_path)
+    args = ["tune", "--dataset", "digits", "--epochs", "1", "--n-trials", "2"]
+    args += ["--storage", f"sqlite:///{tmp_path / 's.db'}"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "purestep-digits"
+    first, weights = json.loads((out / "best.json").read_text()), digest(out / "best.safetensors")
+    assert first["final"]["test_accuracy"] > 0
+    again = runner.invoke(app, [*args, "--no-final"])
+    assert again.exit_code == 0, again.output
+    kept = json.loads((out / "best.json").read_text())
+    assert (kept["trial"], kept["final"]) == (first["trial"], first["final"])
+    assert digest(out / "best.safetensors") == weights
+    (out / "best.json").write_text(json.dumps({**kept, "trial": kept["trial"] + 1}))  # an earlier best
+    stale = runner.invoke(app, [*args, "--no-final"])
+    assert stale.exit_code == 0, stale.output
+    assert json.loads((out / "best.json").read_text())["final"] is None
+    assert not (out / "best.safetensors").exists()

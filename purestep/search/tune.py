@@ -805,9 +805,32 @@ def finish(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path, fin
 
         with flushed(outcome.speed.flush):
             outcome.final = final_train(outcome, data, options, out)
+    else:
+        outcome.final = _kept_final(outcome, out)
     content = best_json(outcome, options)
     outcome.files.insert(0, str(write_json(out / "best.json", content)))
     return content
+
+
+def _kept_final(outcome: Outcome, out: Path) -> dict[str, Any] | None:
+    """For a run without the final re-train: the `final` section of the `best.json` in `out` when it
+    is of this study's best trial still (its number, params and value), so `best.safetensors`
+    stays described; else None, and a `best.safetensors` the study wrote for an earlier best
+    trial is removed, as no weights beside `"final": null` mean none were trained for it."""
+    assert outcome.best is not None
+    before = _written(out / "best.json")
+    if not before or before.get("study") != outcome.study:
+        return None  # none, or not this study's (`check_out` refused another's): nothing to keep
+    best = outcome.best
+    same = (before.get("trial"), before.get("params"), before.get("value")) == (
+        best.number,
+        best.params,
+        best.value,
+    )
+    if same and isinstance(before.get("final"), dict) and (out / "best.safetensors").exists():
+        return before["final"]
+    (out / "best.safetensors").unlink(missing_ok=True)
+    return None
 
 
 def best_json(outcome: Outcome, options: TuneOptions) -> dict[str, Any]:
