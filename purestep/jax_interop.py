@@ -389,7 +389,7 @@ def jax_vs_eager(
         Twin(spec, optimizer),
         side(eager),
         one_at_a_time(jax_side(spec, config)),
-        [(params, buffers, optimizer.init(params))],
+        [(params, buffers, optimizer.init(spec.trainable(params)))],
         x[: steps * batch_size],
         y[: steps * batch_size],
         batch_size,

@@ -20,12 +20,30 @@ runner = CliRunner()
 BASE = ["train", "--dataset", "digits", "--impl", "eager", "--lr", "0.05", "--momentum", "0.9", "--shuffle"]
 
 
+FROZEN = """
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.head = nn.Linear(64, 16), nn.Linear(16, 10)
+        self.first.requires_grad_(False)  # a frozen trunk: no gradient, no update, no optimizer state
+
+    def forward(self, x):
+        return self.head(self.first(x.flatten(1)).relu())
+"""
+
+
 @pytest.mark.parametrize(
-    "model", [[], ["--model", "cnn", "--model-arg", "width=4", "--model-arg", "dense=16"]]
+    "model", [[], ["--model", "cnn", "--model-arg", "width=4", "--model-arg", "dense=16"], ["frozen"]]
 )
 def test_resume_ends_bitwise_equal_to_an_unbroken_run(tmp_path, model):
-    """The MLP, and the CNN: its BatchNorm buffers and its dropout's generator resume as they were."""
+    """The MLP; the CNN: its BatchNorm buffers and its dropout's generator resume as they were; and
+    a model with a frozen layer, whose momentum state holds none for it."""
     full, resumed, ckpt = tmp_path / "full.safetensors", tmp_path / "resumed.safetensors", tmp_path / "ckpt"
+    if model == ["frozen"]:
+        (tmp_path / "frozen.py").write_text(FROZEN)
+        model = ["--model", f"{tmp_path / 'frozen.py'}:Net"]
     base = [*BASE, *model]
     assert runner.invoke(app, [*base, "--epochs", "3", "--save", str(full)]).exit_code == 0
     assert runner.invoke(app, [*base, "--epochs", "2", "--checkpoint", str(ckpt)]).exit_code == 0

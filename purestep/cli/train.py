@@ -128,7 +128,7 @@ def _run_functional(
             where = f"the checkpoint in {checkpoint}"
             check_like(found.params, params, where)
             check_like(found.buffers, buffers, where)
-            check_like(found.state, optimizer.init(params), where)
+            check_like(found.state, optimizer.init(spec.trainable(params)), where)
             params, buffers, state = found.params, found.buffers, found.state
             history, start = found.meta["history"], found.epoch + 1
             restore_generators(found.rng, device)
