@@ -740,3 +740,16 @@ def test_a_run_without_the_final_retrain_keeps_the_final_result_of_the_same_best
     assert stale.exit_code == 0, stale.output
     assert json.loads((out / "best.json").read_text())["final"] is None
     assert not (out / "best.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", ["best.json", "best.safetensors"])
+def test_an_out_folder_with_a_directory_where_a_result_goes_is_refused_before_any_trial(
+    tmp_path: Path, name: str
+) -> None:
+    """Every trial and the final re-train ran, then the write of best.json failed (`Is a
+    directory`) with best.safetensors already written beside no best.json. Refused first."""
+    (tmp_path / "out" / name).mkdir(parents=True)
+    result = invoke("--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(tmp_path / "out"))
+    line = one_line_error(result, 2)
+    assert f"{tmp_path / 'out' / name} is a directory, where the run writes a file of that name" in line
+    assert not (tmp_path / "s.db").exists() and sorted(p.name for p in (tmp_path / "out").iterdir()) == [name]

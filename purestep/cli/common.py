@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,14 +64,18 @@ def optimizer_config(
     return config
 
 
-def check_output(path: Path, option: str, *, directory: bool = False) -> None:
+def check_output(path: Path, option: str, *, directory: bool = False, files: Sequence[str] = ()) -> None:
     """Refuse, before any work, an output the end of the run could not write: a directory where a
-    file goes (or a file where a directory goes), a file in the way of its folders, or a folder this
-    user cannot write in. A usage error (exit 2) naming `option`; nothing is created."""
+    file goes (or a file where a directory goes; for a directory, where one of the `files` the run
+    writes in it goes), a file in the way of its folders, or a folder this user cannot write in. A
+    usage error (exit 2) naming `option`; nothing is created."""
     path = path.absolute()
     problem = None
+    in_the_way = [path / f for f in files if (path / f).is_dir()] if directory else []
     if directory and os.path.lexists(path) and not path.is_dir():
         problem = f"{path} is a file, not a directory"
+    elif in_the_way:
+        problem = f"{in_the_way[0]} is a directory, where the run writes a file of that name"
     elif not directory and path.is_dir():
         problem = f"{path} is a directory; give a file name"
     else:

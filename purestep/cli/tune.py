@@ -239,7 +239,7 @@ def tune(
 
     from purestep.search.storage import StorageURLError, parse_storage
     from purestep.search.study import IncompatibleStudy
-    from purestep.search.tune import TuneOptions, UsageError, check_out, default_out, finish
+    from purestep.search.tune import OUT_FILES, TuneOptions, UsageError, check_out, default_out, finish
     from purestep.search.tune import tune as run
 
     try:
@@ -248,7 +248,7 @@ def tune(
         raise typer.BadParameter(str(e), param_hint="--storage") from None
     name = study or f"purestep-{dataset_label(dataset)}"
     out = out if out is not None else default_out(name)
-    check_output(out, "--out", directory=True)  # before any trial runs: a study's end must be writable
+    check_output(out, "--out", directory=True, files=OUT_FILES)  # before any trial: the end must be writable
     try:
         check_out(out, name)  # nor may it write over another study's results
     except UsageError as e:

@@ -56,6 +56,9 @@ from purestep.search.study import (
 if TYPE_CHECKING:
     from purestep.core.data import Dataset
 
+BEST_JSON, BEST_WEIGHTS = OUT_FILES = ("best.json", "best.safetensors")
+"""What a study writes into its `--out` folder (`report` adds its plots)."""
+
 COMPILE_MIN_STEPS = 1000
 """`--impl auto` compiles when one trial takes at least this many optimizer steps.
 
@@ -350,11 +353,11 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
     from purestep.core.errors import one_line
     from purestep.core.losses import OutputShapeError, check_output_shape, loss_fn
     from purestep.search.objective import ConfigError
-    from purestep.search.space import MODEL_PREFIX, Fixed, Range
+    from purestep.search.space import MLP_SETTINGS, MODEL_PREFIX, Fixed, Range
 
     checks = {"": TrialConfig()}
     for p in options.space.params:
-        if p.key.startswith(MODEL_PREFIX) or p.key in ("hidden", "layers"):
+        if p.key.startswith(MODEL_PREFIX) or p.key in MLP_SETTINGS:
             domain = p.domain
             values = (
                 (domain.value,) if isinstance(domain, Fixed)
@@ -726,7 +729,7 @@ def final_train(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path
     compiled = final_compiled(config, data, splits, options, outcome.speed)
     result, test = _retrain(config, data, splits, options, compiled)
     seconds = time.perf_counter() - began
-    weights = out / "best.safetensors"
+    weights = out / BEST_WEIGHTS
     final = {
         **test,
         "train_images": len(data.y_train),
@@ -808,7 +811,7 @@ def finish(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path, fin
     else:
         outcome.final = _kept_final(outcome, out)
     content = best_json(outcome, options)
-    outcome.files.insert(0, str(write_json(out / "best.json", content)))
+    outcome.files.insert(0, str(write_json(out / BEST_JSON, content)))
     return content
 
 
@@ -818,7 +821,7 @@ def _kept_final(outcome: Outcome, out: Path) -> dict[str, Any] | None:
     stays described; else None, and a `best.safetensors` the study wrote for an earlier best
     trial is removed, as no weights beside `"final": null` mean none were trained for it."""
     assert outcome.best is not None
-    before = _written(out / "best.json")
+    before = _written(out / BEST_JSON)
     if not before or before.get("study") != outcome.study:
         return None  # none, or not this study's (`check_out` refused another's): nothing to keep
     best = outcome.best
@@ -827,9 +830,9 @@ def _kept_final(outcome: Outcome, out: Path) -> dict[str, Any] | None:
         best.params,
         best.value,
     )
-    if same and isinstance(before.get("final"), dict) and (out / "best.safetensors").exists():
+    if same and isinstance(before.get("final"), dict) and (out / BEST_WEIGHTS).exists():
         return before["final"]
-    (out / "best.safetensors").unlink(missing_ok=True)
+    (out / BEST_WEIGHTS).unlink(missing_ok=True)
     return None
 
 
@@ -875,7 +878,7 @@ def check_out(out: Path, study: str) -> None:
     Raises:
         UsageError: the folder holds another study's results.
     """
-    owner = _written(out / "best.json")
+    owner = _written(out / BEST_JSON)
     if owner is None:
         return
     held = owner.get("study")
