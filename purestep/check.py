@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ class Row:
     def facts(self) -> str:
         """The free-running trajectories and the first branch difference, as one line."""
         if not self.lockstep:
-            return ""
+            return self.failure
         parts = [self.failure] if self.failure else []
         if self.free_distance is not None:
             parts.append(f"free-running end distance {self.free_distance:.2g} rel")
@@ -666,7 +667,20 @@ def reference_vs_eager(
     loss_diff = abs(metrics.loss - ref_loss)
     passed = error <= bound and loss_diff <= max(bound, 1e-5) and counts
     label = f"eager vs reference ({describe(config)})"
-    return Row(label, len(losses), diff, loss_diff, error, bound, relative, passed), ref_lines, eager_lines
+    failure = "" if passed else _why(error, bound, loss_diff, counts)
+    row = Row(label, len(losses), diff, loss_diff, error, bound, relative, passed, failure=failure)
+    return row, ref_lines, eager_lines
+
+
+def _why(error: float, bound: float, loss_diff: float, counts: bool) -> str:
+    """Why a free-running pair failed, in a few words."""
+    if not (math.isfinite(error) and math.isfinite(loss_diff)):
+        return "the run diverged (non-finite params or loss): lower --lr to compare the two"
+    if not counts:
+        return "an integer buffer (a count) differs"
+    if error > bound:
+        return f"params {error:.3g} apart, above the bound {bound:.3g}"
+    return f"test losses {loss_diff:.3g} apart"
 
 
 def deterministic(model: Model) -> tuple[Model, bool]:

@@ -421,3 +421,4 @@ def test_check_json_is_strict_json_when_a_run_diverges():
     assert result.exit_code == 1, result.output
     report = json.loads(result.stdout, parse_constant=refuse)
     assert not report["passed"] and report["rows"][0]["error"] is None
+    assert "the run diverged" in report["rows"][0]["failure"]  # a reason, not null
