@@ -5,8 +5,6 @@ registered non-trainable buffer, and a trunk frozen for fine-tuning."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -430,20 +428,3 @@ def test_compiled_step_equals_eager_for_models_with_buffers():
         for n, v in want[1].items():
             torch.testing.assert_close(got[1][n], v, rtol=1e-5, atol=1e-6)
         params, buffers, state = want[:3]
-
-
-@pytest.mark.parametrize(
-    ("ref", "args", "said"),
-    [
-        ("cnn", {"width": "abc"}, "model 'cnn' takes an integer for 'width' (default 32); got 'abc'"),
-        ("cnn", {"width": 1.5}, "model 'cnn' takes an integer for 'width' (default 32); got 1.5"),
-        ("cnn", {"dropout": "x"}, "model 'cnn' takes a number for 'dropout' (default 0.5); got 'x'"),
-        ("mlp", {"hidden": "[32,32]"}, "takes integers separated by commas, e.g. 512,512"),
-    ],
-)
-def test_a_model_argument_of_the_wrong_kind_is_refused_naming_the_kind_it_takes(ref, args, said):
-    """Words for a number, or a fraction for an integer, failed inside the factory with its own
-    message (`not all arguments converted during string formatting`)."""
-    with pytest.raises(ModelError, match=re.escape(said)):
-        build_model(ref, (1, 8, 8), 10, args)
-    assert build_model("cnn", (1, 8, 8), 10, {"dropout": 1, "width": 8}).name == "cnn"  # an int for a float

@@ -344,20 +344,6 @@ def defaults(factory: Factory) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
-def _check_kind(ref: str, name: str, given: Any, default: Any) -> None:
-    """Refuse words for an argument whose default is a number, a flag or widths, and a fraction for
-    an integer (`width=abc` failed inside the factory, with the factory's own message)."""
-    if isinstance(default, tuple):
-        kind = "integers separated by commas, e.g. 512,512"
-    elif isinstance(default, (bool, int, float)):
-        kind = {bool: "true or false", int: "an integer", float: "a number"}[type(default)]
-    else:
-        return
-    fraction = type(default) is int and isinstance(given, float)
-    if isinstance(given, str) or fraction:
-        raise ModelError(f"model {ref!r} takes {kind} for {name!r} (default {default!r}); got {given!r}")
-
-
 def build_model(
     ref: str,
     in_shape: Sequence[int],
@@ -380,8 +366,6 @@ def build_model(
         raise ModelError(
             f"model {ref!r} takes no argument {unknown[0]!r}; it takes {', '.join(sorted(takes))}"
         )
-    for k, given in args.items():
-        _check_kind(ref, k, given, defaults(factory).get(k))
     fitted = {
         "in_features": int(torch.Size(in_shape).numel()),
         "channels": int(in_shape[0]) if len(in_shape) == 3 else 1,
