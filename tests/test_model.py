@@ -5,6 +5,8 @@ registered non-trainable buffer, and a trunk frozen for fine-tuning."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +18,7 @@ from torch.func import functional_call
 from purestep import ConvNet, NeuralNetwork, OptimizerConfig, cnn, functional, mlp
 from purestep.check import max_rel_diff
 from purestep.core.loop import evaluate
-from purestep.core.model import ModelError, build_model, state_of
+from purestep.core.model import ModelError, build_model, check_model_args, state_of
 from purestep.core.reference import torch_optimizer
 from purestep.core.step import batch_over_trials, compile_step, make_eval_step, make_train_step, stack
 
@@ -428,3 +430,37 @@ def test_compiled_step_equals_eager_for_models_with_buffers():
         for n, v in want[1].items():
             torch.testing.assert_close(got[1][n], v, rtol=1e-5, atol=1e-6)
         params, buffers, state = want[:3]
+
+
+@pytest.mark.parametrize(
+    ("ref", "args", "said"),
+    [
+        ("cnn", {"width": "abc"}, "model 'cnn' takes an integer for 'width' (default 32); got 'abc'"),
+        ("cnn", {"width": 1.5}, "model 'cnn' takes an integer for 'width' (default 32); got 1.5"),
+        ("cnn", {"dropout": "x"}, "model 'cnn' takes a number for 'dropout' (default 0.5); got 'x'"),
+        ("mlp", {"hidden": "[32,32]"}, "takes integers separated by commas, e.g. 512,512"),
+    ],
+)
+def test_a_model_argument_of_the_wrong_kind_is_refused_naming_the_kind_it_takes(ref, args, said):
+    """Words for a number, or a fraction for an integer, failed inside the factory with its own
+    message (`not all arguments converted during string formatting`)."""
+    with pytest.raises(ModelError, match=re.escape(said)):
+        check_model_args(ref, args)
+    check_model_args("cnn", {"dropout": 1, "width": 8})  # an int for a float
+    check_model_args("mlp", {"hidden": (32, 32), "anything": "else"})  # no default to read a kind from
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_the_cli_refuses_a_model_argument_of_the_wrong_kind_in_one_line(command, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from purestep.cli import app
+
+    monkeypatch.chdir(tmp_path)  # tune's default storage, ./purestep.db, would go here
+
+    args = [command, "--dataset", "digits", "--model", "cnn", "--model-arg", "width=abc"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())  # as wrapped by the terminal's width
+    assert "model 'cnn' takes an integer for 'width' (default 32); got 'abc'" in said
+    assert list(tmp_path.iterdir()) == []

@@ -126,12 +126,13 @@ def model_for(
     """The model `--model` names, fitted to the data's input shape and outputs, with `--model-arg`s;
     `hidden` sets the MLP's widths unless an argument does. A model that cannot be found or built
     is a usage error (exit 2)."""
-    from purestep.core.model import ModelError, build_model
+    from purestep.core.model import ModelError, build_model, check_model_args
 
     args = dict(model_args)
     if hidden is not None and ref == "mlp":
         args.setdefault("hidden", hidden)
     try:
+        check_model_args(ref, model_args)
         return build_model(ref, data.in_shape, data.out_features, args, loss)
     except ModelError as e:
         raise typer.BadParameter(str(e)) from None

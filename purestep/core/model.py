@@ -344,6 +344,31 @@ def defaults(factory: Factory) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
+def check_model_args(ref: str, model_args: Mapping[str, Any]) -> None:
+    """Refuse a typed model argument of the wrong kind: words where the factory's default is a
+    number, a flag or widths, a fraction where it is an integer (`width=abc` failed inside the
+    factory, with its own message). For what a user types only: a space's range of floats may serve
+    a factory that rounds them.
+
+    Raises:
+        ModelError: naming the argument, the kind its default has, and the value given.
+    """
+    if not model_args:
+        return
+    known = defaults(resolve_factory(ref))
+    for name, given in model_args.items():
+        default = known.get(name)
+        if isinstance(default, tuple):
+            kind = "integers separated by commas, e.g. 512,512"
+        elif isinstance(default, (bool, int, float)):
+            kind = {bool: "true or false", int: "an integer", float: "a number"}[type(default)]
+        else:
+            continue
+        fraction = type(default) is int and isinstance(given, float)
+        if isinstance(given, str) or fraction:
+            raise ModelError(f"model {ref!r} takes {kind} for {name!r} (default {default!r}); got {given!r}")
+
+
 def build_model(
     ref: str,
     in_shape: Sequence[int],

@@ -352,9 +352,14 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
 
     from purestep.core.errors import one_line
     from purestep.core.losses import OutputShapeError, check_output_shape, loss_fn
+    from purestep.core.model import ModelError, check_model_args
     from purestep.search.objective import ConfigError
     from purestep.search.space import MLP_SETTINGS, MODEL_PREFIX, Fixed, Range
 
+    try:
+        check_model_args(options.model, options.model_args)
+    except ModelError as e:
+        raise UsageError(str(e)) from None
     checks = {"": TrialConfig()}
     for p in options.space.params:
         if p.key.startswith(MODEL_PREFIX) or p.key in MLP_SETTINGS:
