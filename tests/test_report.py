@@ -196,3 +196,23 @@ def test_report_on_a_storage_without_studies_says_so_in_one_line(tmp_path: Path)
     result = runner.invoke(app, ["report", "--storage", storage])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
     assert "the storage holds no study yet: purestep tune writes one" in result.stderr
+
+
+def test_report_on_a_study_of_another_tool_labels_its_values_and_refuses_several_objectives(
+    tmp_path: Path,
+) -> None:
+    """A study purestep did not write names no metric: its values are not called a validation MSE.
+    One with two objectives is refused in one line, where Optuna's own error came through."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    plain = optuna.create_study(study_name="plain", storage=storage)
+    plain.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
+    result = runner.invoke(app, ["report", "--storage", storage, "--study", "plain", "--no-plots", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metric"] == "objective value"
+
+    optuna.create_study(study_name="pair", storage=storage, directions=["minimize", "maximize"])
+    before = (tmp_path / "s.db").read_bytes()
+    result = runner.invoke(app, ["report", "--storage", storage, "--study", "pair"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "study 'pair' has 2 objectives; the report ranks one" in result.stderr
+    assert (tmp_path / "s.db").read_bytes() == before

@@ -56,6 +56,9 @@ def report(
             loaded = load_existing(opened, study)
         except NoStudy as e:
             raise typer.BadParameter(str(e), param_hint="--study") from None
+        if len(loaded.directions) > 1:  # Optuna's `direction` raises on it
+            several = f"study {study!r} has {len(loaded.directions)} objectives; the report ranks one"
+            raise typer.BadParameter(several, param_hint="--study")
         from purestep.search.report import build_report, write_plots
 
         summary = build_report(loaded, top)

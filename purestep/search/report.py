@@ -24,12 +24,12 @@ METRICS = {"val_accuracy": "validation accuracy", "val_mse": "validation MSE"}
 def study_metric(study: optuna.Study) -> tuple[str, bool]:
     """What a trial's value is and whether lower is better, from the study's metric name and direction.
 
-    A classification maximises validation accuracy; a regression minimises validation MSE.
+    A classification maximises validation accuracy; a regression minimises validation MSE; a study
+    that names no metric (not written by `purestep tune`) shows an "objective value".
     """
     minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
     names = study.metric_names
-    default = "validation MSE" if minimize else "validation accuracy"
-    return (METRICS.get(names[0], names[0]) if names else default), minimize
+    return (METRICS.get(names[0], names[0]) if names else "objective value"), minimize
 
 
 @dataclass(frozen=True)
