@@ -889,7 +889,7 @@ def poke(x: torch.Tensor) -> torch.Tensor:
     calls[0] += 1
     if calls[0] == int(os.environ["POKE_AT"]):
         os.kill(os.getpid(), getattr(signal, os.environ["POKE_SIGNAL"]))
-        time.sleep(30)
+        time.sleep(2)  # the op still running when the handler's turn comes (30 s cost a minute a run)
     return x.clone()
 
 
@@ -908,15 +908,23 @@ class Net(nn.Module):
 """
 
 
+@pytest.fixture(scope="module")
+def poked(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`_POKED` in one file for every test: a model file is known by its path, so the second test
+    loads the packages the first saved."""
+    model = tmp_path_factory.mktemp("poked") / "poked.py"
+    model.write_text(_POKED)
+    return model
+
+
 @pytest.mark.compile
 @pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_inside_a_compiled_packages_python_kernel_ends_the_run_as_that_signal(
-    tmp_path: Path, name: str, code: int
+    tmp_path: Path, poked: Path, name: str, code: int
 ) -> None:
     """The package wraps the handler's exception in a RuntimeError; `train` and `tune` still exit
     130 or 143, and the trial's reason is the signal's, not a failure."""
-    model = tmp_path / "poked.py"
-    model.write_text(_POKED)
+    model = poked
     env = _env(POKE_AT="3", POKE_SIGNAL=name)
     storage, out = f"sqlite:///{tmp_path / 's.db'}", str(tmp_path)
     runs = {
