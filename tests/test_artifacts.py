@@ -530,14 +530,22 @@ def test_a_package_under_another_settings_name_is_never_loaded(store, monkeypatc
     assert bf16._compiled is not None  # compiled in this process instead
 
 
-def test_a_sidecar_a_crash_cut_short_is_rebuilt_not_read(store):
-    """A sidecar cut off mid-write (a crash, a full disk) is no package: the next step builds it
-    again, and the sidecar is then written whole, where before it was read and raised."""
+def test_a_package_takes_the_umasks_mode_and_a_sidecar_a_crash_cut_short_is_rebuilt_not_read(store):
+    """A package is readable as the umask lets any new file be (it was 0600, its temporary name's:
+    a cache shared by a team's accounts served only its builder). A sidecar cut off mid-write (a
+    crash, a full disk) is no package: the next step builds it again, and the sidecar is then
+    written whole, where before it was read and raised."""
     model, optimizer = mlp(6, (5,), 3), sgd(0.1)
     params, buffers = model.init(0)
     args = (params, buffers, optimizer.init(params), *_batch())
-    compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")(*args)
+    before = os.umask(0o027)
+    try:
+        compile_step(make_train_step(model, optimizer), key="mlp sgd fp32")(*args)
+    finally:
+        os.umask(before)
     (package,) = store.glob("*.pt2")
+    assert [p.stat().st_mode & 0o777 for p in (package, package.with_suffix(".json"))] == [0o640, 0o640]
+    assert [p.name for p in store.iterdir() if p.name.startswith(".")] == []  # no temporary left
     sidecar = package.with_suffix(".json")
     whole = sidecar.read_text()
     sidecar.write_text(whole[: len(whole) // 2])

@@ -30,7 +30,6 @@ import importlib
 import inspect
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 from purestep.core import fastpath
 from purestep.core.errors import holding_signals
-from purestep.core.files import write_json
+from purestep.core.files import replacing, write_json
 
 Runner = Callable[[list[Tensor]], list[Tensor]]
 Structure = list[list[str] | None]
@@ -406,18 +405,11 @@ def build(
         batch = torch.export.Dim("batch", min=2)
         dims = tuple({0: batch} if data else None for data in is_data(args)) + ((None,) if rates else ())
     exported = torch.export.export(graph, inputs, dynamic_shapes=dims, strict=False)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name(parts)}.pt2"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".partial.pt2")
-    os.close(fd)
-    try:
-        aoti_compile_and_package(exported, package_path=tmp, inductor_configs=options)
+    with replacing(path, suffix=".partial.pt2") as tmp:  # the packager wants the suffix
+        aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs=options)
         sidecar = {"parts": parts, "results": results["structure"], "single": results["single"]}
         write_json(path.with_suffix(".json"), sidecar, indent=0)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
