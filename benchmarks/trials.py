@@ -265,7 +265,7 @@ def main() -> None:
             live = f"{counts['slot_steps'] / (counts['steps'] * k):.1%}" if counts.get("steps") else ""
             import optuna
 
-            study = optuna.load_study(study_name=None, storage=f"sqlite:///{run / 's.db'}")
+            study = optuna.load_study(study_name=best["study"], storage=f"sqlite:///{run / 's.db'}")
             rows.append((label, seconds, live, epochs_trained(study)))
         if args.defaults:
             label = "plain Optuna objective, torch's default threads"
