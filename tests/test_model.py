@@ -438,7 +438,8 @@ def test_compiled_step_equals_eager_for_models_with_buffers():
         ("cnn", {"width": "abc"}, "model 'cnn' takes an integer for 'width' (default 32); got 'abc'"),
         ("cnn", {"width": 1.5}, "model 'cnn' takes an integer for 'width' (default 32); got 1.5"),
         ("cnn", {"dropout": "x"}, "model 'cnn' takes a number for 'dropout' (default 0.5); got 'x'"),
-        ("mlp", {"hidden": "[32,32]"}, "takes integers separated by commas, e.g. 512,512"),
+        ("mlp", {"hidden": "[32,32]"}, "takes integers separated by commas, e.g. 512,512 (one: 512,)"),
+        ("mlp", {"hidden": 64}, "'mlp' takes integers separated by commas, e.g. 512,512 (one: 512,) for"),
     ],
 )
 def test_a_model_argument_of_the_wrong_kind_is_refused_naming_the_kind_it_takes(ref, args, said):
@@ -447,7 +448,18 @@ def test_a_model_argument_of_the_wrong_kind_is_refused_naming_the_kind_it_takes(
     with pytest.raises(ModelError, match=re.escape(said)):
         check_model_args(ref, args)
     check_model_args("cnn", {"dropout": 1, "width": 8})  # an int for a float
-    check_model_args("mlp", {"hidden": (32, 32), "anything": "else"})  # no default to read a kind from
+    check_model_args("mlp", {"hidden": (32,), "anything": "else"})  # no default to read a kind from
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("true", True), ("64", 64), ("0.5", 0.5), ("64,32", (64, 32)), ("64,", (64,)), (" 8 , 4 ,", (8, 4))]
+    + [("abc", "abc"), (",", ","), ("1,,2", "1,,2"), ("[32,32]", "[32,32]")],
+)
+def test_a_command_line_value_parses_as_the_python_value_it_spells(text, value):
+    from purestep.cli.options import parse_value
+
+    assert parse_value(text) == value and type(parse_value(text)) is type(value)
 
 
 @pytest.mark.parametrize("command", ["train", "tune"])

@@ -128,7 +128,8 @@ def _model_args(values: list[str] | None) -> list[str]:
 
 def parse_value(text: str) -> bool | int | float | str | tuple[int, ...]:
     """A command-line value as the Python value it spells: true/false, an integer, a number,
-    integers separated by commas (a tuple, e.g. widths), else the string itself."""
+    integers separated by commas (a tuple, e.g. widths; one with a trailing comma, `64,`), else
+    the string itself."""
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for kind in (int, float):
@@ -137,7 +138,9 @@ def parse_value(text: str) -> bool | int | float | str | tuple[int, ...]:
         except ValueError:
             pass
     parts = text.split(",")
-    if len(parts) > 1 and all(p.strip().lstrip("-").isdigit() for p in parts):
+    if len(parts) > 1 and parts[-1].strip() == "":  # "64,": a tuple of one
+        parts = parts[:-1]
+    if "," in text and all(p.strip().lstrip("-").isdigit() for p in parts):
         return tuple(int(p) for p in parts)
     return text
 

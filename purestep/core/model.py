@@ -346,9 +346,9 @@ def defaults(factory: Factory) -> dict[str, Any]:
 
 def check_model_args(ref: str, model_args: Mapping[str, Any]) -> None:
     """Refuse a typed model argument of the wrong kind: words where the factory's default is a
-    number, a flag or widths, a fraction where it is an integer (`width=abc` failed inside the
-    factory, with its own message). For what a user types only: a space's range of floats may serve
-    a factory that rounds them.
+    number or a flag, a fraction where it is an integer, anything but integers separated by commas
+    where it is a tuple (`width=abc`, `hidden=64` failed inside the factory, with its own message).
+    For what a user types only: a space's range of floats may serve a factory that rounds them.
 
     Raises:
         ModelError: naming the argument, the kind its default has, and the value given.
@@ -359,13 +359,14 @@ def check_model_args(ref: str, model_args: Mapping[str, Any]) -> None:
     for name, given in model_args.items():
         default = known.get(name)
         if isinstance(default, tuple):
-            kind = "integers separated by commas, e.g. 512,512"
+            kind = "integers separated by commas, e.g. 512,512 (one: 512,)"
+            wrong = not isinstance(given, (tuple, list))
         elif isinstance(default, (bool, int, float)):
             kind = {bool: "true or false", int: "an integer", float: "a number"}[type(default)]
+            wrong = isinstance(given, str) or (type(default) is int and isinstance(given, float))
         else:
             continue
-        fraction = type(default) is int and isinstance(given, float)
-        if isinstance(given, str) or fraction:
+        if wrong:
             raise ModelError(f"model {ref!r} takes {kind} for {name!r} (default {default!r}); got {given!r}")
 
 
