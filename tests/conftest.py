@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,11 @@ def _compile_cache_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(step, "_ARTIFACTS", step._ARTIFACTS)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Under CI, a failure's whole report as it happens, not only in the summary at the end: a suite
+    stopped at CI's time limit (or killed) still shows why each of its failed tests failed."""
+    if report.failed and os.environ.get("CI"):
+        sys.stdout.write(f"\n\n{report.nodeid} failed in {report.when}:\n{report.longreprtext}\n")
+        sys.stdout.flush()
