@@ -41,14 +41,18 @@ from purestep.search.storage import HeartbeatRDBStorage, open_storage, parse_sto
 
 N = 6
 WORKERS = 3
-# A trial of 20 epochs lasts long enough to be caught running (seconds); 2 epochs keep the rest fast.
+
+
 def _slow(out: Path) -> list[str]:
     """Trials long enough to catch mid-way and signal before they end, whatever their sampled
-    optimizer: 100 epochs at batch 32 (about 3600 steps, seconds on one thread); a sampled batch of
-    256 left a 20-epoch trial 0.1-0.6 s, less than a loaded machine takes to see it and signal."""
+    optimizer: 40 epochs at batch 32 (about 1440 steps, a second or more on one thread, where a
+    watcher polls every 0.2 s); a sampled batch of 256 left a 20-epoch trial 0.1-0.6 s, less than
+    a loaded machine takes to see it and signal."""
     space = out / "slow.toml"
     space.write_text("[batch_size]\nvalue = 32\n")
-    return ["--epochs", "100", "--pruner", "none", "--space", str(space)]
+    return ["--epochs", "40", "--pruner", "none", "--space", str(space)]
+
+
 # Seconds: short, so that a dead worker's trial is found within a test; the grace is 3 beats.
 HEARTBEAT = {"PURESTEP_HEARTBEAT_INTERVAL": "1", "PURESTEP_HEARTBEAT_GRACE": "3"}
 GRACE = int(HEARTBEAT["PURESTEP_HEARTBEAT_GRACE"])
@@ -169,7 +173,7 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_its_trial_retried(
         storage = request.getfixturevalue("postgres")
     else:
         storage = f"sqlite:///{tmp_path / 's.db'}"
-    n = 3
+    n = 2  # one finished before the kill, the retry after it
     cmd = _tune(storage, tmp_path, "--n-trials", str(n), *_slow(tmp_path))
     proc = _start_and_catch_mid_trial(cmd, storage, _env(**HEARTBEAT))
     try:
