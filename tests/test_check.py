@@ -158,12 +158,13 @@ def one_thread() -> Iterator[None]:
 @pytest.mark.parametrize("pair", [pytest.param("compiled", marks=pytest.mark.compile), "batched", "jax"])
 @pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=["sgd", "adam"])
 @pytest.mark.parametrize("dataset", ["digits", "fashion"])
-@settings(max_examples=examples(2))
+@settings(max_examples=examples(1))
 @given(seed=st.integers(0, 2**31 - 1))
 def test_every_pair_passes_200_steps_for_any_seed(request, dataset, optimizer, pair, seed):
-    """200 steps per seed, for every (dataset, optimizer, pair): two seeds each in CI, 50 with
-    `--hypothesis-profile long` (BENCHMARKS.md, issue 18: the command and its last run). Digits
-    on the 64-24-10 MLP, FashionMNIST-shaped data through the IDX loader at width 32."""
+    """200 steps per seed, for every (dataset, optimizer, pair): one seed each in CI (a
+    derandomized run's first draw), 50 with `--hypothesis-profile long` (BENCHMARKS.md, issue 18:
+    the command and its last run). Digits on the 64-24-10 MLP, FashionMNIST-shaped data through the
+    IDX loader at width 32."""
     if dataset == "digits":
         spec, train = mlp(64, (24,), 10), request.getfixturevalue("digits_200")
     else:

@@ -113,7 +113,7 @@ def digest(folder: Path) -> dict[str, str]:
     }
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=40)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=20)
 @given(data=st.data(), command=st.sampled_from(sorted(OPTIONS)))
 def test_fuzzed_arguments_fail_in_one_line_and_touch_nothing(study, data, command):
     tmp, storage = study
