@@ -4,12 +4,14 @@ source trees; alternated round by round.
 
     python -m benchmarks.defaults --dataset digits --epochs 10 --n-trials 64 --rounds 3 [--tree DIR ...]
 
-Each purestep run is a new process on a fresh SQLite study (random sampler seeded 0, no pruner,
-`--no-final`). "Empty cache" runs get a new, empty compile cache each. "Graphs saved" runs share one
-that an untimed `--impl compiled` run of the same study filled before the rounds: what a user's
-cache holds after one compiled run. `--tree DIR` adds purestep from another source tree (a
-`git archive` of an older commit), empty cache. Prints every run and, per variant, the median over
-rounds of its wall over the plain objective's in the same round (below 1: faster than plain).
+Each purestep run is a new process on a fresh SQLite study (random sampler seeded 0, `--pruner`,
+none by default, on both sides, `--no-final`). "Empty cache" runs get a new, empty compile cache
+each. "Graphs saved" runs share one that an untimed `--impl compiled` run of the same study filled
+before the rounds: what a user's cache holds after one compiled run. `--each-impl` adds `--impl
+eager` and `--impl compiled` on an empty cache each: a cold compile against eager steps, what
+`--impl auto` weighs. `--tree DIR` adds purestep from another source tree (a `git archive` of an
+older commit), empty cache. Prints every run and, per variant, the median over rounds of its wall
+over the plain objective's in the same round (below 1: faster than plain).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     rounds.study_arguments(parser)
     parser.add_argument("--tree", type=Path, action="append", default=[], help="another source tree")
+    parser.add_argument(
+        "--each-impl", action="store_true", help="also `--impl eager` and `--impl compiled`, empty cache each"
+    )
     args = parser.parse_args()
     base = rounds.user_env()
 
@@ -59,6 +64,11 @@ def main() -> None:
             tune, base, HERE, rounds.fresh_study, empty_cache
         )
         variants["purestep, no flags, graphs saved"] = rounds.Variant(tune, saved, HERE, rounds.fresh_study)
+        if args.each_impl:  # what `--impl auto` weighs on an empty cache: a cold compile against eager steps
+            for impl in ("eager", "compiled"):
+                variants[f"purestep --impl {impl}, empty cache"] = rounds.Variant(
+                    [*tune, "--impl", impl], base, HERE, rounds.fresh_study, empty_cache
+                )
         for tree in args.tree:
             env = base | {"PYTHONPATH": str(tree.resolve())}
             variants[f"purestep, no flags, {tree.name}"] = rounds.Variant(

@@ -36,6 +36,7 @@ def study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--n-trials", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pruner", default="none", choices=["none", "median"], help="both sides' pruner")
     parser.add_argument("--data-dir", default=None, help="FashionMNIST files here, else generated")
 
 
@@ -45,8 +46,8 @@ def user_env() -> dict[str, str]:
 
 
 def study_commands(args: argparse.Namespace, scratch: Path) -> tuple[list[str], list[str]]:
-    """The plain Optuna objective's command and `purestep tune`'s (random sampler seeded 0, no
-    pruner, `--no-final`) for `args`' study; FashionMNIST-shaped files are generated in `scratch`
+    """The plain Optuna objective's command and `purestep tune`'s (random sampler seeded 0, the
+    same pruner, `--no-final`) for `args`' study; FashionMNIST-shaped files are generated in `scratch`
     when no `--data-dir` holds them, and the plain objective writes its trials' epochs there."""
     data_dir = args.data_dir or str(scratch / "data")
     if args.dataset == "fashion-mnist" and args.data_dir is None:
@@ -54,10 +55,10 @@ def study_commands(args: argparse.Namespace, scratch: Path) -> tuple[list[str], 
 
         write_fake_mnist(data_dir, "fashion-mnist", 60000, 10000)
     plain = [sys.executable, "-m", "benchmarks.trials", "--plain", args.dataset, data_dir]
-    plain += [str(args.epochs), str(args.n_trials), "none", str(scratch / "plain-epochs")]
+    plain += [str(args.epochs), str(args.n_trials), args.pruner, str(scratch / "plain-epochs")]
     tune = [sys.executable, "-m", "purestep", "tune", "--dataset", args.dataset, "--data-dir", data_dir]
     tune += ["--epochs", str(args.epochs), "--n-trials", str(args.n_trials), "--sampler", "random"]
-    tune += ["--pruner", "none", "--no-final"]
+    tune += ["--pruner", args.pruner, "--no-final"]
     return plain, tune
 
 

@@ -23,12 +23,15 @@ from purestep.search.objective import EVAL_BATCH_SIZE, TrialConfig, graph_config
 from purestep.search.space import default_space, parse_space
 from purestep.search.tune import (
     COMPILE_MIN_STEPS,
+    COMPILE_MIN_STUDY_STEPS,
+    COMPILE_MIN_TIMEOUT,
     CUDA_BATCH,
     TuneOptions,
     choose_batch,
     choose_speed,
     choose_threads,
     usable_cores,
+    use_compiled,
 )
 
 STABLE_RATES = "[sgd_lr]\nhigh = 0.1\n[adam_lr]\nhigh = 0.01\n[rmsprop_lr]\nhigh = 0.001\n"
@@ -188,6 +191,40 @@ def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
         "threads": {"value": 5, "chosen": "given"},
         "denormals": "kept",
     }
+
+
+def test_auto_compiles_a_study_of_enough_short_trials_unless_its_timeout_is_short() -> None:
+    per_trial = 10 * 18  # digits: 1150 rows to fit, 18 batches of 64, 10 epochs
+    enough = -(-COMPILE_MIN_STUDY_STEPS // per_trial)
+    assert per_trial < COMPILE_MIN_STEPS  # no one trial of them repays a compile
+
+    def compiled(trials: int, **kw: object) -> bool:
+        return choose_speed(_options(**kw), n_fit=1150, trials_left=trials).compiled
+
+    assert compiled(enough) and not compiled(enough - 1)
+    assert not compiled(enough, workers=2) and compiled(2 * enough, workers=2)  # each compiles for its share
+    assert compiled(enough, timeout=COMPILE_MIN_TIMEOUT)
+    assert not compiled(10**6, timeout=COMPILE_MIN_TIMEOUT - 1)  # the compile would take much of the budget
+
+
+@given(
+    n_fit=st.integers(1, 10**5),
+    epochs=st.integers(1, 50),
+    trials=st.integers(1, 10**4),
+    timeout=st.none() | st.floats(1.0, 1e5),
+)
+def test_auto_never_compiles_less_for_more_work(
+    n_fit: int, epochs: int, trials: int, timeout: float | None
+) -> None:
+    """More rows, epochs, trials or time never turn compiling off; a full cache always turns it on."""
+    before = use_compiled("auto", n_fit, epochs, trials, timeout)
+    longer = None if timeout is None else 2 * timeout
+    for more in ((2 * n_fit, epochs, trials, timeout), (n_fit, epochs + 1, trials, timeout),
+                 (n_fit, epochs, trials + 1, timeout), (n_fit, epochs, trials, longer),
+                 (n_fit, epochs, trials, None)):  # fmt: skip
+        assert use_compiled("auto", *more) >= before
+    assert use_compiled("auto", n_fit, epochs, trials, timeout, saved=lambda: True)
+    assert not use_compiled("eager", n_fit, epochs, trials, timeout, saved=lambda: True)
 
 
 def test_denormals_are_flushed_only_when_asked_and_on_a_cpu() -> None:

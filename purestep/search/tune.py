@@ -66,6 +66,13 @@ A cold cache compiles a study's train and eval graphs once (each serves every ba
 FashionMNIST trial's steps repay that, a digits trial's 180 do not (BENCHMARKS.md, "One saved
 graph for every batch size").
 """
+COMPILE_MIN_STUDY_STEPS = 60_000
+"""`--impl auto` also compiles when the trials a process has left take at least this many steps in
+all: short trials repay a cold compile once there are enough of them (digits, about 333 trials of
+10 epochs: the break-even measured 210 to 265; BENCHMARKS.md, "A cold compile against eager steps")."""
+COMPILE_MIN_TIMEOUT = 300.0
+"""...but not within a `--timeout` shorter than this many seconds: the compile would take much of the
+budget and the trials that fit in the rest could not repay it."""
 CUDA_BATCH = 16
 """`--batch auto` on a GPU: trials each process trains at once (fewer when fewer are left).
 
@@ -225,11 +232,22 @@ class Outcome:
     files: list[str] = field(default_factory=list)
 
 
-def use_compiled(impl: str, n_fit: int, epochs: int, saved: Callable[[], bool] = lambda: False) -> bool:
-    """`eager`/`compiled` as asked; `auto` compiles when a trial at batch 64 has steps enough to repay
-    it, or when compiling costs nothing: `saved()`, the compile cache holds every graph the study needs."""
+def use_compiled(
+    impl: str,
+    n_fit: int,
+    epochs: int,
+    trials: int = 1,
+    timeout: float | None = None,
+    saved: Callable[[], bool] = lambda: False,
+) -> bool:
+    """`eager`/`compiled` as asked; `auto` compiles when a trial, or the `trials` left to this process
+    within `timeout`, at batch 64 and each to its last epoch, have steps enough to repay it, or when
+    compiling costs nothing: `saved()`, the compile cache holds every graph the study needs."""
     if impl == "auto":
-        return epochs * -(-n_fit // 64) >= COMPILE_MIN_STEPS or saved()
+        steps = epochs * -(-n_fit // 64)
+        in_time = not timeout or timeout >= COMPILE_MIN_TIMEOUT  # as `tune`, 0 or None: no deadline
+        study = steps * trials >= COMPILE_MIN_STUDY_STEPS and in_time
+        return steps >= COMPILE_MIN_STEPS or study or saved()
     return impl == "compiled"
 
 
@@ -243,8 +261,12 @@ def choose_batch(device: str, trials_left: int, workers: int = 1) -> int:
     """
     if not device.startswith("cuda"):
         return 1
-    share = -(-max(trials_left, 1) // max(workers, 1))
-    return min(CUDA_BATCH, share)
+    return min(CUDA_BATCH, worker_share(trials_left, workers))
+
+
+def worker_share(trials_left: int, workers: int) -> int:
+    """The trials left to each of `workers` processes (at least one): what each trains and compiles for."""
+    return -(-max(trials_left, 1) // max(workers, 1))
 
 
 def usable_cores() -> int:
@@ -284,9 +306,11 @@ def choose_speed(
     from purestep.core.pool import stacks
 
     own_graphs = batch > 1 and stacks(options.device)
+    share = worker_share(trials_left, options.workers)
     compiled = use_compiled(
-        options.impl, n_fit, options.epochs, (lambda: False) if own_graphs else lambda: saved(threads)
-    )
+        options.impl, n_fit, options.epochs, share, options.timeout,
+        (lambda: False) if own_graphs else lambda: saved(threads),
+    )  # fmt: skip
     return Speed(
         compiled, batch, options.impl == "auto", options.batch is None, threads, options.threads is None
     )
