@@ -244,7 +244,9 @@ def use_compiled(
     within `timeout`, at batch 64 and each to its last epoch, have steps enough to repay it, or when
     compiling costs nothing: `saved()`, the compile cache holds every graph the study needs."""
     if impl == "auto":
-        steps = epochs * -(-n_fit // 64)
+        from purestep.core.data import num_batches
+
+        steps = epochs * num_batches(n_fit, 64)
         in_time = not timeout or timeout >= COMPILE_MIN_TIMEOUT  # as `tune`, 0 or None: no deadline
         study = steps * trials >= COMPILE_MIN_STUDY_STEPS and in_time
         return steps >= COMPILE_MIN_STEPS or study or saved()
