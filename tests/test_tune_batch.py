@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import select
 import signal
@@ -19,11 +21,17 @@ from test_tune_cli import FAST, PURESTEP, _wait, finished, invoke, trials
 from purestep import load_dataset
 from purestep.core import denormals
 from purestep.core.optim import needs_third_buffer
-from purestep.search.objective import EVAL_BATCH_SIZE, TrialConfig, graph_configs, make_splits, train
+from purestep.search.objective import (
+    EVAL_BATCH_SIZE,
+    TrialConfig,
+    eager_step_seconds,
+    graph_configs,
+    make_splits,
+    train,
+)
 from purestep.search.space import default_space, parse_space
 from purestep.search.tune import (
-    COMPILE_MIN_STEPS,
-    COMPILE_MIN_STUDY_STEPS,
+    COMPILE_MIN_EAGER_SECONDS,
     COMPILE_MIN_TIMEOUT,
     CUDA_BATCH,
     TuneOptions,
@@ -159,8 +167,16 @@ def _options(device: str = "cpu", **kw: object) -> TuneOptions:
     )  # fmt: skip
 
 
+DIGITS_STEP = 0.002
+"""Seconds an eager step of the default MLP takes on digits' shape on a 2-core CPU (about)."""
+
+
+def _step(threads: int) -> float:
+    return DIGITS_STEP
+
+
 def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
-    auto = choose_speed(_options(), n_fit=1150, trials_left=30)
+    auto = choose_speed(_options(), n_fit=1150, trials_left=30, step_seconds=_step)
     assert (auto.compiled, auto.batch, auto.impl_auto, auto.batch_auto) == (False, 1, True, True)
     assert auto.to_json() == {
         "impl": {"value": "eager", "chosen": "auto"},
@@ -168,23 +184,30 @@ def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
         "threads": {"value": usable_cores(), "chosen": "auto"},
         "denormals": "kept",  # until `tune` flushes them
     }
-    shared = choose_speed(_options(workers=2), n_fit=1150, trials_left=30)
+    shared = choose_speed(_options(workers=2), n_fit=1150, trials_left=30, step_seconds=_step)
     assert (shared.threads, shared.threads_auto) == (choose_threads(usable_cores(), 2), True)
-    long = choose_speed(_options(), n_fit=COMPILE_MIN_STEPS * 64 // 10, trials_left=30)
-    assert long.compiled and long.impl_auto
-    gpu = choose_speed(_options(device="cuda", workers=2), n_fit=1150, trials_left=10)
+    slow = choose_speed(_options(), n_fit=64, trials_left=1, step_seconds=lambda n: COMPILE_MIN_EAGER_SECONDS)
+    assert slow.compiled and slow.impl_auto  # one step as long as a compile is worth: compiled
+    for threads in (2, 3):  # the step is timed on the run's own threads
+        timed = choose_speed(_options(threads=threads), 64, 1, lambda n: COMPILE_MIN_EAGER_SECONDS * (n == 3))
+        assert timed.compiled == (threads == 3)
+    gpu = choose_speed(_options(device="cuda", workers=2), n_fit=1150, trials_left=10, step_seconds=_step)
     assert (gpu.batch, gpu.batch_auto) == (5, True)
-    warm = choose_speed(_options(), n_fit=1150, trials_left=30, saved=lambda threads: True)
-    assert warm.compiled and warm.impl_auto  # every graph saved: compiling costs nothing
+
+    def untimed(threads: int) -> float:
+        raise AssertionError("a step was timed for nothing")
+
+    warm = choose_speed(_options(), 1150, 30, step_seconds=untimed, saved=lambda threads: True)
+    assert warm.compiled and warm.impl_auto  # every graph saved: compiling costs nothing, nothing timed
     for threads in (2, 3):  # saved for the run's own thread count (inductor writes it into CPU kernels)
-        on = choose_speed(_options(threads=threads), n_fit=1150, trials_left=30, saved=lambda n: n == 3)
+        on = choose_speed(_options(threads=threads), 1150, 30, _step, saved=lambda n: n == 3)
         assert on.compiled == (threads == 3)
-    pooled = choose_speed(_options(batch=4), n_fit=1150, trials_left=30, saved=lambda threads: True)
+    pooled = choose_speed(_options(batch=4), 1150, 30, step_seconds=_step, saved=lambda n: True)
     assert pooled.compiled  # a pool on a CPU runs each trial's own saved graphs
     for told in (_options(impl="eager"), _options(device="cuda", batch=4)):  # as given; a stack's own graphs
-        assert not choose_speed(told, n_fit=1150, trials_left=30, saved=lambda threads: True).compiled
+        assert not choose_speed(told, 1150, 30, _step, saved=lambda n: True).compiled
     given = _options(device="cuda", impl="eager", batch=3, threads=5)
-    given_ = choose_speed(given, n_fit=10**6, trials_left=1)
+    given_ = choose_speed(given, n_fit=10**6, trials_left=1, step_seconds=untimed)
     assert given_.to_json() == {
         "impl": {"value": "eager", "chosen": "given"},
         "batch": {"value": 3, "chosen": "given"},
@@ -193,38 +216,60 @@ def test_speed_keeps_what_is_given_and_says_which_it_picked() -> None:
     }
 
 
-def test_auto_compiles_a_study_of_enough_short_trials_unless_its_timeout_is_short() -> None:
+def test_auto_compiles_a_study_whose_eager_steps_would_repay_it_unless_its_timeout_is_short() -> None:
     per_trial = 10 * 18  # digits: 1150 rows to fit, 18 batches of 64, 10 epochs
-    enough = -(-COMPILE_MIN_STUDY_STEPS // per_trial)
-    assert per_trial < COMPILE_MIN_STEPS  # no one trial of them repays a compile
+    enough = math.ceil(COMPILE_MIN_EAGER_SECONDS / (per_trial * DIGITS_STEP))
+    assert per_trial * DIGITS_STEP < COMPILE_MIN_EAGER_SECONDS  # no one trial of them repays a compile
 
-    def compiled(trials: int, **kw: object) -> bool:
-        return choose_speed(_options(**kw), n_fit=1150, trials_left=trials).compiled
+    def compiled(trials: int, step: float = DIGITS_STEP, **kw: object) -> bool:
+        return choose_speed(_options(**kw), 1150, trials, step_seconds=lambda n: step).compiled
 
     assert compiled(enough) and not compiled(enough - 1)
     assert not compiled(enough, workers=2) and compiled(2 * enough, workers=2)  # each compiles for its share
     assert compiled(enough, timeout=COMPILE_MIN_TIMEOUT)
     assert not compiled(10**6, timeout=COMPILE_MIN_TIMEOUT - 1)  # the compile would take much of the budget
+    assert compiled(enough // 4 + 1, step=4 * DIGITS_STEP)  # a model 4x as slow a step: 4x fewer trials
+    assert not compiled(enough // 4 - 1, step=4 * DIGITS_STEP)
 
 
 @given(
     n_fit=st.integers(1, 10**5),
     epochs=st.integers(1, 50),
     trials=st.integers(1, 10**4),
+    step=st.floats(1e-6, 10.0),
     timeout=st.none() | st.floats(1.0, 1e5),
 )
 def test_auto_never_compiles_less_for_more_work(
-    n_fit: int, epochs: int, trials: int, timeout: float | None
+    n_fit: int, epochs: int, trials: int, step: float, timeout: float | None
 ) -> None:
-    """More rows, epochs, trials or time never turn compiling off; a full cache always turns it on."""
-    before = use_compiled("auto", n_fit, epochs, trials, timeout)
+    """More rows, epochs, trials, time or a slower eager step never turn compiling off; a full cache
+    always turns it on."""
+    def timed() -> float:
+        return step
+
+    def slower() -> float:
+        return 2 * step
+
+    before = use_compiled("auto", n_fit, epochs, timed, trials, timeout)
     longer = None if timeout is None else 2 * timeout
-    for more in ((2 * n_fit, epochs, trials, timeout), (n_fit, epochs + 1, trials, timeout),
-                 (n_fit, epochs, trials + 1, timeout), (n_fit, epochs, trials, longer),
-                 (n_fit, epochs, trials, None)):  # fmt: skip
+    for more in ((2 * n_fit, epochs, timed, trials, timeout), (n_fit, epochs + 1, timed, trials, timeout),
+                 (n_fit, epochs, slower, trials, timeout), (n_fit, epochs, timed, trials + 1, timeout),
+                 (n_fit, epochs, timed, trials, longer), (n_fit, epochs, timed, trials, None)):  # fmt: skip
         assert use_compiled("auto", *more) >= before
-    assert use_compiled("auto", n_fit, epochs, trials, timeout, saved=lambda: True)
-    assert not use_compiled("eager", n_fit, epochs, trials, timeout, saved=lambda: True)
+    assert use_compiled("auto", n_fit, epochs, timed, trials, timeout, saved=lambda: True)
+    assert not use_compiled("eager", n_fit, epochs, timed, trials, timeout, saved=lambda: True)
+
+
+def test_an_eager_step_is_timed_for_its_model_and_leaves_threads_and_random_state_as_they_were() -> None:
+    """`eager_step_seconds` times the model it is given (a step of 1024-wide layers is much slower
+    than one of 8-wide: 8 ms against 0.3 ms here), and leaves torch's threads and generator alone."""
+    splits = make_splits(load_dataset("digits"), 0.2, 0)
+    threads, state = torch.get_num_threads(), torch.random.get_rng_state()
+    small, big = (eager_step_seconds(splits, 1, TrialConfig(optimizer="adam", hidden=h)) for h in (8, 1024))
+    assert small > 0 and 5 * small < big
+    assert torch.get_num_threads() == threads and torch.equal(torch.random.get_rng_state(), state)
+    wrong = dataclasses.replace(splits, in_shape=(7,))  # a model its rows cannot run: its trials say why
+    assert eager_step_seconds(wrong, 1) == 0.0 and torch.get_num_threads() == threads
 
 
 def test_denormals_are_flushed_only_when_asked_and_on_a_cpu() -> None:

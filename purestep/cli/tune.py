@@ -187,9 +187,9 @@ def tune(
         TuneImpl,
         typer.Option(
             "--impl",
-            help="Train eager or compiled; auto compiles long trials, studies of enough trials to "
-            "repay a compile (with no --timeout under 5 minutes), and any run whose compiled steps "
-            "are all saved in the compile cache already (one trial at a time).",
+            help="Train eager or compiled; auto times an eager step and compiles a run whose steps "
+            "would take 2 minutes eager (with no --timeout under 5 minutes), and any run whose "
+            "compiled steps are all saved in the compile cache already (one trial at a time).",
         ),
     ] = TuneImpl.auto,
     threads: Annotated[

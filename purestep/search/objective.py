@@ -9,9 +9,10 @@ trial early. The test set is never touched here.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from purestep.core.settings import tutorial
@@ -352,6 +353,51 @@ def steps_saved(
                 if not step.saved(*trees, x[:rows], y[:rows], folder=folder, threads=threads):
                     return False
     return True
+
+
+TIMED_STEPS = 20
+"""Most eager steps `eager_step_seconds` times (after two untimed ones)..."""
+TIMED_SECONDS = 0.3
+"""...and it stops sooner once its timed steps have taken this long (at least three are timed)."""
+
+
+def eager_step_seconds(splits: Splits, threads: int, config: TrialConfig | None = None) -> float:
+    """Seconds one eager train step of `config` takes at batch 64 on `threads` torch threads, on the
+    fit split's first rows and its device: the median of a few, after a warm-up. What `--impl auto`
+    weighs a compile against. Default: trial 0's model with Adam (the default space draws SGD, Adam,
+    AdamW and RMSprop). The global random state is left as it was (a model with dropout draws);
+    0.0 when the step cannot run here: its trials fail then, each with its own error."""
+    import statistics
+
+    import torch
+
+    from purestep.core.loop import steps_for
+
+    config = config or replace(TrialConfig(), optimizer="adam")
+    model = splits.model_for(config)
+    optimizer = config.optimizer_config().build_for(compiled=False)
+    train_step, _ = steps_for(model, optimizer, False, loss=splits.loss)
+    x, y = splits.x_fit[:64], splits.y_fit[:64]
+    was = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    times: list[float] = []
+    try:
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            params, buffers = model.init(0, x.device)
+            trees = params, buffers, optimizer.init(model.trainable(params))
+            for i in range(TIMED_STEPS + 2):
+                start = time.perf_counter()
+                *trees, loss = train_step(*trees, x, y)
+                loss.item()  # the step has run (a GPU's kernels are queued until read)
+                if i >= 2:
+                    times.append(time.perf_counter() - start)
+                    if len(times) >= 3 and sum(times) >= TIMED_SECONDS:
+                        break
+    except Exception:  # the user's model, on rows a trial may never see alone: not this choice's error
+        return 0.0
+    finally:
+        torch.set_num_threads(was)
+    return statistics.median(times)
 
 
 def optuna_suggest(trial: optuna.Trial) -> Callable[[str, Choices | Range], Scalar]:

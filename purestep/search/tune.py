@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from purestep.search.objective import (
     EVAL_BATCH_SIZE,
     Splits,
     TrialConfig,
+    eager_step_seconds,
     make_objective,
     make_splits,
     train,
@@ -59,17 +61,16 @@ if TYPE_CHECKING:
 BEST_JSON, BEST_WEIGHTS = OUT_FILES = ("best.json", "best.safetensors")
 """What a study writes into its `--out` folder (`report` adds its plots)."""
 
-COMPILE_MIN_STEPS = 1000
-"""`--impl auto` compiles when one trial takes at least this many optimizer steps.
+COMPILE_MIN_EAGER_SECONDS = 120.0
+"""`--impl auto` compiles when the steps left to a process, each trial counted to its last epoch at
+batch 64, would take at least this long eager, at an eager step's time measured on this machine
+(`eager_step_seconds`: trial 0's model, Adam, batch 64).
 
-A cold cache compiles a study's train and eval graphs once (each serves every batch size); a
-FashionMNIST trial's steps repay that, a digits trial's 180 do not (BENCHMARKS.md, "One saved
-graph for every batch size").
+A cold compile costs about 30 s on a 2-core CPU whatever the MLP's width; what each step saves
+grows with the step, so the break-even sits at a number of eager seconds more than of steps. It
+was measured between 50 and 170 s (one trial per MLP shape, FashionMNIST-shaped studies, digits
+studies): 120 s splits the difference (BENCHMARKS.md, "What a cold compile repays").
 """
-COMPILE_MIN_STUDY_STEPS = 60_000
-"""`--impl auto` also compiles when the trials a process has left take at least this many steps in
-all: short trials repay a cold compile once there are enough of them (digits, about 333 trials of
-10 epochs: the break-even measured 210 to 265; BENCHMARKS.md, "A cold compile against eager steps")."""
 COMPILE_MIN_TIMEOUT = 300.0
 """...but not within a `--timeout` shorter than this many seconds: the compile would take much of the
 budget and the trials that fit in the rest could not repay it."""
@@ -236,21 +237,25 @@ def use_compiled(
     impl: str,
     n_fit: int,
     epochs: int,
+    step_seconds: Callable[[], float],
     trials: int = 1,
     timeout: float | None = None,
     saved: Callable[[], bool] = lambda: False,
 ) -> bool:
-    """`eager`/`compiled` as asked; `auto` compiles when a trial, or the `trials` left to this process
-    within `timeout`, at batch 64 and each to its last epoch, have steps enough to repay it, or when
-    compiling costs nothing: `saved()`, the compile cache holds every graph the study needs."""
-    if impl == "auto":
-        from purestep.core.data import num_batches
+    """`eager`/`compiled` as asked; `auto` compiles when compiling costs nothing, `saved()` (the
+    compile cache holds every graph the run needs), or when the `trials` left to this process, at
+    batch 64 and each to its last epoch, would take `COMPILE_MIN_EAGER_SECONDS` eager at
+    `step_seconds()` a step, unless `timeout` is too short to repay a compile. Each callable is
+    called only when the answer needs it (a step is timed only then)."""
+    if impl != "auto":
+        return impl == "compiled"
+    if saved():
+        return True
+    from purestep.core.data import num_batches
 
-        steps = epochs * num_batches(n_fit, 64)
-        in_time = not timeout or timeout >= COMPILE_MIN_TIMEOUT  # as `tune`, 0 or None: no deadline
-        study = steps * trials >= COMPILE_MIN_STUDY_STEPS and in_time
-        return steps >= COMPILE_MIN_STEPS or study or saved()
-    return impl == "compiled"
+    in_time = not timeout or timeout >= COMPILE_MIN_TIMEOUT  # as `tune`, 0 or None: no deadline
+    steps = trials * epochs * num_batches(n_fit, 64)
+    return in_time and steps * step_seconds() >= COMPILE_MIN_EAGER_SECONDS
 
 
 def choose_batch(device: str, trials_left: int, workers: int = 1) -> int:
@@ -292,11 +297,16 @@ def choose_threads(cores: int, workers: int) -> int:
 
 
 def choose_speed(
-    options: TuneOptions, n_fit: int, trials_left: int, saved: Callable[[int], bool] = lambda threads: False
+    options: TuneOptions,
+    n_fit: int,
+    trials_left: int,
+    step_seconds: Callable[[int], float],
+    saved: Callable[[int], bool] = lambda threads: False,
 ) -> Speed:
     """This run's eager-or-compiled, K and threads: as given, or picked from the work and the machine
     (`use_compiled`, `choose_batch`, `choose_threads`). A speed choice only: per DESIGN.md trials
-    equal, so it is no part of the study. `saved(threads)` says whether the compile cache holds every
+    equal, so it is no part of the study. `step_seconds(threads)` times an eager step on that many
+    threads (`eager_step_seconds`); `saved(threads)` says whether the compile cache holds every
     graph of the run on that many threads (`saved_steps`); a pool that stacks (off the CPU) compiles
     graphs of its own."""
     batch = options.batch
@@ -310,7 +320,7 @@ def choose_speed(
     own_graphs = batch > 1 and stacks(options.device)
     share = worker_share(trials_left, options.workers)
     compiled = use_compiled(
-        options.impl, n_fit, options.epochs, share, options.timeout,
+        options.impl, n_fit, options.epochs, lambda: step_seconds(threads), share, options.timeout,
         (lambda: False) if own_graphs else lambda: saved(threads),
     )  # fmt: skip
     return Speed(
@@ -450,10 +460,13 @@ def final_compiled(
     from purestep.core.step import packages_folder
     from purestep.search.objective import steps_saved
 
-    if not (speed.compiled and speed.impl_auto) or use_compiled("auto", len(data.y_train), options.epochs):
+    if not (speed.compiled and speed.impl_auto):
         return speed.compiled
     sets = [(data.x_train, data.y_train)], [(data.x_train, data.y_train), (data.x_test, data.y_test)]
-    return steps_saved(splits, {config}, *sets, packages_folder())
+    return use_compiled(
+        "auto", len(data.y_train), options.epochs, lambda: eager_step_seconds(splits, speed.threads, config),
+        saved=lambda: steps_saved(splits, {config}, *sets, packages_folder()),
+    )  # fmt: skip
 
 
 def _setup_torch(threads: int, compiled: bool) -> None:
@@ -504,7 +517,8 @@ def tune(
         tutorial_model = model_defaults(options.model) | options.model_args  # the baseline's model
         queued = ensure_baseline(study, space, options.n_trials, tutorial_model)
         left = options.n_trials - count(study.get_trials(deepcopy=False), TAKEN)
-        speed = choose_speed(options, len(splits.y_fit), left, saved_steps(options, splits))
+        timed = partial(eager_step_seconds, splits)
+        speed = choose_speed(options, len(splits.y_fit), left, timed, saved_steps(options, splits))
         impl = "compiled" if speed.compiled else "eager"
         options = replace(options, batch=speed.batch, threads=speed.threads, impl=impl)  # workers take them
         _setup_torch(speed.threads, speed.compiled)
@@ -639,7 +653,8 @@ def run_worker(options: TuneOptions, index: int, deadline: float | None) -> int:
     url = parse_storage(options.storage)
     data = load_data(options, download=False)
     splits = options.splits(data)
-    compiled = use_compiled(options.impl, len(splits.y_fit), options.epochs)
+    assert options.impl in ("eager", "compiled"), "the parent passes the impl it decided"
+    compiled = options.impl == "compiled"
     assert options.threads is not None, "the parent passes the threads it decided"
     _setup_torch(options.threads, compiled)
     storage = open_storage(url, create=False)
