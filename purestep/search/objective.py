@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from purestep.core.settings import tutorial
@@ -373,7 +373,7 @@ def eager_step_seconds(splits: Splits, threads: int, config: TrialConfig | None 
 
     from purestep.core.loop import steps_for
 
-    config = config or replace(TrialConfig(), optimizer="adam")
+    config = config or TrialConfig(optimizer="adam")
     model = splits.model_for(config)
     optimizer = config.optimizer_config().build_for(compiled=False)
     train_step, _ = steps_for(model, optimizer, False, loss=splits.loss)
