@@ -1,8 +1,8 @@
 """What a cold compile costs and what each compiled step saves, per MLP shape: `--impl auto`'s inputs.
 
-    python -m benchmarks.payback --shapes 64x512,784x512,64x1024,784x256,64x128 --steps 1500 --rounds 2
+    python -m benchmarks.payback --shapes 64x512,784x512,64x1024,784x256,64x128 --steps 3000 --rounds 2
 
-For each shape (`INPUTSxHIDDEN`: the MLP `INPUTS-HIDDEN-HIDDEN-10`), `fit` trains one epoch of
+For each shape (`INPUTSxHIDDEN`: the MLP `INPUTS-HIDDEN-HIDDEN-10`) it trains one trial of
 `--steps` steps at batch 64 on random data with Adam and evaluates 2048 rows once, as `tune`
 trains a trial (`objective.train`), each run in a new process on `--threads` threads: eager;
 compiled on a new, empty compile cache (cold); compiled on the cache the cold run filled (graphs
