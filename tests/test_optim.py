@@ -419,6 +419,21 @@ def test_a_refusal_names_the_value_and_its_bounds():
         adam(0.1, betas=(0.9, 1.0))
 
 
+@pytest.mark.parametrize(
+    "make, error, said",
+    [
+        (lambda: sgd("0.1"), TypeError, r"^lr must be a number, got '0.1'$"),
+        (lambda: rmsprop(0.1, alpha=None), TypeError, r"^alpha must be a number, got None$"),
+        (lambda: adam(0.1, betas=(0.9,)), ValueError, r"^betas must be a pair \(beta1, beta2\), got \(0\.9,"),
+        (lambda: adamw(0.1, betas=0.9), ValueError, r"^betas must be a pair"),
+        (lambda: adam(0.1, betas="ab"), ValueError, r"^betas must be a pair"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_refused_in_one_line(make, error, said):
+    with pytest.raises(error, match=said):
+        make()
+
+
 _COMPILE_UPDATES = """
 import sys, torch
 from purestep.core.optim import OptimizerConfig, adam, rmsprop, sgd, tunable

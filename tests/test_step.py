@@ -491,3 +491,92 @@ def test_the_compiled_step_leaves_frozen_params_as_they_are():
         assert torch.equal(ours[0][k], init[k]) and torch.equal(stacked[0][k], torch.stack([init[k]] * 2))
     assert list(ours[2]) == list(state)
     assert not any(k.endswith(("layers.1.weight", "layers.2.bias")) for k in state)
+
+
+# --- what a step, `fit` and the trees refuse ------------------------------------------------
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_outputs_a_loss_would_score_wrongly_are_refused_by_both_steps(eager):
+    from purestep import functional
+    from purestep.core.losses import OutputShapeError
+
+    x, y = torch.randn(6, 4), torch.randn(6, 1)
+    flat = functional(lambda: torch.nn.Sequential(torch.nn.Linear(4, 1), torch.nn.Flatten(0)))
+    one_column = mlp(4, (3,), 1)
+    opt = sgd(0.1)
+    cases = [(flat, "mse", "outputs of shape \\(6,\\) for targets of shape \\(6, 1\\)"),
+             (one_column, "cross_entropy", "cross_entropy over one class")]
+    for model, loss, said in cases:
+        params, buffers = model.init(0)
+        step = make_train_step(model, opt, loss, eager=eager)
+        with pytest.raises(OutputShapeError, match=said):
+            step(params, buffers, opt.init(params), x, y)
+        with pytest.raises(OutputShapeError, match=said):
+            make_eval_step(model, loss)(params, buffers, x, y)
+
+
+def test_fit_picks_its_loss_from_the_targets_and_refuses_one_that_does_not_fit():
+    from purestep import load_dataset
+
+    data = load_dataset("diabetes")
+    model = mlp(10, (8,), 1)
+    params, buffers = model.init(0)
+    kwargs = dict(epochs=2, compiled=False, log_every=0, eval_data=(data.x_test, data.y_test))
+    picked = fit(model, sgd(0.05), params, buffers, data.x_train, data.y_train, **kwargs)
+    given = fit(model, sgd(0.05), params, buffers, data.x_train, data.y_train, loss="mse", **kwargs)
+    assert [r.train_loss for r in picked.history] == [r.train_loss for r in given.history]
+    assert picked.history[-1].train_loss < picked.history[0].train_loss
+    with pytest.raises(ValueError, match="cross_entropy does not fit float targets"):
+        fit(model, sgd(0.05), params, buffers, data.x_train, data.y_train, loss="cross_entropy", **kwargs)
+
+
+def test_accuracy_counts_every_labelled_position():
+    from purestep import functional
+
+    model = functional(torch.nn.Conv1d, in_channels=4, out_channels=5, kernel_size=1)
+    params, buffers = model.init(0)
+    x, y = torch.randn(8, 4, 3), torch.randint(0, 5, (8, 3))  # outputs (N, C, L), labels (N, L)
+    out, _ = model.apply(params, buffers, x, train=False)
+    accuracy = evaluate(make_eval_step(model), params, buffers, x, y, 4).accuracy
+    assert accuracy == pytest.approx((out.argmax(1) == y).double().mean().item())
+
+
+@given(bad=st.sampled_from([0.0, -0.1, float("nan"), float("inf"), "0.1", None]))
+def test_a_schedule_that_gives_no_learning_rate_is_refused(bad):
+    model = mlp(4, (3,), 2)
+    params, buffers = model.init(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    with pytest.raises(ValueError, match=r"lr_at\(0\) gave .*finite and > 0"):
+        fit(model, sgd(0.1), params, buffers, x, y, epochs=1, compiled=False, lr_at=lambda e: bad)
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_a_state_made_for_other_params_is_refused(eager):
+    model = mlp(4, (3,), 2)
+    params, buffers = model.init(0)
+    opt = sgd(0.1, momentum=0.9)
+    other = opt.init({f"layer.{k}": v for k, v in params.items()})
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    with pytest.raises(ValueError, match="'momentum_buffer.layer.linear_relu_stack.0.weight' names no param"):
+        make_train_step(model, opt, eager=eager)(params, buffers, other, x, y)
+
+
+def test_what_is_not_a_model_or_an_optimizer_is_refused_by_name():
+    model, opt = mlp(4, (3,), 2), sgd(0.1)
+    with pytest.raises(TypeError, match="expected a Model from ps.functional.*got NeuralNetwork"):
+        make_train_step(model.module(), opt)
+    with pytest.raises(TypeError, match="expected a Model.*got Optimizer"):
+        make_train_step(opt, model)
+    with pytest.raises(TypeError, match="expected an Optimizer"):
+        make_train_step(model, "sgd")
+    with pytest.raises(TypeError, match="expected a Model"):
+        make_eval_step(torch.nn.Linear(4, 2))
+
+
+def test_empty_trees_are_refused_by_stack_and_by_unstack_without_n():
+    with pytest.raises(ValueError, match="at least one tree"):
+        stack([])
+    with pytest.raises(ValueError, match="needs n"):
+        unstack({})
+    assert unstack({}, 3) == [{}, {}, {}]

@@ -8,6 +8,7 @@ per epoch for the metrics.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from torch import Tensor
 from purestep.core.artifacts import dropouts, step_key
 from purestep.core.data import batches, epoch_order
 from purestep.core.errors import PurestepError
-from purestep.core.losses import LossName, r2_score
+from purestep.core.losses import LossName, loss_for_targets, r2_score
 from purestep.core.model import Buffers, Model, Params
 from purestep.core.optim import Optimizer, State
 from purestep.core.step import (
@@ -210,7 +211,7 @@ def _metrics(batch_means: list[float], metric: float, y: Tensor) -> EvalMetrics:
     loss = _tutorial_loss(batch_means)
     if y.is_floating_point():
         return EvalMetrics(loss, mse=metric / y.numel(), r2=r2_score(metric, y))
-    return EvalMetrics(loss, accuracy=metric / len(y))
+    return EvalMetrics(loss, accuracy=metric / y.numel())  # per position for labels (N, d1, ...)
 
 
 def evaluate(
@@ -273,6 +274,18 @@ def run_epoch(
     return params, buffers, state, _row(epoch, train_loss, metrics, time.perf_counter() - start)
 
 
+def scheduled_lr(lr_at: Callable[[int], float], epoch: int) -> float:
+    """`lr_at(epoch)`, refused unless a finite rate > 0, as every optimizer refuses its `lr`."""
+    given = lr_at(epoch)
+    try:
+        lr = float(given) if isinstance(given, (numbers.Real, Tensor)) else math.nan
+    except (TypeError, ValueError, RuntimeError):  # a tensor of several values
+        lr = math.nan
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr_at({epoch}) gave {given!r}; a learning rate must be finite and > 0")
+    return lr
+
+
 def fit(
     model: Model,
     optimizer: Optimizer,
@@ -294,7 +307,7 @@ def fit(
     start_epoch: int = 0,
     lr_at: Callable[[int], float] | None = None,
     precision: Precision = "fp32",
-    loss: LossName = "cross_entropy",
+    loss: LossName | None = None,
 ) -> FitResult:
     """Train for `epochs` and evaluate after each one, as the tutorial's main loop.
 
@@ -312,12 +325,15 @@ def fit(
         lr_at: a schedule, `epoch -> learning rate`, written into the state's 0-d `lr` before
             each epoch: new data for the step, not a new graph. None keeps the state's.
         precision: "fp32", or "bf16" for the products of both steps in bfloat16 (autocast).
-        loss: `cross_entropy`, `nll` or `mse` (float targets: metrics are MSE and R²).
+        loss: `cross_entropy` or `nll` for class labels, `mse` for float targets (metrics: MSE
+            and R²); None picks by `y`'s dtype, as `purestep train` does (`loss_for_targets`).
     Raises:
         NonFiniteLoss: an epoch's mean training loss is NaN or infinite.
+        ValueError: a loss that does not fit the targets, or a schedule's rate that is not > 0.
     """
     if epochs < 1 or batch_size < 1 or not 0 <= start_epoch <= epochs:
         raise ValueError("epochs and batch_size must be >= 1, and 0 <= start_epoch <= epochs")
+    loss = loss_for_targets(loss, y)
     callbacks = callbacks or Callbacks()
     state = optimizer.init(model.trainable(params)) if state is None else state
     train_step, eval_step = steps_for(model, optimizer, compiled, precision=precision, loss=loss)
@@ -334,7 +350,7 @@ def fit(
             epoch=epoch,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size or batch_size,
-            lr=None if lr_at is None else lr_at(epoch),
+            lr=None if lr_at is None else scheduled_lr(lr_at, epoch),
             shuffle=shuffle,
             seed=seed,
             log_every=log_every,
@@ -385,7 +401,7 @@ def fit_trials(
     keep: Callable[[int, EpochMetrics], bool] = lambda trial, metrics: True,
     drop: bool | None = None,
     lr_at: Sequence[Callable[[int], float]] | None = None,
-    loss: LossName = "cross_entropy",
+    loss: LossName | None = None,
 ) -> list[FitResult]:
     """Train K trials of one model and optimizer family in lockstep: one `vmap`ped step per batch.
 
@@ -398,10 +414,11 @@ def fit_trials(
     size already trained in this process) or when riding along would cost more than a compile
     (both ways are measured in BENCHMARKS.md).
     `lr_at[k]` is trial k's schedule, as in `fit`. Trial k's history equals `fit` of that
-    trial alone (within float rounding).
+    trial alone (within float rounding). `loss` as `fit`'s.
     """
     if not params or not len(params) == len(buffers) == len(states):
         raise ValueError("need as many buffers and states as params, and at least one trial")
+    loss = loss_for_targets(loss, y)
     train_step, eval_step = steps_for(model, optimizer, compiled, batched=True, loss=loss)
     ex, ey = eval_data if eval_data is not None else (x, y)
     results = [FitResult(p, b, s) for p, b, s in zip(params, buffers, states)]
@@ -410,7 +427,7 @@ def fit_trials(
     for epoch in range(epochs):
         start = time.perf_counter()
         if lr_at is not None:
-            lrs = stacked_state["lr"].new_tensor([lr_at[k](epoch) for k in active])
+            lrs = stacked_state["lr"].new_tensor([scheduled_lr(lr_at[k], epoch) for k in active])
             stacked_state = {**stacked_state, "lr": lrs}
         order = epoch_order(len(y), epoch, seed, y.device) if shuffle else None
         stacked_params, stacked_buffers, stacked_state, losses = train_epoch(

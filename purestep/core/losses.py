@@ -106,9 +106,11 @@ def check_output_shape(name: str, out: Tensor, y: Tensor, top: int | None = None
     """Refuse a model's outputs that loss `name` would score wrongly against the targets.
 
     `mse_loss` broadcasts: outputs `(N,)` against targets `(N, 1)` give an `(N, N)` error with
-    only torch's UserWarning, and a model that trains to the wrong figure. A classification's
-    outputs need a class (dim 1, as torch's losses read it) for every label up to `top`, the
-    highest in the data: torch would fail mid-run, and the batched loss would score it 0.
+    only torch's UserWarning, and a model that trains to the wrong figure. `cross_entropy` over
+    one class is 0 whatever the model (a regression's one column, scored as classes). A
+    classification's outputs need a class (dim 1, as torch's losses read it) for every label up
+    to `top`, the highest in the data: torch would fail mid-run, and the batched loss would score
+    it 0. The steps (`make_loss`, `make_eval_step`) check every batch's shapes, `top` aside.
 
     Raises:
         OutputShapeError: the mismatch (a ValueError; the message begins "outputs of shape" or
@@ -118,6 +120,11 @@ def check_output_shape(name: str, out: Tensor, y: Tensor, top: int | None = None
         raise OutputShapeError(
             f"outputs of shape {tuple(out.shape)} for targets of shape {tuple(y.shape)}: "
             f"{name} needs the same shape (return one column per target)"
+        )
+    if name == "cross_entropy" and out.ndim > 0 and out.shape[_class_dim(out)] == 1:
+        raise OutputShapeError(
+            f"outputs of shape {tuple(out.shape)}: cross_entropy over one class is 0 whatever the "
+            "model (float targets are a regression: use mse)"
         )
     if not is_regression(name) and top is not None and out.ndim > 1 and out.shape[1] <= top:
         raise OutputShapeError(f"{out.shape[1]} outputs a row for labels up to {top}")

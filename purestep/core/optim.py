@@ -19,7 +19,8 @@ params take their factors in float32 (their eager update on the CPU makes torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Literal, NamedTuple
@@ -71,6 +72,8 @@ def _check(
     open_low: bool = False,
     open_high: bool = False,
 ):
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
     ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
     if not (ok and math.isfinite(value)):
         bound = f"> {low}" if open_low else f">= {low}"
@@ -318,6 +321,21 @@ def _dtypes(params: Params) -> list[torch.dtype]:
     return list(dict.fromkeys(p.dtype for p in params.values()))
 
 
+def check_state(state: State, params: Params) -> None:
+    """Refuse a state whose per-parameter buffers (`<buffer>.<param>`) name a param not in `params`:
+    one made for another model, whose buffers no update would read (SGD would drop its momentum).
+    The steps check it on each call they run as Python (a compiled graph, once as it is traced)."""
+    if torch.compiler.is_compiling():
+        return
+    for key in state:
+        _, dot, name = key.partition(".")
+        if dot and name not in params:
+            raise ValueError(
+                f"optimizer state key {key!r} names no param of the model: make the state with "
+                "optimizer.init(params) (model.trainable(params) when some are frozen)"
+            )
+
+
 def _apply(
     rules: dict[torch.dtype, Rule], grads: Params, state: State, params: Params, family: str
 ) -> tuple[Params, State]:
@@ -406,6 +424,8 @@ _adam_update, _adam_eager_update = _updates("adam", partial(_adaptive_rule, adam
 
 def _adam(lr: float, betas: tuple[float, float], eps: float, weight_decay: float, decoupled: bool):
     _check("lr", lr, 0.0, open_low=True)
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     _check("beta1", betas[0], 0.0, 1.0, open_high=True)  # as torch.optim: 1 divides by zero
     _check("beta2", betas[1], 0.0, 1.0, open_high=True)
     _check("eps", eps, 0.0)

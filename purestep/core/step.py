@@ -19,9 +19,9 @@ from torch.func import grad_and_value, vmap
 from purestep.core import _direct
 from purestep.core.errors import first_line
 from purestep.core.files import cache_home
-from purestep.core.losses import LossName, batch_metric, loss_fn, shape_free_loss_fn
+from purestep.core.losses import LossName, batch_metric, check_output_shape, loss_fn, shape_free_loss_fn
 from purestep.core.model import Buffers, Model, Params
-from purestep.core.optim import Optimizer, State
+from purestep.core.optim import Optimizer, State, check_state
 
 TrainStep = Callable[[Params, Buffers, State, Tensor, Tensor], tuple[Params, Buffers, State, Tensor]]
 EvalStep = Callable[[Params, Buffers, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -41,6 +41,14 @@ def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+def _kinds(model: Model, optimizer: Optimizer | None = None) -> None:
+    """Refuse what is not a `Model` (`ps.functional(...)`) or an `Optimizer` (`ps.sgd(...)`, ...)."""
+    if not isinstance(model, Model):
+        raise TypeError(f"expected a Model from ps.functional(Net, ...), got {type(model).__name__}")
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise TypeError(f"expected an Optimizer such as ps.sgd(lr=...), got {type(optimizer).__name__}")
+
+
 def _checked(precision: Precision) -> Precision:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -52,12 +60,14 @@ def make_loss(
 ) -> Callable[[Params, Buffers, Tensor, Tensor], tuple[Tensor, Buffers]]:
     """`loss(params, buffers, x, y) -> (mean loss, new buffers)` of `model` in train mode,
     as the tutorial's `loss_fn(model(X), y)` (`shape_free_loss_fn` with `shape_free`)."""
+    _kinds(model)
     _checked(precision)
     fn = shape_free_loss_fn(loss) if shape_free else loss_fn(loss)
 
     def train_loss(params: Params, buffers: Buffers, x: Tensor, y: Tensor) -> tuple[Tensor, Buffers]:
         with autocast(precision, x.device):
             out, buffers = model.apply(params, buffers, x, train=True)
+            check_output_shape(loss, out, y)
             return fn(out, y), buffers
 
     return train_loss
@@ -74,12 +84,14 @@ def make_train_step(
     """`train_step(params, buffers, state, x, y) -> (params, buffers, state, loss)`: one update, pure.
 
     `shape_free` computes the loss so that one compiled graph serves every batch and stack size.
-    `eager` gives the same step, bit for bit, for running as it is (never under `torch.compile`
-    or `vmap`): gradients by `torch.autograd.grad` rather than `grad_and_value`'s wrapped tensors,
-    and the optimizer's `eager_update`, which runs only each choice's own branch. Except where
-    dropout draws a mask for a non-contiguous tensor (a Transformer layer's attention output):
-    under `grad_and_value` its mask follows another memory order, so only `eager` draws the
-    module loop's.
+    `eager` gives the same step for running as it is (never under `torch.compile` or `vmap`):
+    gradients by `torch.autograd.grad` rather than `grad_and_value`'s wrapped tensors, and the
+    optimizer's `eager_update`, which runs only each choice's own branch. The two agree bit for bit
+    on most layers (Linear, convolutions, BatchNorm, LayerNorm, Embedding, attention, dropout); on
+    a few, `grad_and_value` takes the backward through other kernels and they agree to float32
+    rounding (GroupNorm, LSTM, `weight_norm`); and where dropout draws a mask for a non-contiguous
+    tensor (a Transformer layer's attention output), its mask follows another memory order under
+    `grad_and_value`. `eager` is the one equal to the module loop bit for bit.
 
     The model's frozen params (`Model.frozen`) are constants of the loss: no gradient is taken
     for them and the update sees only `model.trainable(params)` (`trainable_update`), so they come
@@ -89,6 +101,7 @@ def make_train_step(
     Raises:
         ModelError: every param of the model is frozen (nothing to train; torch's loop raises too).
     """
+    _kinds(model, optimizer)
     if model.frozen:
         model.trainable(dict(model.train_module().named_parameters()))  # raises if nothing is left
     train_loss = make_loss(model, loss, precision, shape_free)
@@ -99,6 +112,7 @@ def make_train_step(
         grad_fn = grad_and_value(train_loss, has_aux=True)
 
         def train_step(params: Params, buffers: Buffers, state: State, x: Tensor, y: Tensor):
+            check_state(state, params)
             grads, (value, buffers) = grad_fn(params, buffers, x, y)
             params, state = update(grads, state, params)
             return params, buffers, state, value
@@ -111,6 +125,7 @@ def make_train_step(
     split_grad_fn = grad_and_value(split_loss, has_aux=True)
 
     def train_step_with_frozen(params: Params, buffers: Buffers, state: State, x: Tensor, y: Tensor):
+        check_state(state, params)
         trainable, fixed = _split(model, params)
         grads, (value, buffers) = split_grad_fn(trainable, fixed, buffers, x, y)
         params, state = update(grads, state, params)
@@ -154,6 +169,7 @@ def _eager_train_step(
     frozen = model.frozen
 
     def train_step(params: Params, buffers: Buffers, state: State, x: Tensor, y: Tensor):
+        check_state(state, params)
         if frozen:
             leaves = {
                 k: v.detach() if k in frozen else v.detach().requires_grad_() for k, v in params.items()
@@ -178,6 +194,7 @@ def make_eval_step(
 ) -> EvalStep:
     """`eval_step(params, buffers, x, y) -> (loss_sum, metric_sum)` over one batch in eval mode,
     both 0-d: the metric is the number correct (integer labels) or the squared error (floats)."""
+    _kinds(model)
     _checked(precision)
     fn = shape_free_loss_fn(loss) if shape_free else loss_fn(loss)
 
@@ -185,6 +202,7 @@ def make_eval_step(
         # no_grad, as the tutorial's test_loop: some CPU kernels (LSTM) differ with autograd on
         with torch.no_grad(), autocast(precision, x.device):
             out, _ = model.apply(params, buffers, x, train=False)
+            check_output_shape(loss, out, y)
             loss_sum = fn(out, y, reduction="sum")
         return loss_sum, batch_metric(out.float(), y)
 
@@ -503,6 +521,8 @@ def stack(trees: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
     Raises ValueError when the trees' keys differ (SGD states with and without momentum
     buffers, say): such trials run different step graphs and cannot share one.
     """
+    if not trees:
+        raise ValueError("stack needs at least one tree")
     for tree in trees[1:]:
         differ = sorted(set(trees[0]) ^ set(tree))
         if differ:
@@ -515,6 +535,8 @@ def unstack(tree: dict[str, Tensor], n: int | None = None) -> list[dict[str, Ten
     """Split a stacked tree back into one tree per trial (views, no copies); `n` trials of an
     empty tree (a model without buffers) are `n` empty dicts."""
     if n is None:
+        if not tree:
+            raise ValueError("unstack of an empty tree needs n, the number of trials")
         n = len(next(iter(tree.values())))
     return [{k: v[i] for k, v in tree.items()} for i in range(n)]
 
