@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
-from purestep import ConvNet, NeuralNetwork, OptimizerConfig, cnn, functional, mlp
+from purestep import ConvNet, NeuralNetwork, OptimizerConfig, cnn, functional, mlp, sgd
 from purestep.check import max_rel_diff
 from purestep.core.loop import evaluate
 from purestep.core.model import ModelError, build_model, check_model_args, state_of
@@ -476,3 +476,68 @@ def test_the_cli_refuses_a_model_argument_of_the_wrong_kind_in_one_line(command,
     said = " ".join(result.output.split())  # as wrapped by the terminal's width
     assert "model 'cnn' takes an integer for 'width' (default 32); got 'abc'" in said
     assert list(tmp_path.iterdir()) == []
+
+
+class CountsInEval(nn.Module):
+    """Writes a buffer in place on every call, in eval mode too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_apply_never_writes_the_callers_buffers_in_either_mode(train):
+    model = functional(CountsInEval)
+    params, buffers = model.init(0)
+    out, new = model.apply(params, buffers, torch.ones(2, 4), train=train)
+    assert buffers["calls"].item() == 0
+    assert new["calls"].item() == (1 if train else 0)  # eval mode hands them back as given
+    _, new = make_eval_step(model)(params, buffers, torch.ones(2, 4), torch.zeros(2, dtype=torch.long))
+    assert buffers["calls"].item() == 0
+
+
+@given(drop=st.sets(st.sampled_from(["linear_relu_stack.0.weight", "linear_relu_stack.2.bias"]), min_size=1))
+def test_params_that_lack_a_key_are_refused_naming_it(drop):
+    model = mlp(4, (3,), 2)
+    params, buffers = model.init(0)
+    with pytest.raises(ModelError, match=re.escape(sorted(drop)[0])):
+        model.apply({k: v for k, v in params.items() if k not in drop}, buffers, torch.ones(2, 4))
+
+
+class PlainTensorAttribute(nn.Module):
+    """Keeps a tensor as a plain attribute, and computes a float from its weights while built."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.offset = torch.arange(3.0)
+        self.scale = 1.0 / float(self.lin.weight.abs().max().item())
+
+    def forward(self, x):
+        return self.lin(x) * self.scale + self.offset
+
+
+def test_a_module_with_plain_tensors_or_values_read_while_built_runs():
+    model = functional(PlainTensorAttribute)
+    params, buffers = model.init(0)
+    assert all(p.device.type == "meta" for p in model.train_module().parameters())
+    x = torch.randn(5, 4)
+    out, _ = model.apply(params, buffers, x, train=False)
+    skeleton = model.eval_module()
+    expected = F.linear(x, params["lin.weight"], params["lin.bias"]) * skeleton.scale + skeleton.offset
+    assert torch.equal(out, expected)
+    opt = sgd(0.1)
+    step = make_train_step(model, opt, eager=True)
+    new, *_ = step(params, buffers, opt.init(params), x, torch.zeros(5, dtype=torch.long))
+    assert not torch.equal(new["lin.weight"], params["lin.weight"])
+
+
+def test_a_factory_that_returns_no_module_is_refused():
+    with pytest.raises(ModelError, match="returned 'int', not an nn.Module"):
+        functional(lambda: 3)

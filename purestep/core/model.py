@@ -147,22 +147,41 @@ class Model:
     _train: nn.Module = field(init=False, repr=False)
     _eval: nn.Module = field(init=False, repr=False)
     _tied: bool = field(init=False, repr=False)
+    _names: tuple[frozenset[str], frozenset[str]] = field(init=False, repr=False)
     frozen: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kwargs", dict(self.kwargs))
         if not self.name:
             object.__setattr__(self, "name", getattr(self.factory, "__name__", type(self.factory).__name__))
-        with torch.device("meta"):
-            skeleton = self.module()
+        skeleton = self._weightless()
         # Two weightless copies, one per mode, so that neither step flips the other's flag.
         object.__setattr__(self, "_train", skeleton.train())
-        with torch.device("meta"):
-            object.__setattr__(self, "_eval", self.module().eval())
+        object.__setattr__(self, "_eval", self._weightless().eval())
         every = dict(skeleton.named_parameters(remove_duplicate=False))
         object.__setattr__(self, "_tied", len(every) != len(dict(skeleton.named_parameters())))
+        names = frozenset(dict(skeleton.named_parameters())), frozenset(dict(skeleton.named_buffers()))
+        object.__setattr__(self, "_names", names)
         frozen = frozenset(k for k, p in skeleton.named_parameters() if not p.requires_grad)
         object.__setattr__(self, "frozen", frozen)
+
+    def _weightless(self) -> nn.Module:
+        """A module whose params and buffers are on the meta device (no memory, no values).
+
+        Built there; a module that computes with values while it is built (`.item()`) or keeps a
+        plain tensor attribute (not a buffer) for its forward is built on the CPU instead, the
+        global generator left as it was, and its params and buffers moved to meta: its plain
+        tensors stay on the CPU, where `module.to(device)` would leave them too.
+        """
+        try:
+            with torch.device("meta"):
+                module = self.module()
+            if not _plain_tensors(module):
+                return module
+        except Exception:  # built again below, where a module's own error is raised as it is
+            pass
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            return self.module().to("meta")
 
     def _key(self) -> tuple[object, ...]:
         return (type(self), self.factory, _frozen(self.kwargs), self.frozen)
@@ -175,7 +194,11 @@ class Model:
 
     def module(self) -> nn.Module:
         """A fresh module (weights drawn from the global generator, as its constructor does)."""
-        return self.factory(**self.kwargs)
+        module = self.factory(**self.kwargs)
+        if not isinstance(module, nn.Module):
+            kind = type(module).__name__
+            raise ModelError(f"model {self.name!r}: its factory returned {kind!r}, not an nn.Module")
+        return module
 
     def train_module(self) -> nn.Module:
         """The weightless train-mode module `apply` calls (its layers' settings, e.g. dropout rates)."""
@@ -233,11 +256,28 @@ class Model:
         In train mode buffers come back updated (BatchNorm's running statistics); in eval
         mode they come back as given.
         """
-        if not train:
-            return functional_call(self._eval, (params, buffers), (x,), tie_weights=self._tied), buffers
-        # The module updates buffers in place: it gets copies, which become the new buffers.
+        if not torch.compiler.is_compiling():  # a trace checks once, at its first call
+            self._check_names(params, buffers)
+        # The module may update buffers in place (BatchNorm in train mode): it gets copies.
         new = {k: v.clone() for k, v in buffers.items()}
+        if not train:
+            return functional_call(self._eval, (params, new), (x,), tie_weights=self._tied), buffers
         return functional_call(self._train, (params, new), (x,), tie_weights=self._tied), new
+
+    def _check_names(self, params: Params, buffers: Buffers) -> None:
+        """Refuse params or buffers that lack one of the module's (`functional_call` would run the
+        weightless module's own, and fail on the meta device)."""
+        param_names, buffer_names = self._names
+        if param_names <= params.keys() and buffer_names <= buffers.keys():
+            return
+        missing = sorted((param_names - params.keys()) | (buffer_names - buffers.keys()))
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelError(f"model {self.name!r}: params and buffers lack {shown} (use model.init)")
+
+
+def _plain_tensors(module: nn.Module) -> bool:
+    """Whether any submodule keeps a tensor as a plain attribute (not a param or a buffer)."""
+    return any(isinstance(v, Tensor) for m in module.modules() for v in vars(m).values())
 
 
 def state_of(module: nn.Module, device: torch.device | str = "cpu") -> tuple[Params, Buffers]:
