@@ -297,3 +297,16 @@ def test_rows_run_the_first_batches_up_to_steps(jx):
     assert [r.pair for r in rows] == ["jax/optax vs eager (sgd)", "jax/optax vs eager (adam)"]
     assert [r.steps for r in rows] == [7, 7]
     assert [r.steps for r in jx.jax_rows(mlp(6, (5,), 2), (x, y), 0, batch_size=8, steps=3)] == [3, 3]
+
+
+def test_tensors_that_share_memory_are_saved_each_as_its_own(tmp_path):
+    tied = torch.nn.Linear(3, 3, bias=False)
+    state = {"a.weight": tied.weight, "b.weight": tied.weight, "half": tied.weight.detach()[:1]}
+    loaded, _ = load(save(tmp_path / "tied.safetensors", state))
+    assert all(torch.equal(loaded[k], v.detach()) for k, v in state.items())
+
+
+def test_a_value_that_is_not_a_tensor_is_refused_and_writes_nothing(tmp_path):
+    with pytest.raises(TypeError, match=r"params\['lr'\] is a float, not a tensor"):
+        save(tmp_path / "p.safetensors", {"w": torch.ones(2), "lr": 0.1})
+    assert list(tmp_path.iterdir()) == []

@@ -20,11 +20,21 @@ def save(path: str | os.PathLike[str], params: dict[str, Tensor], meta: dict[str
     """Write `params` to a safetensors file, `meta` as JSON under the `purestep` metadata key.
 
     The file is written next to its target and renamed into place, so a crash never
-    leaves a half-written file under `path`.
+    leaves a half-written file under `path`. Tensors that share memory (a tied module's
+    `state_dict()`) are written each as its own copy, as safetensors needs.
     """
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in params.items()}
+    tensors: dict[str, Tensor] = {}
+    storages: set[int] = set()
+    for k, v in params.items():
+        if not isinstance(v, Tensor):
+            raise TypeError(f"save: params[{k!r}] is a {type(v).__name__}, not a tensor (put it in meta)")
+        tensor = v.detach().contiguous().cpu()
+        if tensor.untyped_storage().data_ptr() in storages:
+            tensor = tensor.clone()
+        storages.add(tensor.untyped_storage().data_ptr())
+        tensors[k] = tensor
     with replacing(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta or {})})
     return Path(path)
