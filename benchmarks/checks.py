@@ -3,7 +3,9 @@
 `tune`'s model check (trial 0's model and each model value the space can draw, built and run on
 two training rows before the study opens) per default space on digits, and the per-call cost of
 holding signals around a compiled package's call (`errors.holding_signals`), against a direct
-call, alternated in one process.
+call, alternated in one process; and what the checks a step runs as Python on every call cost
+(its params' and buffers' names, the optimizer state's keys, the outputs' shape against the
+targets), against the whole eager step they guard, at digits' shape with Adam.
 """
 
 from __future__ import annotations
@@ -47,6 +49,39 @@ def main(argv: list[str] | None = None) -> None:
         a = timeit.timeit(lambda: direct(1), number=calls) / calls * 1e6
         b = timeit.timeit(lambda: held(1), number=calls) / calls * 1e6
         print(f"round {r}: direct {a:.3f} us, signals held {b:.3f} us, +{b - a:.3f} us a call")
+    step_checks(args.rounds)
+
+
+def step_checks(rounds: int) -> None:
+    """Print, per round, each per-call check's microseconds and the eager step's, alternated."""
+    import torch
+
+    from purestep import adam, make_train_step, mlp
+    from purestep.core.allocator import keep_freed_memory
+    from purestep.core.losses import check_output_shape
+    from purestep.core.optim import check_state
+
+    keep_freed_memory()  # as `train` and `tune` run their steps
+    torch.set_num_threads(2)
+    model, opt = mlp(64), adam(1e-3)
+    params, buffers = model.init(0)
+    state = opt.init(params)
+    x, y = torch.randn(64, 64), torch.randint(0, 10, (64,))
+    out = torch.randn(64, 10)
+    step = make_train_step(model, opt, eager=True)
+    timed = {
+        "names": (lambda: model._check_names(params, buffers), 100_000),
+        "state": (lambda: check_state(state, params), 100_000),
+        "shape": (lambda: check_output_shape("cross_entropy", out, y), 100_000),
+        "step": (lambda: step(params, buffers, state, x, y), 300),
+    }
+    for r in range(rounds):
+        us = {k: timeit.timeit(fn, number=n) / n * 1e6 for k, (fn, n) in timed.items()}
+        checks = us["names"] + us["state"] + us["shape"]
+        print(
+            f"round {r}: names {us['names']:.2f} us, state {us['state']:.2f} us, shape {us['shape']:.2f} us;"
+            f" eager step {us['step']:.0f} us: the checks {checks / us['step']:.2%} of it"
+        )
 
 
 if __name__ == "__main__":
