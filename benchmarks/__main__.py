@@ -1,3 +1,5 @@
-from benchmarks.harness import main
+import sys
 
-main()
+from benchmarks.harness import command
+
+sys.exit(command())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -27,9 +28,10 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -519,9 +521,16 @@ def _targets(report: Report) -> list[str]:
     return rows
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a bad option reported as `purestep` reports one: one line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"Error: {message} (--help lists the options)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The harness's options; the defaults are the tutorial's shape."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", help="use the real FashionMNIST here when present (else synthetic)")
     p.add_argument("--n-train", type=int, default=60_000, help="synthetic training rows")
     p.add_argument("--n-test", type=int, default=10_000, help="synthetic test rows")
@@ -551,7 +560,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> Report:
     """Run the harness; print the Markdown tables; write them (and JSON) where asked."""
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    problem = args_problem(args)
+    if problem is not None:
+        p.error(problem)
     command = shlex.join(["python", "-m", "benchmarks", *argv])
     report = run(args, command)
     text = markdown(report, args)
@@ -561,6 +574,53 @@ def main(argv: list[str] | None = None) -> Report:
     if args.json:
         args.json.write_text(json.dumps(_raw(report), indent=1, default=str))
     return report
+
+
+LEAST = {
+    "n_train": 1,
+    "n_test": 1,
+    "batch_size": 1,
+    "seed": 0,
+    "rounds": 1,
+    "warmup": 0,
+    "steps": 1,
+    "trials": 1,
+    "threads": 0,
+    "accuracy_epochs": 1,
+    "cli_epochs": 1,
+}
+"""The least value each whole-number option takes: checked before any work (`args_problem`)."""
+
+
+def args_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options' values (a count below `LEAST`, a learning rate that is not
+    a positive number), as one line naming the option and the value; None when nothing is."""
+    for name, least in LEAST.items():
+        value = getattr(args, name)
+        if value < least:
+            return f"argument --{name.replace('_', '-')}: must be {least} or more, got {value}"
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        return f"argument --lr: must be a positive number, got {args.lr}"
+    return None
+
+
+def command(argv: list[str] | None = None) -> int:
+    """`main` as a command, with `purestep`'s exit codes: 0 done; a failure is one line on stderr
+    and exit 1 (`PURESTEP_DEBUG=1`, as `purestep --debug` sets it: the traceback too); Ctrl-C 130."""
+    from purestep.core.errors import PurestepError, one_line
+
+    try:
+        main(argv)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("PURESTEP_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        cause = one_line(e) if isinstance(e, PurestepError) else f"{type(e).__name__}: {one_line(e)}"
+        print(f"Error: {cause}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _raw(report: Report) -> dict[str, Any]:
@@ -591,4 +651,4 @@ def _raw(report: Report) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(command())

@@ -170,3 +170,46 @@ def test_trials_benchmark_prints_each_variants_row_and_the_epochs_it_trained(cap
     assert labels == [plain, "purestep sequential", "purestep --batch 2"]
     for row in rows:
         assert 3 <= int(row[-1]) <= 3 * 2  # every trial trains an epoch at least, none more than 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--threads", "-5"], "argument --threads: must be 0 or more, got -5"),
+        (["--n-train", "0"], "argument --n-train: must be 1 or more, got 0"),
+        (["--rounds", "-1"], "argument --rounds: must be 1 or more, got -1"),
+        (["--lr", "nan"], "argument --lr: must be a positive number, got nan"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--rounds", "abc"], "argument --rounds: invalid int value: 'abc'"),
+    ],
+)
+def test_a_bad_harness_option_is_one_line_and_exit_2_before_any_work(capsys, argv, fragment):
+    """`--threads -5` was a traceback, `--rounds -1` one after six minutes, `--bogus` argparse's usage."""
+    with pytest.raises(SystemExit) as ended:
+        harness.command(argv)
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("Error: ") and fragment in err, err
+
+
+def test_a_harness_failure_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    """Unreadable FashionMNIST files under --data-dir: one line naming them, not a traceback."""
+    monkeypatch.delenv("PURESTEP_DEBUG", raising=False)
+    raw = bench_data.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    for name in bench_data.FILES.values():
+        (raw / name).write_bytes(b"not idx")
+    assert harness.command(["--data-dir", str(tmp_path), "--quiet", "--no-probe"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("Error: ") and "Traceback" not in err, err
+
+
+def test_bench_command_refuses_a_bad_option_in_one_line():
+    run = subprocess.run(
+        [sys.executable, "-c", "from purestep.cli import main; main()", "bench", "--bogus"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr == "Error: unrecognized arguments: --bogus (--help lists the options)\n"
