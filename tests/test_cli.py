@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -453,3 +454,169 @@ def test_an_unexpected_error_is_one_line_pointing_at_debug_which_shows_the_trace
     debug = run("--debug", *args)
     assert debug.exit_code == 1 and "Traceback" in debug.stderr
     assert debug.stderr.endswith("\nError: RuntimeError: boom\n")
+
+
+def _fifo(folder, name: str = "fifo"):
+    path = folder / name
+    os.mkfifo(path)
+    return path
+
+
+def test_a_save_path_that_is_a_fifo_is_refused_and_left_as_it_is(tmp_path):
+    """A rename onto a device or a FIFO would replace it with a regular file (as root, `--save
+    /dev/null` would replace /dev/null): a usage error before training; the node stays."""
+    fifo = _fifo(tmp_path)
+    result = run("train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--save", str(fifo))
+    _usage_error(result, "--save")
+    assert "not a regular file" in result.stderr and result.stdout == ""
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_a_checkpoint_folder_whose_pointer_is_a_fifo_is_refused_before_training(tmp_path):
+    """`latest.json` as a FIFO: reading it would hang, renaming onto it replace it."""
+    (tmp_path / "ck").mkdir()
+    fifo = _fifo(tmp_path / "ck", "latest.json")
+    args = ["train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--checkpoint"]
+    _usage_error(run(*args, str(tmp_path / "ck")), "--checkpoint")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--save", ""],
+        ["train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--checkpoint", ""],
+        ["train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--data-dir", ""],
+        ["tune", "--dataset", "digits", "--epochs", "1", "--n-trials", "2", "--out", ""],
+        ["report", "--storage", "journal:s.log", "--out", ""],
+    ],
+)
+def test_an_empty_path_is_refused_for_every_path_option(tmp_path, monkeypatch, args):
+    """An empty path is the current folder to `Path`: refused, exit 2, and nothing is written there."""
+    monkeypatch.chdir(tmp_path)
+    result = run(*args)
+    _usage_error(result, args[args.index("") - 1])
+    assert "must not be empty" in result.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_an_out_that_cannot_be_created_is_refused_before_the_study_opens(tmp_path, monkeypatch):
+    """`/proc` takes no new folder, whatever its permissions say (root may write anywhere else):
+    the folder is created and a file written in it before any trial, and nothing is left."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc here")
+    monkeypatch.chdir(tmp_path)
+    args = ["tune", "--dataset", "digits", "--epochs", "1", "--n-trials", "2", "--storage", "sqlite:///s.db"]
+    result = run(*args, "--out", "/proc/purestep-out")
+    _usage_error(result, "--out")
+    assert "cannot write in /proc/purestep-out" in result.stderr and list(tmp_path.iterdir()) == []
+
+
+CNN = ["--dataset", "digits", "--epochs", "1", "--model", "cnn", "--model-arg"]
+
+
+@given(
+    spelling=st.sampled_from(["True", "true", "FALSE", "false"]),
+    command=st.sampled_from(["train", "tune"]),
+)
+def test_a_flag_is_not_a_number_for_a_model_argument(spelling, command):
+    """`dropout=true` trained with dropout 1.0: a bool is not a float (nor an int) here."""
+    result = run(command, *CNN, f"dropout={spelling}")
+    _usage_error(result, "--model-arg")
+    assert f"model 'cnn' takes a number for 'dropout' (default 0.5); got {spelling.title()}" in result.stderr
+
+
+@given(
+    value=st.sampled_from(["nan", "inf", "-inf", "NaN", "Infinity"]),
+    command=st.sampled_from(["train", "tune"]),
+)
+def test_a_model_argument_that_is_not_finite_is_a_usage_error_in_train_and_tune(value, command):
+    result = run(command, *CNN, f"dropout={value}")
+    _usage_error(result, "--model-arg")
+    assert "takes finite numbers only" in result.stderr
+
+
+@given(digits=st.integers(20, 400), command=st.sampled_from(["train", "tune"]))
+def test_an_integer_beyond_64_bits_is_a_short_usage_error(digits, command):
+    """torch refused it with 1.9 KB of C++ frames (`Exception raised from THPUtils_unpackLong`)."""
+    result = run(command, *CNN, "width=" + "9" * digits)
+    _usage_error(result, "--model-arg")
+    assert "takes integers up to 9223372036854775807" in result.stderr
+    assert len(result.stderr) < 200 + digits
+
+
+@given(
+    head=st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=40).filter(
+        lambda t: t.strip() and "Exception raised from " not in t
+    ),
+    frames=st.text(max_size=200),
+)
+def test_one_line_never_shows_torch_cpp_frames(head, frames):
+    from purestep.core.errors import first_line, one_line
+
+    error = RuntimeError(f"{head}\nException raised from THPUtils_unpackLong at x.cpp:1\nframe #0: {frames}")
+    assert one_line(error) == " ".join(head.split())
+    assert "frame #" not in first_line(error) and "Exception raised from" not in first_line(error)
+
+
+@pytest.mark.parametrize("hidden", ["32", "64,16"])
+@pytest.mark.parametrize("command", ["train", "check"])
+def test_hidden_beside_a_model_argument_of_other_widths_is_refused(command, hidden):
+    """--hidden was ignored (and recorded) when --model-arg hidden=... gave other widths."""
+    result = run(command, "--dataset", "digits", "--model-arg", "hidden=64,32", "--hidden", hidden)
+    _usage_error(result, "--hidden")
+    assert f"--hidden {hidden} and --model-arg hidden=64,32 disagree" in result.stderr
+
+
+def _strict(text: str):
+    """JSON as a strict parser reads it: no NaN or Infinity."""
+
+    def refuse(token: str):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _constant_test_targets(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "flat.npz"
+    x = rng.standard_normal((60, 4)).astype("float32")
+    np.savez(path, x_train=x[:40], y_train=x[:40, :1] * 2, x_test=x[40:], y_test=np.ones((20, 1), "float32"))
+    return path
+
+
+def test_train_json_and_saved_metadata_are_strict_json_when_a_metric_is_nan(tmp_path):
+    """R² of constant test targets is NaN: written as null, never as a bare NaN."""
+    from purestep.core.interop import META_KEY
+
+    data, save = _constant_test_targets(tmp_path), tmp_path / "m.safetensors"
+    args = ["train", "--dataset", str(data), "--epochs", "1", "--impl", "eager", "--json"]
+    result = run(*args, "--save", str(save))
+    assert result.exit_code == 0, result.output
+    summary = _strict(result.stdout)
+    assert summary["test_r2"] is None and summary["history"][-1]["eval_r2"] is None
+    from safetensors import safe_open
+
+    with safe_open(str(save), framework="pt") as f:
+        assert _strict(f.metadata()[META_KEY])["history"][-1]["eval_r2"] is None
+
+
+def test_no_command_shows_the_help_and_no_empty_error_line():
+    result = run()
+    assert result.exit_code == 2 and "Usage" in result.output
+    assert "Error" not in result.output
+
+
+def test_a_library_warning_is_one_line(tmp_path):
+    """torch's `UserWarning: Initializing zero-element tensors is a no-op` came with the library's
+    source line under it; as the console script shows it, it is one line."""
+    env = {**os.environ, "PURESTEP_OFFLINE": "1"}
+    args = ["train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--model", "cnn"]
+    done = subprocess.run(
+        [sys.executable, "-m", "purestep", *args, "--model-arg", "width=0"],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    lines = done.stderr.splitlines()
+    assert "Warning: UserWarning: Initializing zero-element tensors is a no-op" in lines, done.stderr
+    assert all(line.startswith(("Warning: ", "Error: ")) for line in lines), done.stderr

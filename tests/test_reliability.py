@@ -958,7 +958,7 @@ def test_a_resumed_study_proposes_new_points_and_the_same_ones_for_the_same_reru
     for copy in ("a", "b"):
         storage = f"sqlite:///{tmp_path / copy}.db"
         args = ["--epochs", "1", "--sampler", "random", "--pruner", "none", "--no-final"]
-        args += ["--storage", storage]
+        args += ["--storage", storage, "--out", copy]  # a study of its own: its own folder
         for n in (4, 8):
             result = invoke(*args, "--n-trials", str(n), "--workers", str(workers))
             assert result.exit_code == 0, result.output
@@ -967,3 +967,36 @@ def test_a_resumed_study_proposes_new_points_and_the_same_ones_for_the_same_reru
         runs.append(points)
     if workers == 1:  # with workers, how many trials each one draws depends on timing
         assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("write", ["replacing", "write_json"])
+def test_a_write_then_rename_never_replaces_a_fifo_or_a_folder(tmp_path: Path, write: str) -> None:
+    """The one write-then-rename helper refuses a target that is not a regular file (as root,
+    `/dev/null`): the node stays as it was and no temporary file is left beside it."""
+    import stat
+
+    from purestep.core.files import NotRegularFile, replacing, write_json
+
+    fifo, folder = tmp_path / "fifo", tmp_path / "folder"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    for target in (fifo, folder, tmp_path / "link"):
+        if target.name == "link":
+            target.symlink_to(fifo)
+        with pytest.raises(NotRegularFile, match="is not a regular file; it is not replaced"):
+            if write == "write_json":
+                write_json(target, {"a": 1})
+            else:
+                with replacing(target) as tmp:
+                    tmp.write_text("x")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and folder.is_dir() and (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "folder", "link"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_write_json_writes_strict_json(tmp_path: Path, value: float) -> None:
+    from purestep.core.files import write_json
+
+    path = write_json(tmp_path / "v.json", {"r2": value, "history": [{"loss": value}, (1.0, value)]})
+    parsed = json.loads(path.read_text(), parse_constant=lambda token: pytest.fail(token))
+    assert parsed == {"r2": None, "history": [{"loss": None}, [1.0, None]]}

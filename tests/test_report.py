@@ -216,3 +216,26 @@ def test_report_on_a_study_of_another_tool_labels_its_values_and_refuses_several
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
     assert "study 'pair' has 2 objectives; the report ranks one" in result.stderr
     assert (tmp_path / "s.db").read_bytes() == before
+
+
+@pytest.mark.parametrize("state", [TrialState.FAIL, TrialState.RUNNING])
+def test_a_study_without_a_finished_trial_says_so_and_draws_nothing(
+    tmp_path: Path, state: TrialState
+) -> None:
+    """Optuna warned (`[W ...] There are no complete trials.`) and empty plots were written."""
+    import subprocess
+    import sys
+
+    storage = f"journal:{tmp_path / 's.log'}"
+    study = optuna.create_study(study_name="early", storage=_journal(storage))
+    trial = study.ask()
+    if state != TrialState.RUNNING:
+        study.tell(trial, state=state)
+    out = tmp_path / "plots"
+    done = subprocess.run(
+        [sys.executable, "-m", "purestep", "report", "--storage", storage, "--out", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "study early has no finished trial yet: nothing to rank or draw" in done.stdout.splitlines()
+    assert not out.exists() and "wrote" not in done.stdout

@@ -156,9 +156,8 @@ def test_same_seed_and_fresh_storage_give_the_same_trials(tmp_path: Path) -> Non
     runs = []
     for name in ("a", "b"):
         storage = f"sqlite:///{tmp_path / name}.db"
-        result = invoke(
-            "--n-trials", "12", "--seed", "3", "--storage", storage, "--no-final", "--out", str(tmp_path)
-        )
+        out = str(tmp_path / name)  # a study of its own: its own folder
+        result = invoke("--n-trials", "12", "--seed", "3", "--storage", storage, "--no-final", "--out", out)
         assert result.exit_code == 0, result.output
         runs.append([(t.number, t.state, t.params, t.value, t.intermediate_values) for t in trials(storage)])
     assert runs[0] == runs[1]
@@ -763,3 +762,65 @@ def test_an_out_folder_with_a_directory_where_a_result_goes_is_refused_before_an
     line = one_line_error(result, 2)
     assert f"{tmp_path / 'out' / name} is a directory, where the run writes a file of that name" in line
     assert not (tmp_path / "s.db").exists() and sorted(p.name for p in (tmp_path / "out").iterdir()) == [name]
+
+
+def test_the_same_study_name_in_another_storage_is_another_study_and_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two storages, one study name, one default folder: the second run overwrote the first's
+    best.json and weights. Refused before any trial; the same storage spelled another way resumes,
+    and a best.json that records no storage (older runs) is compared by name alone."""
+    monkeypatch.chdir(tmp_path)
+    args = ["tune", "--dataset", "digits", "--epochs", "1", "--n-trials", "2", "--threads", "1"]
+    args += ["--impl", "eager"]
+    assert runner.invoke(app, [*args, "--storage", "sqlite:///a.db"]).exit_code == 0
+    out = tmp_path / "purestep-digits"
+    before = digest(out / "best.json"), digest(out / "best.safetensors")
+    line = one_line_error(runner.invoke(app, [*args, "--storage", "journal:b.log", "--seed", "5"]), 2)
+    assert "from study 'purestep-digits' in sqlite:///a.db, not in journal:b.log" in line and "--out" in line
+    assert (digest(out / "best.json"), digest(out / "best.safetensors")) == before
+    assert not (tmp_path / "b.log").exists()
+    again = runner.invoke(app, [*args, "--storage", f"sqlite:///{tmp_path / 'a.db'}", "--no-final"])
+    assert again.exit_code == 0, again.output
+    written = json.loads((out / "best.json").read_text())
+    (out / "best.json").write_text(json.dumps({k: v for k, v in written.items() if k != "storage"}))
+    older = runner.invoke(app, [*args, "--storage", "journal:b.log", "--no-final"])
+    assert older.exit_code == 0, older.output
+
+
+def test_tune_json_and_best_json_are_strict_when_a_metric_is_nan(tmp_path: Path) -> None:
+    """Constant test targets: the final R² is NaN; best.json, --json and the weights' metadata
+    say null, never a bare NaN."""
+    import numpy as np
+
+    from purestep.core.interop import META_KEY
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 4)).astype("float32")
+    data = tmp_path / "flat.npz"
+    np.savez(data, x_train=x[:40], y_train=x[:40, :1] * 2, x_test=x[40:], y_test=np.ones((20, 1), "float32"))
+    out = tmp_path / "out"
+    args = ["tune", "--dataset", str(data), "--epochs", "1", "--n-trials", "2", "--threads", "1"]
+    args += ["--impl", "eager", "--storage", f"journal:{tmp_path / 's.log'}", "--out", str(out), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+    def strict(text: str) -> dict:
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"not strict JSON: {token}"))
+
+    assert strict(result.stdout)["final"]["test_r2"] is None
+    assert strict((out / "best.json").read_text())["final"]["test_r2"] is None
+    from safetensors import safe_open
+
+    with safe_open(str(out / "best.safetensors"), framework="pt") as f:
+        assert strict(f.metadata()[META_KEY])["test_r2"] is None
+
+
+def test_an_out_folder_with_a_fifo_where_a_result_goes_is_refused_before_any_trial(tmp_path: Path) -> None:
+    """Reading a FIFO as best.json would hang; renaming onto it would replace it."""
+    (tmp_path / "out").mkdir()
+    os.mkfifo(tmp_path / "out" / "best.json")
+    result = invoke("--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(tmp_path / "out"))
+    line = one_line_error(result, 2)
+    assert "best.json is not a regular file, where the run writes a file of that name" in line
+    assert not (tmp_path / "s.db").exists()

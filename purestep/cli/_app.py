@@ -11,7 +11,9 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import typer
@@ -35,6 +37,16 @@ class _Group(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        with _warnings_on_one_line():
+            code = self._run(args, prog_name, complete_var, **extra)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+    def _run(
+        self, args: Sequence[str] | None, prog_name: str | None, complete_var: str | None, **extra: Any
+    ) -> int:
+        """The command's exit code; every failure printed as one line."""
         from purestep.core.errors import PurestepError, one_line
 
         code = 0
@@ -44,7 +56,7 @@ class _Group(TyperGroup):
             )
             code = rv if isinstance(rv, int) else 0
         except typer.TyperException as e:
-            typer.echo(f"Error: {one_line(e.format_message())}", err=True)
+            _usage_error(e)
             code = e.exit_code
         except (KeyboardInterrupt, typer.Abort):  # Ctrl-C, raised past typer as Abort by `invoke`
             typer.echo("Interrupted.", err=True)
@@ -62,8 +74,6 @@ class _Group(TyperGroup):
                 traceback.print_exc()
             typer.echo(f"Error: {type(e).__name__}: {one_line(str(e))}{hint}", err=True)
             code = 1
-        if standalone_mode:
-            sys.exit(code)
         return code
 
     def invoke(self, ctx: typer.Context) -> Any:
@@ -73,6 +83,36 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             raise typer.Abort() from None
+
+
+@contextmanager
+def _warnings_on_one_line() -> Iterator[None]:
+    """A library's warning shown as one line (`Warning: UserWarning: ...`), not Python's two (where
+    it was raised, and that line of the library's source), while a command runs."""
+    from purestep.core.errors import one_line
+
+    def formatted(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+        return f"Warning: {category.__name__}: {one_line(str(message))}\n"
+
+    shown = warnings.formatwarning
+    warnings.formatwarning = formatted  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.formatwarning = shown
+
+
+def _usage_error(e: typer.TyperException) -> None:
+    """A usage error as one line; no command at all shows the help (where rich has not already shown
+    it) and no empty error line, exit 2 as click has it."""
+    from purestep.core.errors import one_line
+
+    if type(e).__name__ == "NoArgsIsHelpError":
+        help_text = e.format_message().rstrip()
+        if help_text:
+            typer.echo(help_text, err=True)
+        return
+    typer.echo(f"Error: {one_line(e.format_message())}", err=True)
 
 
 app = typer.Typer(

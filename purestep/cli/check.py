@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +9,7 @@ from typing import Annotated
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.common import load_data, model_for, optimizer_config
+from purestep.cli.common import check_widths, load_data, model_for, optimizer_config
 from purestep.cli.options import (
     BatchSize,
     DataDir,
@@ -69,12 +67,14 @@ def check(
         raise typer.BadParameter(
             "--hidden and --against jax apply to the MLP; for another model use --model-arg"
         )
+    model_args = parse_model_args(model_arg)
+    check_widths(hidden, widths, model_args)
     data = load_data(dataset, data_dir, device)
     if data.y_train.is_floating_point():
         raise typer.BadParameter(
             f"check compares classification steps (cross-entropy); {data.name} is a regression"
         )
-    spec = model_for(data, model, parse_model_args(model_arg), "cross_entropy", widths)
+    spec = model_for(data, model, model_args, "cross_entropy", widths)
 
     from purestep.check import run_checks
 
@@ -85,7 +85,9 @@ def check(
     ok = same_lines and all(r.passed for r in rows)
     if json_output:
         report = {"rows": [_row_json(r) for r in rows], "printed_lines_identical": same_lines, "passed": ok}
-        print(json.dumps(_finite(report), allow_nan=False))
+        from purestep.core.files import strict_json
+
+        print(strict_json(report))
     else:
         _print_table(rows, same_lines)
     if not ok:
@@ -111,17 +113,6 @@ def _row_json(r) -> dict[str, object]:
         else {"step": flip.step, "units": flip.units, "closest": flip.closest, "rounding": flip.rounding},
         "steps_with_branch_differences": r.flip_steps,
     }
-
-
-def _finite(value: object) -> object:
-    """`value` with every NaN and infinity as None (null): strict JSON has no token for them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _jax_rows(config, batch_size: int):

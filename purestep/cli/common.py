@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +15,7 @@ from purestep.core.settings import OPTIMIZER_SETTINGS, tutorial
 
 if TYPE_CHECKING:
     from purestep.core.data import Dataset
-    from purestep.core.model import Model
+    from purestep.core.model import Model, ModelError
     from purestep.core.optim import OptimizerConfig
 
 
@@ -67,17 +69,21 @@ def optimizer_config(
 def check_output(path: Path, option: str, *, directory: bool = False, files: Sequence[str] = ()) -> None:
     """Refuse, before any work, an output the end of the run could not write: a directory where a
     file goes (or a file where a directory goes; for a directory, where one of the `files` the run
-    writes in it goes), a file in the way of its folders, or a folder this user cannot write in. A
-    usage error (exit 2) naming `option`; nothing is created."""
+    writes in it goes), a device, FIFO or socket where a file goes (a rename would replace it), a
+    file in the way of its folders, or a folder this user cannot write in. A usage error (exit 2)
+    naming `option`; nothing is created."""
     path = path.absolute()
     problem = None
-    in_the_way = [path / f for f in files if (path / f).is_dir()] if directory else []
+    in_the_way = [path / f for f in files if _not_a_file(path / f)] if directory else []
     if directory and os.path.lexists(path) and not path.is_dir():
         problem = f"{path} is a file, not a directory"
     elif in_the_way:
-        problem = f"{in_the_way[0]} is a directory, where the run writes a file of that name"
+        what = "a directory" if in_the_way[0].is_dir() else "not a regular file"
+        problem = f"{in_the_way[0]} is {what}, where the run writes a file of that name"
     elif not directory and path.is_dir():
         problem = f"{path} is a directory; give a file name"
+    elif not directory and _not_a_file(path):
+        problem = f"{path} exists and is not a regular file (a device, a FIFO); give a file name"
     else:
         existing = path if directory else path.parent  # the nearest folder that exists, or what is in its way
         while not os.path.lexists(existing):
@@ -89,6 +95,35 @@ def check_output(path: Path, option: str, *, directory: bool = False, files: Seq
             problem = f"{existing} is not writable, so {path} cannot be written"
     if problem is not None:
         raise typer.BadParameter(problem, param_hint=option)
+
+
+def _not_a_file(path: Path) -> bool:
+    """Whether `path` (its link followed) exists and is not a regular file: a folder, a device, a FIFO."""
+    return path.exists() and not path.is_file()
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Create `folder`, write a file in it and remove both again, before any work: what
+    `check_output` cannot tell from permissions (a read-only or virtual file system, `/proc`) is
+    refused here, as a usage error (exit 2) naming `option`. Nothing is left behind."""
+    folder = folder.absolute()
+    created = []
+    parent = folder
+    while not os.path.lexists(parent):
+        created.append(parent)
+        parent = parent.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".purestep-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise typer.BadParameter(f"cannot write in {folder}: {why}", param_hint=option) from None
+    finally:
+        for made in created:
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
 
 def resolve_device(device: str) -> str:
@@ -135,5 +170,38 @@ def model_for(
         check_model_args(ref, model_args)
         return build_model(ref, data.in_shape, data.out_features, args, loss)
     except ModelError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise model_usage_error(e) from None
 
+
+def model_usage_error(e: ModelError) -> typer.BadParameter:
+    """A model that cannot be found or built as a usage error (exit 2), naming `--model-arg` when
+    an argument is what is wrong."""
+    from purestep.core.model import ModelArgError
+
+    return typer.BadParameter(str(e), param_hint="--model-arg" if isinstance(e, ModelArgError) else None)
+
+
+def _shown(value: object) -> str:
+    """A `--model-arg` value as it is typed: `true`, `0.5`, `64,32` (`64,` for one width)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value) + ("," if len(value) == 1 else "")
+    return str(value)
+
+
+DEFAULT_HIDDEN = (512, 512)
+"""`--hidden`'s default: the tutorial's widths."""
+
+
+def check_widths(hidden: str, widths: tuple[int, ...], model_args: Mapping[str, object]) -> None:
+    """Refuse `--hidden` given beside a `--model-arg hidden=...` of other widths: one of the two
+    would be ignored. `--hidden` at its default (`DEFAULT_HIDDEN`) leaves the argument's widths."""
+    given = model_args.get("hidden")
+    if "hidden" not in model_args or widths == DEFAULT_HIDDEN:
+        return
+    if not (isinstance(given, (tuple, list)) and tuple(given) == widths):
+        raise typer.BadParameter(
+            f"--hidden {hidden} and --model-arg hidden={_shown(given)} disagree; give the widths once",
+            param_hint="--hidden",
+        )

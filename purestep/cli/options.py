@@ -72,6 +72,26 @@ def dataset_label(dataset: str) -> str:
     return dataset if dataset in DATASET_NAMES else Path(dataset).stem
 
 
+def _path(value: str | Path) -> Path:
+    """A path option's value; an empty one, which would mean the current folder, is refused."""
+    if isinstance(value, str) and not value:
+        raise typer.BadParameter("must not be empty; give a path")
+    return Path(value)
+
+
+def path_option(flag: str, metavar: str = "PATH", **kwargs: Any) -> Any:
+    """A Typer option for a path the command writes or reads: an empty value is refused (exit 2)."""
+    return typer.Option(flag, parser=_path, metavar=metavar, **kwargs)
+
+
+def _data_dir(value: str | Path) -> Path:
+    """`--data-dir`: not empty, and not a file."""
+    path = _path(value)
+    if path.exists() and not path.is_dir():
+        raise typer.BadParameter(f"{path} is not a directory")
+    return path
+
+
 def _device(value: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
         raise typer.BadParameter(f"must be cpu, cuda or cuda:N, got {value!r}")
@@ -93,8 +113,9 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         envvar="PURESTEP_DATA",
+        parser=_data_dir,
+        metavar="DIR",
         help="Where torchvision datasets live (downloaded when missing).",
-        file_okay=False,
     ),
 ]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training set.")]

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from purestep.cli._app import app
+from purestep.cli.common import check_output, check_writable
+from purestep.cli.options import path_option
 from purestep.cli.tune import DEFAULT_STORAGE, Storage
 
 if TYPE_CHECKING:
@@ -23,7 +25,7 @@ def report(
     top: Annotated[int, typer.Option("--top", min=1, help="How many of the best trials to list.")] = 10,
     out: Annotated[
         Path | None,
-        typer.Option("--out", file_okay=False, help="Where the PNG plots go (default: ./STUDY)."),
+        path_option("--out", "DIR", help="Where the PNG plots go (default: ./STUDY)."),
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the plots with matplotlib.")] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -59,16 +61,18 @@ def report(
         if len(loaded.directions) > 1:  # Optuna's `direction` raises on it
             several = f"study {study!r} has {len(loaded.directions)} objectives; the report ranks one"
             raise typer.BadParameter(several, param_hint="--study")
-        from purestep.search.report import build_report, write_plots
+        from purestep.search.report import PLOTS, build_report, finished, write_plots
 
         summary = build_report(loaded, top)
-        if plots:
+        if plots and finished(summary.counts):
             target = out if out is not None else default_out(study)
+            check_output(target, "--out", directory=True, files=PLOTS)
+            check_writable(target, "--out")
             summary.files = [str(p) for p in write_plots(loaded, target, summary.importances is not None)]
     if json_output:
-        import json
+        from purestep.core.files import strict_json
 
-        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        typer.echo(strict_json(summary.to_dict(), indent=2))
     else:
         typer.echo(render(summary, url.shown))
 

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.common import check_output, load_data, loss_for, model_for, optimizer_config
+from purestep.cli.common import (
+    check_output,
+    check_widths,
+    check_writable,
+    load_data,
+    loss_for,
+    model_for,
+    optimizer_config,
+)
 from purestep.cli.options import (
     Alpha,
     BatchSize,
@@ -42,7 +50,9 @@ from purestep.cli.options import (
     dataset_label,
     parse_hidden,
     parse_model_args,
+    path_option,
 )
+from purestep.core.files import finite, strict_json
 from purestep.core.settings import OPTIMIZER_SETTINGS
 
 if TYPE_CHECKING:
@@ -296,17 +306,13 @@ def train(
     device: Device = "cpu",
     save: Annotated[
         Path | None,
-        typer.Option(
-            "--save",
-            dir_okay=False,
-            help="Write the trained params as safetensors, config and metrics as metadata.",
+        path_option(
+            "--save", "FILE", help="Write the trained params as safetensors, config and metrics as metadata."
         ),
     ] = None,
     checkpoint: Annotated[
         Path | None,
-        typer.Option(
-            "--checkpoint", file_okay=False, help="Write params and optimizer state every epoch here."
-        ),
+        path_option("--checkpoint", "DIR", help="Write params and optimizer state every epoch here."),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint in --checkpoint.")
@@ -328,12 +334,19 @@ def train(
     if save is not None:
         check_output(save, "--save")
     if checkpoint is not None:
-        check_output(checkpoint, "--checkpoint", directory=True)
+        from purestep.core.checkpoint import LATEST
+
+        check_output(checkpoint, "--checkpoint", directory=True, files=(LATEST,))
         _check_fresh(checkpoint, resume)
     widths = parse_hidden(hidden)
     model_args = parse_model_args(model_arg)
     if model != "mlp" and widths != (512, 512):
         raise typer.BadParameter("--hidden sets the MLP's widths; for another model use --model-arg")
+    check_widths(hidden, widths, model_args)
+    if save is not None:
+        check_writable(save.parent, "--save")
+    if checkpoint is not None:
+        check_writable(checkpoint, "--checkpoint")
     run: dict[str, Any] = {
         "dataset": dataset_label(dataset),
         "model": model,
@@ -378,7 +391,7 @@ def train(
     if save is not None:
         from purestep.core.interop import save as save_params
 
-        save_params(save, params, {"config": run, "history": history})
+        save_params(save, params, finite({"config": run, "history": history}))
         summary["saved"] = str(save)
     if json_output:
-        print(json.dumps(summary))
+        print(strict_json(summary))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.common import check_output
+from purestep.cli.common import check_output, check_writable, model_usage_error
 from purestep.cli.options import (
     DataDir,
     Dataset,
@@ -23,6 +23,7 @@ from purestep.cli.options import (
     Seed,
     dataset_label,
     parse_model_args,
+    path_option,
 )
 
 if TYPE_CHECKING:
@@ -145,9 +146,7 @@ ValFraction = Annotated[
 ]
 Out = Annotated[
     Path | None,
-    typer.Option(
-        "--out", file_okay=False, help="Where best.json and best.safetensors go (default: ./STUDY)."
-    ),
+    path_option("--out", "DIR", help="Where best.json and best.safetensors go (default: ./STUDY)."),
 ]
 
 
@@ -226,6 +225,12 @@ def tune(
     from purestep.search.space import SpaceError, holding, load_space
 
     model_args = parse_model_args(model_arg)
+    from purestep.core.model import ModelError, check_model_args
+
+    try:
+        check_model_args(model, model_args)
+    except ModelError as e:
+        raise model_usage_error(e) from None
     try:
         search_space = load_space(space, model, _task(dataset, loss))
     except SpaceError as e:
@@ -244,16 +249,17 @@ def tune(
     from purestep.search.tune import tune as run
 
     try:
-        parse_storage(storage)
+        url = parse_storage(storage)
     except StorageURLError as e:
         raise typer.BadParameter(str(e), param_hint="--storage") from None
     name = study or f"purestep-{dataset_label(dataset)}"
     out = out if out is not None else default_out(name)
     check_output(out, "--out", directory=True, files=OUT_FILES)  # before any trial: the end must be writable
     try:
-        check_out(out, name)  # nor may it write over another study's results
+        check_out(out, name, url.shown)  # nor may it write over another study's results
     except UsageError as e:
         raise typer.BadParameter(str(e), param_hint="--out") from None
+    check_writable(out, "--out")
     options = TuneOptions(
         dataset=dataset,
         data_dir=str(data_dir),
@@ -290,9 +296,9 @@ def tune(
         _note(_short_of(outcome, n_trials))
     best = finish(outcome, data, options, out, final)
     if json_output:
-        import json
+        from purestep.core.files import strict_json
 
-        typer.echo(json.dumps(best, indent=2))
+        typer.echo(strict_json(best, indent=2))
     else:
         typer.echo(_summary(outcome, search_space))
 

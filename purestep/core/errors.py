@@ -21,9 +21,14 @@ class DataError(PurestepError):
     """A dataset that cannot be found, downloaded or read."""
 
 
+NATIVE_TRACE = "Exception raised from "
+"""Where torch's C++ errors start their stack frames: no part of a message for a user."""
+
+
 def one_line(error: BaseException | str) -> str:
-    """An error's message on one line (white space folded), or its type's name if it has none."""
-    text = " ".join(str(error).split())
+    """An error's message on one line (white space folded, torch's C++ frames cut off), or its
+    type's name if it has none."""
+    text = " ".join(str(error).partition(NATIVE_TRACE)[0].split())
     if text or isinstance(error, str):
         return text
     return type(error).__name__
@@ -31,7 +36,7 @@ def one_line(error: BaseException | str) -> str:
 
 def first_line(error: BaseException) -> str:
     """The first line of an error's message (a driver's long report stops there), or its type's name."""
-    text = str(error).strip()
+    text = str(error).partition(NATIVE_TRACE)[0].strip()
     return text.splitlines()[0].strip() if text else type(error).__name__
 
 

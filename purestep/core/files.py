@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,11 +49,28 @@ def creation_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+class NotRegularFile(OSError):
+    """A path to write whole that names a device, a FIFO, a socket or a folder: renaming a file
+    onto it would replace it, not write into it."""
+
+
+def refuse_special(path: Path) -> None:
+    """Raise `NotRegularFile` when `path` (its link followed) exists and is not a regular file."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(f"{path} exists and is not a regular file; it is not replaced")
+
+
 @contextmanager
 def replacing(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path beside `path` to write (ending in `suffix`, for writers that read it);
-    renamed onto `path` when the block ends without an error, removed when it raises."""
+    renamed onto `path` when the block ends without an error, removed when it raises. A `path`
+    that exists and is not a regular file (`/dev/null`, a FIFO) is refused (`NotRegularFile`)."""
     path = Path(path)
+    refuse_special(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
@@ -60,6 +79,7 @@ def replacing(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Pa
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        refuse_special(path)  # nor one made while the file was written
         # a file written over keeps its mode; a new one gets the umask's, as `open` would give it
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else creation_mode())
         rename_into_place(tmp, path)
@@ -67,8 +87,24 @@ def replacing(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Pa
         tmp.unlink(missing_ok=True)
 
 
+def finite(value: Any) -> Any:
+    """`value` with every NaN and infinity as None (null): strict JSON has no token for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, indent: int | None = None) -> str:
+    """`value` as strict JSON (`finite`): what every JSON purestep writes or prints is."""
+    return json.dumps(finite(value), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike[str], value: Any, indent: int = 2) -> Path:
-    """Write `value` as JSON to `path`, whole or not at all."""
+    """Write `value` as strict JSON (`strict_json`) to `path`, whole or not at all."""
     with replacing(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=indent) + "\n", encoding="utf-8")
+        tmp.write_text(strict_json(value, indent) + "\n", encoding="utf-8")
     return Path(path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ Factory = Callable[..., nn.Module]
 
 class ModelError(PurestepError):
     """A model that cannot be found or built from what was given."""
+
+
+class ModelArgError(ModelError):
+    """A model argument of a kind or value the factory cannot take (`check_model_args`)."""
 
 
 # --- the zoo ------------------------------------------------------------------------------
@@ -384,19 +389,32 @@ def defaults(factory: Factory) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
+INT64_MAX = 2**63 - 1
+"""The largest integer a tensor's size or a torch argument holds."""
+
+
 def check_model_args(ref: str, model_args: Mapping[str, Any]) -> None:
     """Refuse a typed model argument of the wrong kind: words where the factory's default is a
-    number or a flag, a fraction where it is an integer, anything but integers separated by commas
-    where it is a tuple (`width=abc`, `hidden=64` failed inside the factory, with its own message).
-    For what a user types only: a space's range of floats may serve a factory that rounds them.
+    number or a flag, a fraction where it is an integer, a flag where it is a number and a number
+    where it is a flag (`dropout=true` trained at 1.0), anything but integers separated by commas
+    where it is a tuple (`width=abc`, `hidden=64` failed inside the factory, with its own message);
+    and whatever the default, a number that is not finite or an integer beyond 64 bits (torch
+    refused it with its C++ frames). For what a user types only: a space's range of floats may serve
+    a factory that rounds them.
 
     Raises:
-        ModelError: naming the argument, the kind its default has, and the value given.
+        ModelArgError: naming the argument, the kind its default has, and the value given.
+        ModelError: the model itself cannot be found (`resolve_factory`).
     """
     if not model_args:
         return
     known = defaults(resolve_factory(ref))
     for name, given in model_args.items():
+        values = given if isinstance(given, (tuple, list)) else (given,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ModelArgError(f"model {ref!r} takes finite numbers only for {name!r}; got {given!r}")
+        if any(isinstance(v, int) and abs(v) > INT64_MAX for v in values):
+            raise ModelArgError(f"model {ref!r} takes integers up to {INT64_MAX} for {name!r}; got {given!r}")
         default = known.get(name)
         if isinstance(default, tuple):
             kind = "integers separated by commas, e.g. 512,512 (one: 512,)"
@@ -404,10 +422,12 @@ def check_model_args(ref: str, model_args: Mapping[str, Any]) -> None:
         elif isinstance(default, (bool, int, float)):
             kind = {bool: "true or false", int: "an integer", float: "a number"}[type(default)]
             wrong = isinstance(given, str) or (type(default) is int and isinstance(given, float))
+            wrong = wrong or isinstance(default, bool) != isinstance(given, bool)
         else:
             continue
         if wrong:
-            raise ModelError(f"model {ref!r} takes {kind} for {name!r} (default {default!r}); got {given!r}")
+            said = f"model {ref!r} takes {kind} for {name!r} (default {default!r}); got {given!r}"
+            raise ModelArgError(said)
 
 
 def build_model(

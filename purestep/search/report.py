@@ -125,6 +125,8 @@ def build_report(study: optuna.Study, top: int) -> Report:
     )
     best, base = best_trial(study), baseline_trial(trials)
     importances, note = param_importances(study)
+    if not finished(counts):
+        note = f"study {study.study_name} has no finished trial yet: nothing to rank or draw"
     spec = stored_spec(study)
     keys = (
         list(dict.fromkeys(p.key for p in spec.space.params))
@@ -145,6 +147,11 @@ def build_report(study: optuna.Study, top: int) -> Report:
     )
 
 
+def finished(counts: dict[str, int]) -> int:
+    """How many trials of a report's `counts` finished: completed or pruned."""
+    return counts["complete"] + counts["pruned"]
+
+
 def param_importances(study: optuna.Study) -> tuple[dict[str, float] | None, str | None]:
     """Optuna's parameter importances over the completed trials, or None and the reason."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -160,7 +167,9 @@ def param_importances(study: optuna.Study) -> tuple[dict[str, float] | None, str
 
 
 def write_plots(study: optuna.Study, out: Path, importances_ok: bool) -> list[Path]:
-    """Draw the optimization history, intermediate values and (when computable) importances as PNGs.
+    """Draw the optimization history (when a trial completed), intermediate values (when a trial
+    reported one) and (when computable) importances as PNGs; an empty plot is not drawn (Optuna
+    would warn and draw empty axes).
 
     Each file is drawn under a temporary name and renamed into place.
     """
@@ -172,10 +181,12 @@ def write_plots(study: optuna.Study, out: Path, importances_ok: bool) -> list[Pa
 
     metric, _ = study_metric(study)
     out.mkdir(parents=True, exist_ok=True)
-    drawings = [
-        ("history.png", lambda: ovm.plot_optimization_history(study, target_name=metric)),
-        ("intermediate.png", lambda: ovm.plot_intermediate_values(study)),
-    ]
+    trials = study.get_trials(deepcopy=False)
+    drawings = []
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        drawings.append(("history.png", lambda: ovm.plot_optimization_history(study, target_name=metric)))
+    if any(t.intermediate_values for t in trials):
+        drawings.append(("intermediate.png", lambda: ovm.plot_intermediate_values(study)))
     if importances_ok:
         drawings.append(("importance.png", lambda: ovm.plot_param_importances(study)))
     written = []

@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from purestep.core.errors import PurestepError
-from purestep.core.files import write_json
+from purestep.core.files import finite, write_json
 from purestep.search.objective import (
     EVAL_BATCH_SIZE,
     Splits,
@@ -799,7 +799,7 @@ def final_train(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path
         "loss": splits.loss,
         **{k: v for k, v in test.items() if k.startswith("test_")},
     }
-    save(weights, splits.model_for(config).saved(result.params, result.buffers), json.loads(json.dumps(meta)))
+    save(weights, splits.model_for(config).saved(result.params, result.buffers), finite(meta))
     outcome.files.append(str(weights))
     return final
 
@@ -856,7 +856,7 @@ def finish(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path, fin
             outcome.final = final_train(outcome, data, options, out)
     else:
         outcome.final = _kept_final(outcome, out)
-    content = best_json(outcome, options)
+    content = finite(best_json(outcome, options))
     outcome.files.insert(0, str(write_json(out / BEST_JSON, content)))
     return content
 
@@ -917,9 +917,11 @@ def default_out(study: str) -> Path:
     return Path(readable)
 
 
-def check_out(out: Path, study: str) -> None:
+def check_out(out: Path, study: str, storage: str | None = None) -> None:
     """Refuse a folder whose `best.json` is another study's (or not one `tune` wrote), before any
-    trial runs: the end of this run would write over it.
+    trial runs: the end of this run would write over it. A study is its name and, where `best.json`
+    records it (as `StorageURL.shown` gives it), its storage: the same name in another storage is
+    another study.
 
     Raises:
         UsageError: the folder holds another study's results.
@@ -934,6 +936,27 @@ def check_out(out: Path, study: str) -> None:
             f"{out / 'best.json'} is {whose}, not {study!r}'s: this run would write over it; "
             "choose another --out or --study"
         )
+    kept = owner.get("storage")
+    if storage is not None and isinstance(kept, str) and not same_storage(kept, storage):
+        raise UsageError(
+            f"{out / 'best.json'} is from study {study!r} in {kept}, not in {storage}: this run would "
+            "write over it; choose another --out or --study"
+        )
+
+
+def same_storage(a: str, b: str) -> bool:
+    """Whether two storage URLs (as shown) name one storage: equal, or files of one kind at one path."""
+    if a == b:
+        return True
+    from purestep.search.storage import StorageURLError
+
+    try:
+        left, right = parse_storage(a), parse_storage(b)
+    except StorageURLError:
+        return False
+    if left.path is None or right.path is None or (left.kind, left.dialect) != (right.kind, right.dialect):
+        return False
+    return left.path.expanduser().resolve() == right.path.expanduser().resolve()
 
 
 def _written(path: Path) -> dict[str, Any] | None:
