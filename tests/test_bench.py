@@ -146,13 +146,14 @@ def test_compile_probe_reports_every_graph():
         assert json.loads(warm["stdout"].strip().splitlines()[-1])["dynamo_imported"] is False
 
 
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """`purestep bench ARGS` from the source checkout, its output captured."""
+    command = [sys.executable, "-c", "from purestep.cli import main; main()", "bench", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+
+
 def test_bench_command_passes_its_arguments_to_the_harness():
-    run = subprocess.run(
-        [sys.executable, "-c", "from purestep.cli import main; main()", "bench", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    run = _bench("--help")
     assert run.returncode == 0
     assert "--markdown" in run.stdout and "--precision" in run.stdout
 
@@ -205,11 +206,6 @@ def test_a_harness_failure_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch)
 
 
 def test_bench_command_refuses_a_bad_option_in_one_line():
-    run = subprocess.run(
-        [sys.executable, "-c", "from purestep.cli import main; main()", "bench", "--bogus"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    run = _bench("--bogus")
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr == "Error: unrecognized arguments: --bogus (--help lists the options)\n"
