@@ -620,3 +620,14 @@ def test_a_library_warning_is_one_line(tmp_path):
     lines = done.stderr.splitlines()
     assert "Warning: UserWarning: Initializing zero-element tensors is a no-op" in lines, done.stderr
     assert all(line.startswith(("Warning: ", "Error: ")) for line in lines), done.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_a_model_that_cannot_run_on_the_data_is_a_usage_error_in_train_as_in_tune(command, tmp_path):
+    """`--model-arg width=0` built a CNN that failed in its first step: exit 1 in train, 2 in tune."""
+    storage = ["--storage", f"journal:{tmp_path / 's.log'}", "--out", str(tmp_path / "out")]
+    extra = storage if command == "tune" else []
+    result = run(command, *CNN, "width=0", *extra)
+    assert result.exit_code == 2, result.output
+    assert "Error: " in result.stderr and "--model cnn cannot run on the data: RuntimeError" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "s.log").exists()

@@ -130,7 +130,7 @@ def test_resuming_with_another_model_is_refused(tmp_path):
         (["--model", "vgg"], "unknown model 'vgg'"),
         (["--model-arg", "depth=2"], "takes no argument 'depth'"),
         (["--model", "cnn", "--model-arg", "width=0"], "--model cnn cannot run on the data: RuntimeError"),
-        (["--model", "cnn", "--model-arg", "dropout=nan"], "--model-arg: [dropout] value: must be finite"),
+        (["--model", "cnn", "--model-arg", "dropout=nan"], "--model-arg: model 'cnn' takes finite"),
         (["--val-fraction", "0.9999"], "--val-fraction: holding out 0.9999 of 1437 rows leaves none"),
         (["--space", "mlp-dropout"], "the space's model.dropout = 0.0: model 'mlp' takes no argument"),
         (["--model", "cnn", "--space", "zero-width"], "model.width = 0: --model cnn cannot run on the data"),

@@ -199,22 +199,18 @@ def _run_functional(
 
 
 def _check_outputs(spec: Model, data: Data, ref: str, loss: str) -> None:
-    """Run the model on two training rows (eval mode, the global generators left as they were) and
-    refuse, before anything trains by any impl, outputs the loss would score wrongly: another shape
-    than a regression's targets, or fewer classes than the labels need (`check_output_shape`)."""
+    """Refuse, before anything trains by any impl, a model that cannot run on two training rows or
+    whose outputs the loss would score wrongly (`model.check_runs`): a usage error (exit 2)."""
     import torch
 
-    from purestep.core.losses import OutputShapeError, check_output_shape, is_regression
+    from purestep.core.losses import is_regression
+    from purestep.core.model import ModelError, check_runs
 
-    x, y = data.x_train[:2], data.y_train[:2]
     top = None if is_regression(loss) else int(torch.cat([data.y_train, data.y_test]).max())
-    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
-        params, buffers = spec.init(0, x.device)
-        out, _ = spec.apply(params, buffers, x, train=False)
     try:
-        check_output_shape(loss, out, y, top)
-    except OutputShapeError as e:
-        raise typer.BadParameter(f"--model {ref} gives {e}") from None
+        check_runs(spec, data.x_train[:2], data.y_train[:2], loss, top)
+    except ModelError as e:
+        raise typer.BadParameter(f"--model {ref} {e}") from None
 
 
 _TUTORIAL = {name: setting.tutorial for name, setting in OPTIMIZER_SETTINGS.items()}

@@ -430,6 +430,30 @@ def check_model_args(ref: str, model_args: Mapping[str, Any]) -> None:
             raise ModelArgError(said)
 
 
+def check_runs(model: Model, x: Tensor, y: Tensor, loss: str, top: int | None = None) -> None:
+    """Run `model` on a few rows through `loss` (train mode, so dropout runs too, for two rows or
+    more; the global generators left as they were): a model that cannot run on the data, or whose
+    outputs the loss would score wrongly (`check_output_shape`, with `top` the highest label), fails
+    here in one line, before anything trains.
+
+    Raises:
+        ModelError: "gives outputs of shape ...", or "cannot run on the data: TypeError: ...".
+    """
+    from purestep.core.errors import one_line
+    from purestep.core.losses import OutputShapeError, check_output_shape, loss_fn
+
+    try:
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            params, buffers = model.init(0, x.device)
+            out, _ = model.apply(params, buffers, x, train=len(x) > 1)
+        check_output_shape(loss, out, y, top)  # before the loss: mse would broadcast, warning only
+        loss_fn(loss)(out, y)
+    except OutputShapeError as e:
+        raise ModelError(f"gives {e}") from None
+    except Exception as e:  # the user's model: any error is theirs to read, in one line
+        raise ModelError(f"cannot run on the data: {type(e).__name__}: {one_line(e)}") from None
+
+
 def build_model(
     ref: str,
     in_shape: Sequence[int],

@@ -386,9 +386,7 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
     --model, --model-arg or space value fails here, before the study opens, not as a failed trial."""
     import torch
 
-    from purestep.core.errors import one_line
-    from purestep.core.losses import OutputShapeError, check_output_shape, loss_fn
-    from purestep.core.model import ModelError, check_model_args
+    from purestep.core.model import ModelError, check_model_args, check_runs
     from purestep.search.objective import ConfigError
     from purestep.search.space import MLP_SETTINGS, MODEL_PREFIX, Fixed, Range
 
@@ -418,16 +416,9 @@ def _check_model(options: TuneOptions, splits: Splits) -> None:
         except ConfigError as e:
             raise UsageError(f"{where}{e}") from None
         try:
-            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):  # trials' draws unchanged
-                params, buffers = model.init(0, x.device)
-                out, _ = model.apply(params, buffers, x, train=len(x) > 1)  # train mode: dropout runs too
-            check_output_shape(splits.loss, out, y, top)  # before the loss: mse would broadcast, warning only
-            loss_fn(splits.loss)(out, y)
-        except OutputShapeError as e:
-            raise UsageError(f"{where}--model {options.model} gives {e}") from None
-        except Exception as e:  # the user's model: any error is theirs to read, in one line
-            cause = f"{type(e).__name__}: {one_line(e)}"
-            raise UsageError(f"{where}--model {options.model} cannot run on the data: {cause}") from None
+            check_runs(model, x, y, splits.loss, top)
+        except ModelError as e:
+            raise UsageError(f"{where}--model {options.model} {e}") from None
 
 
 def model_defaults(ref: str) -> dict[str, Any]:
