@@ -580,3 +580,22 @@ def test_empty_trees_are_refused_by_stack_and_by_unstack_without_n():
     with pytest.raises(ValueError, match="needs n"):
         unstack({})
     assert unstack({}, 3) == [{}, {}, {}]
+
+
+@pytest.mark.parametrize("where", ["train", "eval"])
+def test_fit_refuses_labels_the_model_has_no_output_for_before_training(where):
+    """A compiled step's loss failed mid-run with its kernel's index check; the batched one scored them 0."""
+    from purestep import fit_trials
+
+    model, opt = mlp(4, (3,), 3), sgd(0.1)
+    params, buffers = model.init(0)
+    x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    beyond = y.clone()
+    beyond[5] = 3
+    train, held = (beyond, y) if where == "train" else (y, beyond)
+    said = "^3 outputs a row for labels up to 3$"
+    with pytest.raises(ValueError, match=said):
+        fit(model, opt, params, buffers, x, train, epochs=1, compiled=False, eval_data=(x, held))
+    with pytest.raises(ValueError, match=said):
+        fit_trials(model, opt, [params], [buffers], [opt.init(params)], x, train, epochs=1, compiled=False,
+                   eval_data=(x, held))
