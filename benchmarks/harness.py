@@ -39,6 +39,7 @@ from benchmarks import data as bench_data
 from benchmarks import floor as bench_floor
 from benchmarks import variants
 from benchmarks.variants import Variant
+from purestep.core.files import finite
 
 REPO = Path(__file__).resolve().parent.parent
 GB = 1024**3
@@ -572,7 +573,8 @@ def main(argv: list[str] | None = None) -> Report:
     if args.markdown:
         args.markdown.write_text(text + "\n")
     if args.json:
-        args.json.write_text(json.dumps(_raw(report), indent=1, default=str))
+        raw = finite(_raw(report))  # strict JSON, as purestep writes it: a NaN figure is null
+        args.json.write_text(json.dumps(raw, indent=1, default=str, allow_nan=False))
     return report
 
 
