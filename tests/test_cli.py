@@ -445,7 +445,9 @@ def test_an_unexpected_error_is_one_line_pointing_at_debug_which_shows_the_trace
         "import torch.nn as nn\n"
         "class Net(nn.Module):\n"
         "    def __init__(self):\n        super().__init__()\n        self.l = nn.Linear(64, 10)\n"
-        "    def forward(self, x):\n        raise RuntimeError('boom')\n"
+        "    def forward(self, x):\n"
+        "        if len(x) > 2:\n            raise RuntimeError('boom')\n"  # past the two rows checked first
+        "        return self.l(x.flatten(1))\n"
     )
     args = ["train", "--dataset", "digits", "--impl", "eager", "--epochs", "1", "--model", "boom.py:Net"]
     plain = run(*args)
