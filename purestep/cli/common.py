@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from purestep.core.files import not_a_file
 from purestep.core.settings import OPTIMIZER_SETTINGS, tutorial
 
 if TYPE_CHECKING:
@@ -70,11 +71,13 @@ def check_output(path: Path, option: str, *, directory: bool = False, files: Seq
     """Refuse, before any work, an output the end of the run could not write: a directory where a
     file goes (or a file where a directory goes; for a directory, where one of the `files` the run
     writes in it goes), a device, FIFO or socket where a file goes (a rename would replace it), a
-    file in the way of its folders, or a folder this user cannot write in. A usage error (exit 2)
-    naming `option`; nothing is created."""
+    file in the way of its folders, or a folder this user cannot write in; and what permissions
+    cannot tell (a read-only or virtual file system, `/proc`), by creating the folder the output
+    goes in and writing a file there (`_probe`). A usage error (exit 2) naming `option`; nothing
+    is left behind."""
     path = path.absolute()
     problem = None
-    in_the_way = [path / f for f in files if _not_a_file(path / f)] if directory else []
+    in_the_way = [path / f for f in files if not_a_file(path / f)] if directory else []
     if directory and os.path.lexists(path) and not path.is_dir():
         problem = f"{path} is a file, not a directory"
     elif in_the_way:
@@ -82,7 +85,7 @@ def check_output(path: Path, option: str, *, directory: bool = False, files: Seq
         problem = f"{in_the_way[0]} is {what}, where the run writes a file of that name"
     elif not directory and path.is_dir():
         problem = f"{path} is a directory; give a file name"
-    elif not directory and _not_a_file(path):
+    elif not directory and not_a_file(path):
         problem = f"{path} exists and is not a regular file (a device, a FIFO); give a file name"
     else:
         existing = path if directory else path.parent  # the nearest folder that exists, or what is in its way
@@ -95,18 +98,11 @@ def check_output(path: Path, option: str, *, directory: bool = False, files: Seq
             problem = f"{existing} is not writable, so {path} cannot be written"
     if problem is not None:
         raise typer.BadParameter(problem, param_hint=option)
+    _probe(path if directory else path.parent, option)
 
 
-def _not_a_file(path: Path) -> bool:
-    """Whether `path` (its link followed) exists and is not a regular file: a folder, a device, a FIFO."""
-    return path.exists() and not path.is_file()
-
-
-def check_writable(folder: Path, option: str) -> None:
-    """Create `folder`, write a file in it and remove both again, before any work: what
-    `check_output` cannot tell from permissions (a read-only or virtual file system, `/proc`) is
-    refused here, as a usage error (exit 2) naming `option`. Nothing is left behind."""
-    folder = folder.absolute()
+def _probe(folder: Path, option: str) -> None:
+    """Create `folder`, write a file in it and remove both again; refused (exit 2) if that fails."""
     created = []
     parent = folder
     while not os.path.lexists(parent):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.common import check_output, check_writable
+from purestep.cli.common import check_output
 from purestep.cli.options import path_option
 from purestep.cli.tune import DEFAULT_STORAGE, Storage
 
@@ -67,7 +67,6 @@ def report(
         if plots and finished(summary.counts):
             target = out if out is not None else default_out(study)
             check_output(target, "--out", directory=True, files=PLOTS)
-            check_writable(target, "--out")
             summary.files = [str(p) for p in write_plots(loaded, target, summary.importances is not None)]
     if json_output:
         from purestep.core.files import strict_json

@@ -16,7 +16,6 @@ from purestep.cli._app import app
 from purestep.cli.common import (
     check_output,
     check_widths,
-    check_writable,
     load_data,
     loss_for,
     model_for,
@@ -339,10 +338,6 @@ def train(
     if model != "mlp" and widths != (512, 512):
         raise typer.BadParameter("--hidden sets the MLP's widths; for another model use --model-arg")
     check_widths(hidden, widths, model_args)
-    if save is not None:
-        check_writable(save.parent, "--save")
-    if checkpoint is not None:
-        check_writable(checkpoint, "--checkpoint")
     run: dict[str, Any] = {
         "dataset": dataset_label(dataset),
         "model": model,

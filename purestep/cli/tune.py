@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.common import check_output, check_writable, model_usage_error
+from purestep.cli.common import check_output, model_usage_error
 from purestep.cli.options import (
     DataDir,
     Dataset,
@@ -259,7 +259,6 @@ def tune(
         check_out(out, name, url.shown)  # nor may it write over another study's results
     except UsageError as e:
         raise typer.BadParameter(str(e), param_hint="--out") from None
-    check_writable(out, "--out")
     options = TuneOptions(
         dataset=dataset,
         data_dir=str(data_dir),

@@ -54,13 +54,17 @@ class NotRegularFile(OSError):
     onto it would replace it, not write into it."""
 
 
+def not_a_file(path: Path) -> bool:
+    """Whether `path` (its link followed) exists and is not a regular file: a folder, a device, a FIFO."""
+    try:
+        return not stat.S_ISREG(path.stat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
 def refuse_special(path: Path) -> None:
     """Raise `NotRegularFile` when `path` (its link followed) exists and is not a regular file."""
-    try:
-        mode = path.stat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    if not stat.S_ISREG(mode):
+    if not_a_file(path):
         raise NotRegularFile(f"{path} exists and is not a regular file; it is not replaced")
 
 
