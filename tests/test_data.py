@@ -4,10 +4,13 @@ sample once."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import pickle
+import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ from typer.testing import CliRunner
 
 from purestep import DATASETS, DataError, batches, epoch_order, load_dataset, split
 from purestep.cli import app
-from purestep.core.data import ARRAYS, is_file_name, num_batches, write_fake_mnist
+from purestep.core.data import ARRAYS, is_file_name, num_batches, write_fake_mnist, write_idx
 
 
 @pytest.mark.parametrize("name", ["fashion-mnist", "mnist", "kmnist"])
@@ -83,6 +86,31 @@ def test_corrupt_files_give_a_clear_error(tmp_path, damage):
     target.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\xff" * 64, "empty": b""}[damage])
     with pytest.raises(DataError, match="cannot read fashion-mnist"):
         load_dataset("fashion-mnist", tmp_path, download=False)
+
+
+@pytest.mark.parametrize(
+    ("file", "tensor", "said"),
+    [
+        ("t10k-images-idx3-ubyte", torch.zeros(10, 7, 7, dtype=torch.uint8), "train images are (28, 28) but"),
+        ("train-labels-idx1-ubyte", torch.full((30,), 200, dtype=torch.uint8), "labels up to 200 in a"),
+        ("t10k-images-idx3-ubyte", torch.zeros(0, 28, 28, dtype=torch.uint8), "a split holds no images"),
+    ],
+)
+def test_files_no_intact_download_holds_are_refused_as_data(tmp_path, file, tensor, said):
+    """Each failed later as the model's error: test images of another size at the final test,
+    labels beyond 10 as "--model mlp gives 10 outputs", no rows as torch's buffer message."""
+    raw = write_fake_mnist(tmp_path, "fashion-mnist", 30, 10)
+    write_idx(raw / file, tensor)
+    if len(tensor) == 0:
+        write_idx(raw / "t10k-labels-idx1-ubyte", torch.zeros(0, dtype=torch.uint8))
+    with pytest.raises(DataError, match=re.escape(f"cannot read fashion-mnist from {raw} ({said}")):
+        load_dataset("fashion-mnist", tmp_path, download=False)
+
+
+def test_a_file_suffix_in_capitals_is_read(tmp_path):
+    _npz()(tmp_path / "d.npz")
+    (tmp_path / "d.npz").rename(tmp_path / "D.NPZ")
+    assert load_dataset(str(tmp_path / "D.NPZ")).name == "D"
 
 
 def test_unknown_dataset_is_refused():
@@ -345,6 +373,51 @@ def _truncated(path):
     path.write_bytes(path.read_bytes()[:300])
 
 
+def _raw_members(path):
+    """A zip whose members are the four names' raw bytes, not arrays np.save wrote."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for key in ARRAYS:
+            archive.writestr(key, b"abc")
+
+
+def _claims_too_much(path):
+    """An .npz whose x_train header claims 10**12 rows (18 TiB)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, array in _good().items():
+            member = io.BytesIO()
+            if key == "x_train":
+                header = {"descr": "<f4", "fortran_order": False, "shape": (10**12, 5)}
+                np.lib.format.write_array_header_1_0(member, header)
+                member.write(bytes(40))
+            else:
+                np.save(member, array)
+            archive.writestr(f"{key}.npy", member.getvalue())
+
+
+def _packed_float4(path):
+    """A .safetensors whose x_train is packed float4 pairs, a dtype torch stores but cannot convert."""
+    if not hasattr(torch, "float4_e2m1fn_x2"):
+        pytest.skip("this torch has no float4_e2m1fn_x2")
+    try:
+        _safetensors(x_train=torch.zeros(10, 5, dtype=torch.uint8).view(torch.float4_e2m1fn_x2))(path)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        pytest.skip(f"this safetensors cannot write float4: {e}")
+
+
+def _central_field(offset: int, value: bytes):
+    """Writer of a good .npz whose first central-directory entry has `value` at `offset`: 8 holds
+    the flags (bit 0: encrypted), 10 the compression method."""
+
+    def write(path):
+        _npz()(path)
+        data = bytearray(path.read_bytes())
+        at = data.index(b"PK\x01\x02") + offset
+        data[at : at + len(value)] = value
+        path.write_bytes(bytes(data))
+
+    return write
+
+
 def _safetensors_writes_complex() -> bool:
     """Whether this safetensors can write complex64 (0.7 and later can; 0.4.4 raises KeyError)."""
     import safetensors.torch
@@ -447,6 +520,20 @@ BAD_FILES = {
         "d.safetensors",
         lambda p: p.write_bytes(b"\x00" * 5),
         "corrupt .safetensors file",
+    ),
+    "raw zip members": ("d.npz", _raw_members, "x_train is not an .npy array"),
+    "a header beyond memory": ("d.npz", _claims_too_much, "claims more memory than this machine has"),
+    "an encrypted member": ("d.npz", _central_field(8, b"\x01\x00"), "unreadable .npz archive"),
+    "an unknown compression": ("d.npz", _central_field(10, b"\x61\x00"), "unreadable .npz archive"),
+    "targets of no columns": (
+        "d.npz",
+        _npz(y_train=np.zeros((10, 0), np.float32), y_test=np.zeros((4, 0), np.float32)),
+        "regression targets have no columns",
+    ),
+    "packed float4 inputs, safetensors": (
+        "d.safetensors",
+        _packed_float4,
+        "x_train has dtype float4_e2m1fn_x2, which torch cannot compute with",
     ),
     "wrong extension": ("d.csv", lambda p: p.write_text("1,2\n"), "unsupported file type .csv"),
     "missing file": ("d.npz", lambda p: None, "no such file"),

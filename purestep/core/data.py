@@ -122,6 +122,8 @@ def _read_idx(path: Path, ndim: int) -> Tensor:
     body = data[4 + 4 * ndim :]
     if len(body) != math.prod(shape):
         raise ValueError(f"{path.name} holds {len(body)} bytes for a {'x'.join(map(str, shape))} array")
+    if not body:
+        return torch.empty(shape, dtype=torch.uint8)
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
 
@@ -143,6 +145,23 @@ def _idx_split(name: str, root: Path, train: bool) -> tuple[Tensor, Tensor] | No
     if len(x) != len(y):
         raise DataError(f"cannot read {name} from {raw}: images and labels do not match")
     return _images(x), y.long()
+
+
+def _check_images(name: str, root: Path, *tensors: Tensor) -> None:
+    """Refuse splits no intact download holds: images of two sizes, no rows, labels beyond the
+    dataset's 10 classes (each would fail later as the model's error, mid-run or at the test)."""
+    x_train, y_train, x_test, y_test = tensors
+    problem = (
+        f"train images are {tuple(x_train.shape[2:])} but test images {tuple(x_test.shape[2:])}"
+        if x_train.shape[1:] != x_test.shape[1:]
+        else "a split holds no images" if not (len(y_train) and len(y_test))
+        else f"labels up to {int(max(y_train.max(), y_test.max()))} in a dataset of 10 classes"
+        if max(y_train.max(), y_test.max()) >= 10 or min(y_train.min(), y_test.min()) < 0
+        else None
+    )
+    if problem is not None:
+        raw = root / TORCHVISION[name] / "raw"
+        raise DataError(f"cannot read {name} from {raw} ({problem}); delete the files to download them again")
 
 
 def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tuple[Tensor, Tensor]:
@@ -245,12 +264,13 @@ def read_arrays(path: str | os.PathLike[str]) -> Dataset:
         DataError: one line naming the file and its problem.
     """
     path = Path(path)
-    if path.suffix not in FILE_TYPES:
+    suffix = path.suffix.lower()
+    if suffix not in FILE_TYPES:
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'}; use .npz or .safetensors")
     if not path.is_file():
         raise DataError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     try:
-        arrays = _read_npz(path) if path.suffix == ".npz" else _read_safetensors(path)
+        arrays = _read_npz(path) if suffix == ".npz" else _read_safetensors(path)
     except PermissionError:
         raise DataError(f"{path}: permission denied") from None
     return _from_arrays(path, arrays)
@@ -273,9 +293,17 @@ def _read_npz(path: Path) -> dict[str, Tensor]:
                     if "allow_pickle" in str(e):
                         raise DataError(f"{path}: {key} holds Python objects, never loaded") from None
                     raise
+                if not isinstance(array, np.ndarray):  # a member np.save did not write: its raw bytes
+                    raise DataError(f"{path}: {key} is not an .npy array (np.savez writes one)")
                 arrays[key] = _from_numpy(path, key, array)
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: an array's header claims more memory than this machine has") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
         raise DataError(f"{path}: corrupt .npz archive ({first_line(e)})") from None
+    except (RuntimeError, NotImplementedError) as e:  # an encrypted member; a compression zipfile lacks
+        raise DataError(f"{path}: unreadable .npz archive ({first_line(e)})") from None
     return arrays
 
 
@@ -345,6 +373,7 @@ def _from_arrays(path: Path, arrays: dict[str, Tensor]) -> Dataset:
         shapes = f"y_train {tuple(y_train.shape)}, y_test {tuple(y_test.shape)}"
         check(y_train.ndim == y_test.ndim == 2, f"regression targets are (rows, targets); got {shapes}")
         check(y_train.shape[1] == y_test.shape[1], f"the splits have different targets: {shapes}")
+        check(y_train.shape[1] > 0, f"regression targets have no columns: {shapes}")
         y_train, y_test = _as_float(path, "y_train", y_train), _as_float(path, "y_test", y_test)
     else:
         task = "classification"
@@ -368,7 +397,11 @@ def _widened(path: Path, key: str, t: Tensor) -> Tensor:
             raise DataError(f"{path}: {key} holds labels beyond int64")
         return t.to(torch.int64)
     if t.is_floating_point() and t.itemsize == 1:
-        return t.to(torch.float32)
+        try:
+            return t.to(torch.float32)
+        except (NotImplementedError, RuntimeError):  # packed float4 pairs: no conversion in torch
+            dtype = _dtype_name(t)
+            raise DataError(f"{path}: {key} has dtype {dtype}, which torch cannot compute with") from None
     return t
 
 
@@ -425,6 +458,7 @@ def load_dataset(
             download = os.environ.get("PURESTEP_OFFLINE", "0") in ("", "0")
         x_train, y_train = _torchvision_split(name, root, True, download)
         x_test, y_test = _torchvision_split(name, root, False, download)
+        _check_images(name, root, x_train, y_train, x_test, y_test)
         data = Dataset(name, x_train, y_train, x_test, y_test, "classification", 10)
     else:
         choices = ", ".join(DATASETS)
