@@ -541,3 +541,86 @@ def test_a_module_with_plain_tensors_or_values_read_while_built_runs():
 def test_a_factory_that_returns_no_module_is_refused():
     with pytest.raises(ModelError, match="returned 'int', not an nn.Module"):
         functional(lambda: 3)
+
+
+_UNTRAINABLE = """\
+import sys
+import torch.nn as nn
+
+
+class Detached(nn.Module):
+    def __init__(self, in_features=64, classes=10):
+        super().__init__()
+        self.lin = nn.Linear(in_features, classes)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1)).detach()
+
+
+def weightless(in_features=64, classes=10):
+    return nn.Sequential(nn.Flatten(), nn.Identity())
+
+
+def quits(in_features=64, classes=10):
+    sys.exit(3)
+
+
+def tagged(in_features=64, classes=10, tag="v1"):
+    from helper import WIDTH  # a module beside the model's file, as a script imports it
+
+    assert tag == "007", tag
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, WIDTH), nn.Linear(WIDTH, classes))
+"""
+
+
+@pytest.mark.parametrize(
+    ("factory", "said"),
+    [
+        ("Detached", "gives outputs no trainable parameter reaches (a detached forward)"),
+        ("weightless", "has no trainable parameter"),
+    ],
+)
+def test_a_model_training_cannot_change_is_refused_before_it_trains(tmp_path, monkeypatch, factory, said):
+    """A detached forward trained nothing and reported success (the steps take zero gradients, as
+    `grad` of a constant); torch.optim's loop refuses it. `fit` and every command refuse it first."""
+    from typer.testing import CliRunner
+
+    from purestep.cli import app
+    from purestep.core.data import load_dataset
+    from purestep.core.loop import fit
+
+    (tmp_path / "nets.py").write_text(_UNTRAINABLE)
+    (tmp_path / "helper.py").write_text("WIDTH = 7\n")
+    monkeypatch.chdir(tmp_path)
+    data = load_dataset("digits")
+    model = build_model(f"nets.py:{factory}", data.in_shape, 10)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        fit(model, sgd(0.1), *model.init(0), data.x_train[:8], data.y_train[:8], epochs=1, compiled=False)
+    for command in (["train", "--epochs", "1"], ["check", "--steps", "1"], ["tune", "--n-trials", "1"]):
+        result = CliRunner().invoke(app, [*command, "--dataset", "digits", "--model", f"nets.py:{factory}"])
+        assert result.exit_code == 2, result.output
+        assert said in " ".join(result.output.split())
+    assert {p.name for p in tmp_path.iterdir()} <= {"nets.py", "helper.py", "__pycache__"}  # no study
+
+
+def test_a_string_argument_keeps_its_text_and_a_factory_imports_its_neighbours(tmp_path, monkeypatch):
+    """`tag=007` reached the factory as the integer 7 (and `tag=true` as True)."""
+    from typer.testing import CliRunner
+
+    from purestep.cli import app
+
+    (tmp_path / "nets.py").write_text(_UNTRAINABLE)
+    (tmp_path / "helper.py").write_text("WIDTH = 7\n")
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--dataset", "digits", "--epochs", "1", "--impl", "eager", "--json"]
+    result = CliRunner().invoke(app, [*args, "--model", "nets.py:tagged", "--model-arg", "tag=007"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, [*args, "--model", "nets.py:quits"])
+    assert result.exit_code == 2 and "SystemExit: 3" in result.output, result.output
+
+
+def test_the_mlp_refuses_widths_below_one():
+    with pytest.raises(ModelError, match=re.escape("hidden widths must be positive; got (0,)")):
+        build_model("mlp", (1, 8, 8), 10, {"hidden": (0,)})
+    linear = build_model("mlp", (1, 8, 8), 10, {"hidden": ()})  # no hidden layer: a linear model
+    assert linear.init(0)[0]["linear_relu_stack.0.weight"].shape == (10, 64)

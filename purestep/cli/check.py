@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.common import check_widths, load_data, model_for, optimizer_config
+from purestep.cli.common import (
+    check_model_runs,
+    check_widths,
+    load_data,
+    model_args_for,
+    model_for,
+    optimizer_config,
+)
 from purestep.cli.options import (
     BatchSize,
     DataDir,
@@ -24,7 +31,6 @@ from purestep.cli.options import (
     Seed,
     WeightDecay,
     parse_hidden,
-    parse_model_args,
 )
 
 
@@ -67,7 +73,7 @@ def check(
         raise typer.BadParameter(
             "--hidden and --against jax apply to the MLP; for another model use --model-arg"
         )
-    model_args = parse_model_args(model_arg)
+    model_args = model_args_for(model, model_arg)
     check_widths(hidden, widths, model_args)
     data = load_data(dataset, data_dir, device)
     if data.y_train.is_floating_point():
@@ -75,6 +81,7 @@ def check(
             f"check compares classification steps (cross-entropy); {data.name} is a regression"
         )
     spec = model_for(data, model, model_args, "cross_entropy", widths)
+    check_model_runs(spec, data, model, "cross_entropy")
 
     from purestep.check import run_checks
 

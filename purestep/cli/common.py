@@ -169,6 +169,37 @@ def model_for(
         raise model_usage_error(e) from None
 
 
+def model_args_for(ref: str, values: list[str] | None) -> dict[str, object]:
+    """The `--model-arg`s as the values they spell (`parse_value`), but text for an argument whose
+    default is a string (`tag=007` stays "007"). A model that cannot be found is a usage error."""
+    from purestep.cli.options import parse_model_args
+    from purestep.core.model import ModelError, defaults, resolve_factory
+
+    if not values:
+        return {}
+    try:
+        known = defaults(resolve_factory(ref))
+    except ModelError as e:
+        raise model_usage_error(e) from None
+    return parse_model_args(values, {k for k, v in known.items() if isinstance(v, str)})
+
+
+def check_model_runs(spec: Model, data: Dataset, ref: str, loss: str) -> None:
+    """Refuse, before anything trains by any impl, a model that cannot run on two training rows,
+    whose outputs the loss would score wrongly, or that training cannot change
+    (`model.check_runs`): a usage error (exit 2)."""
+    import torch
+
+    from purestep.core.losses import is_regression
+    from purestep.core.model import ModelError, check_runs
+
+    top = None if is_regression(loss) else int(torch.cat([data.y_train, data.y_test]).max())
+    try:
+        check_runs(spec, data.x_train[:2], data.y_train[:2], loss, top)
+    except ModelError as e:
+        raise typer.BadParameter(f"--model {ref} {e}") from None
+
+
 def model_usage_error(e: ModelError) -> typer.BadParameter:
     """A model that cannot be found or built as a usage error (exit 2), naming `--model-arg` when
     an argument is what is wrong."""

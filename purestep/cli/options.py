@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -166,9 +166,11 @@ def parse_value(text: str) -> bool | int | float | str | tuple[int, ...]:
     return text
 
 
-def parse_model_args(values: list[str] | None) -> dict[str, object]:
-    """`["width=64", "dropout=0.2"]` to `{"width": 64, "dropout": 0.2}` (already validated)."""
-    return {k: parse_value(v) for k, _, v in (value.partition("=") for value in values or [])}
+def parse_model_args(values: list[str] | None, text: Container[str] = ()) -> dict[str, object]:
+    """`["width=64", "dropout=0.2"]` to `{"width": 64, "dropout": 0.2}` (already validated); the
+    arguments named in `text` (those whose default is a string) keep the text as typed (`tag=007`)."""
+    pairs = (value.partition("=") for value in values or [])
+    return {k: v if k in text else parse_value(v) for k, _, v in pairs}
 
 
 ModelRef = Annotated[

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from purestep.cli._app import app
-from purestep.cli.common import check_output, model_usage_error
+from purestep.cli.common import check_output, model_args_for, model_usage_error
 from purestep.cli.options import (
     DataDir,
     Dataset,
@@ -22,7 +22,6 @@ from purestep.cli.options import (
     ModelRef,
     Seed,
     dataset_label,
-    parse_model_args,
     path_option,
 )
 
@@ -224,7 +223,7 @@ def tune(
     """
     from purestep.search.space import SpaceError, holding, load_space
 
-    model_args = parse_model_args(model_arg)
+    model_args = model_args_for(model, model_arg)
     from purestep.core.model import ModelError, check_model_args
 
     try:

@@ -21,7 +21,7 @@ from purestep.core.artifacts import dropouts, step_key
 from purestep.core.data import batches, epoch_order
 from purestep.core.errors import PurestepError
 from purestep.core.losses import LossName, check_output_shape, loss_for_targets, r2_score
-from purestep.core.model import Buffers, Model, Params
+from purestep.core.model import Buffers, Model, Params, untrainable, watched
 from purestep.core.optim import Optimizer, State
 from purestep.core.step import (
     EvalStep,
@@ -41,10 +41,10 @@ from purestep.core.step import (
 
 
 class NonFiniteLoss(PurestepError):
-    """The training loss became NaN or infinite."""
+    """The training loss (or `what` else a run watches) became NaN or infinite."""
 
-    def __init__(self, epoch: int, value: float) -> None:
-        super().__init__(f"training loss became {value} in epoch {epoch + 1}")
+    def __init__(self, epoch: int, value: float, what: str = "training loss") -> None:
+        super().__init__(f"{what} became {value} in epoch {epoch + 1}")
         self.epoch = epoch
         self.value = value
 
@@ -274,20 +274,27 @@ def run_epoch(
     return params, buffers, state, _row(epoch, train_loss, metrics, time.perf_counter() - start)
 
 
-def check_labels(
+def check_trains(
     model: Model, params: Params, buffers: Buffers, x: Tensor, labels: Sequence[Tensor], loss: str
 ) -> None:
-    """Refuse class labels the model has no output for, before anything trains: torch's loss would
-    fail mid-run (a compiled one with its kernel's index check) and the batched loss score them 0.
+    """Refuse, before anything trains, a model training cannot change (`model.untrainable`: the
+    steps would take zero gradients) and class labels it has no output for (torch's loss would fail
+    mid-run, a compiled one with its kernel's index check, and the batched loss score them 0).
 
     Raises:
-        OutputShapeError: "N outputs a row for labels up to K" (`check_output_shape`).
+        ValueError: "has no trainable parameter ..." / "gives outputs no trainable parameter
+            reaches ..."; `OutputShapeError`: "N outputs a row for labels up to K".
     """
-    if not labels or labels[0].is_floating_point() or not all(len(y) for y in labels):
+    if not len(x):
         return
-    with torch.no_grad():
-        out, _ = model.apply(params, buffers, x[:2], train=False)
-    check_output_shape(loss, out, labels[0][:2], top=max(int(y.max()) for y in labels))
+    with torch.enable_grad():
+        out, _ = model.apply(watched(model, params), buffers, x[:2], train=False)
+    problem = untrainable(model, params, out)
+    if problem is not None:
+        raise ValueError(f"model {model.name!r} {problem}")
+    if labels and not labels[0].is_floating_point() and all(len(y) for y in labels):
+        top = max(int(y.max()) for y in labels)
+        check_output_shape(loss, out.detach(), labels[0][:2], top=top)
 
 
 def scheduled_lr(lr_at: Callable[[int], float], epoch: int) -> float:
@@ -345,17 +352,18 @@ def fit(
             and R²); None picks by `y`'s dtype, as `purestep train` does (`loss_for_targets`).
     Raises:
         NonFiniteLoss: an epoch's mean training loss is NaN or infinite.
-        ValueError: a loss that does not fit the targets, a schedule's rate that is not > 0, or
-            class labels (of `y` or `eval_data`) the model has no output for (`check_labels`).
+        ValueError: a loss that does not fit the targets, a schedule's rate that is not > 0, a
+            model training cannot change (no trainable parameter reaches its outputs), or class
+            labels (of `y` or `eval_data`) the model has no output for (`check_trains`).
     """
     if epochs < 1 or batch_size < 1 or not 0 <= start_epoch <= epochs:
         raise ValueError("epochs and batch_size must be >= 1, and 0 <= start_epoch <= epochs")
     loss = loss_for_targets(loss, y)
     callbacks = callbacks or Callbacks()
+    eval_data = eval_data if eval_data is not None else (x, y)
+    check_trains(model, params, buffers, x, (y, eval_data[1]), loss)
     state = optimizer.init(model.trainable(params)) if state is None else state
     train_step, eval_step = steps_for(model, optimizer, compiled, precision=precision, loss=loss)
-    eval_data = eval_data if eval_data is not None else (x, y)
-    check_labels(model, params, buffers, x, (y, eval_data[1]), loss)
     result = FitResult(params, buffers, state)
     for epoch in range(start_epoch, epochs):
         callbacks.on_epoch_start(epoch)
@@ -439,7 +447,7 @@ def fit_trials(
     loss = loss_for_targets(loss, y)
     train_step, eval_step = steps_for(model, optimizer, compiled, batched=True, loss=loss)
     ex, ey = eval_data if eval_data is not None else (x, y)
-    check_labels(model, params[0], buffers[0], x, (y, ey), loss)
+    check_trains(model, params[0], buffers[0], x, (y, ey), loss)
     results = [FitResult(p, b, s) for p, b, s in zip(params, buffers, states)]
     active = list(range(len(params)))
     stacked_params, stacked_buffers, stacked_state = stack(params), stack(buffers), stack(states)

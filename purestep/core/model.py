@@ -66,6 +66,8 @@ class NeuralNetwork(nn.Module):
         super().__init__()
         self.log_softmax = log_softmax
         self.flatten = nn.Flatten()
+        if any(w < 1 for w in hidden):
+            raise ValueError(f"hidden widths must be positive; got {tuple(hidden)}")
         widths = [in_features, *hidden]
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):
@@ -348,7 +350,7 @@ def resolve_factory(ref: str) -> Factory:
         raise ModelError(f"unknown model {ref!r}; use one of {', '.join(ZOO)} or path/to/file.py:factory")
     file = Path(path)
     if not file.is_file():
-        raise ModelError(f"model file {file} does not exist")
+        raise ModelError(f"model file {file} {'is not a file' if file.exists() else 'does not exist'}")
     # Named by its path, the same in every process: saved steps of its models are found again.
     name = f"purestep_user_model_{hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:16]}"
     spec = importlib.util.spec_from_file_location(name, file)
@@ -356,6 +358,9 @@ def resolve_factory(ref: str) -> Factory:
         raise ModelError(f"cannot import {file}")
     module = sys.modules.get(name)
     if module is None:
+        folder = str(file.resolve().parent)
+        if folder not in sys.path:  # its own modules import as a script's do; installed ones win
+            sys.path.append(folder)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
@@ -430,6 +435,27 @@ def check_model_args(ref: str, model_args: Mapping[str, Any]) -> None:
             raise ModelArgError(said)
 
 
+def watched(model: Model, params: Params) -> Params:
+    """`params` as fresh leaves, the trainable ones requiring grad (the caller's untouched): outputs
+    computed on them show whether training can reach any (`untrainable`)."""
+    return {k: v.detach().requires_grad_(k not in model.frozen) for k, v in params.items()}
+
+
+def untrainable(model: Model, params: Params, out: Tensor) -> str | None:
+    """Why training cannot change `model`, given outputs computed on `watched(model, params)`: it
+    has no trainable parameter, or none reaches its outputs (a detached forward). The module loop
+    refuses both (torch.optim's empty parameter list; backward of a loss with no graph), where the
+    functional steps take zero gradients, as `grad` of a constant, and train nothing."""
+    if not params or len(model.frozen) == len(params):
+        return "has no trainable parameter: training would change nothing"
+    if not out.requires_grad:
+        return (
+            "gives outputs no trainable parameter reaches (a detached forward): "
+            "training would change nothing"
+        )
+    return None
+
+
 def check_runs(model: Model, x: Tensor, y: Tensor, loss: str, top: int | None = None) -> None:
     """Run `model` on a few rows through `loss` (train mode, so dropout runs too, for two rows or
     more; the global generators left as they were): a model that cannot run on the data, or whose
@@ -443,15 +469,18 @@ def check_runs(model: Model, x: Tensor, y: Tensor, loss: str, top: int | None = 
     from purestep.core.losses import OutputShapeError, check_output_shape, loss_fn
 
     try:
-        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.enable_grad():
             params, buffers = model.init(0, x.device)
-            out, _ = model.apply(params, buffers, x, train=len(x) > 1)
+            out, _ = model.apply(watched(model, params), buffers, x, train=len(x) > 1)
         check_output_shape(loss, out, y, top)  # before the loss: mse would broadcast, warning only
         loss_fn(loss)(out, y)
     except OutputShapeError as e:
         raise ModelError(f"gives {e}") from None
-    except Exception as e:  # the user's model: any error is theirs to read, in one line
+    except (Exception, SystemExit) as e:  # the user's model: any error or exit is theirs, in one line
         raise ModelError(f"cannot run on the data: {type(e).__name__}: {one_line(e)}") from None
+    problem = untrainable(model, params, out)
+    if problem is not None:
+        raise ModelError(problem)
 
 
 def build_model(
@@ -489,6 +518,6 @@ def build_model(
             args[k] = v
     try:
         model = Model(factory, args, ref if ref in ZOO else Path(ref.rpartition(":")[0]).stem)
-    except Exception as e:  # a user's module: one line naming what failed
+    except (Exception, SystemExit) as e:  # a user's module: one line naming what failed
         raise ModelError(f"cannot build model {ref!r} with {args}: {type(e).__name__}: {e}") from None
     return model
