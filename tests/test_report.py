@@ -110,6 +110,10 @@ def test_report_on_a_missing_storage_creates_nothing(tmp_path: Path) -> None:
         assert result.exit_code == 1, result.output
         assert result.stderr.startswith("Error: no storage at ") and result.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "empty.db").touch()  # opened, Optuna wrote its tables into it: 114688 bytes
+    result = runner.invoke(app, ["report", "--storage", f"sqlite:///{tmp_path / 'empty.db'}"])
+    assert result.exit_code == 1 and result.stderr.endswith("empty.db is empty\n"), result.output
+    assert (tmp_path / "empty.db").stat().st_size == 0
 
 
 @pytest.mark.parametrize(
@@ -209,6 +213,10 @@ def test_report_on_a_study_of_another_tool_labels_its_values_and_refuses_several
     result = runner.invoke(app, ["report", "--storage", storage, "--study", "plain", "--no-plots", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["metric"] == "objective value"
+    result = runner.invoke(app, ["report", "--storage", storage, "--study", "plain", "--no-plots"])
+    best = min(plain.trials, key=lambda t: t.value)  # its row shows its own params, not "-"
+    assert f"  {best.number}      complete  {best.value:.4g}" in result.stdout, result.stdout
+    assert f"{best.params['x']:.4g}" in result.stdout.splitlines()[3], result.stdout
 
     optuna.create_study(study_name="pair", storage=storage, directions=["minimize", "maximize"])
     before = (tmp_path / "s.db").read_bytes()

@@ -200,6 +200,7 @@ def one_line_error_tail(result) -> str:
         (["--timeout", "-1"], 2, "seconds > 0"),
         (["--storage", "redis://localhost/0"], 2, "unknown storage URL"),
         (["--storage", "sqlite:///:memory:"], 2, "cannot be resumed"),
+        (["--storage", "sqlite://purestep.db"], 2, "three slashes, sqlite:///FILE"),
         (["--storage", "sqlite:///{tmp}/no/such/dir/s.db"], 1, "directory"),
         (["--storage", "postgresql://me:secret@127.0.0.1:9/db"], 1, "postgresql://me:***@127.0.0.1:9/db"),
         (["--storage", "postgresql://me:secret@localhost:99999/db"], 2, "me:***@localhost:99999/db': port"),
@@ -550,10 +551,15 @@ def test_an_interrupted_baseline_is_queued_again() -> None:
     assert not ensure_baseline(study, parse_space('[optimizer]\nvalue = "adam"\n'), n_trials=3)
 
 
-def test_a_study_purestep_did_not_create_is_refused_and_left_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("made", ["with an attribute", "empty, multi-objective"])
+def test_a_study_purestep_did_not_create_is_refused_and_left_alone(tmp_path: Path, made: str) -> None:
+    """An empty multi-objective study failed as a bug (`A single direction cannot be retrieved`)."""
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    foreign = optuna.create_study(study_name="purestep-digits", storage=storage)
-    foreign.set_user_attr("owner", "someone else")
+    if made == "with an attribute":
+        foreign = optuna.create_study(study_name="purestep-digits", storage=storage)
+        foreign.set_user_attr("owner", "someone else")
+    else:
+        optuna.create_study(study_name="purestep-digits", storage=storage, directions=["maximize"] * 2)
     before = digest(tmp_path / "s.db")
     result = invoke("--storage", storage, "--out", str(tmp_path / "out"))
     line = one_line_error(result, 2)
@@ -824,3 +830,17 @@ def test_an_out_folder_with_a_fifo_where_a_result_goes_is_refused_before_any_tri
     line = one_line_error(result, 2)
     assert "best.json is not a regular file, where the run writes a file of that name" in line
     assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("batch", ["1", "3"])
+@pytest.mark.parametrize("pruner", ["median", "halving"])
+def test_a_trial_trained_to_its_last_epoch_is_never_pruned(tmp_path, monkeypatch, batch, pruner):
+    """The pruner was asked after the last epoch too: trials trained to their end were stored as
+    pruned (670 of 987 one-epoch trials), out of the finished ones' ranking and importances."""
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["tune", "--dataset", "digits", "--epochs", "1", "--n-trials", "12", "--impl", "eager"]
+    args += ["--sampler", "random", "--pruner", pruner, "--batch", batch, "--no-final", "--storage", storage]
+    assert runner.invoke(app, args).exit_code == 0
+    ts = trials(storage)
+    assert len(ts) == 12 and {t.state for t in ts} == {TrialState.COMPLETE}, [t.user_attrs for t in ts]

@@ -103,7 +103,7 @@ def _cells(r: Row, keys: list[str], accuracy: bool) -> list[str]:
 
     value = _value(r.value, accuracy)
     seconds = "-" if r.seconds is None else f"{r.seconds:.1f}"
-    settings = config_settings(r.config)
+    settings = config_settings(r.config) if r.config else r.params  # a study purestep did not make
     return [str(r.number), r.state.lower(), value, seconds, *(_fmt(settings.get(k)) for k in keys)]
 
 

@@ -448,12 +448,16 @@ def make_objective(
     return objective
 
 
-def pruned_reason(trial: optuna.Trial, metrics: EpochMetrics, guard: Guard = nullcontext) -> str | None:
-    """Report the epoch's validation metric to Optuna; the reason to stop if the pruner says so."""
+def pruned_reason(
+    trial: optuna.Trial, metrics: EpochMetrics, epochs: int, guard: Guard = nullcontext
+) -> str | None:
+    """Report the epoch's validation metric to Optuna; the reason to stop if the pruner says so.
+    After the last of `epochs` the pruner is not asked: there is nothing left to save, and a trial
+    trained to its end was stored as pruned, out of the finished ones' ranking."""
     value = metric(metrics)
     with guard():
         trial.report(value, metrics.epoch + 1)
-    if trial.should_prune():
+    if metrics.epoch + 1 < epochs and trial.should_prune():
         name = "accuracy" if metrics.eval_accuracy is not None else "MSE"
         return f"pruned after epoch {metrics.epoch + 1} at validation {name} {value:.4f}"
     return None
@@ -489,7 +493,7 @@ def run_config(
     from purestep.core.loop import NonFiniteLoss
 
     def on_epoch_end(metrics: EpochMetrics) -> None:
-        reason = pruned_reason(trial, metrics, guard)
+        reason = pruned_reason(trial, metrics, epochs, guard)
         if reason is not None:
             raise optuna.TrialPruned(reason)
 

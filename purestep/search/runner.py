@@ -352,7 +352,7 @@ def run_trial_batches(
                     continue
                 slot.history.append(end.row)
                 try:
-                    reason = pruned_reason(slot.trial, end.row, shield.hold)
+                    reason = pruned_reason(slot.trial, end.row, epochs, shield.hold)
                     if reason is None and len(slot.history) == epochs:
                         finish(
                             end.key, TrialState.COMPLETE, record_result(slot.trial, slot.history, shield.hold)

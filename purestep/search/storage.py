@@ -117,7 +117,10 @@ def parse_storage(url: str) -> StorageURL:
     dialect = match.group(1).lower()
     if dialect != "sqlite":
         return StorageURL(url, "rdb", dialect, None)
-    path = url[match.end() :].removeprefix("/")
+    rest = url[match.end() :]
+    if rest and not rest.startswith("/"):  # sqlite://x.db: a host, which SQLite has none of
+        raise StorageURLError(f"{url!r} names no file: SQLite's URLs have three slashes, sqlite:///FILE")
+    path = rest.removeprefix("/")
     if not path or path.startswith(":memory:") or path.startswith("file::memory:"):
         raise StorageURLError(
             f"{url!r} is not a file; an in-memory database cannot be resumed: use sqlite:///FILE"
@@ -158,6 +161,8 @@ def open_storage(url: StorageURL, create: bool) -> BaseStorage:
     if url.path is not None:
         if not create and not url.path.is_file():
             raise StorageError(f"no storage at {url.shown}: {url.path} does not exist")
+        if not create and url.kind == "rdb" and url.path.stat().st_size == 0:  # opening writes tables
+            raise StorageError(f"no storage at {url.shown}: {url.path} is empty")
         parent = url.path.parent
         if create and not parent.is_dir():
             raise StorageError(f"cannot create {url.shown}: directory {parent} does not exist")
@@ -435,8 +440,10 @@ def storage_errors(url: StorageURL) -> Iterator[None]:
     except SQLAlchemyError as e:
         cause = getattr(e, "orig", None) or e
         raise StorageError(f"storage {url.shown}: {_first_line(cause)}") from None
-    except optuna.exceptions.StorageInternalError as e:
-        raise StorageError(f"storage {url.shown}: {_first_line(e)}") from None
+    except optuna.exceptions.StorageInternalError as e:  # Optuna's words over the database's own
+        cause = e.__cause__ if e.__cause__ is not None else e
+        cause = getattr(cause, "orig", None) or cause
+        raise StorageError(f"storage {url.shown}: {_first_line(cause)}") from None
     except (ValueError, AssertionError) as e:
         if url.kind != "journal" or not _from_journal(e):
             raise

@@ -101,7 +101,8 @@ class StudySpec:
                     how = f"is not the study's {mine}"
                     how = "has changed since the study was made" if mine == theirs else how
                     what = "data sha256" if name == "dataset" else "source file sha256"
-                    return f"--{name} {theirs} {how} ({what} {_short(was)} in the study, {_short(now)} here)"
+                    hashes = f"{short_id(was)} in the study, {short_id(now)} here"
+                    return f"--{name} {theirs} {how} ({what} {hashes})"
             if mine != theirs:
                 option = "--" + name.replace("_", "-")
                 return f"{option} is {mine} in the study, {theirs} here"
@@ -117,7 +118,7 @@ def _optional(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _short(fingerprint: str) -> str:
+def short_id(fingerprint: str) -> str:
     """A fingerprint as a message shows it: `sha256:` dropped, the digest cut to 12 hex digits."""
     digest, sep, rest = fingerprint.removeprefix("sha256:").partition(":")
     return digest[:12] + sep + rest
@@ -247,7 +248,8 @@ def open_study(
             has_trials = bool(study.get_trials(deepcopy=False))
             attrs = study.user_attrs
             if ATTR not in attrs:
-                if has_trials or attrs or study.direction.name.lower() != spec.direction:
+                directions = [d.name.lower() for d in study.directions]  # several: multi-objective
+                if has_trials or attrs or directions != [spec.direction]:
                     raise IncompatibleStudy(
                         f"study {name!r} was not created by purestep tune; choose another --study"
                     )
