@@ -329,3 +329,78 @@ def test_files_and_checkpoints_take_the_umasks_mode_and_a_file_written_over_keep
     for path in [*folder.iterdir(), tmp_path / LATEST, tmp_path / "model.safetensors"]:
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
     assert kept.stat().st_mode & 0o777 == 0o640
+
+
+def test_an_epoch_that_diverged_after_its_training_loss_is_not_kept_as_good(tmp_path):
+    """Each batch's loss is taken before its update: an epoch whose last updates blew the params up
+    read a finite training loss, and was checkpointed as good with every param NaN (its test loss
+    NaN), so a resume failed at once. It stops the run now, and is not written."""
+    ckpt = tmp_path / "ckpt"
+    args = ["train", "--dataset", "digits", "--impl", "eager", "--hidden", "32", "--lr", "1e38"]
+    args += ["--weight-decay", "100", "--batch-size", "2000", "--epochs", "3", "--checkpoint", str(ckpt)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr == "Error: test loss became nan in epoch 1\n", result.stderr
+    assert not ckpt.exists() or load_checkpoint(ckpt) is None
+
+
+NETS = {
+    "relu": "import torch.nn as nn\ndef net(in_features, classes):\n"
+    "    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, 8), nn.ReLU(), nn.Linear(8, classes))\n",
+    "tanh": "import torch.nn as nn\ndef net(in_features, classes):\n"
+    "    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, 8), nn.Tanh(), nn.Linear(8, classes))\n",
+}
+
+
+@pytest.mark.parametrize("changed", ["data", "model file"])
+def test_resume_refuses_other_data_or_model_source_under_the_same_names(tmp_path, monkeypatch, changed):
+    """A checkpoint recorded the dataset's file stem and the model's `path:factory`: another file
+    named `digits.npz`, or the model file edited, resumed silently on what the run never saw."""
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    x, y = rng.random((300, 64), dtype=np.float32), rng.integers(0, 10, 300)
+    Path("data").mkdir()
+    np.savez("data/digits.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
+    Path("net.py").write_text(NETS["relu"])
+    args = ["train", "--impl", "eager", "--model", "net.py:net", "--checkpoint", "ckpt"]
+    assert runner.invoke(app, [*args, "--dataset", "data/digits.npz", "--epochs", "1"]).exit_code == 0
+    if changed == "data":
+        y[:5] = (y[:5] + 1) % 10
+        np.savez("data/digits.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
+    else:
+        Path("net.py").write_text(NETS["tanh"])  # the same params, another function
+    result = runner.invoke(app, [*args, "--dataset", "data/digits.npz", "--epochs", "2", "--resume"])
+    assert result.exit_code == 2, result.output
+    said = "data sha256" if changed == "data" else "model source file sha256"
+    assert said in " ".join(result.stderr.split()) and result.stdout == "", result.output
+    assert load_checkpoint("ckpt").epoch == 0
+
+
+def test_resume_with_nothing_to_resume_says_it_starts_from_the_first_epoch(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    result = runner.invoke(app, [*BASE, "--epochs", "1", "--checkpoint", str(ckpt), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"Note: {ckpt} holds no checkpoint (no {LATEST}); training from the first epoch" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "states, said",
+    [
+        ({"cpu": torch.zeros(3)}, "holds 'cpu' of torch.float32 (3,), not a generator's state"),
+        ({"cpu": torch.zeros(7, dtype=torch.uint8)}, "holds a CPU generator state of 7 bytes"),
+        ({}, "holds no state of the CPU's generator"),
+    ],
+)
+def test_a_checkpoint_whose_generator_states_are_not_states_is_one_line_naming_it(tmp_path, states, said):
+    """torch's `set_rng_state` failed on them as a bug (`TypeError: RNG state must be a
+    torch.ByteTensor`), and an empty file left the generator where it was, silently."""
+    ckpt = tmp_path / "ckpt"
+    assert runner.invoke(app, [*BASE, "--epochs", "1", "--checkpoint", str(ckpt)]).exit_code == 0
+    save(ckpt / "epoch-0001" / "rng.safetensors", states)
+    result = runner.invoke(app, [*BASE, "--epochs", "2", "--checkpoint", str(ckpt), "--resume"])
+    assert result.exit_code == 1 and result.stdout == "", result.output
+    where = f"Error: cannot read the checkpoint in {ckpt}: epoch-0001/rng.safetensors"
+    assert result.stderr.startswith(where)
+    assert said in result.stderr and result.stderr.count("\n") == 1, result.stderr

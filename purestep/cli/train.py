@@ -14,10 +14,12 @@ import typer
 
 from purestep.cli._app import app
 from purestep.cli.common import (
+    check_model_runs,
     check_output,
     check_widths,
     load_data,
     loss_for,
+    model_args_for,
     model_for,
     optimizer_config,
 )
@@ -48,7 +50,6 @@ from purestep.cli.options import (
     WeightDecay,
     dataset_label,
     parse_hidden,
-    parse_model_args,
     path_option,
 )
 from purestep.core.files import finite, strict_json
@@ -56,7 +57,8 @@ from purestep.core.settings import OPTIMIZER_SETTINGS
 
 if TYPE_CHECKING:
     from purestep.core.data import Dataset as Data
-    from purestep.core.model import Model
+    from purestep.core.loop import EpochMetrics
+    from purestep.core.model import Model, Params
     from purestep.core.optim import OptimizerConfig
 
 Say = Callable[[str], None]
@@ -102,6 +104,28 @@ def _run_reference(spec: Model, config: OptimizerConfig, data: Data, run: dict[s
     return spec.saved(*state_of(model)), history
 
 
+def _check_good(row: EpochMetrics, params: Params) -> None:
+    """Refuse to checkpoint an epoch that diverged after its training loss was taken (each batch's
+    loss is computed before its update): a non-finite test loss or parameter stops the run, so
+    the last checkpoint kept is one a resumed run can train from.
+
+    Raises:
+        NonFiniteLoss: naming the test loss or the first non-finite parameter.
+    """
+    import math
+
+    import torch
+
+    from purestep.core.loop import NonFiniteLoss
+
+    if not math.isfinite(row.eval_loss):
+        raise NonFiniteLoss(row.epoch, row.eval_loss, "test loss")
+    for name, value in params.items():
+        bad = value[~torch.isfinite(value)]
+        if len(bad):
+            raise NonFiniteLoss(row.epoch, float(bad[0]), f"parameter {name}")
+
+
 def _run_functional(
     spec: Model,
     config: OptimizerConfig,
@@ -112,7 +136,13 @@ def _run_functional(
     resume: bool,
     show_progress: bool,
 ):
-    from purestep.core.checkpoint import check_like, load_checkpoint, restore_generators, save_checkpoint
+    from purestep.core.checkpoint import (
+        LATEST,
+        check_like,
+        load_checkpoint,
+        restore_generators,
+        save_checkpoint,
+    )
     from purestep.core.data import num_batches
     from purestep.core.errors import PurestepError
     from purestep.core.loop import Callbacks, NonFiniteLoss, fit
@@ -125,7 +155,10 @@ def _run_functional(
     spec.seed_like_module(run["seed"])  # dropout draws what the tutorial's loop would
     if resume and checkpoint is not None:
         found = load_checkpoint(checkpoint, device)
-        if found is not None:
+        if found is None:
+            said = f"Note: {checkpoint} holds no checkpoint (no {LATEST}); training from the first epoch"
+            typer.echo(said, err=True)
+        else:
             if not (isinstance(found.meta.get("run"), dict) and isinstance(found.meta.get("history"), list)):
                 raise PurestepError(f"cannot read the checkpoint in {checkpoint}: its meta.json holds no run")
             _check_resumable(found.meta, run, checkpoint)
@@ -153,6 +186,8 @@ def _run_functional(
             progress.update(0, epoch=t + 1)
 
     def keep(row, p, b, s) -> None:
+        if checkpoint is not None:
+            _check_good(row, p)
         history.append(asdict(row))
         if checkpoint is not None:
             save_checkpoint(checkpoint, row.epoch, p, b, s, {"run": run, "history": history}, device=device)
@@ -197,21 +232,6 @@ def _run_functional(
     return spec.saved(result.params, result.buffers), history
 
 
-def _check_outputs(spec: Model, data: Data, ref: str, loss: str) -> None:
-    """Refuse, before anything trains by any impl, a model that cannot run on two training rows or
-    whose outputs the loss would score wrongly (`model.check_runs`): a usage error (exit 2)."""
-    import torch
-
-    from purestep.core.losses import is_regression
-    from purestep.core.model import ModelError, check_runs
-
-    top = None if is_regression(loss) else int(torch.cat([data.y_train, data.y_test]).max())
-    try:
-        check_runs(spec, data.x_train[:2], data.y_train[:2], loss, top)
-    except ModelError as e:
-        raise typer.BadParameter(f"--model {ref} {e}") from None
-
-
 _TUTORIAL = {name: setting.tutorial for name, setting in OPTIMIZER_SETTINGS.items()}
 """The optimizer options' defaults: the tutorial's."""
 
@@ -231,6 +251,10 @@ RESUME_KEYS = (
 
 ADDED = {"precision": "fp32"}
 """Settings recorded since the first checkpoints, as the runs that wrote those ran."""
+
+CONTENTS = {"data_id": "data sha256", "model_id": "model source file sha256"}
+"""What the data and a model file held (`data.fingerprint`, `model_fingerprint`): a checkpoint
+resumes only on the same, compared where it recorded them (the earliest did not)."""
 
 
 def _check_fresh(checkpoint: Path, resume: bool) -> None:
@@ -257,6 +281,7 @@ def _check_resumable(saved: dict[str, Any], run: dict[str, Any], checkpoint: Pat
     if isinstance(before.get("optimizer"), dict):  # fields added since the checkpoint keep their defaults
         before["optimizer"] = json.loads(json.dumps(OptimizerConfig().to_dict())) | before["optimizer"]
     changed = [d for k in RESUME_KEYS for d in _differences(k, before.get(k), now[k])]
+    changed += [d for k in CONTENTS if k in before for d in _differences(k, before[k], now.get(k))]
     if changed:
         raise typer.BadParameter(
             f"the checkpoint in {checkpoint} was written with other settings ({'; '.join(changed)}); "
@@ -272,6 +297,10 @@ def _differences(name: str, before: Any, now: Any) -> list[str]:
         return [d for k in fields for d in _differences(f"{name}.{k}", before.get(k), now.get(k))]
     if before == now:
         return []
+    if name in CONTENTS and isinstance(before, str) and isinstance(now, str):
+        from purestep.search.study import short_id
+
+        name, before, now = CONTENTS[name], short_id(before), short_id(now)
     shown = [v if isinstance(v, str) else json.dumps(v) for v in (before, now)]
     return [f"{name}: {shown[0]} in the checkpoint, {shown[1]} now"]
 
@@ -334,7 +363,7 @@ def train(
         check_output(checkpoint, "--checkpoint", directory=True, files=(LATEST,))
         _check_fresh(checkpoint, resume)
     widths = parse_hidden(hidden)
-    model_args = parse_model_args(model_arg)
+    model_args = model_args_for(model, model_arg)
     if model != "mlp" and widths != (512, 512):
         raise typer.BadParameter("--hidden sets the MLP's widths; for another model use --model-arg")
     check_widths(hidden, widths, model_args)
@@ -360,7 +389,12 @@ def train(
     data = load_data(dataset, data_dir, device)
     run["loss"] = loss_for(data, run["loss"])
     spec = model_for(data, model, model_args, run["loss"], widths)
-    _check_outputs(spec, data, model, run["loss"])
+    check_model_runs(spec, data, model, run["loss"])
+    if checkpoint is not None:  # what a resumed run must train on, whatever its paths say
+        from purestep.core.data import fingerprint
+        from purestep.search.study import model_fingerprint
+
+        run |= {"data_id": fingerprint(data), "model_id": model_fingerprint(model)}
     lines: list[str] = []
     say = lines.append if json_output else print
     if impl is Impl.reference:

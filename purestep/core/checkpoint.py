@@ -136,7 +136,25 @@ def load_checkpoint(
         rng, _ = load(folder / "rng.safetensors")
     except PurestepError as e:
         raise PurestepError(f"cannot read the checkpoint in {directory}: {e}") from None
+    problem = _generators_problem(rng)
+    if problem is not None:
+        raise PurestepError(f"cannot read the checkpoint in {directory}: {name}/rng.safetensors {problem}")
     return Checkpoint(int(meta.pop("epoch")), params, buffers, state, meta, rng)
+
+
+def _generators_problem(rng: dict[str, Tensor]) -> str | None:
+    """What keeps `rng` from being the states `generator_states` saves, or None: the CPU's state,
+    bytes of this torch's size, and any GPU's as bytes (set_rng_state failed on another as a bug)."""
+    cpu = rng.get("cpu")
+    if cpu is None:
+        return "holds no state of the CPU's generator"
+    size = torch.get_rng_state().shape
+    for key, state in rng.items():
+        if key not in ("cpu", "cuda") or state.dtype != torch.uint8 or state.ndim != 1:
+            return f"holds {key!r} of {state.dtype} {tuple(state.shape)}, not a generator's state"
+    if cpu.shape != size:
+        return f"holds a CPU generator state of {cpu.numel()} bytes; this torch's has {size[0]}"
+    return None
 
 
 def check_like(found: dict[str, Tensor], template: dict[str, Tensor], what: str) -> None:
