@@ -52,6 +52,15 @@ def _x64() -> AbstractContextManager[Any]:
     return enable_x64()
 
 
+_NO_JAX_DTYPE = frozenset(
+    getattr(torch, name)
+    for name in ("complex32", "float4_e2m1fn_x2", "bits1x8", "bits2x4", "bits4x2", "bits8", "bits16")
+    if hasattr(torch, name)
+)
+"""Torch dtypes JAX has no counterpart for (packed several to a byte, half-complex, raw bits): its
+DLPack import fails on them with a runtime error."""
+
+
 def tensor_to_jax(tensor: Tensor) -> jax.Array:
     """One tensor as a JAX array with the same dtype and bits (DLPack; zero-copy when possible).
 
@@ -61,6 +70,8 @@ def tensor_to_jax(tensor: Tensor) -> jax.Array:
     and would drop the other's sign. A device JAX cannot address goes through the host to JAX's
     default device.
     """
+    if tensor.dtype in _NO_JAX_DTYPE:
+        raise TypeError(f"JAX has no dtype for torch's {tensor.dtype}: DLPack gives it no type JAX reads")
     tensor = tensor.detach().resolve_conj().resolve_neg().contiguous()
     with _x64():
         try:

@@ -310,3 +310,32 @@ def test_a_value_that_is_not_a_tensor_is_refused_and_writes_nothing(tmp_path):
     with pytest.raises(TypeError, match=r"params\['lr'\] is a float, not a tensor"):
         save(tmp_path / "p.safetensors", {"w": torch.ones(2), "lr": 0.1})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", LAZY)
+def test_a_lazy_conjugate_or_negation_is_saved_as_its_values(tmp_path, case):
+    """safetensors writes a tensor's storage: the conjugate or negative bit was dropped, and
+    `z.conj()` read back as `z`."""
+    lazy, values = LAZY[case]
+    loaded, _ = load(save(tmp_path / "lazy.safetensors", {"t": lazy}))
+    assert_bitwise(loaded, {"t": values})
+
+
+def test_metadata_another_tool_wrote_reads_as_none_and_safetensors_own_key_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    for raw in ("[1, 2]", '"text"', "NaN"):
+        save_file({"w": torch.ones(1)}, tmp_path / "other.safetensors", metadata={"purestep": raw})
+        assert load(tmp_path / "other.safetensors")[1] == {}
+    with pytest.raises(ValueError, match="__metadata__"):
+        save(tmp_path / "p.safetensors", {"__metadata__": torch.ones(1)})
+    with pytest.raises(TypeError, match="meta is a list"):
+        save(tmp_path / "p.safetensors", {"w": torch.ones(1)}, [1])  # type: ignore[arg-type]
+    assert [p.name for p in tmp_path.iterdir()] == ["other.safetensors"]
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_a_dtype_jax_has_not_is_refused_naming_it(jx):
+    """DLPack gave JAX a type it refused with its own runtime error (`lanes != 1`)."""
+    with pytest.raises(TypeError, match="JAX has no dtype for torch's torch.complex32"):
+        jx.to_jax({"z": torch.zeros(2, dtype=torch.complex32)})

@@ -16,6 +16,10 @@ from purestep.core.files import replacing
 META_KEY = "purestep"
 
 
+SAFETENSORS_RESERVED = "__metadata__"
+"""The header key safetensors keeps for its metadata: no tensor can be named so."""
+
+
 def save(path: str | os.PathLike[str], params: dict[str, Tensor], meta: dict[str, Any] | None = None) -> Path:
     """Write `params` to a safetensors file, `meta` as JSON under the `purestep` metadata key.
 
@@ -25,12 +29,17 @@ def save(path: str | os.PathLike[str], params: dict[str, Tensor], meta: dict[str
     """
     from safetensors.torch import save_file
 
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"save: meta is a {type(meta).__name__}, not a dict")
+    if SAFETENSORS_RESERVED in params:
+        raise ValueError(f"save: {SAFETENSORS_RESERVED!r} is the name safetensors keeps for its own metadata")
     tensors: dict[str, Tensor] = {}
     storages: set[int] = set()
     for k, v in params.items():
         if not isinstance(v, Tensor):
             raise TypeError(f"save: params[{k!r}] is a {type(v).__name__}, not a tensor (put it in meta)")
-        tensor = v.detach().contiguous().cpu()
+        # the values a conjugate or negative view reads (its storage holds the others)
+        tensor = v.detach().resolve_conj().resolve_neg().contiguous().cpu()
         if tensor.untyped_storage().data_ptr() in storages:
             tensor = tensor.clone()
         storages.add(tensor.untyped_storage().data_ptr())
@@ -56,4 +65,4 @@ def load(
         meta = json.loads(raw)
     except json.JSONDecodeError:
         meta = {}
-    return params, meta
+    return params, meta if isinstance(meta, dict) else {}  # not `save`'s: another tool's value
