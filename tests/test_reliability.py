@@ -1000,3 +1000,128 @@ def test_write_json_writes_strict_json(tmp_path: Path, value: float) -> None:
     path = write_json(tmp_path / "v.json", {"r2": value, "history": [{"loss": value}, (1.0, value)]})
     parsed = json.loads(path.read_text(), parse_constant=lambda token: pytest.fail(token))
     assert parsed == {"r2": None, "history": [{"loss": None}, [1.0, None]]}
+
+
+_SIGNAL_AT_IMPORT = """
+import os, signal, sys
+name, target = sys.argv[1], sys.argv[2]
+def hook(event, args):
+    if event == "import" and args[0] == target and not os.environ.get("SENT"):
+        os.environ["SENT"] = "1"
+        print("sent", flush=True)
+        os.kill(os.getpid(), getattr(signal, name))
+sys.addaudithook(hook)
+sys.argv = ["purestep", *sys.argv[3:]]
+from purestep.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_torch_imports_ends_the_run_as_that_signal(
+    tmp_path: Path, name: str, code: int
+) -> None:
+    """A signal that lands while torch's native code imports numpy raised there and was cleared: the
+    run went on to its end and exited 0 (elsewhere in that import, `std::terminate`: exit 134). The
+    import runs with the signals held now, and the run ends as the signal says before it trains."""
+    cmd = [sys.executable, "-c", _SIGNAL_AT_IMPORT, name, "numpy.lib"]
+    cmd += ["train", "--dataset", "digits", "--impl", "eager", "--hidden", "8", "--epochs", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path)
+    if "sent" not in done.stdout:
+        pytest.skip("this torch imports numpy.lib before the command starts")
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    assert "Epoch" not in done.stdout and "Traceback" not in done.stderr, (done.stdout, done.stderr)
+
+
+def test_a_commit_optuna_wraps_is_reported_by_the_databases_own_cause() -> None:
+    """Optuna's wrapper said "invalid data in the commit, e.g. exceeding max length" where SQLite
+    had said the file is read-only."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from purestep.search.storage import StorageError, storage_errors
+
+    url = parse_storage("sqlite:///s.db")
+    orig = sqlite3.OperationalError("attempt to write a readonly database")
+    with pytest.raises(StorageError) as e, storage_errors(url):
+        try:
+            raise OperationalError("INSERT ...", {}, orig)
+        except OperationalError as inner:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during commit.") from inner
+    assert str(e.value) == "storage sqlite:///s.db: attempt to write a readonly database"
+
+
+def _workers_of(parent: int) -> list[int]:
+    """The pids of `parent`'s worker processes, from /proc (Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_a_worker_signalled_alone_leaves_the_study_to_the_others_and_the_run_ends_well(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to one worker (a scheduler, an OOM handler) ended the parent, never signalled, with
+    exit 143 and no best.json, though the other worker went on to fill the study."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    cmd = _tune(storage, tmp_path, "--n-trials", "4", "--workers", "2", *_slow(tmp_path))
+    proc = _start_and_catch_mid_trial(cmd, storage, _env())
+    try:
+        _poll(lambda: len(_workers_of(proc.pid)) == 2, 60, "both workers")
+        os.kill(_workers_of(proc.pid)[0], signal.SIGTERM)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "by a signal sent to it alone; the other workers finished the study" in err, err
+    ts = trials(storage)
+    assert len(finished(ts)) == 4 and not _left_open(ts)
+    assert [t.user_attrs["reason"] for t in ts if t.state == TrialState.FAIL] == ["terminated (exit 143)"]
+    assert json.loads((tmp_path / "best.json").read_text())["study"] == "purestep-digits"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_workers_end_with_a_parent_killed_by_sigkill_and_fail_their_trials(tmp_path: Path) -> None:
+    """A parent killed with SIGKILL cannot pass a signal on: its workers ran on, trial after trial."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    cmd = _tune(storage, tmp_path, "--n-trials", "20", "--workers", "2", *_slow(tmp_path))
+    proc = _start_and_catch_mid_trial(cmd, storage, _env())
+    try:
+        _poll(lambda: len(_workers_of(proc.pid)) == 2, 60, "both workers")
+        workers = _workers_of(proc.pid)
+        proc.kill()
+        proc.wait(timeout=60)
+        _poll(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 120, "the workers to end")
+    finally:
+        proc.kill()
+    ts = trials(storage)
+    assert not _left_open(ts) and len(finished(ts)) < 20
+    assert {t.user_attrs["reason"] for t in ts if t.state == TrialState.FAIL} == {"terminated (exit 143)"}
+
+
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_the_command_ends_from_one_exits_at_once_without_tracebacks(
+    name: str, code: int
+) -> None:
+    """A second Ctrl-C while a command ended from the first raised in cleanup and exit handlers
+    (SQLAlchemy's engine disposal): their tracebacks, and at times a death by the signal itself."""
+    script = (
+        "import os, signal, time\n"
+        "from purestep.cli._app import ending_from_signal, install_signal_handlers\n"
+        "install_signal_handlers()\n"
+        "ending_from_signal()\n"
+        f"os.kill(os.getpid(), signal.{name})\n"
+        "time.sleep(30)\n"
+        "print('went on')\n"
+    )
+    cmd = [sys.executable, "-c", script]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_env())
+    assert (done.returncode, done.stdout, done.stderr) == (code, "", "")

@@ -1,7 +1,7 @@
 """The Typer app and its error policy: a one-line message and an exit code, never a traceback.
 
 Exit codes: 0 done, 1 a runtime failure, 2 bad usage, 130 interrupted (Ctrl-C), 143 terminated.
-Nothing here imports torch: `purestep --help` stays fast.
+Nothing here imports torch but `import_torch_held`: `purestep --help` stays fast.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ class _Group(TyperGroup):
         """The command's exit code; every failure printed as one line."""
         from purestep.core.errors import PurestepError, one_line
 
-        code = 0
+        code, _ending[0] = 0, False
         try:
+            import_torch_held(sys.argv[1:] if args is None else list(args))
             rv = super().main(
                 args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
             )
@@ -59,6 +60,7 @@ class _Group(TyperGroup):
             _usage_error(e)
             code = e.exit_code
         except (KeyboardInterrupt, typer.Abort):  # Ctrl-C, raised past typer as Abort by `invoke`
+            ending_from_signal()
             typer.echo("Interrupted.", err=True)
             code = 130
         except (PurestepError, ValueError, OSError) as e:
@@ -67,6 +69,8 @@ class _Group(TyperGroup):
             typer.echo(f"Error: {one_line(e)}", err=True)
             code = 1
         except SystemExit as e:
+            if e.code == 143:
+                ending_from_signal()
             code = e.code if isinstance(e.code, int) else 1
         except Exception as e:  # a bug: still one line, the traceback behind --debug
             hint = "" if _debug() else " (purestep --debug ... for the traceback)"
@@ -83,6 +87,20 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             raise typer.Abort() from None
+
+
+def import_torch_held(args: list[str]) -> None:
+    """Import torch, for a command that will, with SIGINT and SIGTERM held until it is in: an
+    exception a signal raised inside its native import was cleared (the run went on, exit 0) or
+    ended the process (`std::terminate`, exit 134). Held, the signal is raised as the import
+    returns, as any other. Not for `--help`, which stays fast."""
+    if not args or "--help" in args:
+        return
+    import importlib
+
+    from purestep.core.errors import holding_signals
+
+    holding_signals(importlib.import_module)("torch")
 
 
 @contextmanager
@@ -133,13 +151,37 @@ def _root(
         os.environ[DEBUG_ENV] = "1"
 
 
-def main() -> NoReturn:
-    """Console-script entry point."""
+_ending = [False]  # the command is ending from a signal: what is left is its cleanup
+
+
+def ending_from_signal() -> None:
+    """Say the command is ending from a signal: one more exits at once (`on_signal`)."""
+    _ending[0] = True
+
+
+def on_signal(signum: int, frame: Any = None) -> None:
+    """The CLI's SIGINT and SIGTERM handler: the first ends the command as `raise_for_signal` does;
+    one more while it ends (a second Ctrl-C) exits at once, with that signal's code: raised in
+    cleanup and exit handlers, it printed their tracebacks. Whatever was written stays consistent
+    (the running trial's failure is told first; SQLite's journal covers the rest)."""
     from purestep.core.errors import raise_for_signal
 
-    signal.signal(signal.SIGTERM, raise_for_signal)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started ignoring it
-        signal.signal(signal.SIGINT, raise_for_signal)
+    if _ending[0]:
+        os._exit(128 + signum)
+    raise_for_signal(signum, frame)
+
+
+def install_signal_handlers() -> None:
+    """`on_signal` for SIGTERM, and for SIGINT unless the process was started ignoring it (`nohup`,
+    a background job)."""
+    signal.signal(signal.SIGTERM, on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_signal)
+
+
+def main() -> NoReturn:
+    """Console-script entry point."""
+    install_signal_handlers()
     # torch warns on every compile that a CUDA toolkit without a GPU is "no CUDA runtime"
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from purestep.cli._fast_exit import exit_now

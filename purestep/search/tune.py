@@ -674,10 +674,10 @@ def _run_workers(
     Ctrl-C or SIGTERM here is passed on to every worker (each fails its running trial and
     exits), then re-raised once they have all ended.
     """
-    spec = options.to_json()
+    spec, parent = options.to_json(), str(os.getpid())
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "purestep.search.worker", spec, str(k), json.dumps(deadline)],
+            [sys.executable, "-m", "purestep.search.worker", spec, str(k), json.dumps(deadline), parent],
             start_new_session=True,
         )
         for k in range(options.workers)
@@ -695,13 +695,22 @@ def _run_workers(
             p.wait()
         raise
     _report_storage(study, options, start, progress)
-    codes = [p.returncode for p in procs]
-    bad = [(k, c) for k, c in enumerate(codes) if c != 0]
-    if bad:
-        k, code = bad[0]
-        if code in (130, 143):
-            raise KeyboardInterrupt if code == 130 else SystemExit(143)
+    bad = [(k, p.returncode) for k, p in enumerate(procs) if p.returncode != 0]
+    if not bad:
+        return
+    k, code = bad[0]
+    if code not in SIGNALLED:  # an error of its own, printed above
         raise PurestepError(f"worker {k} stopped with exit code {code} (its error is printed above)")
+    # A signal this process did not pass on (it would have raised here): sent to the worker alone.
+    stopped = f"worker {k} was {SIGNALLED[code]} (exit {code}) by a signal sent to it alone"
+    left = options.n_trials - count(study.get_trials(deepcopy=False), FINISHED)
+    if left > 0:
+        raise PurestepError(f"{stopped}; {left} trials left: run the same command again to finish the study")
+    print(f"Note: {stopped}; the other workers finished the study", file=sys.stderr)
+
+
+SIGNALLED = {130: "interrupted", 143: "terminated"}
+"""A worker's exit codes after SIGINT and SIGTERM, and what they mean."""
 
 
 def _report_storage(
