@@ -1,13 +1,14 @@
 """The equivalence pairs of `purestep check`, and the lockstep judgement behind the non-bitwise ones.
 
 Free-running rows run both sides over the whole run from one init: functional eager vs the
-tutorial's module loop (SGD bitwise, Adam/AdamW within 1e-6 relative) and the safetensors round
-trip (bitwise). Lockstep rows (compiled vs eager, batched trial vs alone, JAX/optax vs eager)
-start both sides from the reference side's carry at every step and take one step on the same
-batch. Each side must land where the same step lands in float64 arithmetic, taking that side's
-own ReLU branches, within float32 rounding (`Twin.envelope`); and its branches may differ from
-exact arithmetic's only at units whose exact pre-activation is within float32 rounding of zero.
-Two correct float32 steps can part at such a unit; a wrong step cannot hide behind one.
+tutorial's module loop (SGD bitwise, Adam within 1e-6 relative; AdamW to the same bound in the
+tests) and the safetensors round trip (bitwise). Lockstep rows (compiled vs eager, batched trial vs
+alone, JAX/optax vs eager) start both sides from the reference side's carry at every step and take
+one step on the same batch. Each side must land where the same step lands in float64 arithmetic,
+taking that side's own ReLU branches, within float32 rounding (`Twin.envelope`); and its branches
+may differ from exact arithmetic's only at units whose exact pre-activation is within float32
+rounding of zero. Two correct float32 steps can part at such a unit; a wrong step cannot hide
+behind one.
 """
 
 from __future__ import annotations

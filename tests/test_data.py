@@ -76,6 +76,7 @@ def test_missing_data_offline_names_the_directory_and_digits(tmp_path):
         load_dataset("fashion-mnist", tmp_path / "nowhere", download=False)
     message = str(e.value)
     assert str(tmp_path / "nowhere") in message and "--dataset digits" in message and "\n" not in message
+    assert "downloading is off" in message  # nothing was tried: not "could not be downloaded"
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])

@@ -247,3 +247,29 @@ def test_a_study_without_a_finished_trial_says_so_and_draws_nothing(
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert "study early has no finished trial yet: nothing to rank or draw" in done.stdout.splitlines()
     assert not out.exists() and "wrote" not in done.stdout
+
+
+def test_report_without_matplotlib_says_so_and_prints_the_report(
+    study: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An install without the `plots` extra (the README's `.[digits]`) failed with "its sqlite driver
+    is not installed": the storage's error mapping took matplotlib's ImportError for the driver's."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    missing = lambda name, *a: None if name == "matplotlib" else real(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", missing)
+    result = runner.invoke(app, ["report", "--storage", study, "--out", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    assert "Note: no plots: matplotlib is not installed (pip install 'purestep[plots]')" in result.stderr
+    assert "best" in result.stdout and not (tmp_path / "plots").exists(), result.stdout
+
+
+def test_an_import_error_that_is_not_a_database_drivers_is_not_called_one() -> None:
+    from purestep.search.storage import StorageError, parse_storage, storage_errors
+
+    url = parse_storage("sqlite:///s.db")
+    with pytest.raises(ModuleNotFoundError, match="matplotlib"), storage_errors(url):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+    with pytest.raises(StorageError, match="its sqlite driver is not installed"), storage_errors(url):
+        raise ImportError("Failed to import DB access module for the specified storage URL.")

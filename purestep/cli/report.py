@@ -35,6 +35,8 @@ def report(
     Plots: history.png (optimization history), intermediate.png (validation accuracy, or a
     regression's validation MSE, per epoch) and importance.png.
     """
+    from importlib.util import find_spec
+
     from purestep.search.storage import StorageURLError, open_storage, parse_storage, storage_errors
     from purestep.search.study import NoStudy, load_existing, study_names
     from purestep.search.tune import default_out, quiet_optuna
@@ -64,7 +66,10 @@ def report(
         from purestep.search.report import PLOTS, build_report, finished, write_plots
 
         summary = build_report(loaded, top)
-        if plots and finished(summary.counts):
+        if plots and finished(summary.counts) and find_spec("matplotlib") is None:
+            said = "Note: no plots: matplotlib is not installed (pip install 'purestep[plots]')"
+            typer.echo(said, err=True)
+        elif plots and finished(summary.counts):
             target = out if out is not None else default_out(study)
             check_output(target, "--out", directory=True, files=PLOTS)
             summary.files = [str(p) for p in write_plots(loaded, target, summary.importances is not None)]

@@ -399,7 +399,8 @@ def _summary(outcome: Outcome, space: Space) -> str:
         else:
             test = f"test R2 {f['test_r2']:.4f}, MSE {f['test_mse']:.4g}"
         lines.append(
-            f"final: trained on all {f['train_images']} training rows for {f['epochs']} epochs; "
+            f"final: trained on all {f['train_images']} training rows for {f['epochs']} "
+            f"epoch{'s' if f['epochs'] != 1 else ''}; "
             f"{test} (loss {f['test_loss']:.4f}) on {f['test_images']} rows"
         )
         base = f.get("baseline")

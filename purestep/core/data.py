@@ -176,8 +176,9 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tu
         ds = cls(str(root), train=train, download=download)
     except (RuntimeError, AssertionError, TypeError, ValueError, OSError) as e:
         if isinstance(e, RuntimeError) and ("not found" in str(e) or "Error downloading" in str(e)):
+            why = "could not be downloaded" if download else "downloading is off (PURESTEP_OFFLINE)"
             raise DataError(
-                f"{name} is not in {raw} and could not be downloaded; "
+                f"{name} is not in {raw} and {why}; "
                 "connect to the internet once, or use --dataset digits to work offline"
             ) from None
         cause = first_line(e)

@@ -52,6 +52,8 @@ HEARTBEAT_MAX_RETRY = 2
 """Retries of one set of parameters after its workers died; a trial that kills its worker every time
 (say, out of memory) stops being retried."""
 _RDB = re.compile(r"(sqlite|postgresql|postgres|mysql)(\+[A-Za-z0-9_]+)?://", re.IGNORECASE)
+DRIVER_MODULES = frozenset({"sqlite3", "_sqlite3", "psycopg", "psycopg2", "pymysql", "MySQLdb"})
+"""The modules SQLAlchemy imports for the databases a storage URL names."""
 _DRIVERS = {"postgresql": "'psycopg[binary]'", "postgres": "'psycopg[binary]'", "mysql": "pymysql"}
 _JOURNAL_RECORD_START = b'{"op_code":'
 """How every record Optuna writes to a journal file begins (a JSON object, `op_code` first)."""
@@ -432,7 +434,9 @@ def storage_errors(url: StorageURL) -> Iterator[None]:
 
     try:
         yield
-    except ImportError:
+    except ImportError as e:
+        if e.name and e.name.partition(".")[0] not in DRIVER_MODULES:  # the caller's (no name: Optuna's)
+            raise
         driver = _DRIVERS.get(url.dialect, "the database driver that the URL names")
         raise StorageError(
             f"cannot open {url.shown}: its {url.dialect} driver is not installed (pip install {driver})"
