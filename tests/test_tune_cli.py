@@ -844,3 +844,20 @@ def test_a_trial_trained_to_its_last_epoch_is_never_pruned(tmp_path, monkeypatch
     assert runner.invoke(app, args).exit_code == 0
     ts = trials(storage)
     assert len(ts) == 12 and {t.state for t in ts} == {TrialState.COMPLETE}, [t.user_attrs for t in ts]
+
+
+def test_a_validation_loss_that_is_not_finite_prunes_the_trial_as_diverged() -> None:
+    """A regression's last update could send the validation MSE to inf after a finite training
+    loss: the trial was stored as COMPLETE with the value inf."""
+    from purestep.core.loop import EpochMetrics
+    from purestep.search.objective import pruned_reason
+
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    for epoch, loss in ((1, math.inf), (0, math.nan)):
+        trial = study.ask()
+        row = EpochMetrics(epoch, 0.5, loss, None, 0.1, eval_mse=loss, eval_r2=math.nan)
+        said = f"diverged: validation loss became {loss} in epoch {epoch + 1}"
+        assert pruned_reason(trial, row, epochs=2) == said
+        assert study.get_trials()[-1].intermediate_values == {}
+    finite = EpochMetrics(1, 0.5, 0.25, None, 0.1, eval_mse=0.25, eval_r2=0.5)
+    assert pruned_reason(study.ask(), finite, epochs=2) is None

@@ -451,9 +451,12 @@ def make_objective(
 def pruned_reason(
     trial: optuna.Trial, metrics: EpochMetrics, epochs: int, guard: Guard = nullcontext
 ) -> str | None:
-    """Report the epoch's validation metric to Optuna; the reason to stop if the pruner says so.
-    After the last of `epochs` the pruner is not asked: there is nothing left to save, and a trial
-    trained to its end was stored as pruned, out of the finished ones' ranking."""
+    """Report the epoch's validation metric to Optuna; the reason to stop if the pruner says so,
+    or if the validation loss is not finite (the last update diverged after the epoch's training
+    loss was taken: a regression's value was stored as inf). After the last of `epochs` the pruner
+    is not asked: a trial trained to its end was stored as pruned, out of the ranking."""
+    if not math.isfinite(metrics.eval_loss):
+        return f"diverged: validation loss became {metrics.eval_loss} in epoch {metrics.epoch + 1}"
     value = metric(metrics)
     with guard():
         trial.report(value, metrics.epoch + 1)
