@@ -380,3 +380,36 @@ def test_tune_reports_what_it_picked_and_what_was_given_and_resumes_either_way(
     line, _, batch = _speed(invoke("--n-trials", "7", *common))
     assert "(resuming: 6 finished); eager steps (auto), 1 trial at a time (auto)" in line
     assert batch == {"value": 1, "chosen": "auto"} and len(finished(trials(storage))) == 7
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("epochs", 0),
+        ("epochs", "2"),
+        ("n_trials", 0),
+        ("threads", 0),
+        ("workers", 0),
+        ("batch", -4),
+        ("batch", 257),
+        ("timeout", -1.0),
+        ("timeout", math.nan),
+        ("val_fraction", 0),
+        ("impl", "fast"),
+        ("denormals", "flsh"),
+        ("study", ""),
+        ("space_json", "[1, 2]"),
+    ],
+)
+def test_tune_from_python_refuses_what_the_command_line_refuses_and_writes_nothing(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    """From Python these failed once the study was made (`epochs=0` left a failed trial 0,
+    `threads=0` a waiting one), or ran as something else (`impl="fast"` as eager, `batch=-4` as 1,
+    `val_fraction=0` as the automatic fraction)."""
+    from purestep.search.tune import UsageError, tune
+
+    options = dataclasses.replace(_options(), storage=f"sqlite:///{tmp_path / 's.db'}", **{field: value})
+    with pytest.raises(UsageError, match=f"^TuneOptions.{field} "):
+        tune(options)
+    assert list(tmp_path.iterdir()) == []

@@ -24,6 +24,7 @@ from purestep.cli.options import (
     dataset_label,
     path_option,
 )
+from purestep.core.settings import MAX_BATCH
 
 if TYPE_CHECKING:
     from purestep.search.space import Space
@@ -76,9 +77,6 @@ def _timeout(value: float | None) -> float | None:
     if value is not None and (not math.isfinite(value) or value <= 0):
         raise typer.BadParameter(f"must be a number of seconds > 0, got {value}")
     return value
-
-
-MAX_BATCH = 256
 
 
 def _batch(value: str) -> str:

@@ -14,6 +14,9 @@ from typing import Any
 
 Scalar = bool | int | float | str
 
+MAX_BATCH = 256
+"""The most trials `tune --batch` trains at once in a pool."""
+
 KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 

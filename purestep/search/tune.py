@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import signal
@@ -26,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from purestep.core.errors import PurestepError
+from purestep.core.errors import PurestepError, first_line
 from purestep.core.files import finite, write_json
+from purestep.core.settings import MAX_BATCH
 from purestep.search.objective import (
     EVAL_BATCH_SIZE,
     Splits,
@@ -38,7 +40,7 @@ from purestep.search.objective import (
     train,
 )
 from purestep.search.runner import Shield, TrialEnd, run_trial_batches, run_trials
-from purestep.search.space import Space, settings_of, space_from_json
+from purestep.search.space import Space, SpaceError, settings_of, space_from_json
 from purestep.search.storage import StorageURL, open_storage, parse_storage, storage_errors
 from purestep.search.study import (
     FINISHED,
@@ -350,6 +352,52 @@ class UsageError(PurestepError):
     """Options that do not fit the data or the model (a usage error: nothing was written)."""
 
 
+def check_options(options: TuneOptions) -> None:
+    """Refuse, before anything is written, the values the command line's options refuse: from
+    Python they failed once the study was made (`epochs=0`, `threads=0`) or ran as something else
+    (`impl="fast"` as eager, `batch=-4` as 1, `val_fraction=0` as the automatic fraction).
+
+    Raises:
+        UsageError: naming the field, what it takes and the value given.
+    """
+
+    def whole(value: Any, least: int, most: float = math.inf) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    wanted = {
+        "epochs": (whole(options.epochs, 1), "an integer >= 1"),
+        "n_trials": (whole(options.n_trials, 1), "an integer >= 1"),
+        "seed": (whole(options.seed, 0), "an integer >= 0"),
+        "workers": (whole(options.workers, 1), "an integer >= 1"),
+        "threads": (options.threads is None or whole(options.threads, 1), "None (auto) or an integer >= 1"),
+        "batch": (
+            options.batch is None or whole(options.batch, 1, MAX_BATCH),
+            f"None (auto) or 1 to {MAX_BATCH}",
+        ),
+        "timeout": (
+            options.timeout is None or number(options.timeout) and options.timeout > 0,
+            "None or seconds > 0",
+        ),
+        "val_fraction": (
+            options.val_fraction is None or number(options.val_fraction) and 0 < options.val_fraction < 1,
+            "None (auto) or between 0 and 1",
+        ),
+        "impl": (options.impl in ("auto", "eager", "compiled"), "'auto', 'eager' or 'compiled'"),
+        "denormals": (options.denormals in ("flush", "keep"), "'flush' or 'keep'"),
+        "study": (isinstance(options.study, str) and options.study != "", "a name"),
+    }
+    for name, (ok, takes) in wanted.items():
+        if not ok:
+            raise UsageError(f"TuneOptions.{name} takes {takes}; got {getattr(options, name)!r}")
+    try:
+        options.space  # noqa: B018 - parsed for its errors
+    except (SpaceError, ValueError, TypeError, AttributeError, KeyError) as e:
+        raise UsageError(f"TuneOptions.space_json is not a search space: {first_line(e)}") from None
+
+
 SMALL_TRAINING_SET = 1000
 """Below this many training rows the validation split doubles (`auto_val_fraction`)."""
 
@@ -487,6 +535,7 @@ def tune(
     """
     start = time.time()
     quiet_optuna()
+    check_options(options)
     sampler = make_sampler(options.sampler, options.seed)  # a sampler that cannot be built writes nothing
     pruner = make_pruner(options.pruner, options.epochs)
     url = parse_storage(options.storage)
