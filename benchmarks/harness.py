@@ -570,6 +570,9 @@ def main(argv: list[str] | None = None) -> Report:
     report = run(args, command)
     text = markdown(report, args)
     print(text)
+    for path in (args.markdown, args.json):  # their folders, as purestep's commands make theirs
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
     if args.markdown:
         args.markdown.write_text(text + "\n")
     if args.json:
@@ -603,6 +606,19 @@ def args_problem(args: argparse.Namespace) -> str | None:
             return f"argument --{name.replace('_', '-')}: must be {least} or more, got {value}"
     if not (math.isfinite(args.lr) and args.lr > 0):
         return f"argument --lr: must be a positive number, got {args.lr}"
+    import typer
+
+    from purestep.cli.common import check_output
+
+    outputs = [("--markdown", args.markdown, False), ("--json", args.json, False)]
+    outputs.append(("--cache-dir", args.cache_dir and Path(args.cache_dir), True))
+    for option, path, directory in outputs:
+        if path is None:
+            continue
+        try:  # before the run, as purestep's commands check theirs: its end could not write there
+            check_output(path, option, directory=directory)
+        except typer.BadParameter as e:
+            return f"argument {option}: {e.message}"
     return None
 
 

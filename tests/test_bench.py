@@ -146,10 +146,10 @@ def test_compile_probe_reports_every_graph():
         assert json.loads(warm["stdout"].strip().splitlines()[-1])["dynamo_imported"] is False
 
 
-def _bench(*args: str) -> subprocess.CompletedProcess[str]:
-    """`purestep bench ARGS` from the source checkout, its output captured."""
+def _bench(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """`purestep bench ARGS` run in `cwd` (the source checkout unless given), its output captured."""
     command = [sys.executable, "-c", "from purestep.cli import main; main()", "bench", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd)
 
 
 def test_bench_command_passes_its_arguments_to_the_harness():
@@ -182,6 +182,9 @@ def test_trials_benchmark_prints_each_variants_row_and_the_epochs_it_trained(cap
         (["--lr", "nan"], "argument --lr: must be a positive number, got nan"),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--rounds", "abc"], "argument --rounds: invalid int value: 'abc'"),
+        (["--markdown", ""], "argument --markdown: "),  # the folder: ran the whole harness, then failed
+        (["--markdown", "/dev/null"], "argument --markdown: /dev/null exists and is not a regular file"),
+        (["--cache-dir", "/dev/null"], "argument --cache-dir: /dev/null is a file, not a directory"),
     ],
 )
 def test_a_bad_harness_option_is_one_line_and_exit_2_before_any_work(capsys, argv, fragment):
@@ -203,6 +206,18 @@ def test_a_harness_failure_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch)
     assert harness.command(["--data-dir", str(tmp_path), "--quiet", "--no-probe"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("Error: ") and "Traceback" not in err, err
+
+
+def test_bench_reads_and_writes_its_paths_from_where_it_is_run(tmp_path):
+    """Run from the source checkout, a relative --markdown landed in the repository and a relative
+    --data-dir was not found (synthetic data instead, silently)."""
+    tiny = ["--n-train", "256", "--n-test", "64", "--rounds", "1", "--warmup", "0", "--steps", "1"]
+    tiny += ["--trials", "1", "--no-jax", "--no-probe", "--no-proposed", "--quiet"]
+    bench_data.write_fashion_mnist(tmp_path / "fm", 256, 64)
+    run = _bench(*tiny, "--data-dir", "fm", "--markdown", "out/t.md", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "- data: FashionMNIST from fm\n" in (tmp_path / "out" / "t.md").read_text()
+    assert not (REPO / "out").exists()
 
 
 def test_bench_command_refuses_a_bad_option_in_one_line():

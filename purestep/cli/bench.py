@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,9 @@ def bench(ctx: typer.Context) -> None:
     root = Path(__file__).resolve().parents[2]
     if not (root / "benchmarks" / "harness.py").is_file():
         raise PurestepError(f"purestep bench needs a source checkout: no benchmarks/ in {root}")
-    code = subprocess.call([sys.executable, "-m", "benchmarks", *ctx.args], cwd=root)
+    # Run from here, so the paths given mean what they mean here; the harness imports from `root`.
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    code = subprocess.call([sys.executable, "-m", "benchmarks", *ctx.args], env=env)
     if code:
         raise typer.Exit(code)
