@@ -633,3 +633,10 @@ def test_a_model_that_cannot_run_on_the_data_is_a_usage_error_in_train_as_in_tun
     assert result.exit_code == 2, result.output
     assert "Error: " in result.stderr and "--model cnn cannot run on the data: RuntimeError" in result.stderr
     assert "Traceback" not in result.output and not (tmp_path / "s.log").exists()
+
+
+def test_a_choice_that_is_not_one_says_which_are_in_plain_words():
+    """typer words its choice check as pydantic does: "Value error, 'fp16' is not one of ..."."""
+    result = CliRunner().invoke(app, ["train", "--precision", "fp16"])
+    assert result.exit_code == 2
+    assert result.stderr == "Error: Invalid value for '--precision': 'fp16' is not one of 'fp32', 'bf16'.\n"

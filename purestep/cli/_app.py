@@ -130,7 +130,8 @@ def _usage_error(e: typer.TyperException) -> None:
         if help_text:
             typer.echo(help_text, err=True)
         return
-    typer.echo(f"Error: {one_line(e.format_message())}", err=True)
+    # typer's choice check words its error as pydantic does ("Value error, 'x' is not one of ...")
+    typer.echo(f"Error: {one_line(e.format_message()).replace(': Value error, ', ': ')}", err=True)
 
 
 app = typer.Typer(
