@@ -419,7 +419,7 @@ def _central_field(offset: int, value: bytes):
     return write
 
 
-def _safetensors_writes_complex() -> bool:
+def safetensors_writes_complex() -> bool:
     """Whether this safetensors can write complex64 (0.7 and later can; 0.4.4 raises KeyError)."""
     import safetensors.torch
 
@@ -435,7 +435,7 @@ def _safetensors(**changes):
 
     def write(path):
         arrays = {k: torch.as_tensor(v) for k, v in (_good() | changes).items() if v is not None}
-        if any(t.is_complex() for t in arrays.values()) and not _safetensors_writes_complex():
+        if any(t.is_complex() for t in arrays.values()) and not safetensors_writes_complex():
             pytest.skip("this safetensors cannot write complex64 (0.7 and later can)")
         save_file(arrays, path)
 

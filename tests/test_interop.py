@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
+from test_data import safetensors_writes_complex
 
 from purestep import OptimizerConfig, load, mlp, save
 
@@ -317,6 +318,11 @@ def test_a_lazy_conjugate_or_negation_is_saved_as_its_values(tmp_path, case):
     """safetensors writes a tensor's storage: the conjugate or negative bit was dropped, and
     `z.conj()` read back as `z`."""
     lazy, values = LAZY[case]
+    if lazy.is_complex() and not safetensors_writes_complex():
+        with pytest.raises(TypeError, match="this safetensors cannot write torch.complex64 tensors"):
+            save(tmp_path / "lazy.safetensors", {"t": lazy})
+        assert list(tmp_path.iterdir()) == []
+        return
     loaded, _ = load(save(tmp_path / "lazy.safetensors", {"t": lazy}))
     assert_bitwise(loaded, {"t": values})
 

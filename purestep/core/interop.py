@@ -45,7 +45,10 @@ def save(path: str | os.PathLike[str], params: dict[str, Tensor], meta: dict[str
         storages.add(tensor.untyped_storage().data_ptr())
         tensors[k] = tensor
     with replacing(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta or {})})
+        try:
+            save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta or {})})
+        except KeyError as e:  # a dtype this safetensors has no name for (complex before 0.7)
+            raise TypeError(f"save: this safetensors cannot write {e.args[0]} tensors") from None
     return Path(path)
 
 
