@@ -273,3 +273,19 @@ def test_an_import_error_that_is_not_a_database_drivers_is_not_called_one() -> N
         raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
     with pytest.raises(StorageError, match="its sqlite driver is not installed"), storage_errors(url):
         raise ImportError("Failed to import DB access module for the specified storage URL.")
+
+
+def test_report_does_not_import_torch(tmp_path: Path) -> None:
+    """Torch's import (1-2 s) is for the commands that train; the signal-safe import ran it for all."""
+    import subprocess
+    import sys
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(study_name="plain", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), 3)
+    script = (
+        "import sys\nfrom purestep.cli import app\n"
+        f"code = app(['report', '--storage', {storage!r}, '--no-plots'], standalone_mode=False)\n"
+        "print(code, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "0 False", (done.stdout, done.stderr)

@@ -89,12 +89,17 @@ class _Group(TyperGroup):
             raise typer.Abort() from None
 
 
+TRAINING = ("train", "check", "tune")
+"""The commands that import torch (`report` and `bench`'s own process do not)."""
+
+
 def import_torch_held(args: list[str]) -> None:
-    """Import torch, for a command that will, with SIGINT and SIGTERM held until it is in: an
-    exception a signal raised inside its native import was cleared (the run went on, exit 0) or
-    ended the process (`std::terminate`, exit 134). Held, the signal is raised as the import
+    """Import torch, for a command that will (`TRAINING`), with SIGINT and SIGTERM held until it is
+    in: an exception a signal raised inside its native import was cleared (the run went on, exit 0)
+    or ended the process (`std::terminate`, exit 134). Held, the signal is raised as the import
     returns, as any other. Not for `--help`, which stays fast."""
-    if not args or "--help" in args:
+    command = next((a for a in args if not a.startswith("-")), None)
+    if command not in TRAINING or "--help" in args:
         return
     import importlib
 

@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     index = int(argv[1])
     try:
         _die_with(int(argv[3]))
-        import_torch_held(argv)
+        import_torch_held(["tune"])  # a worker's share of `purestep tune`
         from purestep.search.tune import TuneOptions, run_worker
 
         run_worker(TuneOptions(**json.loads(argv[0])), index, json.loads(argv[2]))
