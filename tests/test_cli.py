@@ -353,6 +353,35 @@ def test_a_checkpoint_written_before_the_rmsprop_fields_still_resumes(tmp_path):
     assert run(*base, "--epochs", "3", "--resume", "--alpha", "0.5").exit_code == 2
 
 
+def test_ctrl_c_while_the_commands_load_is_one_line_and_130():
+    """A Ctrl-C before the commands are loaded (typer, rich and the command modules take a tenth of a
+    second) ends the run as one later does, not with Python's traceback. The import of typer is made
+    slow here, and the signal sent while it runs."""
+    script = (
+        "import builtins, sys, time\n"
+        "real = builtins.__import__\n"
+        "def slow(name, *args, **kwargs):\n"
+        "    if name == 'typer' and 'typer' not in sys.modules:\n"
+        "        print('loading', flush=True)\n"
+        "        time.sleep(60)\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = slow\n"
+        "sys.argv = ['purestep', 'train', '--dataset', 'digits', '--epochs', '1']\n"
+        "from purestep.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "loading\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "Interrupted.\n", (proc.returncode, err)
+
+
 def test_ctrl_c_ends_train_with_one_line_and_keeps_the_checkpoints_it_wrote(tmp_path):
     """SIGINT mid-run, in a real process: `Interrupted.` on stderr and exit 130, as `tune`; every
     checkpoint written before it is intact, and `--resume` goes on from the latest."""

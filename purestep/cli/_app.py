@@ -181,12 +181,12 @@ def install_signal_handlers() -> None:
     """`on_signal` for SIGTERM, and for SIGINT unless the process was started ignoring it (`nohup`,
     a background job)."""
     signal.signal(signal.SIGTERM, on_signal)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, on_signal)
 
 
 def main() -> NoReturn:
-    """Console-script entry point."""
+    """Run the command line, once `purestep.cli.main` (the console script) has loaded the commands."""
     install_signal_handlers()
     # torch warns on every compile that a CUDA toolkit without a GPU is "no CUDA runtime"
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
