@@ -249,6 +249,25 @@ def test_a_study_without_a_finished_trial_says_so_and_draws_nothing(
     assert not out.exists() and "wrote" not in done.stdout
 
 
+def test_a_trial_valued_inf_is_in_the_table_and_no_warning_of_optunas_is_printed(tmp_path: Path) -> None:
+    """The history plot leaves out a trial whose value is inf; Optuna's `[W ...]` line saying so came
+    through on stderr though the report's table shows that trial and its value."""
+    import subprocess
+    import sys
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="plain", storage=storage)
+    for value in (1.0, float("inf"), 0.5):
+        study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), value)
+    out = tmp_path / "plots"
+    done = subprocess.run(
+        [sys.executable, "-m", "purestep", "report", "--storage", storage, "--out", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "  1      complete  inf" in done.stdout and (out / "history.png").read_bytes().startswith(PNG)
+
+
 def test_report_without_matplotlib_says_so_and_prints_the_report(
     study: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ and the optimization history, intermediate values and importances drawn to PNG f
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,6 @@ def write_plots(study: optuna.Study, out: Path, importances_ok: bool) -> list[Pa
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
     metric, _ = study_metric(study)
@@ -189,21 +189,32 @@ def write_plots(study: optuna.Study, out: Path, importances_ok: bool) -> list[Pa
         drawings.append(("intermediate.png", lambda: ovm.plot_intermediate_values(study)))
     if importances_ok:
         drawings.append(("importance.png", lambda: ovm.plot_param_importances(study)))
-    written = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, draw in drawings:
-            ax = draw()
-            if name == "intermediate.png":
-                ax.set_xlabel("epoch")
-                ax.set_ylabel(metric)
-                legend = ax.get_legend()
-                if legend is not None and len(legend.get_texts()) > 12:
-                    legend.remove()
-            figure = ax.figure
-            path = out / name
-            with replacing(path) as tmp:
-                figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-            plt.close(figure)
-            written.append(path)
+    shown = optuna.logging.get_verbosity()
+    # the table shows every value; Optuna's line that a plot leaves out a trial valued inf is noise
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            written = [_draw(name, draw, metric, out) for name, draw in drawings]
+    finally:
+        optuna.logging.set_verbosity(shown)
     return written
+
+
+def _draw(name: str, draw: Callable[[], Any], metric: str, out: Path) -> Path:
+    """One of Optuna's plots written to `out / name`, under a temporary name renamed into place."""
+    import matplotlib.pyplot as plt
+
+    ax = draw()
+    if name == "intermediate.png":
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        legend = ax.get_legend()
+        if legend is not None and len(legend.get_texts()) > 12:
+            legend.remove()
+    figure = ax.figure
+    path = out / name
+    with replacing(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
