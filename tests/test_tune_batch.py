@@ -413,3 +413,37 @@ def test_tune_from_python_refuses_what_the_command_line_refuses_and_writes_nothi
     with pytest.raises(UsageError, match=f"^TuneOptions.{field} "):
         tune(options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tune_from_python_trains_on_its_threads_and_leaves_the_callers_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`threads=1` holds while trials train and while the best one is re-trained; after, a notebook
+    goes on with its own count (it was left at 1)."""
+    import torch
+
+    from purestep.search import tune as tune_module
+
+    seen: list[int] = []
+    final_train = tune_module.final_train
+
+    def recording(*args: object) -> object:
+        seen.append(torch.get_num_threads())
+        return final_train(*args)
+
+    monkeypatch.setattr(tune_module, "final_train", recording)
+    options = dataclasses.replace(
+        _options(), data_dir=str(tmp_path), epochs=1, n_trials=2, storage=f"sqlite:///{tmp_path / 's.db'}",
+        threads=1, impl="eager", batch=1,
+    )  # fmt: skip
+    was = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        outcome, data = tune_module.tune(options, progress=lambda p: seen.append(torch.get_num_threads()))
+        assert torch.get_num_threads() == 3
+        tune_module.finish(outcome, data, options, tmp_path / "out", final=True)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(was)
+    assert len(seen) >= 3 and set(seen) == {1}, seen
+

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -508,17 +509,25 @@ def final_compiled(
     )  # fmt: skip
 
 
-def _setup_torch(threads: int, compiled: bool) -> None:
+@contextmanager
+def _torch_set_up(threads: int, compiled: bool) -> Iterator[None]:
+    """Torch on `threads` threads while trials run, as it was after (tuning from Python, a notebook
+    goes on with its own count); freed memory kept and, compiled, the compile cache pointed at."""
     import torch
 
     from purestep.core.allocator import keep_freed_memory
 
     keep_freed_memory()
+    was = torch.get_num_threads()
     torch.set_num_threads(threads)
     if compiled:
         from purestep.core.step import set_compile_cache
 
         set_compile_cache()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(was)
 
 
 def tune(
@@ -561,10 +570,9 @@ def tune(
         speed = choose_speed(options, len(splits.y_fit), left, timed, saved_steps(options, splits))
         impl = "compiled" if speed.compiled else "eager"
         options = replace(options, batch=speed.batch, threads=speed.threads, impl=impl)  # workers take them
-        _setup_torch(speed.threads, speed.compiled)
         from purestep.core.denormals import flushed
 
-        with flushed(options.flushes()) as flush:
+        with _torch_set_up(speed.threads, speed.compiled), flushed(options.flushes()) as flush:
             speed = replace(speed, flush=flush)
             outcome = _outcome(study, url, created, queued, speed, start)
             on_ready(outcome)
@@ -696,9 +704,8 @@ def run_worker(options: TuneOptions, index: int, deadline: float | None) -> int:
     assert options.impl in ("eager", "compiled"), "the parent passes the impl it decided"
     compiled = options.impl == "compiled"
     assert options.threads is not None, "the parent passes the threads it decided"
-    _setup_torch(options.threads, compiled)
     storage = open_storage(url, create=False)
-    with storage_errors(url):
+    with storage_errors(url), _torch_set_up(options.threads, compiled):
         study = optuna.load_study(
             study_name=options.study,
             storage=storage,
@@ -901,7 +908,7 @@ def finish(outcome: Outcome, data: Dataset, options: TuneOptions, out: Path, fin
     if final:
         from purestep.core.denormals import flushed
 
-        with flushed(outcome.speed.flush):
+        with _torch_set_up(outcome.speed.threads, False), flushed(outcome.speed.flush):
             outcome.final = final_train(outcome, data, options, out)
     else:
         outcome.final = _kept_final(outcome, out)
