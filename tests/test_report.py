@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -226,24 +228,24 @@ def test_report_on_a_study_of_another_tool_labels_its_values_and_refuses_several
     assert (tmp_path / "s.db").read_bytes() == before
 
 
+def _report_process(storage: str, out: Path) -> subprocess.CompletedProcess[str]:
+    """`purestep report` in its own process: what Optuna logs there reaches stderr as a user sees it."""
+    command = [sys.executable, "-m", "purestep", "report", "--storage", storage, "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("state", [TrialState.FAIL, TrialState.RUNNING])
 def test_a_study_without_a_finished_trial_says_so_and_draws_nothing(
     tmp_path: Path, state: TrialState
 ) -> None:
     """Optuna warned (`[W ...] There are no complete trials.`) and empty plots were written."""
-    import subprocess
-    import sys
-
     storage = f"journal:{tmp_path / 's.log'}"
     study = optuna.create_study(study_name="early", storage=_journal(storage))
     trial = study.ask()
     if state != TrialState.RUNNING:
         study.tell(trial, state=state)
     out = tmp_path / "plots"
-    done = subprocess.run(
-        [sys.executable, "-m", "purestep", "report", "--storage", storage, "--out", str(out)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    done = _report_process(storage, out)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert "study early has no finished trial yet: nothing to rank or draw" in done.stdout.splitlines()
     assert not out.exists() and "wrote" not in done.stdout
@@ -252,18 +254,12 @@ def test_a_study_without_a_finished_trial_says_so_and_draws_nothing(
 def test_a_trial_valued_inf_is_in_the_table_and_no_warning_of_optunas_is_printed(tmp_path: Path) -> None:
     """The history plot leaves out a trial whose value is inf; Optuna's `[W ...]` line saying so came
     through on stderr though the report's table shows that trial and its value."""
-    import subprocess
-    import sys
-
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name="plain", storage=storage)
     for value in (1.0, float("inf"), 0.5):
         study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), value)
     out = tmp_path / "plots"
-    done = subprocess.run(
-        [sys.executable, "-m", "purestep", "report", "--storage", storage, "--out", str(out)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    done = _report_process(storage, out)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert "  1      complete  inf" in done.stdout and (out / "history.png").read_bytes().startswith(PNG)
 
@@ -296,9 +292,6 @@ def test_an_import_error_that_is_not_a_database_drivers_is_not_called_one() -> N
 
 def test_report_does_not_import_torch(tmp_path: Path) -> None:
     """Torch's import (1-2 s) is for the commands that train; the signal-safe import ran it for all."""
-    import subprocess
-    import sys
-
     storage = f"sqlite:///{tmp_path / 's.db'}"
     optuna.create_study(study_name="plain", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), 3)
     script = (
