@@ -79,6 +79,24 @@ class WithBuffer(nn.Module):
         return self.fc(x.flatten(1) * self.scale)
 
 
+class Reassigned(nn.Module):
+    """Buffers updated by reassignment in train mode (a running mean, a step count), as many modules
+    write them: `functional_call` writes the new tensors back into the dict it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(64))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        if self.training:
+            self.mean = 0.9 * self.mean + 0.1 * x.mean(0)
+            self.steps = self.steps + 1
+        return self.fc(x - self.mean)
+
+
 class FineTuned(nn.Module):
     """A trunk frozen for fine-tuning (`requires_grad_(False)`: its Linear and its BatchNorm's
     affine params); the BatchNorm's running statistics still update in train mode, as the module's."""
@@ -104,6 +122,7 @@ ZOO = {
     "residual": Residual,
     "tied": Tied,
     "buffer": WithBuffer,
+    "reassigned buffers": Reassigned,
     "frozen trunk": FineTuned,
 }
 RANDOM = {"cnn"}  # dropout: compared bitwise with the module loop, not across vmap or compile
@@ -225,6 +244,22 @@ def test_apply_is_pure_and_returns_updated_buffers_in_train_mode(seed, batch):
     assert new["features.1.num_batches_tracked"].item() == 1
     assert not torch.equal(new["features.1.running_mean"], buffers["features.1.running_mean"])
     assert all(p.device.type == "meta" for p in model._train.parameters())
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_buffers_a_module_reassigns_come_back_as_the_modules(train):
+    """`self.mean = 0.9 * self.mean + ...` in train mode: `apply` returned the buffers as given (the
+    update was lost, and training drifted from the module loop's); in eval mode nothing changes."""
+    model = functional(Reassigned)
+    params, buffers = model.init(0)
+    x, _ = data(0, 8)
+    torch.manual_seed(0)
+    module = Reassigned().train(train)
+    out, new = model.apply(params, buffers, x, train=train)
+    assert torch.equal(out, module(x))
+    for k, v in module.named_buffers():
+        assert torch.equal(new[k], v), k
+    assert new["steps"].item() == int(train) and buffers["steps"].item() == 0
 
 
 def test_tied_weights_stay_tied():

@@ -265,11 +265,14 @@ class Model:
         """
         if not torch.compiler.is_compiling():  # a trace checks once, at its first call
             self._check_names(params, buffers)
-        # The module may update buffers in place (BatchNorm in train mode): it gets copies.
-        new = {k: v.clone() for k, v in buffers.items()}
+        # The module may update buffers in place (BatchNorm in train mode): it gets copies. It may
+        # also reassign one (`self.ema = 0.9 * self.ema + ...`): `functional_call` writes that back
+        # into the one dict it is given, where the new buffers are read from.
+        values = params | {k: v.clone() for k, v in buffers.items()}
         if not train:
-            return functional_call(self._eval, (params, new), (x,), tie_weights=self._tied), buffers
-        return functional_call(self._train, (params, new), (x,), tie_weights=self._tied), new
+            return functional_call(self._eval, values, (x,), tie_weights=self._tied), buffers
+        out = functional_call(self._train, values, (x,), tie_weights=self._tied)
+        return out, {k: values[k] for k in buffers}
 
     def _check_names(self, params: Params, buffers: Buffers) -> None:
         """Refuse params or buffers that lack one of the module's (`functional_call` would run the
