@@ -659,3 +659,56 @@ def test_the_mlp_refuses_widths_below_one():
         build_model("mlp", (1, 8, 8), 10, {"hidden": (0,)})
     linear = build_model("mlp", (1, 8, 8), 10, {"hidden": ()})  # no hidden layer: a linear model
     assert linear.init(0)[0]["linear_relu_stack.0.weight"].shape == (10, 64)
+
+
+class RandomInEval(nn.Module):
+    """Dropout on in eval mode too (Monte Carlo dropout): every forward draws from the global generator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden, self.out = nn.Linear(64, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.out(F.dropout(torch.relu(self.hidden(x.flatten(1))), 0.3, training=True))
+
+
+class AveragedInEval(nn.Module):
+    """Evaluates with averaged weights kept as buffers: its eval output reaches no parameter, its
+    train output does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+        self.register_buffer("avg", self.lin.weight.detach().clone())
+
+    def forward(self, x):
+        x = x.flatten(1)
+        if self.training:
+            with torch.no_grad():
+                self.avg.mul_(0.9).add_(self.lin.weight, alpha=0.1)
+            return self.lin(x)
+        return F.linear(x, self.avg, self.lin.bias.detach())
+
+
+@pytest.mark.parametrize("factory", [RandomInEval, AveragedInEval])
+def test_fit_trains_as_the_tutorials_loop_whatever_the_model_does_before_it(factory):
+    """`fit`'s check before training ran the model in eval mode on the global generator: a model that
+    draws there trained on other dropout masks than the module loop's, and one that detaches only in
+    eval mode was refused though it trains. `fit` now equals the tutorial's loop bitwise for both."""
+    from purestep.core.loop import fit
+    from purestep.core.reference import fit_reference
+
+    model = functional(factory)
+    x, y = data(3, 8 * 6)
+    config = OptimizerConfig("sgd", lr=0.1, momentum=0.9)
+    params, buffers = model.init(0)
+    model.seed_like_module(0)
+    result = fit(
+        model, config.build(), params, buffers, x, y,
+        eval_data=(x, y), epochs=2, batch_size=8, compiled=False, log_every=0,
+    )  # fmt: skip
+    module, history = fit_reference(model, config, (x, y), (x, y), epochs=2, batch_size=8, log=lambda s: None)
+    mine, theirs = state_of(module)
+    assert_equal(result.params, mine, True, "params")
+    assert_equal(result.buffers, theirs, True, "buffers")
+    assert [(h.eval_accuracy, h.eval_loss) for h in result.history] == history

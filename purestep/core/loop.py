@@ -279,7 +279,8 @@ def check_trains(
 ) -> None:
     """Refuse, before anything trains, a model training cannot change (`model.untrainable`: the
     steps would take zero gradients) and class labels it has no output for (torch's loss would fail
-    mid-run, a compiled one with its kernel's index check, and the batched loss score them 0).
+    mid-run, a compiled one with its kernel's index check, and the batched loss score them 0). The
+    global generators are left as they were: a model that draws (dropout) trains as the module loop.
 
     Raises:
         ValueError: "has no trainable parameter ..." / "gives outputs no trainable parameter
@@ -287,8 +288,9 @@ def check_trains(
     """
     if not len(x):
         return
-    with torch.enable_grad():
-        out, _ = model.apply(watched(model, params), buffers, x[:2], train=False)
+    rows = x[:2]  # in train mode, as training runs (a model may detach only in eval), for two rows
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.enable_grad():
+        out, _ = model.apply(watched(model, params), buffers, rows, train=len(rows) > 1)
     problem = untrainable(model, params, out)
     if problem is not None:
         raise ValueError(f"model {model.name!r} {problem}")
