@@ -408,6 +408,31 @@ def test_evaluation_runs_without_autograd_as_the_tutorials_test_loop():
         assert torch.equal(step(params, buffers, x, y)[0], expected), seed
 
 
+@given(
+    seed=st.integers(0, 1000),
+    ignored=st.sampled_from([0.0, 0.5, 1.0]),
+    loss=st.sampled_from(["cross_entropy", "nll"]),
+)
+@settings(max_examples=12)
+def test_evaluate_is_the_tutorials_test_loop_with_labels_it_ignores(seed, ignored, loss):
+    """Labels of -100 count in neither a batch's loss nor its mean (torch's `ignore_index`): the
+    per-batch means divided by every label, so the loss came out low (half, with half ignored).
+    Accuracy counts every row, as `test_loop` divides by the dataset's size."""
+    from purestep.core.reference import loader, loss_module, test_loop
+
+    log_probs = loss == "nll"
+    model = functional(lambda: nn.Sequential(nn.Linear(4, 3), *[nn.LogSoftmax(1)] * log_probs))
+    params, buffers = model.init(seed)
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    y = torch.where(torch.rand(40, generator=g) < ignored, -100, y)
+    got = evaluate(make_eval_step(model, loss), params, buffers, x, y, batch_size=16)
+    module = model.module()
+    module.load_state_dict(params | buffers)
+    accuracy, expected = test_loop(loader(x, y, 16), module, loss_module(loss), log=lambda s: None)
+    assert (got.accuracy, got.loss) == pytest.approx((accuracy, expected), rel=0, abs=0, nan_ok=True)
+
+
 class _Recurrent(nn.Module):
     """A 2-layer LSTM read at its last step."""
 

@@ -124,6 +124,18 @@ def test_each_pooled_trial_equals_it_alone_whatever_its_slot_and_start(digits, t
             assert same_numbers(mine, own), k
 
 
+@pytest.mark.parametrize("stack", [False, True])
+def test_a_pooled_trial_leaves_labels_of_minus_100_out_of_its_eval_loss_as_alone(digits, stack):
+    """The pool divided each eval batch's loss by every label, where `evaluate` (and torch's mean)
+    leave the ignored ones out."""
+    x, y, ex, ey = digits
+    ey = torch.where(torch.arange(len(ey)) % 3 == 0, -100, ey)
+    t = (OptimizerConfig("sgd", 0.05, 0.9), 32, True, 1)
+    (mine,) = run_pool(x, y, (ex, ey), [t], 1, [0], epochs=2, stack=stack).values()
+    own = alone(x, y, (ex, ey), t, epochs=2)
+    assert all(close(a.eval_loss, b.eval_loss) for a, b in zip(mine, own)), (mine, own)
+
+
 def test_a_stacked_lane_holds_one_state_layout(digits):
     """RMSprop with momentum keeps a third buffer: its slots stack apart from the two-buffer layout."""
     x, y, ex, ey = digits

@@ -20,7 +20,7 @@ from torch import Tensor
 from purestep.core.artifacts import dropouts, step_key
 from purestep.core.data import batches, epoch_order
 from purestep.core.errors import PurestepError
-from purestep.core.losses import LossName, check_output_shape, loss_for_targets, r2_score
+from purestep.core.losses import IGNORE_INDEX, LossName, check_output_shape, loss_for_targets, r2_score
 from purestep.core.model import Buffers, Model, Params, untrainable, watched
 from purestep.core.optim import Optimizer, State
 from purestep.core.step import (
@@ -194,9 +194,15 @@ def _eval_batches(
         loss_sum, metric_sum = call(params, buffers, xb, yb)
         if i == 0 and steady((params, buffers), (params, buffers)):
             call.go_direct()
-        means.append(loss_sum / yb.numel())  # a mean over every target, as the loss's own
+        means.append(loss_sum / _counted(yb))
         metric.append(metric_sum)
     return torch.stack(means), torch.stack(metric).sum(0)
+
+
+def _counted(y: Tensor) -> int | Tensor:
+    """What a batch's mean loss divides by, as the loss's own: every target, but class labels of
+    `IGNORE_INDEX`, which count in neither the sum nor the mean (nan when all are)."""
+    return y.numel() if y.is_floating_point() else (y != IGNORE_INDEX).sum()
 
 
 def _tutorial_loss(batch_means: list[float]) -> float:

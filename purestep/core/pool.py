@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from purestep.core.data import epoch_order
-from purestep.core.loop import EpochMetrics, NonFiniteLoss, _metrics, _row, run_epoch, steps_for
+from purestep.core.loop import EpochMetrics, NonFiniteLoss, _counted, _metrics, _row, run_epoch, steps_for
 from purestep.core.losses import LossName
 from purestep.core.model import Buffers, Model, Params
 from purestep.core.optim import (
@@ -424,7 +424,7 @@ class Pool:
             xb = self.eval_x[start : start + self.eval_batch_size]
             yb = self.eval_y[start : start + self.eval_batch_size]
             loss_sum, metric_sum = _call(batched, self.compiled, (params, buffers), xb, yb, per_trial=False)
-            means.append(loss_sum / yb.numel())  # a mean over every target, as the loss's own
+            means.append(loss_sum / _counted(yb))
             metric.append(metric_sum)
         columns = torch.stack(means).T.tolist()
         totals = torch.stack(metric).sum(0).tolist()
