@@ -287,6 +287,42 @@ def test_an_instance_stands_for_its_architecture():
         functional(module, width=3)
 
 
+class _OwnParameter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(3))
+        self.lin = nn.Linear(3, 2)
+
+
+@pytest.mark.parametrize(
+    ("build", "kept"),
+    [
+        (lambda: nn.utils.parametrizations.weight_norm(nn.Linear(3, 2)), "ParametrizedLinear"),
+        (lambda: nn.Sequential(nn.Linear(3, 3), nn.MultiheadAttention(3, 1)), "1"),
+        (_OwnParameter, "_OwnParameter"),
+        (small_cnn, None),
+    ],
+)
+def test_an_instance_says_which_layers_keep_its_weights_for_every_seed(build, kept):
+    """A parametrized layer's reset draws a computed tensor, and a layer without a public reset draws
+    nothing: their weights were the instance's for every seed, silently. Each is named in a warning;
+    every other layer draws from the seed."""
+    import warnings
+
+    instance = build()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = functional(instance)
+    said = [str(w.message) for w in caught]
+    if kept is None:
+        assert said == []
+        assert not torch.equal(model.init(0)[0]["features.0.weight"], model.init(1)[0]["features.0.weight"])
+        return
+    assert len(said) == 1 and f"the weights of {kept} stay the instance's for every seed" in said[0], said
+    first, second = model.init(0)[0], model.init(1)[0]
+    assert any(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_frozen_params_stay_in_params_and_the_model_names_them():
     """Params keep every `named_parameters()` entry (a saved model loads as before); `frozen` names
     those built with `requires_grad=False`, and `trainable` leaves them out (nothing to leave out

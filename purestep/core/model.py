@@ -23,6 +23,7 @@ import importlib.util
 import inspect
 import math
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,17 +303,44 @@ def functional(factory: Factory | nn.Module, **kwargs: Any) -> Model:
 
     A factory is called with `kwargs` each time a module is needed; an instance stands for
     its own architecture (its current weights are not kept: `state_of(module)` gives them), drawn
-    afresh by each layer's public `reset_parameters`; a layer without one (MultiheadAttention, whose
-    reset is private) keeps the instance's weights: give its class to draw them from each seed.
+    afresh by each layer's public `reset_parameters`. A layer that has parameters of its own and no
+    such reset (MultiheadAttention, whose reset is private; a custom `nn.Parameter`), or whose
+    weights are parametrized (`weight_norm`, `register_parametrization`: a reset draws a computed
+    tensor), keeps the instance's weights for every seed, with a warning naming it: give the class or
+    a factory to draw them from each seed.
     """
     if isinstance(factory, nn.Module):
         if kwargs:
             raise TypeError("an nn.Module instance takes no keyword arguments")
         instance = factory
+        kept = _kept_weights(instance)
+        if kept:
+            shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+            warnings.warn(
+                f"functional({type(instance).__name__} instance): the weights of {shown} stay the "
+                "instance's for every seed (no public reset_parameters, or parametrized); give the "
+                "class or a factory to draw them from each seed",
+                stacklevel=2,
+            )
         return Model(lambda: _copy_structure(instance), {}, type(instance).__name__)
     if not callable(factory):
         raise TypeError(f"expected an nn.Module class, factory or instance, got {type(factory).__name__}")
     return Model(factory, kwargs)
+
+
+def _kept_weights(module: nn.Module) -> list[str]:
+    """The layers of `module` whose weights `_copy_structure` cannot draw afresh: parametrized ones,
+    and those with parameters of their own but no public `reset_parameters`."""
+    from torch.nn.utils import parametrize
+
+    kept = []
+    for name, m in module.named_modules():
+        if isinstance(m, parametrize.ParametrizationList):  # a parametrized layer's: named by it
+            continue
+        own = next(m.parameters(recurse=False), None) is not None
+        if parametrize.is_parametrized(m) or (own and not hasattr(m, "reset_parameters")):
+            kept.append(name or type(m).__name__)
+    return kept
 
 
 def _copy_structure(module: nn.Module) -> nn.Module:
