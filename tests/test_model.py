@@ -773,3 +773,11 @@ def test_fit_trains_as_the_tutorials_loop_whatever_the_model_does_before_it(fact
     assert_equal(result.params, mine, True, "params")
     assert_equal(result.buffers, theirs, True, "buffers")
     assert [(h.eval_accuracy, h.eval_loss) for h in result.history] == history
+
+
+@pytest.mark.parametrize("layer", [nn.Embedding, nn.EmbeddingBag])
+def test_a_layer_with_sparse_gradients_is_refused_naming_it(layer):
+    """`sparse=True` failed at the first update with torch's dispatcher error (no sparse addcmul)."""
+    with pytest.raises(ModelError, match=r"^model '<lambda>': 1 takes sparse gradients \(sparse=True\)"):
+        functional(lambda: nn.Sequential(nn.Flatten(), layer(10, 3, sparse=True)))
+

@@ -172,6 +172,12 @@ class Model:
         object.__setattr__(self, "_names", names)
         frozen = frozenset(k for k, p in skeleton.named_parameters() if not p.requires_grad)
         object.__setattr__(self, "frozen", frozen)
+        sparse = [n for n, m in skeleton.named_modules() if getattr(m, "sparse", False) is True]
+        if sparse:
+            raise ModelError(
+                f"model {self.name!r}: {sparse[0] or type(skeleton).__name__} takes sparse gradients "
+                "(sparse=True), which the functional steps do not: build it with sparse=False"
+            )
 
     def _weightless(self) -> nn.Module:
         """A module whose params and buffers are on the meta device (no memory, no values).
