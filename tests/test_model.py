@@ -657,6 +657,16 @@ def weightless(in_features=64, classes=10):
     return nn.Sequential(nn.Flatten(), nn.Identity())
 
 
+class Pair(nn.Module):
+    def __init__(self, in_features=64, classes=10):
+        super().__init__()
+        self.lin = nn.Linear(in_features, classes)
+
+    def forward(self, x):
+        out = self.lin(x.flatten(1))
+        return out, out.sum()
+
+
 def quits(in_features=64, classes=10):
     sys.exit(3)
 
@@ -674,6 +684,7 @@ def tagged(in_features=64, classes=10, tag="v1"):
     [
         ("Detached", "gives outputs no trainable parameter reaches (a detached forward)"),
         ("weightless", "has no trainable parameter"),
+        ("Pair", "returns tuple, not one tensor: the losses score one output tensor"),
     ],
 )
 def test_a_model_training_cannot_change_is_refused_before_it_trains(tmp_path, monkeypatch, factory, said):

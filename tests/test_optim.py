@@ -20,6 +20,7 @@ from purestep import (
     adam,
     adamw,
     compile_step,
+    functional,
     make_train_step,
     mlp,
     rmsprop,
@@ -586,3 +587,43 @@ def test_init_of_no_params_is_refused_as_torch_optim(make):
         make().init({})
     with pytest.raises(ValueError, match="empty parameter list"):
         torch.optim.SGD([], lr=0.1)
+
+
+def _bad_fit_case(case: str):
+    """`fit` (or `fit_trials`) arguments with one thing wrong, and the words it must be refused with."""
+    model = functional(nn.Linear, in_features=10, out_features=4)
+    params, buffers = model.init(0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(100, 10, generator=g), torch.randint(0, 4, (100,), generator=g)
+    optimizer, state, eval_data = sgd(0.1, momentum=0.9), None, (x, y)
+    said = ""
+    if case == "rows":
+        y, said = y[:96], "training data: 100 input rows but 96 targets"
+    elif case == "eval rows":
+        eval_data, said = (x, y[:90]), "evaluation data: 100 input rows but 90 targets"
+    elif case == "no rows":
+        x, y, said = x[:0], y[:0], "training data has no rows"
+    elif case == "family":
+        optimizer, state = adam(), sgd(0.1).init(params)
+        said = "optimizer state holds dampening, lr, momentum, nesterov, step, weight_decay; this optimizer's"
+    elif case == "subset":
+        state = optimizer.init({"weight": params["weight"]})
+        said = "optimizer state holds 'momentum_buffer' for some params but not 'bias'"
+    state = optimizer.init(params) if state is None else state
+    return model, optimizer, params, buffers, state, x, y, eval_data, said
+
+
+@pytest.mark.parametrize("trials", [False, True])
+@pytest.mark.parametrize("case", ["rows", "eval rows", "no rows", "family", "subset"])
+def test_fit_refuses_data_and_states_that_do_not_fit_before_it_trains(case, trials):
+    """Inputs and targets of different row counts trained on the shorter (or failed at the last
+    batch blaming the model); no rows, torch's `stack` error; another family's state, `KeyError:
+    'beta1'`; a state made for some params, SGD trained the others without momentum."""
+    from purestep import fit, fit_trials
+
+    model, optimizer, params, buffers, state, x, y, eval_data, said = _bad_fit_case(case)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        if trials:
+            fit_trials(model, optimizer, [params], [buffers], [state], x, y, epochs=1, eval_data=eval_data)
+        else:
+            fit(model, optimizer, params, buffers, x, y, epochs=1, eval_data=eval_data, state=state)

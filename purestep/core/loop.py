@@ -22,7 +22,7 @@ from purestep.core.data import batches, epoch_order
 from purestep.core.errors import PurestepError
 from purestep.core.losses import IGNORE_INDEX, LossName, check_output_shape, loss_for_targets, r2_score
 from purestep.core.model import Buffers, Model, Params, untrainable, watched
-from purestep.core.optim import Optimizer, State
+from purestep.core.optim import Optimizer, State, check_family
 from purestep.core.step import (
     EvalStep,
     Precision,
@@ -281,26 +281,38 @@ def run_epoch(
 
 
 def check_trains(
-    model: Model, params: Params, buffers: Buffers, x: Tensor, labels: Sequence[Tensor], loss: str
+    model: Model,
+    params: Params,
+    buffers: Buffers,
+    data: tuple[Tensor, Tensor],
+    eval_data: tuple[Tensor, Tensor],
+    loss: str,
 ) -> None:
-    """Refuse, before anything trains, a model training cannot change (`model.untrainable`: the
-    steps would take zero gradients) and class labels it has no output for (torch's loss would fail
-    mid-run, a compiled one with its kernel's index check, and the batched loss score them 0). The
-    global generators are left as they were: a model that draws (dropout) trains as the module loop.
+    """Refuse, before anything trains: data of no rows or with as many inputs as targets (batches
+    would pair them wrongly, or stop short); a model that gives no one tensor, or that training
+    cannot change (`model.untrainable`: the steps would take zero gradients); class labels it has
+    no output for (torch's loss would fail mid-run, a compiled one with its kernel's index check,
+    and the batched loss score them 0). The global generators are left as they were: a model that
+    draws (dropout) trains as the module loop.
 
     Raises:
-        ValueError: "has no trainable parameter ..." / "gives outputs no trainable parameter
+        ValueError: "training data: 100 input rows but 96 targets" / "... returns tuple, not one
+            tensor" / "has no trainable parameter ..." / "gives outputs no trainable parameter
             reaches ..."; `OutputShapeError`: "N outputs a row for labels up to K".
     """
-    if not len(x):
-        return
+    for what, (inputs, targets) in (("training", data), ("evaluation", eval_data)):
+        if len(inputs) != len(targets):
+            raise ValueError(f"{what} data: {len(inputs)} input rows but {len(targets)} targets")
+        if not len(inputs):
+            raise ValueError(f"{what} data has no rows")
+    x, labels = data[0], (data[1], eval_data[1])
     rows = x[:2]  # in train mode, as training runs (a model may detach only in eval), for two rows
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.enable_grad():
         out, _ = model.apply(watched(model, params), buffers, rows, train=len(rows) > 1)
     problem = untrainable(model, params, out)
     if problem is not None:
         raise ValueError(f"model {model.name!r} {problem}")
-    if labels and not labels[0].is_floating_point() and all(len(y) for y in labels):
+    if not labels[0].is_floating_point():
         top = max(int(y.max()) for y in labels)
         check_output_shape(loss, out.detach(), labels[0][:2], top=top)
 
@@ -361,7 +373,8 @@ def fit(
     Raises:
         NonFiniteLoss: an epoch's mean training loss is NaN or infinite.
         ValueError: a loss that does not fit the targets, a schedule's rate that is not > 0, a
-            model training cannot change (no trainable parameter reaches its outputs), or class
+            `state` of another optimizer family; data of no rows or not as many inputs as targets,
+            a model training cannot change (no trainable parameter reaches its outputs), or class
             labels (of `y` or `eval_data`) the model has no output for (`check_trains`).
     """
     if epochs < 1 or batch_size < 1 or not 0 <= start_epoch <= epochs:
@@ -369,8 +382,11 @@ def fit(
     loss = loss_for_targets(loss, y)
     callbacks = callbacks or Callbacks()
     eval_data = eval_data if eval_data is not None else (x, y)
-    check_trains(model, params, buffers, x, (y, eval_data[1]), loss)
-    state = optimizer.init(model.trainable(params)) if state is None else state
+    check_trains(model, params, buffers, (x, y), eval_data, loss)
+    if state is None:
+        state = optimizer.init(model.trainable(params))
+    else:
+        check_family(optimizer, state, model.trainable(params))
     train_step, eval_step = steps_for(model, optimizer, compiled, precision=precision, loss=loss)
     result = FitResult(params, buffers, state)
     for epoch in range(start_epoch, epochs):
@@ -455,7 +471,9 @@ def fit_trials(
     loss = loss_for_targets(loss, y)
     train_step, eval_step = steps_for(model, optimizer, compiled, batched=True, loss=loss)
     ex, ey = eval_data if eval_data is not None else (x, y)
-    check_trains(model, params[0], buffers[0], x, (y, ey), loss)
+    check_trains(model, params[0], buffers[0], (x, y), (ex, ey), loss)
+    for p, s in zip(params, states):
+        check_family(optimizer, s, model.trainable(p))
     results = [FitResult(p, b, s) for p, b, s in zip(params, buffers, states)]
     active = list(range(len(params)))
     stacked_params, stacked_buffers, stacked_state = stack(params), stack(buffers), stack(states)

@@ -483,6 +483,8 @@ def untrainable(model: Model, params: Params, out: Tensor) -> str | None:
     has no trainable parameter, or none reaches its outputs (a detached forward). The module loop
     refuses both (torch.optim's empty parameter list; backward of a loss with no graph), where the
     functional steps take zero gradients, as `grad` of a constant, and train nothing."""
+    if not isinstance(out, Tensor):
+        return f"returns {type(out).__name__}, not one tensor: the losses score one output tensor"
     if not params or len(model.frozen) == len(params):
         return "has no trainable parameter: training would change nothing"
     if not out.requires_grad:
@@ -509,8 +511,9 @@ def check_runs(model: Model, x: Tensor, y: Tensor, loss: str, top: int | None = 
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.enable_grad():
             params, buffers = model.init(0, x.device)
             out, _ = model.apply(watched(model, params), buffers, x, train=len(x) > 1)
-        check_output_shape(loss, out, y, top)  # before the loss: mse would broadcast, warning only
-        loss_fn(loss)(out, y)
+        if isinstance(out, Tensor):  # else `untrainable` says what it returns
+            check_output_shape(loss, out, y, top)  # before the loss: mse would broadcast, warning only
+            loss_fn(loss)(out, y)
     except OutputShapeError as e:
         raise ModelError(f"gives {e}") from None
     except (Exception, SystemExit) as e:  # the user's model: any error or exit is theirs, in one line

@@ -336,11 +336,36 @@ def check_state(state: State, params: Params) -> None:
             )
 
 
+def _check_cover(state: State, params: Params, family: str) -> None:
+    """Refuse a state that holds one of `family`'s buffers for some params and not others (made
+    for a subset of them): SGD trained the rest without momentum, Adam and RMSprop failed on a key."""
+    for buffer in _BUFFERS[family]:
+        lacking = [k for k in params if f"{buffer}.{k}" not in state]
+        if lacking and len(lacking) < len(params):
+            raise ValueError(
+                f"optimizer state holds {buffer!r} for some params but not {lacking[0]!r}: make it "
+                "with optimizer.init(params) (model.trainable(params) when some are frozen)"
+            )
+
+
+def check_family(optimizer: Optimizer, state: State, params: Params) -> None:
+    """Refuse a state another optimizer family made (its hyperparameters are another set: the update
+    failed on a missing key, `KeyError: 'beta1'`)."""
+    wanted = sorted(k for k in optimizer.init(params) if "." not in k)
+    held = sorted(k for k in state if "." not in k)
+    if held != wanted:
+        raise ValueError(
+            f"optimizer state holds {', '.join(held)}; this optimizer's holds {', '.join(wanted)}: "
+            "make it with this optimizer's init(params)"
+        )
+
+
 def _apply(
     rules: dict[torch.dtype, Rule], grads: Params, state: State, params: Params, family: str
 ) -> tuple[Params, State]:
     """One family's update of every parameter, by the rule of its dtype; the state comes back in its
     own key order."""
+    _check_cover(state, params, family)
     new_params: Params = {}
     new: State = {"step": state["step"] + 1}
     for k, p in params.items():
