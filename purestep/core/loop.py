@@ -464,7 +464,10 @@ def fit_trials(
     size already trained in this process) or when riding along would cost more than a compile
     (both ways are measured in BENCHMARKS.md).
     `lr_at[k]` is trial k's schedule, as in `fit`. Trial k's history equals `fit` of that
-    trial alone (within float rounding). `loss` as `fit`'s.
+    trial alone (within float rounding) for a model without random layers; with dropout, the
+    vmapped step draws every trial's masks at once from the global generator, so each trial is a
+    seeded run of its own, not its run alone (`tune --batch`'s pool gives each trial its own
+    generator, and so its run alone). `loss` as `fit`'s.
     """
     if not params or not len(params) == len(buffers) == len(states):
         raise ValueError("need as many buffers and states as params, and at least one trial")
