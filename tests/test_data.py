@@ -143,8 +143,9 @@ def test_seeded_shuffle_is_a_deterministic_permutation(n, epoch, seed):
     a, b = epoch_order(n, epoch, seed), epoch_order(n, epoch, seed)
     assert torch.equal(a, b)
     assert sorted(a.tolist()) == list(range(n))
-    if n > 20:
+    if n > 20:  # another epoch, another seed: another order
         assert not torch.equal(a, epoch_order(n, epoch + 1, seed))
+        assert not torch.equal(a, epoch_order(n, epoch, seed + 1))
 
 
 @given(n=st.integers(2, 400), fraction=st.floats(0.05, 0.5), seed=st.integers(0, 999))

@@ -599,3 +599,39 @@ def test_fit_refuses_labels_the_model_has_no_output_for_before_training(where):
     with pytest.raises(ValueError, match=said):
         fit_trials(model, opt, [params], [buffers], [opt.init(params)], x, train, epochs=1, compiled=False,
                    eval_data=(x, held))
+
+
+def test_fit_shuffles_each_epoch_by_its_own_seeded_order():
+    """Epoch e of `fit(shuffle=True, seed=s)` takes its batches in `epoch_order(n, e, s)`: a run
+    repeats from its seed, and a resumed one takes the orders the unbroken run took."""
+    from purestep.core.data import epoch_order
+
+    model = mlp(6, (5,), 3)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
+    optimizer = sgd(0.1, momentum=0.9)
+    params, buffers = model.init(0)
+    result = fit(
+        model, optimizer, params, buffers, x, y, epochs=3, batch_size=8, shuffle=True, seed=7, compiled=False,
+        log_every=0,
+    )  # fmt: skip
+    step, state = make_train_step(model, optimizer, eager=True), optimizer.init(params)
+    for epoch in range(3):
+        for xb, yb in batches(x, y, 8, epoch_order(len(y), epoch, 7)):
+            params, buffers, state, _ = step(params, buffers, state, xb, yb)
+    assert all(torch.equal(result.params[k], v) for k, v in params.items())
+
+
+def test_batched_trials_draw_their_own_dropout_masks():
+    """Under `vmap` each trial draws its own masks (`randomness="different"`): two trials from one
+    init and one batch part after a step; with shared masks they would stay equal."""
+    from purestep import ConvNet, functional
+
+    model = functional(ConvNet, width=4, dense=16, dropout=0.5)
+    params, buffers = model.init(0)
+    optimizer = sgd(0.1)
+    step = batch_over_trials(make_train_step(model, optimizer))
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    trees = stack([params] * 2), stack([buffers] * 2), stack([optimizer.init(params)] * 2)
+    *_, losses = step(*trees, x, y)
+    assert losses[0] != losses[1]

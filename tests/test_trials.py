@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from purestep import fit, load_dataset, mlp, sgd
@@ -31,18 +31,24 @@ hyper = st.tuples(st.floats(1e-3, 0.3), st.floats(0.01, 0.95), st.sampled_from([
     momentum=st.booleans(),
     seed=st.integers(0, 1000),
     shuffle=st.booleans(),
+    scheduled=st.booleans(),
 )
-def test_trial_k_of_a_batch_equals_it_alone(digits, trials, momentum, seed, shuffle):
-    """A stack is all SGD with momentum or all without (their states differ in keys)."""
+@example(trials=[(0.1, 0.5, 0.0), (0.05, 0.9, 0.0)], momentum=True, seed=0, shuffle=True, scheduled=True)
+def test_trial_k_of_a_batch_equals_it_alone(digits, trials, momentum, seed, shuffle, scheduled):
+    """A stack is all SGD with momentum or all without (their states differ in keys). Scheduled,
+    each trial decays its own rate (`lr_at[k]`) by its own factor."""
     x, y, ex, ey = digits
     model = mlp(64, (32,), 10)
     optimizers = [sgd(lr, momentum=m if momentum else 0.0, weight_decay=wd) for lr, m, wd in trials]
     inits = [model.init(seed + k)[0] for k in range(len(trials))]
     common = dict(epochs=2, batch_size=48, eval_data=(ex, ey), shuffle=shuffle, seed=seed, compiled=False)
+    schedules = [lambda e, lr=lr, m=m: lr * m**e for lr, m, _ in trials]
     states = [o.init(p) for o, p in zip(optimizers, inits)]
-    batched = fit_trials(model, optimizers[0], inits, [{}] * len(inits), states, x, y, **common)
+    lr_at = schedules if scheduled else None
+    batched = fit_trials(model, optimizers[0], inits, [{}] * len(inits), states, x, y, lr_at=lr_at, **common)
     for k, (optimizer, init) in enumerate(zip(optimizers, inits)):
-        alone = fit(model, optimizer, init, {}, x, y, **common).history
+        own = schedules[k] if scheduled else None
+        alone = fit(model, optimizer, init, {}, x, y, lr_at=own, **common).history
         mine = batched[k].history
         assert len(mine) == len(alone) == 2 and batched[k].stopped is None
         for a, b in zip(mine, alone):
