@@ -427,6 +427,23 @@ def test_eval_step_scores_regression_by_squared_error():
     assert metrics.loss == pytest.approx(sum(means) / 3, rel=1e-6)
 
 
+@pytest.mark.parametrize("columns", [1, 3])
+def test_r2_is_one_minus_the_squared_error_over_each_columns_spread(columns):
+    """R² over every target value, the spread taken about each column's own mean: scikit-learn's
+    `r2_score(..., multioutput="variance_weighted")`."""
+    from sklearn.metrics import r2_score
+
+    model = functional(nn.Linear, in_features=4, out_features=columns)
+    params, buffers = model.init(0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 4, generator=g, dtype=torch.float64).float()
+    y = torch.randn(30, columns, generator=g) * torch.arange(1, columns + 1) + torch.arange(columns) * 5
+    metrics = evaluate(make_eval_step(model, "mse"), params, buffers, x, y, batch_size=8)
+    out = functional_call(model.module(), params, (x,)).detach()
+    expected = r2_score(y.double().numpy(), out.double().numpy(), multioutput="variance_weighted")
+    assert metrics.r2 == pytest.approx(expected, rel=1e-6)
+
+
 def test_evaluation_runs_without_autograd_as_the_tutorials_test_loop():
     """On the CPU an LSTM takes another kernel with autograd on (a batch in 20 or so differs in its
     last bit): evaluation runs under no_grad, as `test_loop` does, and gives its numbers bit for bit."""

@@ -95,6 +95,36 @@ def test_sgd_eager_is_bitwise_the_reference(seed, hidden, batch, lr, momentum, n
 
 
 @given(
+    seed=st.integers(0, 10_000),
+    momentum=st.floats(0.1, 0.99),
+    dampening=st.sampled_from([0.0, 1.0]) | st.floats(0.0, 1.0),
+    weight_decay=st.sampled_from([0.0, 1e-3]),
+)
+def test_sgd_with_dampening_is_bitwise_torch_optim(seed, momentum, dampening, weight_decay):
+    """`sgd(dampening=...)`, which no config sets: both steps against `torch.optim.SGD`."""
+    model = mlp(20, (8,), 4)
+    g = torch.Generator().manual_seed(seed + 1)
+    x, y = torch.rand(6 * 4, 20, generator=g), torch.randint(0, 4, (6 * 4,), generator=g)
+    torch.manual_seed(seed)
+    module = model.module()
+    opt = torch.optim.SGD(
+        module.parameters(), lr=0.1, momentum=momentum, dampening=dampening, weight_decay=weight_decay
+    )
+    optimizer = sgd(0.1, momentum, dampening, weight_decay=weight_decay)
+    params, buffers = model.init(seed)
+    runs = [(params, buffers, optimizer.init(params))] * 2
+    steps = make_train_step(model, optimizer), make_train_step(model, optimizer, eager=True)
+    for i in range(6):
+        xb, yb = x[i * 4 : (i + 1) * 4], y[i * 4 : (i + 1) * 4]
+        nn.functional.cross_entropy(module(xb), yb).backward()
+        opt.step()
+        opt.zero_grad()
+        runs = [step(*run, xb, yb)[:3] for step, run in zip(steps, runs)]
+    expected = {k: v.detach() for k, v in module.named_parameters()}
+    assert all(_all_same(params, expected) for params, *_ in runs)
+
+
+@given(
     name=st.sampled_from(["adam", "adamw"]),
     seed=st.integers(0, 10_000),
     lr=st.floats(1e-4, 1e-2),
@@ -352,9 +382,10 @@ def test_update_writes_nothing_in_place(eager):
     optimizer = sgd(0.1, momentum=0.9, weight_decay=0.01)
     state = optimizer.init(params)
     x, y = torch.rand(4, 6), torch.tensor([0, 1, 2, 0])
+    step = make_train_step(model, optimizer, eager=eager)
+    params, buffers, state, _ = step(params, buffers, state, x, y)  # momentum buffers of values, not 0
     before_p = {k: v.clone() for k, v in params.items()}
     before_s = {k: v.clone() for k, v in state.items()}
-    step = make_train_step(model, optimizer, eager=eager)
     for _ in range(2):
         step(params, buffers, state, x, y)
     assert all(torch.equal(before_p[k], params[k]) for k in params)

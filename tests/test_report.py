@@ -301,3 +301,14 @@ def test_report_does_not_import_torch(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[-1] == "0 False", (done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("minimize", [False, True])
+def test_the_best_of_trials_valued_alike_is_the_earliest(minimize: bool) -> None:
+    """A tie goes to the trial that reached the value first, in either direction."""
+    from purestep.search.study import best_of
+
+    study = optuna.create_study(direction="minimize" if minimize else "maximize")
+    for value in (0.5, 0.9, 0.1, 0.9, 0.1):
+        study.add_trial(optuna.trial.create_trial(value=value))
+    assert best_of(study.trials, minimize).number == (2 if minimize else 1)
