@@ -247,6 +247,11 @@ def test_cmaes_without_its_package_is_a_clear_runtime_error(
         (["--epochs", "3"], "--epochs is 2 in the study, 3 here"),
         (["--epochs", "2", "--val-fraction", "0.3"], "--val-fraction is 0.2 in the study, 0.3 here"),
         (["--epochs", "2", "--seed", "5"], "--seed is 0 in the study, 5 here"),
+        (["--epochs", "2", "--loss", "nll"], "--loss is cross_entropy in the study, nll here"),
+        (
+            ["--epochs", "2", "--model-arg", "classes=12"],
+            "--model-arg is {} in the study, {'classes': 12} here",
+        ),
     ],
 )
 def test_resuming_with_another_definition_is_refused_and_leaves_the_storage(
