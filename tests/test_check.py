@@ -419,3 +419,29 @@ def test_check_json_is_strict_json_when_a_run_diverges():
     report = json.loads(result.stdout, parse_constant=refuse)
     assert not report["passed"] and report["rows"][0]["error"] is None
     assert "the run diverged" in report["rows"][0]["failure"]  # a reason, not null
+
+
+@pytest.mark.compile
+def test_check_fails_when_reference_and_eager_print_other_lines(monkeypatch):
+    """Every row within its bound is not enough: the tutorial's lines, printed by the reference and
+    the eager run, must be the same text."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import purestep.check as check_module
+    from purestep.cli import app
+
+    real = check_module.reference_vs_eager
+
+    def one_line_apart(*args, **kwargs):
+        row, reference_lines, eager_lines = real(*args, **kwargs)
+        return row, reference_lines, [*eager_lines[:-1], eager_lines[-1] + " "]
+
+    monkeypatch.setattr(check_module, "reference_vs_eager", one_line_apart)
+    args = ["check", "--dataset", "digits", "--steps", "6", "--hidden", "16", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert not report["printed_lines_identical"] and not report["passed"]
+    assert all(r["passed"] for r in report["rows"])
