@@ -423,3 +423,43 @@ def test_a_checkpoint_whose_generator_states_are_not_states_is_one_line_naming_i
     where = f"Error: cannot read the checkpoint in {ckpt}: epoch-0001/rng.safetensors"
     assert result.stderr.startswith(where)
     assert said in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_file_written_whole_is_synced_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """The rename may reach the disk before the file's data: without a sync of the file first, a
+    power loss can leave `best.json` (or a saved model) empty under its new name."""
+    from purestep.core.files import write_json
+
+    events: list[tuple[str, str]] = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(src, dst):
+        events.append(("replace", os.fspath(src)))
+        real_replace(src, dst)
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_json(tmp_path.resolve() / "best.json", {"value": 1})
+    (renamed,) = [name for kind, name in events if kind == "replace"]
+    assert events.index(("fsync", renamed)) < events.index(("replace", renamed)), events
+
+
+def test_a_write_that_fails_part_way_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    """Files are written whole or not at all: under a temporary name, renamed onto theirs only once
+    the writer is done."""
+    from purestep.core.files import replacing
+
+    path = tmp_path / "best.json"
+    path.write_text("the old contents")
+    with pytest.raises(RuntimeError, match="disk full"), replacing(path) as tmp:
+        tmp.write_text("half of the n")
+        raise RuntimeError("disk full")
+    assert path.read_text() == "the old contents" and list(tmp_path.iterdir()) == [path]
+    with replacing(path) as tmp:
+        tmp.write_text("the new contents")
+        assert path.read_text() == "the old contents"
+    assert path.read_text() == "the new contents" and list(tmp_path.iterdir()) == [path]
