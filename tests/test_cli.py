@@ -669,3 +669,40 @@ def test_a_choice_that_is_not_one_says_which_are_in_plain_words():
     result = CliRunner().invoke(app, ["train", "--precision", "fp16"])
     assert result.exit_code == 2
     assert result.stderr == "Error: Invalid value for '--precision': 'fp16' is not one of 'fp32', 'bf16'.\n"
+
+
+def test_train_draws_its_progress_bar_on_a_terminal_stderr_and_leaves_stdout_the_tutorials():
+    """On a terminal the bar is drawn on stderr; stdout, piped, holds the tutorial's lines alone
+    (rich's redirect of stdout sent them to the terminal: the pipe got `Done!` alone)."""
+    import pty
+    import threading
+
+    master, follower = pty.openpty()
+    drawn: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the terminal closed
+                return
+            if not chunk:
+                return
+            drawn.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    command = [sys.executable, "-m", "purestep", "train", "--dataset", "digits", "--epochs", "2", "--impl"]
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "100"}
+    try:
+        done = subprocess.run(
+            [*command, "eager"], stdout=subprocess.PIPE, stderr=follower, text=True, env=env, timeout=300
+        )
+    finally:
+        os.close(follower)
+        reader.join(timeout=10)
+        os.close(master)
+    assert done.returncode == 0
+    assert "epoch 1" in b"".join(drawn).decode(errors="replace")
+    assert "\x1b" not in done.stdout and "epoch" not in done.stdout
+    assert done.stdout.startswith("Epoch 1\n-------------------------------\nloss: ")

@@ -65,7 +65,9 @@ Say = Callable[[str], None]
 
 
 def _progress(total: int):
-    """A transient rich progress bar on stderr."""
+    """A transient rich progress bar on stderr. The tutorial's lines are printed above it when
+    stdout is that terminal too; piped (`purestep train | tee log`), they stay on stdout (rich's
+    redirect sent them to stderr, and the pipe got `Done!` alone)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -76,6 +78,7 @@ def _progress(total: int):
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,
+        redirect_stdout=sys.stdout.isatty(),
     )
     progress.add_task("train", total=total, epoch=1)
     return progress
