@@ -866,3 +866,27 @@ def test_a_validation_loss_that_is_not_finite_prunes_the_trial_as_diverged() -> 
         assert study.get_trials()[-1].intermediate_values == {}
     finite = EpochMetrics(1, 0.5, 0.25, None, 0.1, eval_mse=0.25, eval_r2=0.5)
     assert pruned_reason(study.ask(), finite, epochs=2) is None
+
+
+def test_the_final_retrain_trains_on_every_training_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The best configuration, and the tutorial's beside it, is re-trained on the whole training set
+    (the study's fit and validation splits together) before its one test: `best.json`'s
+    `train_images` is what each trained on."""
+    from purestep import load_dataset
+    from purestep.search import tune as tune_module
+
+    rows: list[int] = []
+    real = tune_module.train
+
+    def counting(config: object, x: torch.Tensor, y: torch.Tensor, *args: object, **kwargs: object) -> object:
+        rows.append(len(y))
+        return real(config, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(tune_module, "train", counting)
+    out = tmp_path / "out"
+    result = invoke("--n-trials", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    final = json.loads((out / "best.json").read_text())["final"]
+    assert rows == [final["train_images"]] * 2 == [len(load_dataset("digits").y_train)] * 2
