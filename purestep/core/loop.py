@@ -288,7 +288,7 @@ def check_trains(
     eval_data: tuple[Tensor, Tensor],
     loss: str,
 ) -> None:
-    """Refuse, before anything trains: data of no rows or with as many inputs as targets (batches
+    """Refuse, before anything trains: data of no rows or not as many inputs as targets (batches
     would pair them wrongly, or stop short); a model that gives no one tensor, or that training
     cannot change (`model.untrainable`: the steps would take zero gradients); class labels it has
     no output for (torch's loss would fail mid-run, a compiled one with its kernel's index check,
