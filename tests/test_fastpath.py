@@ -140,13 +140,11 @@ def test_a_tuning_process_keeps_freed_memory(monkeypatch):
     import torch
 
     from purestep.core import allocator
-    from purestep.search.tune import _setup_torch
+    from purestep.search.tune import _torch_set_up
 
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
     threads = torch.get_num_threads()
-    try:
-        _setup_torch(1, compiled=False)
-    finally:
-        torch.set_num_threads(threads)
-    assert calls == [1]
+    with _torch_set_up(threads + 1, compiled=False):
+        assert calls == [1] and torch.get_num_threads() == threads + 1
+    assert torch.get_num_threads() == threads

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from test_tune_cli import FAST, PURESTEP, _wait, finished, invoke, trials
 
 from purestep import load_dataset
@@ -23,6 +23,7 @@ from purestep.core import denormals
 from purestep.core.optim import needs_third_buffer
 from purestep.search.objective import (
     EVAL_BATCH_SIZE,
+    Splits,
     TrialConfig,
     eager_step_seconds,
     graph_configs,
@@ -61,24 +62,27 @@ def test_each_pooled_trial_has_the_validation_metrics_it_has_alone(tmp_path: Pat
     drawn = [TrialConfig.from_dict(t.user_attrs["config"]) for t in done]
     assert len({c.optimizer for c in drawn}) > 1 and len({c.batch_size for c in drawn}) > 1
     splits = make_splits(load_dataset("digits"), 0.2, 0)
+    callers = torch.get_num_threads()
+    torch.set_num_threads(usable_cores())  # as `tune` trained (`--threads auto`); it leaves the caller's
+    try:
+        histories = {t.number: _alone(t, splits) for t in done}
+    finally:
+        torch.set_num_threads(callers)
     for t in done:
-        config = TrialConfig.from_dict(t.user_attrs["config"])
-        with denormals.flushed():  # as `tune` trains by default
-            alone = train(
-                config,
-                splits.x_fit,
-                splits.y_fit,
-                (splits.x_val, splits.y_val),
-                splits=splits,
-                epochs=3,
-                seed=0,
-                compiled=False,
-            ).history
+        alone = histories[t.number]
         assert len(splits.y_val) <= EVAL_BATCH_SIZE
         # on a CPU the pool runs each trial's own steps (stacked, off the CPU: within 1e-5)
         for row in alone:
             assert t.intermediate_values[row.epoch + 1] == row.eval_accuracy, t.number
         assert t.user_attrs["val_loss"] == alone[-1].eval_loss, t.number
+
+
+def _alone(t: FrozenTrial, splits: Splits) -> list:
+    """The history of trial `t`'s configuration trained alone, eager, as `tune` trains it."""
+    config = TrialConfig.from_dict(t.user_attrs["config"])
+    with denormals.flushed():  # as `tune` trains by default
+        fit_split, val = (splits.x_fit, splits.y_fit), (splits.x_val, splits.y_val)
+        return train(config, *fit_split, val, splits=splits, epochs=3, seed=0, compiled=False).history
 
 
 def test_ctrl_c_mid_pool_fails_the_pooled_trials_and_a_rerun_completes(tmp_path: Path) -> None:
@@ -357,6 +361,7 @@ def test_tune_reports_what_it_picked_and_what_was_given_and_resumes_either_way(
     from purestep.core import step
 
     before = step._ARTIFACTS, os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    callers = torch.get_num_threads()  # the count `tune` leaves, whatever it trained on
     line, impl, batch = _speed(invoke("--n-trials", "3", *common))
     assert (step._ARTIFACTS, os.environ["TORCHINDUCTOR_CACHE_DIR"]) == before  # looking set nothing
     n = usable_cores()
@@ -366,7 +371,7 @@ def test_tune_reports_what_it_picked_and_what_was_given_and_resumes_either_way(
     assert impl == {"value": "eager", "chosen": "auto"} and batch == {"value": 1, "chosen": "auto"}
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["batch"] == batch and best["threads"] == {"value": n, "chosen": "auto"}
-    assert torch.get_num_threads() == n
+    assert torch.get_num_threads() == callers
 
     assert best["denormals"] == "flushed" and not denormals.flushing()  # flushed while it ran
 
@@ -375,7 +380,7 @@ def test_tune_reports_what_it_picked_and_what_was_given_and_resumes_either_way(
     assert "(resuming: 3 finished); eager steps (given), 3 trials at once (given), 1 thread (given), " in line
     assert line.endswith("denormals kept")
     assert impl == {"value": "eager", "chosen": "given"} and batch == {"value": 3, "chosen": "given"}
-    assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == callers
 
     line, _, batch = _speed(invoke("--n-trials", "7", *common))
     assert "(resuming: 6 finished); eager steps (auto), 1 trial at a time (auto)" in line
