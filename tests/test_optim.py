@@ -658,3 +658,22 @@ def test_fit_refuses_data_and_states_that_do_not_fit_before_it_trains(case, tria
             fit_trials(model, optimizer, [params], [buffers], [state], x, y, epochs=1, eval_data=eval_data)
         else:
             fit(model, optimizer, params, buffers, x, y, epochs=1, eval_data=eval_data, state=state)
+
+
+@pytest.mark.parametrize(
+    "step_of, state_of, lacking",
+    [(adam, lambda: sgd(0.1), "beta1"), (lambda: sgd(0.1), adam, "momentum"), (rmsprop, adam, "alpha")],
+    ids=["adam step, sgd state", "sgd step, adam state", "rmsprop step, adam state"],
+)
+def test_a_step_called_with_another_familys_state_names_what_it_lacks(step_of, state_of, lacking):
+    """A step called directly (no `fit` to check the state first) failed with `KeyError: 'beta1'`;
+    both updates (the eager step's and the one compile and vmap trace) name the key and the fix."""
+    model = functional(nn.Linear, in_features=6, out_features=3)
+    params, buffers = model.init(0)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    optimizer, state = step_of(), state_of().init(params)
+    said = f"optimizer state has no {lacking!r}, which "
+    with pytest.raises(ValueError, match=re.escape(said)):
+        make_train_step(model, optimizer)(params, buffers, state, x, y)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        optimizer.update(params, state, params)

@@ -384,7 +384,13 @@ def _updates(family: str, make_rule: Callable[[State, torch.dtype, Choose], Rule
 
     def made(choose: Choose, name: str) -> Update:
         def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-            rules = {dtype: make_rule(state, dtype, choose) for dtype in _dtypes(params)}
+            try:
+                rules = {dtype: make_rule(state, dtype, choose) for dtype in _dtypes(params)}
+            except KeyError as e:  # another family's state (`fit` refuses it sooner: `check_family`)
+                raise ValueError(
+                    f"optimizer state has no {e.args[0]!r}, which {family}'s update reads: "
+                    "make it with this optimizer's init(params)"
+                ) from None
             return _apply(rules, grads, state, params, family)
 
         update.__name__ = update.__qualname__ = name
